@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each builds .venv when it is missing or
+# stale (pyproject.toml changed) and installs the pinned dependencies itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch lies on disk here; a GPU machine overrides this (make TORCH=torch ...) or keeps its own.
+TORCH ?= torch==2.13.0
+export MUJOCO_GL ?= egl
+
+.PHONY: demo test test-fast test-lerobot bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/python -m vmp.demo
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q tests
+
+# LeRobot 0.4 needs torch<2.11: a separate environment, never the core one.
+test-lerobot:
+	test -x .venv-lerobot/bin/python || $(PYTHON) -m venv .venv-lerobot
+	.venv-lerobot/bin/python -m pip install -q -e ".[dev,lerobot]"
+	.venv-lerobot/bin/python -m pytest -q tests -m lerobot
+
+bench: $(BIN)/.installed
+	$(BIN)/vmp-bench
+
+clean:
+	rm -rf $(VENV) .venv-lerobot stores outputs runs

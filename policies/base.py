@@ -1,0 +1,104 @@
+"""The `Policy` interface every head implements, and the observation/action timeline they share.
+
+Timeline (diffusion_policy's convention, one window of `horizon` steps starting at t0):
+
+    obs:     |o_t0 ... o_{t0+n_obs_steps-1}|                       (n_obs_steps observations)
+    action:  |a_t0 ..... a_{t0+n_obs_steps-1} ... a_{t0+horizon-1}| (horizon actions)
+    execute:                 ^-- a_{t0+n_obs_steps-1} ... + n_action_steps
+
+The chunk predicted from the newest observation o_t starts at index n_obs_steps-1 (the action for t).
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Policy(nn.Module, abc.ABC):
+    """Base class for every head.
+
+    Batches are dicts: ``obs`` {key: [B, n_obs_steps, *shape]} (images uint8 [B, T, C, H, W]),
+    ``action`` [B, horizon, action_dim] (raw, unnormalized), ``action_is_pad`` [B, horizon] bool,
+    optional ``goal`` {key: [B, *shape]}. The normalizer is a submodule, so it ships in checkpoints.
+    """
+
+    name: str = ""
+
+    def __init__(self, n_obs_steps: int, horizon: int, n_action_steps: int, action_dim: int):
+        super().__init__()
+        if not 1 <= n_obs_steps <= horizon:
+            raise ValueError(f"n_obs_steps must be in [1, horizon={horizon}], got {n_obs_steps}")
+        if not 1 <= n_action_steps <= horizon - n_obs_steps + 1:
+            raise ValueError(
+                f"n_action_steps must be in [1, horizon - n_obs_steps + 1 = {horizon - n_obs_steps + 1}], got {n_action_steps}"
+            )
+        self.n_obs_steps, self.horizon, self.n_action_steps, self.action_dim = n_obs_steps, horizon, n_action_steps, action_dim
+        self._obs_history: collections.deque = collections.deque(maxlen=n_obs_steps)
+        self._action_queue: collections.deque = collections.deque()
+        self._goal: dict[str, np.ndarray] | None = None
+        self.inference_times_ms: list[float] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not abc.ABC in cls.__bases__ and not cls.name:
+            raise TypeError(f"{cls.__name__} must set a class attribute `name`")
+
+    @abc.abstractmethod
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Training loss; the dict holds ``loss`` (the scalar to minimise) and any scalars worth logging."""
+
+    @abc.abstractmethod
+    def predict_action_chunk(
+        self, obs: dict[str, torch.Tensor], goal: dict[str, torch.Tensor] | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """obs {key: [B, n_obs_steps, *shape]} (raw) -> actions [B, horizon, action_dim] (unnormalized)."""
+
+    # ---- step-by-step control (simulation evaluation, deployment) ----
+    def reset(self) -> None:
+        """Forget the observation history, queued actions and goal: call at every episode start."""
+        self._obs_history.clear()
+        self._action_queue.clear()
+        self._goal = None
+
+    def set_goal(self, goal: dict[str, np.ndarray] | None) -> None:
+        self._goal = goal
+
+    @torch.no_grad()
+    def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """One env step: append ``obs`` (unbatched, raw), return the next action [action_dim].
+
+        A new chunk is predicted when the queue is empty; the first step's observation is repeated to fill
+        the history (the same edge padding the sampler uses in training).
+        """
+        self._obs_history.append(obs)
+        while len(self._obs_history) < self.n_obs_steps:
+            self._obs_history.appendleft(self._obs_history[0])
+        if not self._action_queue:
+            device = self.device
+            window = {
+                k: torch.as_tensor(np.stack([o[k] for o in self._obs_history]), device=device).unsqueeze(0)
+                for k in self._obs_history[-1]
+            }
+            goal = None
+            if self._goal is not None:
+                goal = {k: torch.as_tensor(np.asarray(v), device=device).unsqueeze(0) for k, v in self._goal.items()}
+            start = time.perf_counter()
+            chunk = self.predict_action_chunk(window, goal=goal)
+            self.inference_times_ms.append((time.perf_counter() - start) * 1e3)
+            chunk = chunk[0].float().cpu().numpy()
+            if not np.isfinite(chunk).all():
+                raise FloatingPointError(f"{self.name} predicted a non-finite action chunk")
+            first = self.n_obs_steps - 1
+            self._action_queue.extend(chunk[first : first + self.n_action_steps])
+        return self._action_queue.popleft()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
