@@ -102,3 +102,59 @@ class Policy(nn.Module, abc.ABC):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+class ConditionalPolicy(Policy, abc.ABC):
+    """A head conditioned on `ObsEncoder` tokens (and an optional goal token); owns the normalizer.
+
+    `condition()` is the one place that normalizes observations and assembles the token sequence
+    [obs tokens of every step..., goal token]. A missing or dropped goal uses a learned null token, which is what
+    goal dropout trains and classifier-free guidance queries.
+    """
+
+    def __init__(self, config: Any, encoder: nn.Module, normalizer: nn.Module, action_dim: int):
+        super().__init__(config.n_obs_steps, config.horizon, config.n_action_steps, action_dim)
+        self.config = config
+        self.encoder = encoder
+        self.normalizer = normalizer
+        if encoder.n_obs_steps != config.n_obs_steps:
+            raise ValueError(f"encoder built for n_obs_steps={encoder.n_obs_steps}, head for {config.n_obs_steps}")
+        self.null_goal = nn.Parameter(torch.zeros(1, 1, encoder.d_model)) if encoder.goal_keys else None
+
+    def condition(
+        self,
+        obs: dict[str, torch.Tensor],
+        goal: dict[str, torch.Tensor] | None = None,
+        drop_goal: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """obs {key: [B, T, ...]} raw -> conditioning tokens [B, encoder.n_tokens, D].
+
+        drop_goal: bool [B], True where the goal token is replaced by the null token (goal dropout, unconditional
+        branch of guidance). Without a goal every row gets the null token.
+        """
+        nobs = {k: self.normalizer.normalize(k, obs[k]) if k in self.encoder.lowdim_keys else obs[k] for k in self.encoder.obs_keys}
+        tokens = self.encoder(nobs).flatten(1, 2)
+        if self.null_goal is None:
+            return tokens
+        b = tokens.shape[0]
+        null = self.null_goal.expand(b, -1, -1)
+        if goal is None:
+            goal_token = null
+        else:
+            goal_token = self.encoder.encode_goal({k: self.normalizer.normalize(k, goal[k]) for k in self.encoder.goal_keys})
+            if drop_goal is not None:
+                goal_token = torch.where(drop_goal[:, None, None], null, goal_token)
+        return torch.cat([tokens, goal_token], dim=1)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """DistributedDataParallel calls forward: it is the training loss."""
+        return self.compute_loss(batch)
+
+    @staticmethod
+    def masked_mse(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None) -> torch.Tensor:
+        """Mean squared error over the steps that are real actions, not edge padding past an episode's end."""
+        err = (pred - target).pow(2).mean(dim=-1)  # [B, H]
+        if is_pad is None:
+            return err.mean()
+        keep = (~is_pad).float()
+        return (err * keep).sum() / keep.sum().clamp(min=1.0)

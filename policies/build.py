@@ -1,0 +1,59 @@
+"""Build a policy (encoder + normalizer + head) from a composed training config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vmp.data import Normalizer
+from vmp.policies.base import Policy
+from vmp.policies.encoders import ObsEncoder
+from vmp.policies.heads import HEADS
+
+
+def head_config(cfg: DictConfig):
+    """The head's typed config from `cfg.policy` (validated in its __post_init__)."""
+    name = cfg.policy.name
+    if name not in HEADS:
+        raise ValueError(f"policy.name={name!r} is not a head; choose one of {sorted(HEADS)}")
+    fields = {k: v for k, v in OmegaConf.to_container(cfg.policy, resolve=True).items() if k != "name"}
+    config_class = HEADS[name].config_class
+    known = {f for f in config_class.__dataclass_fields__}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"policy.{unknown[0]} is not a setting of the {name} head; its settings: {sorted(known)}")
+    return config_class(**fields)
+
+
+def normalizer_modes(cfg: DictConfig) -> dict[str, str]:
+    """Actions min-max to [-1, 1] (what the diffusion heads' sigma_data assumes); low-dim observations mean/std."""
+    modes = {"action": "minmax"}
+    for key, meta in cfg.task.shape_meta.obs.items():
+        if meta.get("type", "low_dim") == "low_dim":
+            modes[key] = "meanstd"
+    return modes
+
+
+def normalizer_shapes(cfg: DictConfig) -> dict[str, tuple[int, ...]]:
+    shapes = {"action": tuple(cfg.task.shape_meta.action.shape)}
+    for key in normalizer_modes(cfg):
+        if key != "action":
+            shapes[key] = tuple(cfg.task.shape_meta.obs[key].shape)
+    return shapes
+
+
+def build_policy(cfg: DictConfig, normalizer: Normalizer | None = None) -> Policy:
+    """A fresh policy. Without a normalizer an empty one is made (its statistics come with `load_state_dict`)."""
+    config = head_config(cfg)
+    if normalizer is None:
+        normalizer = Normalizer.empty(normalizer_shapes(cfg), normalizer_modes(cfg))
+    shape_meta: Any = OmegaConf.to_container(cfg.task.shape_meta, resolve=True)
+    encoder = ObsEncoder(
+        shape_meta,
+        config.n_obs_steps,
+        d_model=config.d_model,
+        goal_keys=list(cfg.task.get("goal_keys") or []),
+        **OmegaConf.to_container(cfg.encoder, resolve=True),
+    )
+    return HEADS[cfg.policy.name](config, encoder, normalizer, action_dim=shape_meta["action"]["shape"][0])

@@ -1,0 +1,83 @@
+"""Checkpoints: one file holding the config, every state dict, the step and the git revision.
+
+Written atomically (temporary name, fsync, rename) so a crash never leaves a truncated checkpoint. Loaded with
+`torch.load(weights_only=True)`: a checkpoint holds tensors and plain containers only, never pickled objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+FORMAT = "vmp-checkpoint"
+VERSION = 1
+log = logging.getLogger(__name__)
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or foreign files
+        raise ValueError(f"{path} is not a readable vmp checkpoint: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a vmp checkpoint (no format={FORMAT!r} field)")
+    if payload["version"] > VERSION:
+        raise ValueError(f"{path} has checkpoint version {payload['version']}; this vmp reads up to {VERSION}: upgrade vmp")
+    return payload
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu", overrides: dict[str, Any] | None = None,
+                use_ema: bool = True):
+    """-> (policy in eval mode with EMA weights when present, training cfg).
+
+    overrides: inference-time head settings, e.g. {"sampler": "dpmpp_2m", "n_steps": 5, "guidance_weight": 1.5}.
+    """
+    from diffusers.training_utils import EMAModel
+
+    from vmp.policies.build import build_policy
+
+    payload = read_checkpoint(path)
+    cfg: DictConfig = OmegaConf.create(payload["cfg"])
+    for key, value in (overrides or {}).items():
+        if key not in cfg.policy:
+            raise KeyError(f"{key!r} is not a setting of the {cfg.policy.name} head; its settings: {sorted(cfg.policy)}")
+        cfg.policy[key] = value
+    policy = build_policy(cfg)
+    missing, unexpected = policy.load_state_dict(payload["policy"], strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint does not match the {cfg.policy.name} head: missing {missing}, unexpected {unexpected}")
+    if use_ema and payload.get("ema") is not None:
+        ema = EMAModel(policy.parameters())
+        ema.load_state_dict(payload["ema"])
+        ema.copy_to(policy.parameters())
+    return policy.to(device).eval(), cfg

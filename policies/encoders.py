@@ -1,0 +1,150 @@
+"""`ObsEncoder`: observation window -> conditioning tokens, shared by every head.
+
+Token layout per observation step: one token for all low-dim keys together (concatenated after normalization, then an
+MLP), then one token per camera (RGB or depth: backbone -> spatial softmax -> linear). A goal observation (the keys in
+`goal_keys`) becomes one extra token through its own MLP. Which keys feed which branch comes from the task's
+`shape_meta` (`type: low_dim | rgb | depth`), so the encoder is chosen by config, never by head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vmp.policies.nn import MLP, SpatialSoftmax, make_backbone
+
+OBS_TYPES = ("low_dim", "rgb", "depth")
+
+
+def _crop(images: torch.Tensor, size: tuple[int, int], random: bool) -> torch.Tensor:
+    """[N, C, H, W] -> [N, C, h, w]; a random crop per image in training, the centre crop otherwise."""
+    n, _, height, width = images.shape
+    h, w = size
+    if (h, w) == (height, width):
+        return images
+    if not random:
+        top, left = (height - h) // 2, (width - w) // 2
+        return images[:, :, top : top + h, left : left + w]
+    tops = torch.randint(0, height - h + 1, (n,), device=images.device)
+    lefts = torch.randint(0, width - w + 1, (n,), device=images.device)
+    rows = (tops[:, None] + torch.arange(h, device=images.device))[:, None, :, None]  # [N, 1, h, 1]
+    cols = (lefts[:, None] + torch.arange(w, device=images.device))[:, None, None, :]  # [N, 1, 1, w]
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    return images.permute(0, 2, 3, 1)[batch, rows, cols].squeeze(1).permute(0, 3, 1, 2)
+
+
+class ImageEncoder(nn.Module):
+    """One camera: images [N, C, H, W] (uint8 or float in [0, 1] for RGB; metres for depth) -> [N, d_model]."""
+
+    def __init__(self, shape: tuple[int, ...], obs_type: str, d_model: int, backbone: str, backbone_kwargs: dict,
+                 n_keypoints: int, crop_ratio: float):
+        super().__init__()
+        height, width = shape[:2]
+        self.in_channels = 1 if obs_type == "depth" else shape[2]
+        self.obs_type = obs_type
+        self.crop_size = (int(round(height * crop_ratio)), int(round(width * crop_ratio)))
+        self.backbone = make_backbone(backbone, self.in_channels, **backbone_kwargs)
+        self.pool = SpatialSoftmax(self.backbone.out_channels, n_keypoints)
+        self.proj = nn.Linear(self.pool.out_dim, d_model)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.obs_type == "rgb":
+            x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        else:
+            x = images.float()
+            if x.ndim == 3:  # [N, H, W] depth
+                x = x[:, None]
+        x = _crop(x, self.crop_size, random=self.training)
+        return self.proj(self.pool(self.backbone(x)))
+
+
+class ObsEncoder(nn.Module):
+    def __init__(
+        self,
+        shape_meta: dict[str, Any],
+        n_obs_steps: int,
+        d_model: int = 128,
+        goal_keys: tuple[str, ...] | list[str] = (),
+        backbone: str = "compact_cnn",
+        backbone_kwargs: dict | None = None,
+        n_keypoints: int = 32,
+        crop_ratio: float = 0.9,
+        lowdim_hidden: int = 256,
+    ):
+        super().__init__()
+        obs_meta = shape_meta["obs"]
+        for key, meta in obs_meta.items():
+            if meta.get("type", "low_dim") not in OBS_TYPES:
+                raise ValueError(f"shape_meta.obs.{key}.type must be one of {OBS_TYPES}, got {meta.get('type')!r}")
+        self.n_obs_steps, self.d_model = n_obs_steps, d_model
+        self.lowdim_keys = sorted(k for k, m in obs_meta.items() if m.get("type", "low_dim") == "low_dim")
+        self.image_keys = sorted(k for k, m in obs_meta.items() if m.get("type") in ("rgb", "depth"))
+        self.goal_keys = sorted(goal_keys)
+        self.shapes = {k: tuple(obs_meta[k]["shape"]) for k in obs_meta}
+        for key in self.goal_keys:
+            if key not in self.shapes or key not in self.lowdim_keys:
+                raise ValueError(f"goal key {key!r} must be a low_dim key of shape_meta.obs; low_dim keys: {self.lowdim_keys}")
+        if not self.lowdim_keys and not self.image_keys:
+            raise ValueError("shape_meta.obs has no keys to encode")
+        lowdim_dim = sum(_numel(self.shapes[k]) for k in self.lowdim_keys)
+        self.lowdim = MLP(lowdim_dim, lowdim_hidden, d_model) if self.lowdim_keys else None
+        self.images = nn.ModuleDict(
+            {
+                k: ImageEncoder(self.shapes[k], obs_meta[k]["type"], d_model, backbone, dict(backbone_kwargs or {}), n_keypoints, crop_ratio)
+                for k in self.image_keys
+            }
+        )
+        goal_dim = sum(_numel(self.shapes[k]) for k in self.goal_keys)
+        self.goal = MLP(goal_dim, lowdim_hidden, d_model) if self.goal_keys else None
+        self.step_emb = nn.Parameter(torch.zeros(1, n_obs_steps, 1, d_model))
+        nn.init.normal_(self.step_emb, std=0.02)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return (1 if self.lowdim_keys else 0) + len(self.image_keys)
+
+    @property
+    def n_tokens(self) -> int:
+        """Conditioning tokens after flattening: n_obs_steps * tokens_per_step, plus one goal token."""
+        return self.n_obs_steps * self.tokens_per_step + (1 if self.goal_keys else 0)
+
+    @property
+    def obs_keys(self) -> list[str]:
+        return self.lowdim_keys + self.image_keys
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """obs {key: [B, T, *shape]} (low-dim already normalized) -> tokens [B, T, tokens_per_step, D]."""
+        missing = [k for k in self.obs_keys if k not in obs]
+        if missing:
+            raise KeyError(f"observation is missing keys {missing}; the encoder needs {self.obs_keys}")
+        any_key = self.obs_keys[0]
+        b, t = obs[any_key].shape[:2]
+        if t != self.n_obs_steps:
+            raise ValueError(f"observation window has {t} steps, the policy was built for n_obs_steps={self.n_obs_steps}")
+        tokens = []
+        if self.lowdim is not None:
+            flat = torch.cat([obs[k].reshape(b, t, -1).float() for k in self.lowdim_keys], dim=-1)
+            tokens.append(self.lowdim(flat))
+        for key, net in self.images.items():
+            images = obs[key]
+            tokens.append(net(images.reshape(b * t, *images.shape[2:])).reshape(b, t, -1))
+        return torch.stack(tokens, dim=2) + self.step_emb
+
+    def encode_goal(self, goal: dict[str, torch.Tensor]) -> torch.Tensor:
+        """goal {key: [B, *shape]} (normalized) -> [B, 1, D]."""
+        missing = [k for k in self.goal_keys if k not in goal]
+        if missing:
+            raise KeyError(f"goal is missing keys {missing}; the policy was trained with goal_keys {self.goal_keys}")
+        b = goal[self.goal_keys[0]].shape[0]
+        flat = torch.cat([goal[k].reshape(b, -1).float() for k in self.goal_keys], dim=-1)
+        return self.goal(flat)[:, None]
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n

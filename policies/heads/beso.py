@@ -1,0 +1,192 @@
+"""BESO: goal-conditioned score-based diffusion policy (Reuss et al., RSS 2023) on EDM preconditioning.
+
+Choices (see METHODS.md, BESO):
+- Denoiser D(a; sigma, c) = c_skip a + c_out F(c_in a, c_noise, c) with Karras et al.'s scalings, sigma_data = 0.5
+  (actions are min-max normalized to [-1, 1]). The loss is written in F-space, MSE(F, (a - c_skip x) / c_out), which is
+  exactly EDM's weighted loss lambda(sigma) ||D - a||^2 with lambda = 1 / c_out^2.
+- Training sigmas come from a log-logistic (the authors' default: location ln sigma_data, scale 0.5) or log-normal
+  distribution, clipped to [sigma_min, sigma_max]. Sampling is decoupled from training: the sampler (euler = DDIM /
+  DPM-Solver-1, euler_ancestral, dpmpp_2m), the sigma schedule (exponential, karras) and the step count (3 by default)
+  are inference settings. Euler and DPM-Solver++ come from diffusers' EDM schedulers; Euler-ancestral is the k-diffusion
+  update written here over the same sigmas and preconditioning (diffusers has no EDM ancestral scheduler).
+- Goal dropout (p = 0.1) trains the goal-free policy in the same network; with a goal and guidance_weight w != 1 the
+  sampler mixes F_uncond + w (F_cond - F_uncond) from one doubled batch.
+- `prefix` / `prefix_weights` inpaint the start of the chunk for real-time chunking (DEPLOY.md): at every step the
+  denoised estimate is replaced by W*Y + (1-W)*D, expressed back as the F that yields it, so any scheduler applies it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
+
+from vmp.policies.base import ConditionalPolicy
+from vmp.policies.nn import TransformerDenoiser
+
+SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m")
+
+
+@dataclasses.dataclass
+class BESOConfig:
+    n_obs_steps: int = 2
+    horizon: int = 16
+    n_action_steps: int = 8
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    dropout: float = 0.05
+    sigma_data: float = 0.5
+    sigma_min: float = 0.001
+    sigma_max: float = 1.0
+    noise_distribution: str = "loglogistic"  # loglogistic | lognormal
+    noise_loc: float | None = None  # default: ln(sigma_data) for loglogistic, -1.2 for lognormal
+    noise_scale: float = 0.5
+    goal_dropout: float = 0.1
+    # inference-time settings
+    sampler: str = "euler"
+    n_steps: int = 3
+    sigma_schedule: str = "exponential"  # exponential | karras
+    guidance_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"policy.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.noise_distribution not in ("loglogistic", "lognormal"):
+            raise ValueError(f"policy.noise_distribution must be loglogistic or lognormal, got {self.noise_distribution!r}")
+        if self.sigma_schedule not in ("exponential", "karras"):
+            raise ValueError(f"policy.sigma_schedule must be exponential or karras, got {self.sigma_schedule!r}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if self.n_steps < 1:
+            raise ValueError(f"policy.n_steps must be >= 1, got {self.n_steps}")
+        if not 0.0 <= self.goal_dropout < 1.0:
+            raise ValueError(f"policy.goal_dropout must be in [0, 1), got {self.goal_dropout}")
+
+
+class BESOPolicy(ConditionalPolicy):
+    name = "beso"
+    config_class = BESOConfig
+
+    def __init__(self, config: BESOConfig, encoder, normalizer, action_dim: int):
+        super().__init__(config, encoder, normalizer, action_dim)
+        self.denoiser = TransformerDenoiser(
+            action_dim, config.horizon, encoder.n_tokens, config.d_model, config.n_layers, config.n_heads, config.dropout,
+            noise_embed_scale=100.0,
+        )
+
+    # ---- EDM preconditioning ----
+    def scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """sigma [B] -> (c_skip, c_out, c_in, c_noise), each [B]."""
+        sd = self.config.sigma_data
+        c_skip = sd**2 / (sigma**2 + sd**2)
+        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
+        c_in = 1.0 / (sigma**2 + sd**2).sqrt()
+        return c_skip, c_out, c_in, sigma.log() / 4.0
+
+    def sample_training_sigmas(self, n: int, device: torch.device) -> torch.Tensor:
+        cfg = self.config
+        if cfg.noise_distribution == "loglogistic":
+            loc = math.log(cfg.sigma_data) if cfg.noise_loc is None else cfg.noise_loc
+            u = torch.rand(n, device=device).clamp(1e-6, 1 - 1e-6)
+            log_sigma = loc + cfg.noise_scale * (u.log() - (-u).log1p())
+        else:
+            loc = -1.2 if cfg.noise_loc is None else cfg.noise_loc
+            log_sigma = loc + cfg.noise_scale * torch.randn(n, device=device)
+        return log_sigma.exp().clamp(cfg.sigma_min, cfg.sigma_max)
+
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        actions = self.normalizer.normalize("action", batch["action"])
+        b = actions.shape[0]
+        drop_goal = None
+        if self.null_goal is not None:
+            drop_goal = torch.rand(b, device=actions.device) < self.config.goal_dropout
+        cond = self.condition(batch["obs"], batch.get("goal"), drop_goal)
+        sigma = self.sample_training_sigmas(b, actions.device)
+        c_skip, c_out, c_in, c_noise = (s[:, None, None] for s in self.scalings(sigma))
+        noisy = actions + sigma[:, None, None] * torch.randn_like(actions)
+        pred = self.denoiser(c_in * noisy, c_noise.flatten(), cond)
+        target = (actions - c_skip * noisy) / c_out
+        loss = self.masked_mse(pred, target, batch.get("action_is_pad"))
+        return {"loss": loss}
+
+    # ---- sampling ----
+    def _scheduler(self):
+        cfg = self.config
+        kwargs = dict(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, sigma_data=cfg.sigma_data, sigma_schedule=cfg.sigma_schedule)
+        if cfg.sampler == "dpmpp_2m":
+            return EDMDPMSolverMultistepScheduler(**kwargs, solver_order=2, algorithm_type="dpmsolver++")
+        return EDMEulerScheduler(**kwargs)
+
+    def _model_output(self, x_in: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor, cond_free: torch.Tensor | None) -> torch.Tensor:
+        b = x_in.shape[0]
+        noise_b = c_noise.reshape(1).expand(b).to(x_in.device)
+        if cond_free is None:
+            return self.denoiser(x_in, noise_b, cond)
+        both = self.denoiser(torch.cat([x_in, x_in]), torch.cat([noise_b, noise_b]), torch.cat([cond, cond_free]))
+        f_cond, f_free = both[:b], both[b:]
+        return f_free + self.config.guidance_weight * (f_cond - f_free)
+
+    @torch.no_grad()
+    def predict_action_chunk(
+        self,
+        obs: dict[str, torch.Tensor],
+        goal: dict[str, torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        prefix: torch.Tensor | None = None,
+        prefix_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """obs {key: [B, n_obs_steps, ...]} -> actions [B, horizon, action_dim] (unnormalized).
+
+        prefix: [B, L, A] unnormalized actions to keep at the chunk start, weighted by prefix_weights [L] in [0, 1].
+        """
+        cfg = self.config
+        cond = self.condition(obs, goal)
+        cond_free = None
+        if goal is not None and self.null_goal is not None and cfg.guidance_weight != 1.0:
+            cond_free = self.condition(obs, None)
+        b, device = cond.shape[0], cond.device
+        target_w = target_y = None
+        if prefix is not None:
+            if prefix_weights is None or prefix_weights.shape[0] != prefix.shape[1]:
+                raise ValueError("prefix_weights must be given with prefix, one weight per prefix step")
+            length = prefix.shape[1]
+            target_y = torch.zeros(b, self.horizon, self.action_dim, device=device)
+            target_y[:, :length] = self.normalizer.normalize("action", prefix.to(device))
+            target_w = torch.zeros(1, self.horizon, 1, device=device)
+            target_w[0, :length, 0] = prefix_weights.to(device)
+
+        scheduler = self._scheduler()
+        scheduler.set_timesteps(cfg.n_steps, device=device)
+        sigmas = scheduler.sigmas.to(device)
+        x = torch.randn(b, self.horizon, self.action_dim, generator=generator, device=device) * sigmas[0]
+        for i, t in enumerate(scheduler.timesteps):
+            sigma = sigmas[i]
+            x_in = scheduler.scale_model_input(x, t)
+            f = self._model_output(x_in, t, cond, cond_free)
+            if target_y is not None:
+                denoised = scheduler.precondition_outputs(x, f, sigma)
+                blended = target_w * target_y + (1 - target_w) * denoised
+                c_skip, c_out, _, _ = self.scalings(sigma)
+                f = (blended - c_skip * x) / c_out
+            if cfg.sampler == "euler_ancestral":
+                x = self._ancestral_step(scheduler, x, f, sigma, sigmas[i + 1], generator)
+                scheduler._step_index += 1
+            else:
+                x = scheduler.step(f, t, x, generator=generator).prev_sample
+        return self.normalizer.unnormalize("action", x.clamp(-1.0, 1.0))
+
+    @staticmethod
+    def _ancestral_step(scheduler, x, f, sigma, sigma_next, generator):
+        """Euler-ancestral (k-diffusion `sample_euler_ancestral`, eta = 1): deterministic step to sigma_down, then fresh
+        noise of std sigma_up so the marginal at sigma_next is right."""
+        denoised = scheduler.precondition_outputs(x, f, sigma)
+        if sigma_next == 0:
+            return denoised
+        sigma_up = torch.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
+        sigma_down = torch.sqrt(sigma_next**2 - sigma_up**2)
+        x = denoised + (x - denoised) * (sigma_down / sigma)
+        return x + torch.randn(x.shape, generator=generator, device=x.device) * sigma_up

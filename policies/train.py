@@ -1,0 +1,273 @@
+"""vmp-train: one training loop for every head (hydra app over configs/train.yaml).
+
+Exact resume: every step reseeds torch from (seed, step, rank) and the data order of epoch e is a permutation seeded
+by (seed, e), so a run resumed from a checkpoint at step N replays steps N+1... exactly as an uninterrupted run would;
+the checkpoint holds model, EMA, optimizer and LR schedule. Multi-process: `torchrun --nproc_per_node=K -m
+vmp.policies.train ...` (DistributedDataParallel; gloo on CPU, nccl on GPU); rank 0 logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("vmp.train")
+
+
+class EpochSampler:
+    """Indices of epoch e: a permutation seeded by (seed, e), split across ranks, starting at `start` (resume)."""
+
+    def __init__(self, n: int, seed: int, epoch: int, rank: int = 0, world: int = 1, start: int = 0):
+        import torch
+
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        perm = torch.randperm(n, generator=g)
+        per_rank = n // world
+        self.indices = perm[rank * per_rank : (rank + 1) * per_rank][start:].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 101 + rank) % (2**63)
+
+
+def to_device(batch: Any, device) -> Any:
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if hasattr(batch, "to"):
+        return batch.to(device, non_blocking=True)
+    return batch
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(cfg: DictConfig) -> Path:
+    """Run (or resume) training; returns the path of the final checkpoint."""
+    import torch
+    import torch.distributed as dist
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+    from torch.nn.parallel import DistributedDataParallel
+    from tqdm import tqdm
+
+    from vmp.data import EpisodeStore, Normalizer, SequenceDataset, SequenceSampler
+    from vmp.policies.build import build_policy, normalizer_modes
+    from vmp.policies.checkpoint import git_revision, read_checkpoint, save_checkpoint
+
+    tcfg = cfg.training
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(cfg.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    is_main = rank == 0
+    steps = 20 if tcfg.debug else int(tcfg.steps)
+    run_dir = Path(cfg.run_dir)
+    ckpt_path = run_dir / "checkpoints" / "latest.pt"
+
+    # ---- data ----
+    store = EpisodeStore.open(cfg.store)
+    obs_keys = list(cfg.task.shape_meta.obs.keys())
+    goal_keys = list(cfg.task.get("goal_keys") or [])
+    head_cfg = cfg.policy
+    sampler_kwargs = dict(
+        keys=obs_keys, n_obs_steps=head_cfg.n_obs_steps, horizon=head_cfg.horizon, n_action_steps=head_cfg.n_action_steps,
+        val_ratio=tcfg.val_ratio, seed=cfg.seed, goal_keys=goal_keys or None, goal_mode=tcfg.goal_mode,
+    )
+    train_set = SequenceDataset(SequenceSampler(store, split="train", **sampler_kwargs))
+    val_set = SequenceDataset(SequenceSampler(store, split="val", **sampler_kwargs)) if tcfg.val_ratio > 0 else None
+    if len(train_set) < tcfg.batch_size * world:
+        raise ValueError(f"{cfg.store}: {len(train_set)} training windows, fewer than one batch of {tcfg.batch_size} x {world} ranks")
+    batches_per_epoch = len(train_set) // (tcfg.batch_size * world)
+
+    def loader(epoch: int, start_batch: int = 0):
+        sampler = EpochSampler(len(train_set), cfg.seed, epoch, rank, world, start_batch * tcfg.batch_size)
+        return torch.utils.data.DataLoader(
+            train_set, batch_size=tcfg.batch_size, sampler=sampler, drop_last=True, num_workers=tcfg.num_workers,
+            pin_memory=device.type == "cuda", persistent_workers=False,
+            generator=torch.Generator().manual_seed(cfg.seed + epoch),
+        )
+
+    # ---- model, optimizer, EMA ----
+    torch.manual_seed(cfg.seed)
+    normalizer = Normalizer.from_store(store, normalizer_modes(cfg))
+    policy = build_policy(cfg, normalizer).to(device)
+    decay, no_decay = [], []
+    for name, p in policy.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and not name.startswith("normalizer") else no_decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tcfg.lr, betas=tuple(tcfg.betas),
+    )
+    lr_schedule = get_cosine_schedule_with_warmup(optimizer, tcfg.warmup_steps, steps)
+    ema = EMAModel(policy.parameters(), decay=tcfg.ema_decay, use_ema_warmup=True, power=tcfg.ema_power)
+    ema.to(device)
+    step = 0
+    if cfg.resume and ckpt_path.exists():
+        payload = read_checkpoint(ckpt_path, map_location=device)
+        policy.load_state_dict(payload["policy"])
+        optimizer.load_state_dict(payload["optimizer"])
+        lr_schedule.load_state_dict(payload["lr_schedule"])
+        ema.load_state_dict(payload["ema"])
+        ema.to(device)
+        step = int(payload["step"])
+        if is_main:
+            log.info("resumed from %s at step %d", ckpt_path, step)
+    elif cfg.resume and is_main:
+        log.warning("resume=true but %s does not exist: starting from scratch", ckpt_path)
+    model = DistributedDataParallel(policy) if world > 1 else policy
+    n_params = sum(p.numel() for p in policy.parameters())
+    if is_main:
+        log.info("%s head, %.2fM parameters, %d train windows (%d val), device %s, %d rank(s)",
+                 cfg.policy.name, n_params / 1e6, len(train_set), len(val_set) if val_set else 0, device, world)
+
+    def checkpoint(at_step: int) -> None:
+        if is_main:
+            save_checkpoint(ckpt_path, {
+                "cfg": OmegaConf.to_yaml(cfg), "policy": policy.state_dict(), "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(), "step": at_step,
+                "git_rev": git_revision(),
+            })
+
+    @torch.no_grad()
+    def validate() -> float:
+        ema.store(policy.parameters())
+        ema.copy_to(policy.parameters())
+        policy.eval()
+        losses = []
+        val_loader = torch.utils.data.DataLoader(val_set, batch_size=tcfg.batch_size, shuffle=False, num_workers=tcfg.num_workers)
+        torch.manual_seed(step_seed(cfg.seed, -1, 0))
+        for i, batch in enumerate(val_loader):
+            if i >= tcfg.val_batches:
+                break
+            losses.append(policy.compute_loss(to_device(batch, device))["loss"].item())
+        ema.restore(policy.parameters())
+        policy.train()
+        return sum(losses) / max(len(losses), 1)
+
+    metrics_file = run_dir / "metrics.csv"
+    writer = None
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        new_file = not metrics_file.exists() or step == 0
+        fh = open(metrics_file, "w" if new_file else "a", newline="")
+        writer = csv.writer(fh)
+        if new_file:
+            writer.writerow(["step", "loss", "val_loss", "lr", "samples_per_s", "success_rate"])
+
+    epoch, batch_in_epoch = divmod(step, batches_per_epoch)
+    data_iter = iter(loader(epoch, batch_in_epoch))
+    policy.train()
+    bar = tqdm(total=steps, initial=step, disable=not is_main, desc=f"train {cfg.policy.name}", dynamic_ncols=True)
+    last_time, last_step, loss_sum, loss_n = time.perf_counter(), step, 0.0, 0
+    try:
+        while step < steps:
+            try:
+                batch = next(data_iter)
+            except StopIteration:
+                epoch += 1
+                data_iter = iter(loader(epoch))
+                continue
+            torch.manual_seed(step_seed(cfg.seed, step, rank))
+            losses = model(to_device(batch, device))
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower training.lr or check the store")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tcfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), tcfg.grad_clip)
+            optimizer.step()
+            lr_schedule.step()
+            ema.step(policy.parameters())
+            step += 1
+            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+            if not is_main:
+                continue
+            bar.update(1)
+            row = None
+            if step % tcfg.log_every == 0 or step == steps:
+                now = time.perf_counter()
+                rate = (step - last_step) * tcfg.batch_size * world / max(now - last_time, 1e-9)
+                row = {"step": step, "loss": loss_sum / loss_n, "val_loss": "", "lr": lr_schedule.get_last_lr()[0],
+                       "samples_per_s": rate, "success_rate": ""}
+                bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{rate:.0f}")
+                last_time, last_step, loss_sum, loss_n = now, step, 0.0, 0
+            if val_set is not None and (step % tcfg.val_every == 0 or step == steps):
+                row = row or {"step": step, "loss": "", "lr": "", "samples_per_s": "", "success_rate": ""}
+                row["val_loss"] = validate()
+                log.info("step %d val_loss %.4f", step, row["val_loss"])
+            if step % tcfg.ckpt_every == 0 or step == steps:
+                checkpoint(step)
+            if tcfg.eval_every > 0 and (step % tcfg.eval_every == 0 or step == steps):
+                row = row or {"step": step, "loss": "", "val_loss": "", "lr": "", "samples_per_s": ""}
+                row["success_rate"] = evaluate_checkpoint(cfg, ckpt_path, step)
+            if row is not None:
+                writer.writerow([row.get(k, "") for k in ("step", "loss", "val_loss", "lr", "samples_per_s", "success_rate")])
+                fh.flush()
+    except KeyboardInterrupt:
+        log.warning("interrupted at step %d: saving %s (continue with resume=true)", step, ckpt_path)
+        checkpoint(step)
+        raise
+    finally:
+        bar.close()
+        if writer is not None:
+            fh.close()
+        if world > 1:
+            dist.destroy_process_group()
+    if is_main:
+        log.info("done: %d steps, checkpoint %s", step, ckpt_path)
+    return ckpt_path
+
+
+def evaluate_checkpoint(cfg: DictConfig, ckpt_path: Path, step: int) -> float:
+    """Periodic simulation evaluation of the latest checkpoint (EMA weights) in worker processes."""
+    import functools
+
+    from vmp.policies.checkpoint import load_policy
+    from vmp.sim.evaluate import run_evaluation
+
+    out_dir = Path(cfg.run_dir) / "eval" / f"step_{step:07d}"
+    make_policy = functools.partial(_load_policy_only, str(ckpt_path))
+    metrics = run_evaluation(cfg.task, make_policy, n_episodes=cfg.training.eval_episodes, seed=100_000,
+                             n_workers=cfg.training.eval_workers, out_dir=out_dir, n_videos=1)
+    log.info("step %d: success %.2f over %d episodes (%s)", step, metrics["success_rate"], cfg.training.eval_episodes, out_dir)
+    return metrics["success_rate"]
+
+
+def _load_policy_only(path: str):
+    from vmp.policies.checkpoint import load_policy
+
+    return load_policy(path)[0]
+
+
+@hydra.main(config_path="pkg://vmp.configs", config_name="train", version_base=None)
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
