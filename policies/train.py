@@ -9,6 +9,7 @@ vmp.policies.train ...` (DistributedDataParallel; gloo on CPU, nccl on GPU); ran
 from __future__ import annotations
 
 import csv
+import sys
 import logging
 import math
 import os
@@ -84,6 +85,7 @@ def train(cfg: DictConfig) -> Path:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     is_main = rank == 0
     steps = 20 if tcfg.debug else int(tcfg.steps)
+    stop_at = min(steps, int(tcfg.stop_after)) if tcfg.get("stop_after") else steps
     run_dir = Path(cfg.run_dir)
     ckpt_path = run_dir / "checkpoints" / "latest.pt"
 
@@ -181,10 +183,11 @@ def train(cfg: DictConfig) -> Path:
     epoch, batch_in_epoch = divmod(step, batches_per_epoch)
     data_iter = iter(loader(epoch, batch_in_epoch))
     policy.train()
-    bar = tqdm(total=steps, initial=step, disable=not is_main, desc=f"train {cfg.policy.name}", dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=step, disable=not is_main, desc=f"train {cfg.policy.name}", dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0)
     last_time, last_step, loss_sum, loss_n = time.perf_counter(), step, 0.0, 0
     try:
-        while step < steps:
+        while step < stop_at:
             try:
                 batch = next(data_iter)
             except StopIteration:
@@ -220,11 +223,13 @@ def train(cfg: DictConfig) -> Path:
                 row = row or {"step": step, "loss": "", "lr": "", "samples_per_s": "", "success_rate": ""}
                 row["val_loss"] = validate()
                 log.info("step %d val_loss %.4f", step, row["val_loss"])
-            if step % tcfg.ckpt_every == 0 or step == steps:
+            if step % tcfg.ckpt_every == 0 or step == stop_at:
                 checkpoint(step)
             if tcfg.eval_every > 0 and (step % tcfg.eval_every == 0 or step == steps):
                 row = row or {"step": step, "loss": "", "val_loss": "", "lr": "", "samples_per_s": ""}
                 row["success_rate"] = evaluate_checkpoint(cfg, ckpt_path, step)
+            if step == stop_at and row is None:
+                row = {"step": step, "loss": loss_sum / max(loss_n, 1)}
             if row is not None:
                 writer.writerow([row.get(k, "") for k in ("step", "loss", "val_loss", "lr", "samples_per_s", "success_rate")])
                 fh.flush()
