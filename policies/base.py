@@ -82,10 +82,10 @@ class Policy(nn.Module, abc.ABC):
             self._obs_history.appendleft(self._obs_history[0])
         if not self._action_queue:
             device = self.device
-            window = {
-                k: torch.as_tensor(np.stack([o[k] for o in self._obs_history]), device=device).unsqueeze(0)
-                for k in self._obs_history[-1]
-            }
+            window = self.env_obs_to_batch(
+                {k: torch.as_tensor(np.stack([o[k] for o in self._obs_history]), device=device).unsqueeze(0)
+                 for k in self._obs_history[-1]}
+            )
             goal = None
             if self._goal is not None:
                 goal = {k: torch.as_tensor(np.asarray(v), device=device).unsqueeze(0) for k, v in self._goal.items()}
@@ -98,6 +98,10 @@ class Policy(nn.Module, abc.ABC):
             first = self.n_obs_steps - 1
             self._action_queue.extend(chunk[first : first + self.n_action_steps])
         return self._action_queue.popleft()
+
+    def env_obs_to_batch(self, window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Observations as environments and robots give them -> the layout training batches use. Identity here."""
+        return window
 
     @property
     def device(self) -> torch.device:
@@ -145,6 +149,14 @@ class ConditionalPolicy(Policy, abc.ABC):
             if drop_goal is not None:
                 goal_token = torch.where(drop_goal[:, None, None], null, goal_token)
         return torch.cat([tokens, goal_token], dim=1)
+
+    def env_obs_to_batch(self, window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """RGB images arrive HWC (as stored and rendered) and are fed CHW: [B, T, H, W, C] -> [B, T, C, H, W]."""
+        out = dict(window)
+        for key, net in self.encoder.images.items():
+            if net.obs_type == "rgb" and key in out and out[key].shape[-1] == net.in_channels:
+                out[key] = out[key].permute(0, 1, 4, 2, 3)
+        return out
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """DistributedDataParallel calls forward: it is the training loss."""

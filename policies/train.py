@@ -8,7 +8,7 @@ vmp.policies.train ...` (DistributedDataParallel; gloo on CPU, nccl on GPU); ran
 
 from __future__ import annotations
 
-import csv
+import json
 import sys
 import logging
 import math
@@ -170,22 +170,18 @@ def train(cfg: DictConfig) -> Path:
         policy.train()
         return sum(losses) / max(len(losses), 1)
 
-    metrics_file = run_dir / "metrics.csv"
-    writer = None
+    metrics_file = run_dir / "metrics.jsonl"  # one JSON object per logged step: any scalar a head returns
+    fh = None
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        new_file = not metrics_file.exists() or step == 0
-        fh = open(metrics_file, "w" if new_file else "a", newline="")
-        writer = csv.writer(fh)
-        if new_file:
-            writer.writerow(["step", "loss", "val_loss", "lr", "samples_per_s", "success_rate"])
+        fh = open(metrics_file, "w" if step == 0 else "a")
 
     epoch, batch_in_epoch = divmod(step, batches_per_epoch)
     data_iter = iter(loader(epoch, batch_in_epoch))
     policy.train()
     bar = tqdm(total=steps, initial=step, disable=not is_main, desc=f"train {cfg.policy.name}", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30.0)
-    last_time, last_step, loss_sum, loss_n = time.perf_counter(), step, 0.0, 0
+    last_time, last_step, sums, n_sum = time.perf_counter(), step, {}, 0
     try:
         while step < stop_at:
             try:
@@ -207,31 +203,29 @@ def train(cfg: DictConfig) -> Path:
             lr_schedule.step()
             ema.step(policy.parameters())
             step += 1
-            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            n_sum += 1
             if not is_main:
                 continue
             bar.update(1)
-            row = None
-            if step % tcfg.log_every == 0 or step == steps:
+            row = {}
+            if step % tcfg.log_every == 0 or step == stop_at:
                 now = time.perf_counter()
                 rate = (step - last_step) * tcfg.batch_size * world / max(now - last_time, 1e-9)
-                row = {"step": step, "loss": loss_sum / loss_n, "val_loss": "", "lr": lr_schedule.get_last_lr()[0],
-                       "samples_per_s": rate, "success_rate": ""}
+                row = {key: value / n_sum for key, value in sums.items()}
+                row.update(lr=lr_schedule.get_last_lr()[0], samples_per_s=rate)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{rate:.0f}")
-                last_time, last_step, loss_sum, loss_n = now, step, 0.0, 0
+                last_time, last_step, sums, n_sum = now, step, {}, 0
             if val_set is not None and (step % tcfg.val_every == 0 or step == steps):
-                row = row or {"step": step, "loss": "", "lr": "", "samples_per_s": "", "success_rate": ""}
                 row["val_loss"] = validate()
                 log.info("step %d val_loss %.4f", step, row["val_loss"])
             if step % tcfg.ckpt_every == 0 or step == stop_at:
                 checkpoint(step)
             if tcfg.eval_every > 0 and (step % tcfg.eval_every == 0 or step == steps):
-                row = row or {"step": step, "loss": "", "val_loss": "", "lr": "", "samples_per_s": ""}
                 row["success_rate"] = evaluate_checkpoint(cfg, ckpt_path, step)
-            if step == stop_at and row is None:
-                row = {"step": step, "loss": loss_sum / max(loss_n, 1)}
-            if row is not None:
-                writer.writerow([row.get(k, "") for k in ("step", "loss", "val_loss", "lr", "samples_per_s", "success_rate")])
+            if row:
+                fh.write(json.dumps({"step": step, **row}) + "\n")
                 fh.flush()
     except KeyboardInterrupt:
         log.warning("interrupted at step %d: saving %s (continue with resume=true)", step, ckpt_path)
@@ -239,7 +233,7 @@ def train(cfg: DictConfig) -> Path:
         raise
     finally:
         bar.close()
-        if writer is not None:
+        if fh is not None:
             fh.close()
         if world > 1:
             dist.destroy_process_group()

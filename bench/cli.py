@@ -1,0 +1,32 @@
+"""vmp-bench: run one benchmark (each writes RESULTS.md-style JSON under results/) or regenerate the README tables.
+
+    vmp-bench latency [--device cuda]     action-chunk latency per head and sampler
+    vmp-bench sampler                     training data throughput (windows/s)
+    vmp-bench render                      simulation frames per second, default vs fast render settings
+    vmp-bench deploy                      control-loop jitter and observation-to-action latency
+    vmp-bench report                      rewrite README.md's results tables from results/*.json
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+COMMANDS = {"latency": "vmp.bench.latency", "sampler": "vmp.bench.sampler", "render": "vmp.bench.render",
+            "deploy": "vmp.bench.deploy", "report": "vmp.bench.report"}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help") or sys.argv[1] not in COMMANDS:
+        print(__doc__)
+        if len(sys.argv) >= 2 and sys.argv[1] not in ("-h", "--help"):
+            print(f"unknown benchmark {sys.argv[1]!r}; choose one of {sorted(COMMANDS)}")
+            sys.exit(2)
+        return
+    importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()
