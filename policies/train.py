@@ -127,7 +127,7 @@ def train(cfg: DictConfig) -> Path:
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, tcfg.warmup_steps, steps)
     ema = EMAModel(policy.parameters(), decay=tcfg.ema_decay, use_ema_warmup=True, power=tcfg.ema_power)
     ema.to(device)
-    step = 0
+    step, train_minutes, run_start = 0, 0.0, time.perf_counter()
     if cfg.resume and ckpt_path.exists():
         payload = read_checkpoint(ckpt_path, map_location=device)
         policy.load_state_dict(payload["policy"])
@@ -136,6 +136,7 @@ def train(cfg: DictConfig) -> Path:
         ema.load_state_dict(payload["ema"])
         ema.to(device)
         step = int(payload["step"])
+        train_minutes = float(payload.get("budget", {}).get("train_minutes", 0.0))
         if is_main:
             log.info("resumed from %s at step %d", ckpt_path, step)
     elif cfg.resume and is_main:
@@ -152,6 +153,11 @@ def train(cfg: DictConfig) -> Path:
                 "cfg": OmegaConf.to_yaml(cfg), "policy": policy.state_dict(), "ema": ema.state_dict(),
                 "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(), "step": at_step,
                 "git_rev": git_revision(),
+                "budget": {"train_steps": at_step, "batch_size": int(tcfg.batch_size) * world,
+                           "train_minutes": round(train_minutes + (time.perf_counter() - run_start) / 60, 2),
+                           "device": f"cpu ({torch.get_num_threads()} threads)" if device.type == "cpu"
+                           else torch.cuda.get_device_name(device),
+                           "n_demos": store.n_episodes},
             })
 
     @torch.no_grad()
