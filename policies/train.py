@@ -8,7 +8,7 @@ vmp.policies.train ...` (DistributedDataParallel; gloo on CPU, nccl on GPU); ran
 
 from __future__ import annotations
 
-import json
+import csv
 import sys
 import logging
 import math
@@ -39,6 +39,32 @@ class EpochSampler:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class MetricsLog:
+    """metrics.csv: one row per logged step. Columns are fixed by the first row (the head's loss scalars plus lr,
+    samples/s, validation loss and success rate); a resumed run appends under the existing header."""
+
+    STANDARD = ["step", "loss", "lr", "samples_per_s", "val_loss", "success_rate"]
+
+    def __init__(self, path: Path, append: bool):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.columns: list[str] | None = None
+        if append and path.exists() and path.stat().st_size > 0:
+            with open(path, newline="") as f:
+                self.columns = next(csv.reader(f))
+        self.fh = open(path, "a" if self.columns else "w", newline="")
+        self.writer = csv.writer(self.fh)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.columns is None:
+            self.columns = self.STANDARD + sorted(set(row) - set(self.STANDARD))
+            self.writer.writerow(self.columns)
+        self.writer.writerow(["" if row.get(c) is None else row.get(c, "") for c in self.columns])
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -176,11 +202,7 @@ def train(cfg: DictConfig) -> Path:
         policy.train()
         return sum(losses) / max(len(losses), 1)
 
-    metrics_file = run_dir / "metrics.jsonl"  # one JSON object per logged step: any scalar a head returns
-    fh = None
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fh = open(metrics_file, "w" if step == 0 else "a")
+    metrics_log = MetricsLog(run_dir / "metrics.csv", append=step > 0) if is_main else None
 
     epoch, batch_in_epoch = divmod(step, batches_per_epoch)
     data_iter = iter(loader(epoch, batch_in_epoch))
@@ -231,16 +253,15 @@ def train(cfg: DictConfig) -> Path:
             if tcfg.eval_every > 0 and (step % tcfg.eval_every == 0 or step == steps):
                 row["success_rate"] = evaluate_checkpoint(cfg, ckpt_path, step)
             if row:
-                fh.write(json.dumps({"step": step, **row}) + "\n")
-                fh.flush()
+                metrics_log.write({"step": step, **row})
     except KeyboardInterrupt:
         log.warning("interrupted at step %d: saving %s (continue with resume=true)", step, ckpt_path)
         checkpoint(step)
         raise
     finally:
         bar.close()
-        if fh is not None:
-            fh.close()
+        if metrics_log is not None:
+            metrics_log.close()
         if world > 1:
             dist.destroy_process_group()
     if is_main:

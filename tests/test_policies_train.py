@@ -1,6 +1,6 @@
 """vmp-train end to end on a small synthetic store: learning, exact resume, checkpoints, torchrun (gloo)."""
 
-import json
+import csv
 import os
 import subprocess
 import sys
@@ -51,9 +51,10 @@ def test_training_learns_and_checkpoint_loads(tmp_path):
     cfg = compose_cfg(store, tmp_path / "run", "training.steps=150", "training.lr=2e-3", "training.ckpt_every=1000",
                       "training.val_every=150")
     ckpt = train(cfg)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    losses = [r["loss"] for r in rows if "loss" in r]
-    assert "val_loss" in rows[-1] and rows[-1]["step"] == 150
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["loss"]) for r in rows if r["loss"]]
+    assert rows[-1]["val_loss"] and int(rows[-1]["step"]) == 150
     assert losses[-1] < 0.6 * losses[0], f"loss did not fall: {losses[0]:.3f} -> {losses[-1]:.3f}"
     payload = read_checkpoint(ckpt)
     assert payload["step"] == 150 and payload["git_rev"]
