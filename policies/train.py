@@ -13,6 +13,7 @@ import sys
 import logging
 import math
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -65,6 +66,11 @@ class MetricsLog:
 
     def close(self) -> None:
         self.fh.close()
+
+
+def _raise_interrupt(signum, frame):
+    """SIGTERM (a scheduler's pre-emption, `kill`) ends training like Ctrl-C: with a checkpoint."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -210,6 +216,7 @@ def train(cfg: DictConfig) -> Path:
     bar = tqdm(total=steps, initial=step, disable=not is_main, desc=f"train {cfg.policy.name}", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30.0)
     last_time, last_step, sums, n_sum = time.perf_counter(), step, {}, 0
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if is_main else None
     try:
         while step < stop_at:
             try:
@@ -259,6 +266,8 @@ def train(cfg: DictConfig) -> Path:
         checkpoint(step)
         raise
     finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         bar.close()
         if metrics_log is not None:
             metrics_log.close()

@@ -104,3 +104,25 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert payload["step"] == 6
     assert "DistributedDataParallel" not in str(list(payload["policy"])[:3])  # the bare policy's keys, not module.*
     assert sorted((run_dir / "checkpoints").iterdir()) == [run_dir / "checkpoints" / "latest.pt"]
+
+
+def test_sigterm_saves_a_checkpoint(tmp_path):
+    """A pre-empted run (SIGTERM) leaves a checkpoint at the step it reached, and resume continues from it."""
+    import signal
+    import time
+
+    store = make_store(tmp_path / "s.zarr")
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vmp.policies.train", "task=lift", f"store={store}", f"run_dir={run_dir}",
+           "policy.d_model=32", "policy.n_layers=1", "policy.n_heads=2", "training.batch_size=16",
+           "training.steps=100000", "training.log_every=5", "training.ckpt_every=100000", "training.val_ratio=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = run_dir / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    payload = read_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    assert 10 <= payload["step"] < 100000, err.decode()[-2000:]
