@@ -1,0 +1,174 @@
+"""Training-sampler throughput: windows per second through a DataLoader (results/bench_sampler.json).
+
+Default workload (issue 4): a 200-episode store (50 steps each) with two 84x84 RGB cameras plus low-dim
+state, windows of n_obs_steps=2 / horizon=16, batch 256, DataLoader with 2 workers, shuffled. The store is
+generated into a temporary directory (rendered-looking synthetic frames: flat colours, moving objects).
+
+    python -m vmp.bench.sampler [--batches 30] [--out results/bench_sampler.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _scene_frames(rng: np.random.Generator, length: int, size: int) -> np.ndarray:
+    """[length, size, size, 3] uint8: a rendered-looking scene (flat wall, textured table, moving objects)."""
+    import cv2
+
+    background = rng.integers(0, 256, 3).tolist()
+    table = rng.integers(0, 256, 3).tolist()
+    objects = [(rng.uniform(0, size, 2), rng.uniform(-1, 1, 2), int(rng.integers(3, size // 6)),
+                rng.integers(0, 256, 3).tolist()) for _ in range(3)]
+    # A textured table (as in robosuite renders) keeps the frames from compressing unrealistically well.
+    texture = np.clip(np.asarray(table) + rng.normal(0, 6, (size - size // 2, size, 3)), 0, 255).astype(np.uint8)
+    frames = np.empty((length, size, size, 3), dtype=np.uint8)
+    for t in range(length):
+        img = np.full((size, size, 3), background, dtype=np.uint8)
+        img[size // 2:] = texture
+        for pos, vel, radius, color in objects:
+            x, y = (pos + vel * t) % size
+            cv2.circle(img, (int(x), int(y)), radius, color, thickness=-1, lineType=cv2.LINE_AA)
+        frames[t] = img
+    return frames
+
+
+def build_bench_store(path: str | os.PathLike, n_episodes: int = 200, episode_len: int = 50, image_size: int = 84,
+                      cameras: tuple[str, ...] = ("agentview", "wrist"), state_dim: int = 9, action_dim: int = 7,
+                      seed: int = 0) -> Path:
+    """Write the benchmark store (a few seconds per 100 episodes on one core)."""
+    from vmp.data import EpisodeStore
+    from vmp.data.testing import demo_schema
+
+    schema = demo_schema(image_size=image_size, cameras=cameras, state_dim=state_dim, action_dim=action_dim)
+    rng = np.random.default_rng(seed)
+    with EpisodeStore.create(path, schema, {"task": "bench", "control_hz": 20}, overwrite=True) as store:
+        for _ in range(n_episodes):
+            ep = {f"{cam}_image": _scene_frames(rng, episode_len, image_size) for cam in cameras}
+            ep["state"] = rng.normal(size=(episode_len, state_dim)).astype(np.float32)
+            ep["action"] = rng.normal(size=(episode_len, action_dim)).astype(np.float32)
+            store.append_episode(ep)
+    return Path(path)
+
+
+def measure_sampler(store_path: str | os.PathLike | None = None, batch_size: int = 256, num_workers: int = 2,
+                    n_batches: int = 30, warmup_batches: int = 3, n_obs_steps: int = 2, horizon: int = 16,
+                    n_action_steps: int = 8, n_episodes: int = 200, episode_len: int = 50, image_size: int = 84,
+                    seed: int = 0, fast_reads: bool = True) -> dict[str, Any]:
+    """Windows/s of ``SequenceDataset`` through ``DataLoader(batch_size, num_workers, shuffle=True)``.
+
+    Builds the default store in a temporary directory when ``store_path`` is None. Returns the metrics
+    (``windows_per_s``, ``batches_per_s``, ``batch``, ``num_workers``, ...) and a description of the workload.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from vmp.data import EpisodeStore, SequenceDataset, SequenceSampler
+
+    with tempfile.TemporaryDirectory(prefix="vmp_bench_sampler_") as tmp:
+        built_s = None
+        if store_path is None:
+            t = time.perf_counter()
+            store_path = build_bench_store(Path(tmp) / "bench.zarr", n_episodes, episode_len, image_size, seed=seed)
+            built_s = time.perf_counter() - t
+        store = EpisodeStore.open(store_path)
+        image_keys = [k for k in store.keys if store.kind(k) != "low_dim"]
+        obs_keys = [k for k in store.keys if k != "action"]
+        sampler = SequenceSampler(store, keys=obs_keys, n_obs_steps=n_obs_steps, horizon=horizon,
+                                  n_action_steps=n_action_steps, seed=seed, fast_reads=fast_reads)
+        loader = DataLoader(SequenceDataset(sampler), batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                            drop_last=True, persistent_workers=num_workers > 0,
+                            generator=torch.Generator().manual_seed(seed))
+        needed = warmup_batches + n_batches
+        if len(loader) < needed:
+            raise ValueError(f"store yields {len(loader)} batches of {batch_size}, fewer than the {needed} requested")
+        it = iter(loader)
+        for _ in range(warmup_batches):  # worker start-up and first reads
+            next(it)
+        t = time.perf_counter()
+        windows = 0
+        for _ in range(n_batches):
+            batch = next(it)
+            windows += batch["action"].shape[0]
+        elapsed = time.perf_counter() - t
+        del it, loader
+    return {
+        "windows_per_s": round(windows / elapsed, 1),
+        "batches_per_s": round(n_batches / elapsed, 3),
+        "batch": batch_size,
+        "num_workers": num_workers,
+        "n_batches": n_batches,
+        "n_windows_in_store": len(sampler),
+        "n_episodes": store.n_episodes,
+        "image_keys": image_keys,
+        "image_shape": list(store.schema[image_keys[0]].shape) if image_keys else None,
+        "n_obs_steps": n_obs_steps,
+        "horizon": horizon,
+        "store_build_s": round(built_s, 2) if built_s is not None else None,
+        "fast_reads": fast_reads,
+    }
+
+
+def _git_rev() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "uncommitted"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Measure with the default workload and write results/bench_sampler.json (RESULTS.md format)."""
+    parser = argparse.ArgumentParser(prog="python -m vmp.bench.sampler", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", default="results/bench_sampler.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    load_before = os.getloadavg()[0]
+    metrics = measure_sampler(batch_size=args.batch_size, num_workers=args.workers, n_batches=args.batches)
+    # The CPU machine is shared: record how busy it was, since throughput scales with free cores.
+    metrics["host_load_1m_before"] = round(load_before, 2)
+    result = {
+        "kind": "throughput",
+        "task": "-",
+        "obs": "image",
+        "policy": "-",
+        "variant": (f"SequenceDataset, {metrics['n_episodes']} episodes x 50 steps, 2 x 84x84 RGB + state, "
+                    f"n_obs_steps={metrics['n_obs_steps']} horizon={metrics['horizon']}, "
+                    f"batch {metrics['batch']}, {metrics['num_workers']} DataLoader workers"),
+        "metrics": metrics,
+        "budget": {},
+        "device": f"cpu ({os.cpu_count()} cores, torch {torch.get_num_threads()} threads)",
+        "command": " ".join(["python -m vmp.bench.sampler", *(sys.argv[1:] if argv is None else argv)]).strip(),
+        "git_rev": _git_rev(),
+        "date": datetime.date.today().isoformat(),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"sampler: {metrics['windows_per_s']} windows/s (batch {metrics['batch']}, {metrics['num_workers']} workers) -> {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

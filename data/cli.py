@@ -1,0 +1,184 @@
+"""`vmp-data`: inspect, validate and import demonstration stores.
+
+    vmp-data info PATH                 episodes, steps, keys, action statistics, size and compression
+    vmp-data validate PATH             structural checks; exit code 1 with the problems listed
+    vmp-data import-robomimic IN OUT   robomimic HDF5 -> store
+    vmp-data import-lerobot IN OUT     LeRobot dataset -> store (needs `pip install vmp[lerobot]`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .schema import ACTION_KEY, SCHEMA_VERSION
+from .store import EpisodeStore, _committed_count, disk_usage
+
+log = logging.getLogger(__name__)
+
+
+def store_info(store: EpisodeStore) -> dict[str, Any]:
+    """Summary of a store as a JSON-able dict (what `vmp-data info` prints)."""
+    lengths = store.episode_lengths
+    keys = {}
+    raw_bytes = 0
+    for k, spec in store.schema.items():
+        nbytes = store.n_steps * int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+        raw_bytes += nbytes
+        keys[k] = {"shape": list(spec.shape), "dtype": spec.dtype, "kind": store.kind(k), "meaning": spec.meaning}
+    info: dict[str, Any] = {
+        "path": str(store.path),
+        "format": "diffusion_policy replay buffer (zarr v2, read-only)" if store.legacy else f"vmp store v{store.attrs['vmp_schema_version']}",
+        "task": store.attrs.get("task"),
+        "control_hz": store.attrs.get("control_hz"),
+        "n_episodes": store.n_episodes,
+        "n_steps": store.n_steps,
+        "episode_length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())} if lengths.size else None,
+        "keys": keys,
+        "episodes_with_text": sum(1 for i in range(store.n_episodes) if store.episode_text(i)) if not store.legacy else 0,
+    }
+    if store.phase_names:
+        info["phase_names"] = store.phase_names
+    if store.n_steps:
+        act = np.asarray(store.array(ACTION_KEY)[: store.n_steps], dtype=np.float64)
+        info["action_stats"] = {s: np.round(getattr(np, s)(act, axis=0), 6).tolist() for s in ("min", "max", "mean", "std")}
+    size = disk_usage(store.path)
+    info["size_on_disk_bytes"] = size
+    info["uncompressed_bytes"] = raw_bytes
+    info["compression_ratio"] = round(raw_bytes / size, 3) if size else None
+    if store.inferred:
+        info["inferred"] = list(store.inferred)
+    return info
+
+
+def validate_store(path: str | Path) -> list[str]:
+    """Problems found in the store at ``path`` (empty list = valid). Never raises for a bad store."""
+    problems: list[str] = []
+    try:
+        store = EpisodeStore.open(path, mode="r")
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a failure to open is a finding, not a crash
+        return [f"cannot open: {type(e).__name__}: {e}"]
+    attrs = store.attrs
+    if not store.legacy:
+        for a in ("vmp_schema_version", "task", "control_hz", "schema"):
+            if a not in attrs:
+                problems.append(f"root attrs lack {a!r}")
+        if attrs.get("vmp_schema_version", 0) > SCHEMA_VERSION:
+            problems.append(f"vmp_schema_version {attrs['vmp_schema_version']} is newer than {SCHEMA_VERSION}")
+    raw_ends = np.asarray(store._ends_array[:], dtype=np.int64)
+    n_incr = _committed_count(raw_ends, np.iinfo(np.int64).max)  # ignoring array lengths
+    if raw_ends.size > n_incr:
+        problems.append(f"meta/episode_ends has {raw_ends.size - n_incr} trailing entr(ies) that are not increasing "
+                        f"(an interrupted append's torn commit; ignored by readers, removed by the next append)")
+    claimed = int(raw_ends[n_incr - 1]) if n_incr else 0
+    for k, spec in store.schema.items():
+        arr = store.array(k)
+        if arr.shape[0] < claimed:
+            problems.append(f"data/{k} has {arr.shape[0]} rows, fewer than episode_ends[-1] = {claimed}")
+        if tuple(arr.shape[1:]) != spec.shape:
+            problems.append(f"data/{k} has step shape {tuple(arr.shape[1:])}, schema says {spec.shape}")
+        if np.dtype(arr.dtype).name != spec.dtype:
+            problems.append(f"data/{k} has dtype {arr.dtype}, schema says {spec.dtype}")
+    n = store.n_steps
+    if ACTION_KEY in store.schema and n:
+        act = store.array(ACTION_KEY)[:n]
+        bad = ~np.isfinite(act)
+        if bad.any():
+            problems.append(f"data/action holds {int(bad.sum())} NaN/inf value(s) (first at step {int(np.argwhere(bad)[0][0])})")
+    if store.phase_names and "phase" in store.schema and n:
+        ph = store.array("phase")[:n]
+        if ph.min() < 0 or ph.max() >= len(store.phase_names):
+            problems.append(f"data/phase values outside [0, {len(store.phase_names)})")
+    return problems
+
+
+def _print_info(info: dict[str, Any]) -> None:
+    print(f"{info['path']}  [{info['format']}]")
+    print(f"  task: {info['task']}   control_hz: {info['control_hz']}")
+    el = info["episode_length"]
+    print(f"  episodes: {info['n_episodes']}   steps: {info['n_steps']}" +
+          (f"   length min/mean/max: {el['min']}/{el['mean']:.1f}/{el['max']}" if el else ""))
+    print("  keys:")
+    for k, v in info["keys"].items():
+        print(f"    {k:<28} {v['dtype']:<8} {str(tuple(v['shape'])):<16} {v['kind']:<8} {v['meaning']}")
+    if "action_stats" in info:
+        print("  action stats:")
+        for s, v in info["action_stats"].items():
+            print(f"    {s:<5} {np.array2string(np.asarray(v), precision=4, max_line_width=120)}")
+    mib = info["size_on_disk_bytes"] / 2**20
+    print(f"  size on disk: {mib:.2f} MiB   uncompressed: {info['uncompressed_bytes'] / 2**20:.2f} MiB   "
+          f"compression ratio: {info['compression_ratio']}")
+    if info.get("phase_names"):
+        print(f"  phase_names: {info['phase_names']}")
+    if info.get("episodes_with_text"):
+        print(f"  episodes with text: {info['episodes_with_text']}")
+    for note in info.get("inferred", []):
+        print(f"  inferred: {note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vmp-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("info", help="summarise a store")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p = sub.add_parser("validate", help="check a store; exit code 1 on problems")
+    p.add_argument("path")
+    p = sub.add_parser("import-robomimic", help="convert a robomimic HDF5 file to a store")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--obs-keys", nargs="*", default=None, help="observation keys to import (default: all)")
+    p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("import-lerobot", help="convert a LeRobot dataset (v3 layout) to a store")
+    p.add_argument("input", help="local dataset root (holding meta/info.json)")
+    p.add_argument("output")
+    p.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    if args.cmd == "info":
+        try:
+            store = EpisodeStore.open(args.path, mode="r")
+        except (OSError, ValueError, KeyError) as e:
+            print(f"vmp-data info: {e}", file=sys.stderr)
+            return 1
+        info = store_info(store)
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            _print_info(info)
+        return 0
+    if args.cmd == "validate":
+        problems = validate_store(args.path)
+        if problems:
+            print(f"{args.path}: INVALID")
+            for pr in problems:
+                print(f"  - {pr}")
+            return 1
+        print(f"{args.path}: OK")
+        return 0
+    if args.cmd == "import-robomimic":
+        from .convert.robomimic import import_robomimic
+        store = import_robomimic(args.input, args.output, obs_keys=args.obs_keys, overwrite=args.overwrite)
+        print(f"imported {store.n_episodes} episodes ({store.n_steps} steps) into {args.output}")
+        store.close()
+        return 0
+    if args.cmd == "import-lerobot":
+        from .convert.lerobot import import_lerobot
+        store = import_lerobot(args.input, args.output, overwrite=args.overwrite)
+        print(f"imported {store.n_episodes} episodes ({store.n_steps} steps) into {args.output}")
+        store.close()
+        return 0
+    return 2  # unreachable: argparse enforces the subcommand
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["main", "store_info", "validate_store"]

@@ -1,0 +1,420 @@
+"""`EpisodeStore`: the zarr demonstration store shared by collection, training and deployment recording.
+
+Layout (one zarr v3 group)::
+
+    <store>/data/<key>            [n_steps, *shape]  time-major, all episodes back to back
+    <store>/meta/episode_ends     [n_episodes] int64 cumulative end index of each episode
+    <store>/meta/episode_text/b<k> groups whose attrs map "<episode index>" -> {"language": ..., ...} for
+                                  episodes k*256 ... k*256+255 (blocks keep each rewrite small)
+    <store>/.append.lock          flock held by the one process appending
+    root attrs: vmp_schema_version, task, control_hz, schema {key: {shape, dtype, meaning}}, [phase_names], ...
+
+Crash safety: an append writes the new rows beyond the committed end, then its text, then commits by
+writing ``meta/episode_ends`` last. zarr writes every file atomically (temp file + rename), so after a kill
+the store holds every committed episode; rows and text beyond ``episode_ends[-1]`` are ignored by readers and
+overwritten by the next append. A torn commit (episode_ends resized but its new value not yet written) reads
+as a non-increasing tail, which is ignored as well.
+
+diffusion_policy replay buffers (zarr v2, ``data/<key>`` + ``meta/episode_ends``, no schema attrs) open
+read-only; their schema is inferred from array shapes and dtypes and reported in ``inferred``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.codecs
+import zarr.storage
+
+from .schema import ACTION_KEY, DEPTH, LOW_DIM, RGB, SCHEMA_VERSION, KeySpec, check_episode, check_schema, key_kind
+
+log = logging.getLogger(__name__)
+
+# Storage layout constants (not hyperparameters): one image per chunk, low-dim in long chunks.
+LOWDIM_CHUNK_STEPS = 10_000
+LOWDIM_CHUNK_BYTES = 4 << 20
+EPISODE_ENDS_CHUNK = 10_000
+IMAGE_CODEC = dict(cname="zstd", clevel=3, shuffle="shuffle")
+LOWDIM_CODEC = dict(cname="zstd", clevel=5, shuffle="shuffle")
+LOCK_NAME = ".append.lock"
+REQUIRED_ATTRS = ("task", "control_hz")
+TEXT_BLOCK = 256  # episodes per episode_text attrs group
+
+
+class StoreLockedError(RuntimeError):
+    """Raised when a second writer tries to append to a store that is already open for appending."""
+
+
+class SchemaVersionError(ValueError):
+    """Raised when a store was written by a newer vmp than this one."""
+
+
+class _AppendLock:
+    """Non-blocking exclusive flock on ``<store>/.append.lock``; the file holds the holder's pid."""
+
+    def __init__(self, store_path: Path):
+        self.path = store_path / LOCK_NAME
+        self.fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(self.fd)
+                self.fd = None
+            raise StoreLockedError(
+                f"store {store_path} is already open for appending by another writer (pid {holder}); "
+                "concurrent appends would interleave episodes, so close the other writer first"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _committed_count(ends: np.ndarray, data_len: int) -> int:
+    """Number of leading episode_ends entries that form a valid commit (strictly increasing, within data)."""
+    if ends.size == 0:
+        return 0
+    prev = np.concatenate([[0], ends[:-1]])
+    bad = (ends <= prev) | (ends > data_len)
+    return int(np.argmax(bad)) if bad.any() else int(ends.size)
+
+
+def _infer_spec(key: str, arr: zarr.Array) -> tuple[KeySpec, str]:
+    shape, dtype = tuple(arr.shape[1:]), np.dtype(arr.dtype).name
+    probe = KeySpec(shape, dtype)
+    kind = key_kind(key, probe)
+    if kind == RGB:
+        meaning = f"inferred: image HWC {dtype}" + (" (values 0-255)" if dtype.startswith("float") else "")
+    elif key == ACTION_KEY:
+        meaning = f"inferred: action {dtype} {list(shape)}"
+    else:
+        meaning = f"inferred: {kind} {dtype} {list(shape)}"
+    return KeySpec(shape, dtype, meaning), kind
+
+
+class EpisodeStore:
+    """A store of demonstration episodes; open read-only (default) or for appending (``mode="a"``)."""
+
+    def __init__(self, root: zarr.Group, path: Path, mode: str, lock: _AppendLock | None = None):
+        self._root, self.path, self.mode, self._lock = root, path, mode, lock
+        self.inferred: list[str] = []
+        root_attrs = dict(root.attrs)
+        version = root_attrs.get("vmp_schema_version")
+        self.legacy = version is None
+        if not self.legacy:
+            if not isinstance(version, int) or version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"store {path} has vmp_schema_version {version!r}, newer than this vmp supports "
+                    f"({SCHEMA_VERSION}); upgrade vmp to read it"
+                )
+            if "schema" not in root_attrs:
+                raise KeyError(f"store {path}: root attrs lack 'schema' (expected {{key: {{shape, dtype, meaning}}}})")
+        for needed in ("data", "meta"):
+            if needed not in root:
+                raise ValueError(f"{path} is not an episode store: it has no '{needed}' group (expected data/<key> and meta/episode_ends)")
+        if "episode_ends" not in root["meta"]:
+            raise ValueError(f"{path} is not an episode store: it has no 'meta/episode_ends' array")
+        self._data: zarr.Group = root["data"]
+        self._meta: zarr.Group = root["meta"]
+        if self.legacy:
+            self._schema, self._kinds = self._infer_schema(root_attrs)
+            self._attrs = {**root_attrs, "vmp_schema_version": 0, "task": root_attrs.get("task", path.name.split(".")[0]),
+                           "control_hz": root_attrs.get("control_hz"),
+                           "schema": {k: s.to_json() for k, s in self._schema.items()}}
+        else:
+            self._schema = {k: KeySpec.from_json(k, v) for k, v in root_attrs["schema"].items()}
+            self._kinds = {k: key_kind(k, s) for k, s in self._schema.items()}
+            self._attrs = root_attrs
+            for k in self._schema:
+                if k not in self._data:
+                    raise KeyError(f"store {path}: schema lists key {k!r} but data/{k} is missing")
+        self._arrays: dict[str, zarr.Array] = {k: self._data[k] for k in self._schema}
+        self._ends_array: zarr.Array = self._meta["episode_ends"]
+        self._load_ends()
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def create(cls, path: str | os.PathLike, schema: Mapping[str, KeySpec], attrs: Mapping[str, Any],
+               overwrite: bool = False) -> EpisodeStore:
+        """Create an empty store and return it open for appending (holding the append lock)."""
+        path = Path(path)
+        attrs = dict(attrs)
+        missing = [a for a in REQUIRED_ATTRS if a not in attrs]
+        if missing:
+            raise KeyError(f"attrs for new store {path} lack {missing}; expected at least {list(REQUIRED_ATTRS)}")
+        reserved = [a for a in ("vmp_schema_version", "schema") if a in attrs]
+        if reserved:
+            raise ValueError(f"attrs {reserved} are written by EpisodeStore itself; do not pass them")
+        schema = check_schema(schema, attrs)
+        try:
+            json.dumps(attrs)
+        except TypeError as e:
+            raise ValueError(f"attrs for new store {path} must be JSON-serializable: {e}") from e
+        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+            if not overwrite:
+                raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+            if path.is_dir():
+                _AppendLock(path).release()  # refuses to delete a store another process is appending to
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        path.mkdir(parents=True, exist_ok=True)
+        lock = _AppendLock(path)
+        try:
+            root = zarr.open_group(zarr.storage.LocalStore(path), mode="a", zarr_format=3)
+            root.attrs.update({"vmp_schema_version": SCHEMA_VERSION, **attrs,
+                               "schema": {k: s.to_json() for k, s in schema.items()}})
+            data = root.create_group("data")
+            meta = root.create_group("meta")
+            for key, spec in schema.items():
+                kind = key_kind(key, spec)
+                if kind in (RGB, DEPTH):
+                    chunks, codec = (1, *spec.shape), IMAGE_CODEC
+                else:
+                    row = max(1, int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize)
+                    chunks, codec = (max(1, min(LOWDIM_CHUNK_STEPS, LOWDIM_CHUNK_BYTES // row)), *spec.shape), LOWDIM_CODEC
+                data.create_array(key, shape=(0, *spec.shape), dtype=spec.dtype, chunks=chunks,
+                                  compressors=zarr.codecs.BloscCodec(**codec), fill_value=0)
+            meta.create_array("episode_ends", shape=(0,), dtype="int64", chunks=(EPISODE_ENDS_CHUNK,),
+                              compressors=zarr.codecs.BloscCodec(**LOWDIM_CODEC), fill_value=0)
+            meta.create_group("episode_text")
+            log.info("created store %s with keys %s", path, list(schema))
+            return cls(root, path, "a", lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> EpisodeStore:
+        """Open an existing store: ``"r"`` read-only (default, no lock) or ``"a"`` to append (takes the lock).
+
+        Also opens diffusion_policy replay buffers (zarr v2 directories or ``.zarr.zip`` files) read-only.
+        """
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"store {path} does not exist")
+        if path.is_file():
+            if not str(path).endswith(".zip"):
+                raise ValueError(f"{path} is a file, not a zarr store (expected a directory or a .zarr.zip)")
+            if mode != "r":
+                raise ValueError(f"{path}: zip stores open read-only")
+            zstore: zarr.abc.store.Store = zarr.storage.ZipStore(path, mode="r")
+        else:
+            zstore = zarr.storage.LocalStore(path, read_only=True)
+        try:
+            root = zarr.open_group(zstore, mode="r")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
+            raise ValueError(f"{path} is not a zarr store (no zarr group metadata found): {e}") from e
+        if mode == "r":
+            return cls(root, path, mode)
+        if "vmp_schema_version" not in root.attrs:
+            # Checked before taking the lock: a foreign store is left untouched.
+            raise ValueError(f"{path} has no vmp_schema_version attr (a diffusion_policy replay buffer?); "
+                             "such stores open read-only (mode='r')")
+        lock = _AppendLock(path)
+        try:
+            root = zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
+            store = cls(root, path, mode, lock)
+            store._repair()
+            return store
+        except BaseException:
+            lock.release()
+            raise
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def schema(self) -> dict[str, KeySpec]:
+        return dict(self._schema)
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self._schema)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self._attrs)
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        """Committed cumulative episode ends, int64 [n_episodes]."""
+        return self._ends.copy()
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        return np.diff(self._ends, prepend=0)
+
+    @property
+    def n_episodes(self) -> int:
+        return int(self._ends.size)
+
+    @property
+    def n_steps(self) -> int:
+        return int(self._ends[-1]) if self._ends.size else 0
+
+    @property
+    def phase_names(self) -> list[str] | None:
+        return self._attrs.get("phase_names")
+
+    def kind(self, key: str) -> str:
+        """``rgb``, ``depth`` or ``low_dim``."""
+        self._check_key(key)
+        return self._kinds[key]
+
+    def array(self, key: str) -> zarr.Array:
+        """The raw zarr array of ``key`` (rows beyond ``n_steps`` are uncommitted: ignore them)."""
+        self._check_key(key)
+        return self._arrays[key]
+
+    # ------------------------------------------------------------------ reading
+    def episode_slice(self, i: int) -> slice:
+        n = self.n_episodes
+        if not -n <= i < n:
+            raise IndexError(f"episode index {i} out of range for store {self.path} with {n} episodes")
+        i %= n
+        start = int(self._ends[i - 1]) if i > 0 else 0
+        return slice(start, int(self._ends[i]))
+
+    def episode(self, i: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Episode ``i`` as {key: [T, *shape]}."""
+        sl = self.episode_slice(i)
+        keys = self.keys if keys is None else keys
+        for k in keys:
+            self._check_key(k)
+        return {k: self._arrays[k][sl] for k in keys}
+
+    def episode_text(self, i: int) -> dict[str, Any]:
+        """Per-episode text (e.g. ``{"language": "lift the cube"}``); ``{}`` when none was stored."""
+        sl = self.episode_slice(i)  # noqa: F841 - bounds check
+        i %= self.n_episodes
+        group = self._text_group(i, create=False)
+        return dict(group.attrs.get(str(i), {})) if group is not None else {}
+
+    # ------------------------------------------------------------------ writing
+    def append_episode(self, episode: Mapping[str, np.ndarray], text: Mapping[str, Any] | None = None) -> int:
+        """Validate and append one episode ({key: [T, *shape]}); returns its index. Crash-safe, see module doc."""
+        if self.mode != "a":
+            state = "closed" if self.mode == "closed" else "open read-only"
+            raise PermissionError(f"store {self.path} is {state}; open it with mode='a' to append")
+        arrays = check_episode(episode, self._schema, self.phase_names)
+        if text is not None:
+            if not isinstance(text, Mapping):
+                raise TypeError(f"text must be a dict (e.g. {{'language': ...}}), got {type(text).__name__}")
+            try:
+                text = json.loads(json.dumps(dict(text)))
+            except TypeError as e:
+                raise ValueError(f"episode text must be JSON-serializable: {e}") from e
+        start, n = self.n_steps, self.n_episodes
+        length = next(iter(arrays.values())).shape[0]
+        stop = start + length
+        for key, arr in arrays.items():
+            z = self._arrays[key]
+            if z.shape[0] != stop:
+                z.resize((stop, *z.shape[1:]))
+            z[start:stop] = arr
+        group = self._text_group(n, create=bool(text))
+        if text:
+            group.attrs[str(n)] = text
+        elif group is not None and str(n) in group.attrs:  # stale text of an interrupted append
+            del group.attrs[str(n)]
+        # Commit: the episode exists once episode_ends holds its end.
+        self._ends_array.resize((n + 1,))
+        self._ends_array[n] = stop
+        self._ends = np.append(self._ends, np.int64(stop))
+        return n
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self.mode = "closed" if self.mode == "a" else self.mode
+
+    def __enter__(self) -> EpisodeStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+
+    def __repr__(self) -> str:
+        return f"EpisodeStore({str(self.path)!r}, mode={self.mode!r}, episodes={self.n_episodes}, steps={self.n_steps}, keys={self.keys})"
+
+    # ------------------------------------------------------------------ internals
+    def _check_key(self, key: str) -> None:
+        if key not in self._schema:
+            raise KeyError(f"key {key!r} is not in store {self.path}; keys: {self.keys}")
+
+    def _text_group(self, i: int, create: bool) -> zarr.Group | None:
+        if self.legacy or "episode_text" not in self._meta:
+            return None
+        parent = self._meta["episode_text"]
+        name = f"b{i // TEXT_BLOCK}"
+        if name in parent:
+            return parent[name]
+        return parent.create_group(name) if create else None
+
+    def _load_ends(self) -> None:
+        raw = np.asarray(self._ends_array[:], dtype=np.int64)
+        data_len = min((a.shape[0] for a in self._arrays.values()), default=0)
+        n = _committed_count(raw, data_len)
+        if n < raw.size:
+            log.warning("store %s: ignoring %d uncommitted episode_ends entr%s (interrupted append)",
+                        self.path, raw.size - n, "y" if raw.size - n == 1 else "ies")
+        self._raw_ends_size = int(raw.size)
+        self._ends = raw[:n].copy()
+
+    def _repair(self) -> None:
+        """Drop a torn commit and stray temp files left by a killed writer (called with the lock held)."""
+        n = self.n_episodes
+        if self._raw_ends_size > n:
+            self._ends_array[n:self._raw_ends_size] = 0
+            self._ends_array.resize((n,))
+            log.warning("store %s: removed a torn episode commit", self.path)
+        for tmp in self.path.rglob("*.partial"):
+            tmp.unlink(missing_ok=True)
+
+    def _infer_schema(self, root_attrs: dict) -> tuple[dict[str, KeySpec], dict[str, str]]:
+        schema, kinds = {}, {}
+        for key, arr in sorted(self._data.arrays()):
+            spec, kind = _infer_spec(key, arr)
+            schema[key], kinds[key] = spec, kind
+            self.inferred.append(f"schema[{key!r}] inferred as {kind} {spec.dtype} {list(spec.shape)}")
+        if ACTION_KEY not in schema:
+            raise ValueError(f"{self.path}: diffusion_policy store has no data/action array; keys {sorted(schema)}")
+        if "task" not in root_attrs:
+            self.inferred.append(f"task inferred from the file name as {self.path.name.split('.')[0]!r}")
+        if "control_hz" not in root_attrs:
+            self.inferred.append("control_hz unknown (not stored)")
+        return schema, kinds
+
+
+def disk_usage(path: str | os.PathLike) -> int:
+    """Bytes on disk under ``path`` (a directory store or a zip file)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+__all__ = ["EpisodeStore", "StoreLockedError", "SchemaVersionError", "disk_usage", "RGB", "DEPTH", "LOW_DIM"]
