@@ -1,0 +1,192 @@
+"""Benchmark the deployment loop: tick jitter and observation-to-action latency at a fixed rate, on this machine.
+
+A SimRobot process serves the toy task; the policy burns real CPU in the inference thread (matrix products
+standing in for a diffusion head's denoising steps), so the loop competes for the GIL as it would on a robot.
+Writes one RESULTS.md-style JSON per run::
+
+    python -m vmp.bench.deploy --hz 50 --seconds 20 --out results/bench_deploy_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vmp.real.engine import InferenceEngine
+from vmp.real.loop import ControlLoop, LoopConfig
+from vmp.real.safety import SafetyLayer
+from vmp.real.sim_robot import SimRobot
+from vmp.real.testing import REACH_OBS_SHAPES, ReachPolicy
+
+log = logging.getLogger("vmp.bench.deploy")
+
+
+class BusyReachPolicy(ReachPolicy):
+    """ReachPolicy plus ``n_steps`` MLP passes of width ``width`` per chunk: CPU work that holds the GIL in bursts."""
+
+    name = "bench_busy_reach"
+
+    def __init__(self, n_steps: int = 10, width: int = 512, **kw):
+        super().__init__(**kw)
+        self.n_steps = n_steps
+        self.net = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.Mish(), torch.nn.Linear(width, width))
+        self.x = torch.randn(self.horizon, width)
+
+    def predict_action_chunk(self, obs, goal=None, generator=None, prefix=None, prefix_weights=None):
+        x = self.x
+        for _ in range(self.n_steps):
+            x = self.net(x)
+        return super().predict_action_chunk(obs, goal, generator, prefix, prefix_weights)
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+
+
+def run(hz: float, seconds: float, switch_interval_s: float, blend: str, n_steps: int, width: int, rt_priority: int = 0,
+        policy_sleep_s: float = 0.0) -> dict:
+    sys.setswitchinterval(switch_interval_s)
+    ticks = int(seconds * hz)
+    env = {"target": "vmp.real.toy:ToyReachEnv", "kwargs": {"tol": 0.0, "max_episode_steps": ticks + 10}, "control_hz": hz}
+    policy = BusyReachPolicy(n_steps=n_steps, width=width, n_obs_steps=2, horizon=16, seed=0, delay_s=policy_sleep_s)
+    engine = InferenceEngine(policy, REACH_OBS_SHAPES)
+    engine.warmup(engine.example_window(), n=3)
+    with SimRobot(env) as robot:
+        safety = SafetyLayer(robot.spec.action_low, robot.spec.action_high, max_delta=0.5, watchdog_s=1.0, hold="zero")
+        loop = ControlLoop(robot, engine, safety, LoopConfig(hz, exec_horizon=8, blend=blend, max_ticks=ticks,
+                                                             stop_on_success=False, rt_priority=rt_priority))
+        try:
+            # burn-in episode (imports, caches, first allocations), then the measured one
+            loop.cfg.max_ticks = int(hz)
+            loop.run_episode(seed=0)
+            from vmp.real.metrics import Metrics
+
+            loop.metrics = Metrics()
+            loop.cfg.max_ticks = ticks
+            res = loop.run_episode(seed=1)
+        finally:
+            loop.close()
+    m = loop.metrics
+    dt = 1.0 / hz
+    period = m.samples("loop_period_seconds")
+    late = m.samples("tick_lateness_seconds")
+    o2a = m.samples("obs_to_action_seconds")
+    inf = m.samples("inference_latency_seconds")
+    jitter = np.abs(period - dt)
+
+    def q(a, p):
+        return float(np.percentile(a, p) * 1e3) if a.size else float("nan")
+
+    return {
+        "jitter_p50_ms": q(jitter, 50), "jitter_p99_ms": q(jitter, 99), "jitter_max_ms": float(jitter.max() * 1e3),
+        "lateness_p99_ms": q(late, 99), "obs_to_action_p50_ms": q(o2a, 50), "obs_to_action_p99_ms": q(o2a, 99),
+        "inference_p50_ms": q(inf, 50), "inference_p99_ms": q(inf, 99), "control_hz": hz, "n_ticks": int(res.ticks),
+        "missed_ticks": m.counter("missed_ticks"), "overruns": m.counter("overruns"),
+        "holds": int(res.counters.get("safety_hold", 0)), "switch_interval_ms": switch_interval_s * 1e3,
+        "rt_priority": rt_priority,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hz", type=float, default=50.0)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--switch-interval-ms", type=float, default=0.5, help="sys.setswitchinterval (the daemon's default)")
+    ap.add_argument("--blend", default="prefix", choices=["none", "ensemble", "prefix"])
+    ap.add_argument("--n-steps", type=int, default=10, help="MLP passes per chunk (stand-in for denoising steps)")
+    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--rt-priority", type=int, default=0, help="SCHED_FIFO priority of the loop thread (0 = normal)")
+    ap.add_argument("--policy-sleep-ms", type=float, default=0.0, help="extra sleep per chunk (DEPLOY.md test 3 uses 2 dt)")
+    ap.add_argument("--seams", action="store_true", help="instead: replay latency sweep (simulated clock), seam metrics vs delay")
+    ap.add_argument("--out", default="results/bench_deploy_cpu.json")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.seams:
+        return seam_sweep(args, argv)
+    metrics = run(args.hz, args.seconds, args.switch_interval_ms / 1e3, args.blend, args.n_steps, args.width, args.rt_priority,
+                  args.policy_sleep_ms / 1e3)
+    rec = {
+        "kind": "jitter", "task": "-", "obs": "-", "policy": "synthetic",
+        "variant": f"{args.hz:g} Hz, blend={args.blend}, SimRobot(toy) over loopback, {args.n_steps}x MLP{args.width} per chunk, "
+                   f"GIL switch {args.switch_interval_ms:g} ms" + (f", SCHED_FIFO {args.rt_priority}" if args.rt_priority else "")
+                   + (f", policy sleeps {args.policy_sleep_ms:g} ms" if args.policy_sleep_ms else ""),
+        "metrics": metrics, "budget": {"seconds": args.seconds}, "device": device_name(),
+        "command": "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "git_rev": _git_rev(), "date": datetime.date.today().isoformat(),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rec, indent=2))
+    print(f"{args.hz:g} Hz: jitter p50 {metrics['jitter_p50_ms']:.3f} ms p99 {metrics['jitter_p99_ms']:.3f} ms; "
+          f"obs->action p50 {metrics['obs_to_action_p50_ms']:.2f} ms p99 {metrics['obs_to_action_p99_ms']:.2f} ms; "
+          f"inference p50 {metrics['inference_p50_ms']:.1f} ms -> {args.out}")
+
+
+def seam_sweep(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """DEPLOY.md test 4 as a report: delays {0,1,2,4,6,8}*dt with lognormal jitter and 3x spikes, each blend mode,
+    on expert episodes of the toy task replayed on a simulated clock (no wall clock: exactly reproducible)."""
+    from vmp.real.replay import replay, seam_metrics
+    from vmp.real.toy import ToyReachEnv
+
+    hz, dt = args.hz, 1.0 / args.hz
+    env = ToyReachEnv(gain=0.01, tol=0.0, max_episode_steps=150)
+    episodes = []
+    for seed in range(8):
+        obs, _ = env.reset(seed=seed)
+        ep = [obs]
+        for _ in range(149):
+            obs, *_ = env.step(np.clip(4 * (obs["target"] - obs["pos"]), -1, 1))
+            ep.append(obs)
+        episodes.append(ep)
+    rows = []
+    for d_ticks in (0, 1, 2, 4, 6, 8):
+        for blend, s in (("none", 8), ("ensemble", 1), ("ensemble", 8), ("prefix", 8)):
+            agg = {"underrun": 0, "late_chunk": 0, "seam_jump": [], "seam_jerk": [], "seam_jump_ratio": []}
+            for i, ep in enumerate(episodes):
+                rng = np.random.default_rng(1000 * d_ticks + i)
+
+                def delay(n: int) -> float:
+                    base = d_ticks * dt * rng.lognormal(0.0, 0.2)
+                    return base * 3 if rng.random() < 0.05 else base  # occasional 3x spikes
+
+                engine = InferenceEngine(ReachPolicy(n_obs_steps=2, horizon=16, seed=i), REACH_OBS_SHAPES)
+                r = replay(engine, ep, hz, blend, s, delay_s=delay)
+                sm = seam_metrics(r.commands, r.sources, 1.0, dt)
+                agg["underrun"] += r.counters.get("underrun", 0)
+                agg["late_chunk"] += r.counters.get("late_chunk", 0)
+                for k in ("seam_jump", "seam_jerk", "seam_jump_ratio"):
+                    agg[k].append(sm[k])
+            rows.append({"delay_ticks": d_ticks, "blend": blend, "exec_horizon": s, "underruns": agg["underrun"],
+                         "late_chunks": agg["late_chunk"], "seam_jump_median": float(np.median(agg["seam_jump"])),
+                         "seam_jerk_median": float(np.median(agg["seam_jerk"])),
+                         "seam_jump_ratio_median": float(np.median(agg["seam_jump_ratio"]))})
+            log.info("%s", rows[-1])
+    rec = {"kind": "seams", "task": "-", "obs": "-", "policy": "synthetic",
+           "variant": f"replay latency sweep, {hz:g} Hz, horizon 16, n_obs_steps 2, 8 toy episodes, lognormal(0.2) jitter, 5% 3x spikes",
+           "metrics": {"rows": rows}, "device": "simulated clock",
+           "command": "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "git_rev": _git_rev(), "date": datetime.date.today().isoformat()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rec, indent=2))
+    print(f"seam sweep: {len(rows)} rows -> {args.out}")
+
+
+def _git_rev() -> str:
+    from vmp.policies.checkpoint import git_revision
+
+    return git_revision()
+
+
+if __name__ == "__main__":
+    main()

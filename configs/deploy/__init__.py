@@ -1,0 +1,1 @@
+"""Deployment configs: robot/<name>.yaml, one per robot (a hydra search path of configs/deploy.yaml)."""

@@ -1,0 +1,279 @@
+"""``vmp-deploy``: run a checkpoint on a robot with the real-time control loop.
+
+    vmp-deploy robot=sim checkpoint=PATH n_episodes=20 seed=100000
+
+Start-up refuses a checkpoint whose observation keys the robot does not provide. SIGINT/SIGTERM stop the robot,
+record the episode in progress and exit. Episodes go to the recording store; metrics are served at
+http://127.0.0.1:<metrics.port>/metrics while running; a summary JSON is written at exit.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("vmp.real.daemon")
+
+
+def build_engine(cfg: DictConfig):
+    """-> (InferenceEngine, task cfg or None, policy name)."""
+    from vmp.real.engine import InferenceEngine
+
+    kw = dict(bf16=cfg.engine.bf16, compile=cfg.engine.compile, cuda_graphs=cfg.engine.cuda_graphs, seed=int(cfg.seed))
+    if cfg.checkpoint:
+        engine, train_cfg = InferenceEngine.from_checkpoint(str(cfg.checkpoint), device=cfg.device, **kw)
+        return engine, train_cfg.task, str(train_cfg.policy.get("name", "policy"))
+    if cfg.policy is None:
+        raise ValueError("vmp-deploy needs checkpoint=PATH (or a `policy` node with policy_obs_shapes)")
+    if cfg.policy_obs_shapes is None:
+        raise KeyError("deploy config: `policy` is set but `policy_obs_shapes` ({key: shape}) is missing")
+    policy = hydra.utils.instantiate(cfg.policy)
+    shapes = {k: tuple(v) for k, v in cfg.policy_obs_shapes.items()}
+    return InferenceEngine(policy, shapes, device=cfg.device, **kw), None, getattr(policy, "name", "policy")
+
+
+def build_robot(rcfg: DictConfig, task_cfg: Any):
+    """The robot of a robot config, wrapped with its `cameras` (threaded OpenCV captures) when it lists any."""
+    robot = _bare_robot(rcfg, task_cfg)
+    cams = rcfg.get("cameras") or []
+    if cams:
+        from vmp.real.camera import Camera, CameraRobot
+
+        cameras = {str(c.name): Camera(c.source, c.get("width"), c.get("height"), c.get("fps"), name=str(c.name)) for c in cams}
+        robot = CameraRobot(robot, cameras, float(rcfg.get("camera_max_age_s", 0.1)))
+    return robot
+
+
+def _bare_robot(rcfg: DictConfig, task_cfg: Any):
+    if rcfg.kind == "sim":
+        from vmp.real.sim_robot import SimRobot
+
+        if rcfg.env is not None:
+            env = OmegaConf.to_container(rcfg.env, resolve=True)
+        else:
+            if rcfg.task is not None:
+                from vmp.sim import load_task_cfg
+
+                task_cfg = load_task_cfg(str(rcfg.task))
+            if task_cfg is None:
+                raise ValueError("robot=sim needs a task: robot.task=<name>, robot.env=..., or a checkpoint that names one")
+            env = {"task": OmegaConf.to_container(task_cfg, resolve=True)}
+        return SimRobot(env, faults=OmegaConf.to_container(rcfg.faults, resolve=True), timeout_s=float(rcfg.timeout_s),
+                        start_timeout_s=float(rcfg.start_timeout_s), host=str(rcfg.host),
+                        status_file=rcfg.status_file, fault_seed=int(rcfg.fault_seed))
+    if rcfg.kind == "lerobot":
+        from vmp.real.lerobot_robot import LeRobotRobot
+
+        return LeRobotRobot.from_config(rcfg)
+    raise ValueError(f"robot.kind must be 'sim' or 'lerobot', got {rcfg.kind!r}")
+
+
+def build_safety(rcfg: DictConfig, spec: Any):
+    import numpy as np
+
+    from vmp.real.safety import SafetyLayer
+
+    s = rcfg.safety
+    low = spec.action_low if s.low is None else np.asarray(s.low, np.float32)
+    high = spec.action_high if s.high is None else np.asarray(s.high, np.float32)
+    keep = [d % spec.action_dim for d in s.keep_dims]
+    return SafetyLayer(low, high, s.max_delta, float(s.watchdog_s), str(s.hold), keep)
+
+
+def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """The daemon, callable from tests. Returns the summary dict (also written to JSON)."""
+    from vmp.real.loop import ControlLoop, InferenceError, LoopConfig
+    from vmp.real.metrics import Metrics, MetricsServer
+    from vmp.real.recorder import EpisodeRecorder
+    from vmp.real.robot import RobotConnectionError
+
+    sys.setswitchinterval(float(cfg.switch_interval_s))
+    stop_requested = {"signal": None}
+    loop_ref: dict[str, Any] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop_requested["signal"] = signal.Signals(signum).name
+        log.warning("%s received: stopping the robot", signal.Signals(signum).name)
+        if "loop" in loop_ref:
+            loop_ref["loop"].stop_event.set()
+        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    engine, task_cfg, policy_name = build_engine(cfg)
+    robot = build_robot(cfg.robot, task_cfg)
+    metrics = Metrics()
+    results: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    exit_error: str | None = None
+    recorder = loop = server = None
+    try:
+        spec = robot.connect()
+        engine.check_robot_keys(spec.obs)
+        blend = str(cfg.blend)
+        if blend == "prefix" and not engine.supports_prefix:
+            log.warning("blend=prefix needs a head whose sampler accepts prefix/prefix_weights; %s does not: using blend=%s",
+                        policy_name, cfg.blend_fallback)
+            blend = str(cfg.blend_fallback)
+        control_hz = float(cfg.robot.control_hz or spec.control_hz)
+        max_ticks = int(cfg.max_ticks or (task_cfg.max_episode_steps if task_cfg is not None else cfg.robot.max_ticks))
+        exec_horizon = int(cfg.exec_horizon) if cfg.exec_horizon is not None else int(engine.n_action_steps)
+        loop_cfg = LoopConfig(control_hz, exec_horizon, blend, float(cfg.ensemble_m), str(cfg.prefix_schedule),
+                              float(cfg.epsilon_s), int(cfg.delay_window), max_ticks, bool(cfg.stop_on_success),
+                              float(cfg.warn_late_frac), rt_priority=int(cfg.rt_priority))
+        task_name = str(task_cfg.name) if task_cfg is not None else spec.name
+        if cfg.record.enabled:
+            recorder = EpisodeRecorder(cfg.record.path, spec, {"task": task_name, "control_hz": control_hz, "robot": spec.name,
+                                                              "policy": policy_name, "blend": blend,
+                                                              "checkpoint": str(cfg.checkpoint)})
+        text = {"language": str(task_cfg.language)} if task_cfg is not None and task_cfg.get("language") else {}
+        engine.warmup(engine.example_window(), n=int(cfg.engine.warmup))
+        loop = ControlLoop(robot, engine, build_safety(cfg.robot, spec), loop_cfg, metrics, recorder, text=text)
+        loop_ref["loop"] = loop
+        if stop_requested["signal"]:
+            loop.stop_event.set()
+        if cfg.metrics.enabled:
+            server = MetricsServer(metrics, str(cfg.metrics.host), int(cfg.metrics.port)).__enter__()
+        log.info("deploying %s on %s at %.0f Hz, blend=%s, s=%d", policy_name, spec.name, control_hz, blend, exec_horizon)
+        for i in range(int(cfg.n_episodes)):
+            if loop.stop_event.is_set():
+                break
+            seed = int(cfg.seed) + i
+            try:
+                res = loop.run_episode(seed)
+            except RobotConnectionError as exc:
+                res = exc.result  # type: ignore[attr-defined]
+                results.append(vars(res))
+                if cfg.reconnect.enabled and i == int(cfg.n_episodes) - 1:
+                    log.error("robot connection lost in the last episode (no reconnection needed): %s", exc)
+                    break
+                if not cfg.reconnect.enabled:
+                    exit_error = f"robot connection lost: {exc}"
+                    log.error("%s; the robot was stopped where possible. Set reconnect.enabled=true to reconnect.", exit_error)
+                    break
+                if not _reconnect(robot, cfg.reconnect, metrics):
+                    exit_error = f"robot connection lost and {cfg.reconnect.attempts} reconnection attempts failed: {exc}"
+                    log.error(exit_error)
+                    break
+                continue
+            except InferenceError as exc:
+                results.append(vars(exc.result))  # type: ignore[attr-defined]
+                exit_error = str(exc)
+                log.error("%s; the robot was stopped", exc)
+                break
+            results.append(vars(res))
+            log.info("episode %d seed %d: %s after %d ticks", i, seed, res.reason, res.ticks)
+            if res.reason == "signal":
+                break
+    finally:
+        if loop is not None:
+            loop.close()
+        try:
+            robot.disconnect()
+        except OSError as exc:
+            log.warning("disconnect: %s", exc)
+        if recorder is not None:
+            recorder.close()
+        if server is not None:
+            server.__exit__(None, None, None)
+        for s, h in previous.items():
+            signal.signal(s, h)
+        summary = _summary(cfg, results, metrics, engine, stop_requested["signal"], exit_error)
+        path = Path(cfg.summary_path) if cfg.summary_path else out_dir / "deploy_summary.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2, default=float))
+        summary["summary_path"] = str(path)
+        if cfg.results_json:
+            _write_results(cfg, summary, task_cfg, policy_name)
+    return summary
+
+
+def _reconnect(robot: Any, rc: DictConfig, metrics: Any) -> bool:
+    from vmp.real.robot import RobotConnectionError, RobotError
+
+    for attempt in range(1, int(rc.attempts) + 1):
+        time.sleep(float(rc.backoff_s) * attempt)
+        try:
+            robot.disconnect()  # SimRobot: reaps (or kills) the old server; connect() starts a fresh one
+            robot.connect()
+            metrics.inc("reconnects", help="successful reconnections to the robot")
+            log.warning("reconnected to the robot (attempt %d)", attempt)
+            return True
+        except (RobotConnectionError, RobotError, OSError) as exc:
+            log.error("reconnection attempt %d failed: %s", attempt, exc)
+    return False
+
+
+def _summary(cfg: DictConfig, results: list[dict], metrics: Any, engine: Any, sig: str | None, error: str | None) -> dict[str, Any]:
+    n = len(results)
+    succ = sum(int(r["success"]) for r in results)
+    m = metrics.summary()
+    s = m["summaries"]
+
+    def ms(name: str, q: str) -> float | None:
+        return s[name][q] * 1e3 if name in s else None
+
+    return {
+        "n_episodes": n, "successes": succ, "success_rate": succ / n if n else 0.0, "seed": int(cfg.seed),
+        "episodes": results, "stopped_by_signal": sig, "error": error,
+        "loop_period_p50_ms": ms("loop_period_seconds", "p50"), "loop_period_p99_ms": ms("loop_period_seconds", "p99"),
+        "tick_lateness_p99_ms": ms("tick_lateness_seconds", "p99"),
+        "obs_to_action_p50_ms": ms("obs_to_action_seconds", "p50"), "obs_to_action_p99_ms": ms("obs_to_action_seconds", "p99"),
+        "inference_latency_p50_ms": ms("inference_latency_seconds", "p50"),
+        "inference_latency_p99_ms": ms("inference_latency_seconds", "p99"),
+        "engine": engine.latency_percentiles(),
+        "counters": m["counters"],
+    }
+
+
+def _write_results(cfg: DictConfig, summary: dict, task_cfg: Any, policy_name: str) -> None:
+    from vmp.sim.evaluate import wilson_interval
+
+    n, k = summary["n_episodes"], summary["successes"]
+    lo, hi = wilson_interval(k, n)
+    rec = {"kind": "success", "task": str(task_cfg.name) if task_cfg is not None else "-",
+           "obs": str(task_cfg.obs_type) if task_cfg is not None else "-", "policy": policy_name,
+           "variant": f"vmp-deploy robot={cfg.robot.kind} blend={cfg.blend} s={cfg.exec_horizon or 'n_action_steps'}",
+           "metrics": {"success_rate": summary["success_rate"], "ci95_low": lo, "ci95_high": hi, "n_episodes": n},
+           "device": str(cfg.device), "command": "vmp-deploy " + " ".join(sys.argv[1:]),
+           "git_rev": _git_rev(), "date": datetime.date.today().isoformat()}
+    Path(cfg.results_json).parent.mkdir(parents=True, exist_ok=True)
+    Path(cfg.results_json).write_text(json.dumps(rec, indent=2))
+
+
+def _git_rev() -> str:
+    try:
+        from vmp.policies.checkpoint import git_revision
+
+        return git_revision()
+    except ImportError:
+        return "unknown"
+
+
+@hydra.main(config_path="pkg://vmp.configs", config_name="deploy", version_base=None)
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = run(cfg, out_dir)
+    except KeyError as exc:  # e.g. checkpoint keys vs robot keys: a configuration error, not a crash
+        log.error("refusing to start: %s", exc.args[0] if exc.args else exc)
+        sys.exit(2)
+    print(f"vmp-deploy: {summary['successes']}/{summary['n_episodes']} successful "
+          f"(rate {summary['success_rate']:.1%}); loop period p99 {summary['loop_period_p99_ms']} ms; "
+          f"summary {summary['summary_path']}")
+    if summary["error"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

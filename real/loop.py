@@ -1,0 +1,315 @@
+"""The fixed-rate control loop: tick on absolute deadlines, never wait for inference.
+
+Per tick k (time t0 + k*dt): observe -> maybe start inference on the newest observation window (worker thread)
+-> take the plan's action for k -> safety -> act -> record. The worker merges a finished chunk into the plan the
+moment it is ready (under a lock), so staleness is judged at the true arrival time. The first chunk of an
+episode is computed before tick 0 (the robot is at rest then), so the loop starts with a plan.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from vmp.real.metrics import Metrics
+from vmp.real.recorder import EpisodeBuffer, EpisodeRecorder
+from vmp.real.robot import RobotConnectionError, RobotError
+from vmp.real.safety import SafetyLayer
+from vmp.real.scheduler import ActionScheduler, Chunk, Request
+
+log = logging.getLogger(__name__)
+
+
+class RealClock:
+    """time.monotonic with a hybrid sleep: OS sleep until ``spin_s`` before the deadline, then spin."""
+
+    def __init__(self, spin_s: float = 0.002):
+        self.spin_s = spin_s
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep_until(self, t: float) -> None:
+        left = t - time.monotonic()
+        if left > self.spin_s:
+            time.sleep(left - self.spin_s)
+        while time.monotonic() < t:
+            pass
+
+
+class InferenceError(RuntimeError):
+    """The policy failed during deployment (the robot was stopped first)."""
+
+
+class InferenceWorker:
+    """One background thread running ``engine.infer`` on the newest request; results go to ``on_chunk``."""
+
+    def __init__(self, engine: Any, on_chunk: Callable[[np.ndarray, Request, float], None], clock: RealClock):
+        self.engine, self.on_chunk, self.clock = engine, on_chunk, clock
+        self._cv = threading.Condition()
+        self._job: tuple[Request, dict, Any] | None = None
+        self._busy = False
+        self._closed = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self.thread.start()
+
+    @property
+    def idle(self) -> bool:
+        with self._cv:
+            return not self._busy
+
+    def submit(self, req: Request, window: dict[str, np.ndarray], goal: Any = None) -> None:
+        with self._cv:
+            if self._busy:
+                raise RuntimeError("inference worker is busy")
+            self._job, self._busy = (req, window, goal), True
+            self._cv.notify()
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+            return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._job is None and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                req, window, goal = self._job
+                self._job = None
+            try:
+                chunk = self.engine.infer(window, goal=goal, prefix=req.prefix, prefix_weights=req.prefix_weights)
+                self.on_chunk(chunk, req, self.clock.now())
+            except Exception as exc:  # reported to the control loop, which stops the robot and re-raises
+                self.error = exc
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self.thread.join(timeout=5)
+
+
+@dataclasses.dataclass
+class LoopConfig:
+    control_hz: float
+    exec_horizon: int = 8
+    blend: str = "prefix"
+    ensemble_m: float = 0.01
+    prefix_schedule: str = "exp"
+    epsilon_s: float = 0.010
+    delay_window: int = 10
+    max_ticks: int = 200
+    stop_on_success: bool = True
+    warn_late_frac: float = 0.5  # a tick later than this fraction of dt counts as an overrun
+    drain_timeout_s: float = 5.0
+    rt_priority: int = 0  # > 0: run the loop thread SCHED_FIFO at this priority (Linux; needs CAP_SYS_NICE)
+
+
+@dataclasses.dataclass
+class EpisodeResult:
+    seed: int | None
+    success: bool
+    ticks: int
+    reason: str  # success | done | max_ticks | watchdog | signal | robot_disconnected | inference_error
+    counters: dict[str, Any]
+    episode_index: int | None = None
+
+
+class ControlLoop:
+    """Drives one robot with one engine; ``run_episode`` is the unit. ``stop_event`` ends the current episode
+    safely (signal handlers set it)."""
+
+    def __init__(self, robot: Any, engine: Any, safety: SafetyLayer, cfg: LoopConfig, metrics: Metrics | None = None,
+                 recorder: EpisodeRecorder | None = None, clock: RealClock | None = None, text: dict | None = None):
+        self.robot, self.engine, self.safety, self.cfg = robot, engine, safety, cfg
+        self.metrics = metrics or Metrics()
+        self.recorder, self.text = recorder, dict(text or {})
+        self.clock = clock or RealClock()
+        self.dt = 1.0 / cfg.control_hz
+        self.scheduler = ActionScheduler(self.dt, engine.horizon, engine.n_obs_steps, cfg.exec_horizon, cfg.blend,
+                                         cfg.ensemble_m, cfg.prefix_schedule, cfg.epsilon_s, cfg.delay_window)
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.worker = InferenceWorker(engine, self._on_chunk, self.clock)
+        self._chunk_id = 0
+        self._episode = 0
+        self._last_warn = -math.inf
+        self.last_episode: EpisodeBuffer | None = None
+
+    # called from the worker thread
+    def _on_chunk(self, chunk: np.ndarray, req: Request, now: float) -> None:
+        first = self.engine.n_obs_steps - 1
+        with self.lock:
+            if req.episode != self._episode:
+                log.warning("dropping a chunk that finished after its episode ended")
+                return
+            self._chunk_id += 1
+            c = Chunk(chunk[first:], req.k_obs, req.obs_time, now, self._chunk_id, req.d_hat)
+            stale = self.scheduler.add_chunk(c, now)
+        self.metrics.observe("inference_latency_seconds", now - req.obs_time, "observation-to-chunk latency")
+        self.metrics.inc("chunks", help="action chunks merged into the plan")
+        self.metrics.inc("stale_actions", stale, help="chunk actions dropped because their tick had passed")
+
+    def _window(self, history: collections.deque) -> dict[str, np.ndarray]:
+        keys = self.engine.obs_shapes
+        return {k: np.stack([h[k] for h in history]) for k in keys}
+
+    def close(self) -> None:
+        self.worker.close()
+
+    def run_episode(self, seed: int | None = None) -> EpisodeResult:
+        """Reset the robot, run until success/done/max_ticks/stop, stop the robot, record. Raises
+        RobotConnectionError / InferenceError after recording what was run."""
+        with self._realtime():
+            return self._run_episode(seed)
+
+    @contextlib.contextmanager
+    def _realtime(self):
+        """SCHED_FIFO for the calling (loop) thread while an episode runs, if configured and permitted."""
+        prio = self.cfg.rt_priority
+        if prio <= 0 or not hasattr(os, "sched_setscheduler"):
+            yield
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))
+        except PermissionError:
+            log.warning("rt_priority=%d needs CAP_SYS_NICE (or an rtprio limit): running at normal priority", prio)
+            yield
+            return
+        try:
+            yield
+        finally:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+    def _run_episode(self, seed: int | None) -> EpisodeResult:
+        cfg, m = self.cfg, self.metrics
+        buf = self.recorder.new_episode() if self.recorder else EpisodeBuffer(sorted(self.robot.spec.obs))
+        self.last_episode = buf
+        reason, success, k, error = "max_ticks", False, 0, None
+        with self.lock:
+            self._episode += 1
+        self.worker.error = None
+        try:
+            obs = self.robot.reset(seed)
+            history: collections.deque = collections.deque([obs.data] * self.engine.n_obs_steps, maxlen=self.engine.n_obs_steps)
+            # First chunk before tick 0: the robot is at rest, nothing is late yet.
+            goal = obs.goal
+            first = self.engine.infer(self._window(history), goal=goal, prefix=None, prefix_weights=None)
+            t0 = self.clock.now() + self.dt
+            with self.lock:
+                self.scheduler.reset(t0)
+                self.scheduler.last_request_tick = 0
+                self._chunk_id += 1
+                self.scheduler.add_chunk(Chunk(first[self.engine.n_obs_steps - 1:], 0, t0, t0 - self.dt, self._chunk_id), t0 - self.dt)
+            self.safety.reset(t0)
+            prev_t = None
+            while True:
+                deadline = t0 + k * self.dt
+                self.clock.sleep_until(deadline)
+                now = self.clock.now()
+                late = now - deadline
+                if prev_t is not None:
+                    m.observe("loop_period_seconds", now - prev_t, "time between consecutive ticks")
+                m.observe("tick_lateness_seconds", late, "tick start minus its deadline")
+                prev_t = now
+                if late > cfg.warn_late_frac * self.dt:
+                    m.inc("overruns", help="ticks started later than warn_late_frac*dt")
+                    if now - self._last_warn > 1.0:
+                        self._last_warn = now
+                        log.warning("control loop below its target rate: tick %d started %.1f ms late (dt %.1f ms)", k, late * 1e3, self.dt * 1e3)
+                    skipped = int(late // self.dt)
+                    if skipped:
+                        m.inc("missed_ticks", skipped, help="ticks skipped because the loop fell behind")
+                        k += skipped
+                        continue
+                if self.stop_event.is_set():
+                    reason = "signal"
+                    break
+                if self.worker.error is not None:
+                    reason, error = "inference_error", InferenceError(f"inference failed: {self.worker.error!r}")
+                    break
+                if k > 0:
+                    obs = self.robot.observe()
+                    if obs.dropped:
+                        m.inc("dropped_frames", help="observations whose camera frame was not refreshed")
+                    history.append(obs.data)
+                if obs.success:
+                    success = True
+                    if cfg.stop_on_success:
+                        reason = "success"
+                        break
+                if obs.done:
+                    reason = "done"
+                    break
+                if k >= cfg.max_ticks:
+                    reason = "max_ticks"
+                    break
+                with self.lock:
+                    if self.worker.idle and self.scheduler.should_request(k):
+                        req = self.scheduler.make_request(k)
+                        req.episode = self._episode
+                        self.worker.submit(req, self._window(history), goal)
+                    action, _ = self.scheduler.pop(k)
+                command, status = self.safety.filter(action, now)
+                if status == "stop":
+                    reason = "watchdog"
+                    break
+                if status == "hold":
+                    m.inc("holds", help="ticks that held the previous command (no planned action)")
+                self.robot.act(command)
+                m.observe("obs_to_action_seconds", self.clock.now() - now, "tick start (observe) to command delivered")
+                with self.lock:
+                    self.scheduler.mark_sent(k, command)
+                buf.add(obs.data, command, action if action is not None else command, deadline - t0, status)
+                m.set("tick", k)
+                k += 1
+        except RobotConnectionError as exc:
+            reason, error = "robot_disconnected", exc
+            log.error("robot link lost at tick %d: %s", k, exc)
+        finally:
+            self._stop_robot(reason)
+            self.worker.wait_idle(cfg.drain_timeout_s)
+            with self.lock:
+                for name, v in self.scheduler.counters.items():
+                    m.set(f"scheduler_{name}", v)
+            counters = dict(self.scheduler.counters)
+            counters.update({f"safety_{n}": v for n, v in self.safety.counters.items()})
+            result = EpisodeResult(seed, success, k, reason, counters)
+            if self.recorder is not None:
+                result.episode_index = self.recorder.append(buf, {**self.text, "outcome": reason, "success": success,
+                                                                 "seed": seed})
+            m.inc("episodes", help="episodes run")
+            if success:
+                m.inc("successes", help="episodes that reached the task's success")
+        if error is not None:
+            error.result = result  # type: ignore[attr-defined]
+            raise error
+        return result
+
+    def _stop_robot(self, reason: str) -> None:
+        try:
+            self.robot.stop()
+            log.info("robot stopped (%s)", reason)
+        except (RobotConnectionError, RobotError) as exc:
+            log.error("could not command a stop (%s): %s", reason, exc)

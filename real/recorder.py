@@ -1,0 +1,80 @@
+"""Record every deployed episode into an `EpisodeStore` (appended whole at the episode's end; the store itself is
+crash-safe, so a kill leaves every earlier episode readable).
+
+Per tick: the robot's observation keys, ``action`` (the command actually sent, after safety), ``policy_action``
+(what the plan asked for; the previous value on a hold), ``tick_time`` [1] seconds since the episode's tick 0, and
+``command_status`` [1] int8 (0 ok, 1 clamped, 2 hold). Episode text holds the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vmp.real.robot import RobotSpec
+
+log = logging.getLogger(__name__)
+STATUS_CODES = {"ok": 0, "clamped": 1, "hold": 2}
+
+
+class EpisodeBuffer:
+    """Per-tick rows of one episode, kept in memory until the episode ends."""
+
+    def __init__(self, obs_keys: list[str]):
+        self.obs_keys = obs_keys
+        self.rows: dict[str, list[np.ndarray]] = {k: [] for k in [*obs_keys, "action", "policy_action", "tick_time", "command_status"]}
+
+    def add(self, obs: dict[str, np.ndarray], command: np.ndarray, policy_action: np.ndarray, tick_time: float, status: str) -> None:
+        for k in self.obs_keys:
+            self.rows[k].append(np.asarray(obs[k]))
+        self.rows["action"].append(np.asarray(command, np.float32))
+        self.rows["policy_action"].append(np.asarray(policy_action, np.float32))
+        self.rows["tick_time"].append(np.array([tick_time], np.float64))
+        self.rows["command_status"].append(np.array([STATUS_CODES.get(status, 3)], np.int8))
+
+    def __len__(self) -> int:
+        return len(self.rows["action"])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.stack(v) for k, v in self.rows.items()}
+
+
+class EpisodeRecorder:
+    """Owns the store: ``create`` a new one or append to an existing one with the same keys."""
+
+    def __init__(self, path: str | Path, spec: RobotSpec, attrs: dict[str, Any]):
+        from vmp.data import EpisodeStore, KeySpec
+
+        self.path = Path(path)
+        self.obs_keys = sorted(spec.obs)
+        schema = {k: KeySpec(shape, dtype, f"robot observation {k}") for k, (shape, dtype) in spec.obs.items()}
+        schema["action"] = KeySpec((spec.action_dim,), "float32", "command sent to the robot, after the safety layer")
+        schema["policy_action"] = KeySpec((spec.action_dim,), "float32", "action the plan asked for (last one on a hold)")
+        schema["tick_time"] = KeySpec((1,), "float64", "seconds since the episode's tick 0 (monotonic clock)")
+        schema["command_status"] = KeySpec((1,), "int8", "0 ok, 1 clamped, 2 hold")
+        if (self.path / "zarr.json").exists():
+            self.store = EpisodeStore.open(self.path, mode="a")
+            if set(self.store.keys) != set(schema):
+                got = sorted(self.store.keys)
+                self.store.close()
+                raise KeyError(f"recording store {self.path} has keys {got}, this robot records {sorted(schema)}: use a new path")
+        else:
+            self.store = EpisodeStore.create(self.path, schema, attrs)
+
+    def new_episode(self) -> EpisodeBuffer:
+        return EpisodeBuffer(self.obs_keys)
+
+    def append(self, buf: EpisodeBuffer, text: dict[str, Any]) -> int | None:
+        """Append the episode (skipped when it has no ticks); returns its index."""
+        if len(buf) == 0:
+            log.warning("episode with no ticks not recorded (%s)", text)
+            return None
+        i = self.store.append_episode(buf.arrays(), text=text)
+        log.info("recorded episode %d (%d ticks) to %s", i, len(buf), self.path)
+        return i
+
+    def close(self) -> None:
+        self.store.close()

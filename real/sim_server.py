@@ -1,0 +1,207 @@
+"""The SimRobot server: one simulated task behind a socket, in its own process (our stand-in for hardware).
+
+Run as ``python -m vmp.real.sim_server CONFIG_JSON``. It binds loopback on an ephemeral port and prints
+``VMP_SIM_PORT <port>`` on stdout, then serves one client at a time (a reconnecting client gets the same
+process). The env steps once per ``act`` (lock-step with the daemon's ticks), so simulated time advances at
+the daemon's control rate. Faults are injected here so that the daemon sees them through the real wire:
+``latency_s``/``jitter_s`` delay observation replies, ``drop_prob`` drops camera frames (the reply carries
+no arrays and ``dropped=True``), ``exit_after_steps`` kills the process abruptly after that many steps.
+
+A status file (optional) records what the robot really received: the per-dimension min/max of commanded
+actions, the largest per-step change, and whether it was stopped. Tests read it to check the safety layer
+from the robot's side.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from vmp.real import wire
+from vmp.real.robot import RobotSpec
+
+log = logging.getLogger("vmp.real.sim_server")
+
+
+def build_env(env_cfg: dict[str, Any]):
+    """{"task": <task config dict>} -> vmp.sim.make(task); {"target": "module:Class", "kwargs": {...}} -> Class(**kwargs)."""
+    if "task" in env_cfg:
+        from omegaconf import OmegaConf
+
+        import vmp.sim
+
+        task = OmegaConf.create(env_cfg["task"])
+        return vmp.sim.make(task), float(task.control_hz), str(task.name)
+    if "target" in env_cfg:
+        module, _, attr = env_cfg["target"].partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+        env = cls(**env_cfg.get("kwargs", {}))
+        return env, float(env_cfg.get("control_hz", env.metadata.get("control_hz", 20))), attr
+    raise ValueError(f"sim env config needs 'task' or 'target', got keys {sorted(env_cfg)}")
+
+
+class SimServer:
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+        self.faults = {"latency_s": 0.0, "jitter_s": 0.0, "drop_prob": 0.0, "exit_after_steps": 0, **cfg.get("faults", {})}
+        self.rng = np.random.default_rng(cfg.get("fault_seed", 0))
+        self.env, control_hz, name = build_env(cfg["env"])
+        space = self.env.observation_space
+        self.image_keys = [k for k in space.spaces if k.endswith(("_image", "_depth"))]
+        self.spec = RobotSpec(
+            obs={k: (tuple(s.shape), np.dtype(s.dtype).name) for k, s in space.spaces.items()},
+            action_dim=int(self.env.action_space.shape[0]),
+            control_hz=control_hz,
+            action_low=np.asarray(self.env.action_space.low, np.float32),
+            action_high=np.asarray(self.env.action_space.high, np.float32),
+            name=f"sim:{name}",
+        )
+        self.obs: dict[str, np.ndarray] | None = None
+        self.success = self.done = False
+        self.step_in_episode = self.total_steps = 0
+        self.stopped = False
+        self.status: dict[str, Any] = {"state": "idle", "steps": 0, "stops": 0, "action_min": None, "action_max": None,
+                                       "max_step_delta": 0.0, "last_action": None, "pid": os.getpid()}
+        self._last_action: np.ndarray | None = None
+
+    # ---- status file ----
+    def write_status(self) -> None:
+        path = self.cfg.get("status_file")
+        if path:
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.status, f)
+            os.replace(tmp, path)
+
+    def _record_action(self, action: np.ndarray) -> None:
+        s = self.status
+        a = action.astype(float)
+        s["action_min"] = a.tolist() if s["action_min"] is None else np.minimum(s["action_min"], a).tolist()
+        s["action_max"] = a.tolist() if s["action_max"] is None else np.maximum(s["action_max"], a).tolist()
+        if self._last_action is not None:
+            s["max_step_delta"] = max(s["max_step_delta"], float(np.abs(a - self._last_action).max()))
+        self._last_action = a
+        s["last_action"] = a.tolist()
+        s["steps"] = self.total_steps
+
+    # ---- message handlers ----
+    def _obs_msg(self, drop: bool = False) -> wire.Message:
+        fields = {"timestamp": time.monotonic(), "step": self.step_in_episode, "success": self.success,
+                  "done": self.done, "dropped": drop}
+        arrays = {} if drop else dict(self.obs)
+        return wire.Message("obs", fields, arrays)
+
+    def handle(self, msg: wire.Message) -> wire.Message:
+        if msg.type == "hello":
+            if msg.fields.get("version") != wire.VERSION:
+                return wire.Message("error", {"message": f"client speaks version {msg.fields.get('version')}, server {wire.VERSION}"})
+            return wire.Message("spec", self.spec.to_fields())
+        if msg.type == "reset":
+            seed = msg.fields.get("seed")
+            obs, info = self.env.reset(seed=None if seed is None else int(seed))
+            self.obs, self.success, self.done = obs, bool(info.get("success", False)), False
+            self.step_in_episode, self.stopped = 0, False
+            self._last_action = None
+            self.status["state"] = "running"
+            self.write_status()
+            reply = self._obs_msg()
+            goal = info.get("goal")
+            if isinstance(goal, dict):  # goal-conditioned tasks: the goal observation travels with the reset
+                reply.arrays.update({f"goal/{k}": np.asarray(v) for k, v in goal.items()})
+            return reply
+        if msg.type == "observe":
+            if self.obs is None:
+                return wire.Message("error", {"message": "observe before reset"})
+            delay = self.faults["latency_s"] + self.faults["jitter_s"] * self.rng.random()
+            if delay > 0:
+                time.sleep(delay)
+            drop = self.faults["drop_prob"] > 0 and self.rng.random() < self.faults["drop_prob"]
+            return self._obs_msg(drop)
+        if msg.type == "act":
+            action = msg.arrays.get("action")
+            if action is None or action.shape != (self.spec.action_dim,) or not np.isfinite(action).all():
+                return wire.Message("error", {"message": f"act needs a finite 'action' of shape ({self.spec.action_dim},)"})
+            if self.obs is None:
+                return wire.Message("error", {"message": "act before reset"})
+            self._record_action(action)
+            if not self.done:
+                obs, _, terminated, truncated, info = self.env.step(action)
+                self.obs = obs
+                self.success = self.success or bool(info.get("success", False))
+                self.done = bool(terminated or truncated)
+                self.step_in_episode += 1
+            self.total_steps += 1
+            self.status["steps"] = self.total_steps
+            self.stopped = False
+            self.status["state"] = "running"
+            if self.faults["exit_after_steps"] and self.total_steps >= self.faults["exit_after_steps"]:
+                self.write_status()
+                os._exit(3)  # simulate a crash: no reply, no cleanup
+            return wire.Message("ack", {"success": self.success, "done": self.done, "step": self.step_in_episode},
+                                {"action": action})
+        if msg.type == "stop":
+            self.stopped = True
+            self.status["state"] = "stopped"
+            self.status["stops"] += 1
+            self.write_status()
+            return wire.Message("ack", {})
+        return wire.Message("error", {"message": f"unknown message type {msg.type!r}"})
+
+    def serve(self, listener: socket.socket) -> None:
+        """Serve clients one after another; exit with the parent (no orphan servers after a daemon is killed)."""
+        parent = os.getppid()
+        listener.settimeout(1.0)
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                if os.getppid() != parent:
+                    log.warning("parent process is gone: exiting")
+                    return
+                continue
+            conn.settimeout(None)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with conn:
+                while True:
+                    try:
+                        msg = wire.recv(conn)
+                    except (wire.ConnectionClosed, ConnectionResetError):
+                        break
+                    except wire.ProtocolError as exc:
+                        log.error("dropping client: %s", exc)
+                        break
+                    if msg.type == "bye":
+                        wire.send(conn, wire.Message("ack", {}))
+                        if msg.fields.get("shutdown", True):
+                            self.status["state"] = "stopped" if self.stopped else "exited"
+                            self.write_status()
+                            return
+                        break
+                    wire.send(conn, self.handle(msg))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m vmp.real.sim_server CONFIG_JSON")
+    logging.basicConfig(level=logging.INFO, format="[sim_server %(levelname)s] %(message)s", stream=sys.stderr)
+    cfg = json.loads(argv[0])
+    server = SimServer(cfg)
+    listener = socket.create_server((cfg.get("host", "127.0.0.1"), int(cfg.get("port", 0))))
+    print(f"VMP_SIM_PORT {listener.getsockname()[1]}", flush=True)
+    try:
+        server.serve(listener)
+    finally:
+        listener.close()
+
+
+if __name__ == "__main__":
+    main()

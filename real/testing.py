@@ -1,0 +1,71 @@
+"""Synthetic policies for tests and benchmarks of the daemon (no training, no GPU).
+
+`ReachPolicy` steers `ToyReachEnv`'s point to its target with a proportional controller and adds a per-chunk
+offset (a different one each chunk, seeded), so consecutive chunks disagree and seams show; optional sleeps
+stand in for slow inference. With ``honour_prefix`` it accepts RTC's ``prefix``/``prefix_weights`` and blends
+them exactly as a guided sampler's output would (W*Y + (1-W)*own).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from vmp.policies.base import Policy
+
+
+class ReachPolicy(Policy):
+    name = "synthetic_reach"
+
+    def __init__(self, n_obs_steps: int = 2, horizon: int = 16, n_action_steps: int | None = None, gain: float = 4.0,
+                 offset_scale: float = 0.3, delay_s: float = 0.0, stall: dict[int, float] | None = None, seed: int = 0,
+                 nan_at: int | None = None):
+        n_action_steps = min(8, horizon - n_obs_steps + 1) if n_action_steps is None else n_action_steps
+        super().__init__(n_obs_steps, horizon, n_action_steps, 2)
+        self.gain, self.offset_scale, self.delay_s = gain, offset_scale, delay_s
+        self.stall = dict(stall or {})
+        self.nan_at = nan_at
+        self.calls = 0
+        self.rng = np.random.default_rng(seed)
+        self._dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {"loss": self._dummy.sum()}
+
+    def _chunk(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        pos, target = obs["pos"][:, -1].float(), obs["target"][:, -1].float()  # [B, 2]
+        base = torch.clamp(self.gain * (target - pos), -1.0, 1.0)
+        offset = torch.as_tensor(self.rng.uniform(-self.offset_scale, self.offset_scale, 2), dtype=torch.float32)
+        ramp = torch.linspace(0, 1, self.horizon).view(1, -1, 1) * 0.1
+        return (base.unsqueeze(1) + offset + ramp).expand(-1, self.horizon, -1).clone()
+
+    def predict_action_chunk(self, obs: dict[str, torch.Tensor], goal: Any = None, generator: torch.Generator | None = None,
+                             prefix: torch.Tensor | None = None, prefix_weights: torch.Tensor | None = None) -> torch.Tensor:
+        sleep = self.delay_s + self.stall.get(self.calls, 0.0)
+        self.calls += 1
+        if sleep:
+            time.sleep(sleep)
+        out = self._chunk(obs)
+        if self.nan_at is not None and self.calls - 1 == self.nan_at:
+            out[:] = float("nan")
+        if prefix is not None:
+            L = prefix.shape[1]
+            w = prefix_weights.view(1, L, 1).to(out.dtype)
+            out[:, :L] = torch.where(w == 1, prefix.to(out.dtype), w * prefix.to(out.dtype) + (1 - w) * out[:, :L])
+        return out
+
+
+class NoPrefixReachPolicy(ReachPolicy):
+    """The same policy without the prefix keywords (heads whose sampler cannot inpaint)."""
+
+    name = "synthetic_reach_noprefix"
+
+    def predict_action_chunk(self, obs: dict[str, torch.Tensor], goal: Any = None,
+                             generator: torch.Generator | None = None) -> torch.Tensor:
+        return super().predict_action_chunk(obs, goal, generator)
+
+
+REACH_OBS_SHAPES = {"pos": (2,), "target": (2,)}

@@ -1,0 +1,55 @@
+"""vmp-deploy with a real (tiny, barely trained) BESO checkpoint: the Lift task over SimRobot, and key refusal."""
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+
+from vmp.data import EpisodeStore, KeySpec
+from vmp.real import daemon
+
+LIFT_KEYS = {"eef_pos": 3, "eef_quat": 4, "gripper_qpos": 2, "object": 10}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from vmp.policies.train import train
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    rng = np.random.default_rng(0)
+    schema = {k: KeySpec((d,), "float32", k) for k, d in LIFT_KEYS.items()}
+    schema["action"] = KeySpec((7,), "float32", "action")
+    with EpisodeStore.create(tmp / "s.zarr", schema, {"task": "lift", "control_hz": 20}) as store:
+        for _ in range(4):
+            ep = {k: rng.normal(size=(20, d)).astype(np.float32) for k, d in LIFT_KEYS.items()}
+            ep["action"] = np.tanh(rng.normal(size=(20, 7))).astype(np.float32)
+            store.append_episode(ep)
+    with initialize_config_module(config_module="vmp.configs", version_base=None):
+        cfg = compose("train", overrides=[
+            "task=lift", f"store={tmp / 's.zarr'}", f"run_dir={tmp / 'run'}", "policy.d_model=16", "policy.n_layers=1",
+            "policy.n_heads=2", "training.batch_size=8", "training.warmup_steps=1", "training.val_ratio=0.25",
+            "training.steps=2", "training.val_every=1000", "training.ckpt_every=1000", "training.log_every=1"])
+    return train(cfg)
+
+
+def _cfg(tmp_path, *overrides):
+    with initialize_config_module(config_module="vmp.configs", version_base=None):
+        return compose("deploy", ["metrics.port=0", f"record.path={tmp_path / 'rec.zarr'}",
+                                  f"summary_path={tmp_path / 'summary.json'}", *overrides])
+
+
+def test_checkpoint_keys_refused_by_a_robot_without_them(tmp_path, checkpoint):
+    with pytest.raises(KeyError, match="eef_pos"):
+        daemon.run(_cfg(tmp_path, "robot=toy", f"checkpoint={checkpoint}"), tmp_path)
+
+
+def test_lift_checkpoint_runs_on_sim_robot_with_eval_seeds(tmp_path, checkpoint):
+    summary = daemon.run(_cfg(tmp_path, "robot=sim", f"checkpoint={checkpoint}", "n_episodes=2", "seed=100000",
+                              "max_ticks=12", "engine.warmup=1"), tmp_path)
+    assert summary["error"] is None
+    assert [e["seed"] for e in summary["episodes"]] == [100000, 100001]
+    assert all(e["reason"] in ("max_ticks", "success", "done") for e in summary["episodes"])
+    with EpisodeStore.open(tmp_path / "rec.zarr") as store:
+        assert store.attrs["task"] == "lift" and store.attrs["blend"] == "prefix"  # BESO inpaints the prefix
+        ep = store.episode(0)
+        assert ep["action"].shape == (12, 7) and np.abs(ep["action"]).max() <= 1.0
+        assert set(LIFT_KEYS) <= set(ep)

@@ -1,0 +1,95 @@
+"""vmp-deploy end to end with a SimRobot process: summary JSON, key refusal, SIGTERM mid-episode, reconnection."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from vmp.data import EpisodeStore
+from vmp.real import daemon
+
+POLICY = ["policy={_target_:vmp.real.testing.ReachPolicy,seed:0,offset_scale:0.05}", "policy_obs_shapes={pos:[2],target:[2]}"]
+
+
+def _cfg(tmp_path, *overrides):
+    policy = POLICY[:1] if any(o.startswith("policy_obs_shapes=") for o in overrides) else POLICY
+    with initialize_config_module(config_module="vmp.configs", version_base=None):
+        return compose("deploy", [*policy, "robot=toy", "metrics.port=0", f"record.path={tmp_path / 'rec.zarr'}",
+                                  f"summary_path={tmp_path / 'summary.json'}", *overrides])
+
+
+def test_runs_episodes_with_seeds_and_writes_summary(tmp_path):
+    cfg = _cfg(tmp_path, "n_episodes=3", "seed=7", "robot.env.kwargs.tol=0.05",
+               f"results_json={tmp_path / 'results.json'}")
+    summary = daemon.run(cfg, tmp_path)
+    assert summary["n_episodes"] == 3 and [e["seed"] for e in summary["episodes"]] == [7, 8, 9]
+    assert summary["successes"] == 3 and summary["error"] is None
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["success_rate"] == 1.0 and on_disk["loop_period_p99_ms"] > 0
+    rec = json.loads((tmp_path / "results.json").read_text())
+    assert rec["kind"] == "success" and rec["metrics"]["n_episodes"] == 3
+    with EpisodeStore.open(tmp_path / "rec.zarr") as store:
+        assert store.n_episodes == 3 and store.episode_text(2)["seed"] == 9
+        assert store.attrs["control_hz"] == 50
+
+
+def test_mismatched_observation_keys_refused_naming_them(tmp_path):
+    cfg = _cfg(tmp_path, "policy_obs_shapes={pos:[2],gripper_qpos:[2]}")
+    with pytest.raises(KeyError, match="gripper_qpos"):
+        daemon.run(cfg, tmp_path)
+    cfg = _cfg(tmp_path, "policy_obs_shapes={pos:[3],target:[2]}")
+    with pytest.raises(KeyError, match=r"pos: checkpoint \(3,\) vs robot \(2,\)"):
+        daemon.run(cfg, tmp_path)
+
+
+def test_reconnects_after_robot_crash_when_configured(tmp_path):
+    cfg = _cfg(tmp_path, "n_episodes=2", "robot.faults.exit_after_steps=20", "reconnect.enabled=true",
+               "reconnect.backoff_s=0.1", "robot.env.kwargs.tol=0.0", "max_ticks=40")
+    summary = daemon.run(cfg, tmp_path)
+    assert [e["reason"] for e in summary["episodes"]] == ["robot_disconnected", "robot_disconnected"]
+    assert summary["counters"]["reconnects"] >= 1 and summary["error"] is None
+    cfg = _cfg(tmp_path, "n_episodes=2", "robot.faults.exit_after_steps=20", "robot.env.kwargs.tol=0.0", "max_ticks=40",
+               f"record.path={tmp_path / 'rec2.zarr'}")
+    summary = daemon.run(cfg, tmp_path)
+    assert len(summary["episodes"]) == 1 and "robot connection lost" in summary["error"]
+
+
+def test_sigterm_mid_episode_stops_robot_and_keeps_episode(tmp_path):
+    status = tmp_path / "status.json"
+    cmd = [sys.executable, "-m", "vmp.real.daemon", *POLICY, "robot=toy", "metrics.port=0", "n_episodes=3",
+           "robot.env.kwargs.tol=0.0", "max_ticks=100000", f"robot.status_file={status}",
+           f"record.path={tmp_path / 'rec.zarr'}", f"summary_path={tmp_path / 'summary.json'}",
+           f"hydra.run.dir={tmp_path / 'out'}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if status.exists() and json.loads(status.read_text()).get("state") == "running":
+                break
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.1)
+        time.sleep(0.5)  # mid-episode
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert json.loads(status.read_text())["state"] == "stopped", out
+    with EpisodeStore.open(tmp_path / "rec.zarr") as store:
+        assert store.n_episodes == 1 and store.episode_text(0)["outcome"] == "signal", (store.episode_text(0), out)
+        assert len(store.episode(0)["action"]) > 5, out
+    assert json.loads((tmp_path / "summary.json").read_text())["stopped_by_signal"] == "SIGTERM", out
+
+
+def test_cli_refuses_mismatched_keys_with_exit_code(tmp_path):
+    cmd = [sys.executable, "-m", "vmp.real.daemon", POLICY[0], "policy_obs_shapes={pos:[2],eef_pos:[3]}", "robot=toy",
+           "metrics.enabled=false", "record.enabled=false", f"hydra.run.dir={tmp_path / 'out'}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 2 and "eef_pos" in out.stdout + out.stderr

@@ -1,0 +1,122 @@
+"""The control loop against a real SimRobot process: stalls, crashes, dropped frames, recording."""
+
+import json
+
+import pytest
+
+from vmp.data import EpisodeStore
+from vmp.real.engine import InferenceEngine
+from vmp.real.loop import ControlLoop, InferenceError, LoopConfig
+from vmp.real.recorder import EpisodeRecorder
+from vmp.real.robot import RobotConnectionError
+from vmp.real.safety import SafetyLayer
+from vmp.real.sim_robot import SimRobot
+from vmp.real.testing import REACH_OBS_SHAPES, ReachPolicy
+
+
+def toy(image_size=0, tol=0.0, steps=1000):
+    return {"target": "vmp.real.toy:ToyReachEnv", "kwargs": {"image_size": image_size, "tol": tol, "max_episode_steps": steps},
+            "control_hz": 50}
+
+
+def make_loop(robot, policy, low=-0.5, high=0.5, max_delta=0.2, watchdog_s=1.0, blend="none", s=3, max_ticks=60,
+              recorder=None, stop_on_success=False):
+    engine = InferenceEngine(policy, REACH_OBS_SHAPES)
+    safety = SafetyLayer([low] * 2, [high] * 2, max_delta=max_delta, watchdog_s=watchdog_s, hold="zero")
+    cfg = LoopConfig(control_hz=50, exec_horizon=s, blend=blend, max_ticks=max_ticks, stop_on_success=stop_on_success)
+    return ControlLoop(robot, engine, safety, cfg, recorder=recorder)
+
+
+def test_inference_stall_holds_within_limits_and_resumes(tmp_path):
+    status = tmp_path / "status.json"
+    # chunks of 6 actions every 3 ticks; the 4th inference stalls 300 ms (15 ticks at 50 Hz)
+    policy = ReachPolicy(n_obs_steps=1, horizon=6, n_action_steps=3, offset_scale=1.0, stall={3: 0.3}, seed=0)
+    with SimRobot(toy(), status_file=str(status)) as robot:
+        loop = make_loop(robot, policy, max_ticks=60)
+        try:
+            res = loop.run_episode(seed=0)
+        finally:
+            loop.close()
+    assert res.reason == "max_ticks" and res.ticks == 60  # the loop kept ticking through the stall
+    assert res.counters["safety_hold"] >= 5 and res.counters["underrun"] >= 5
+    assert loop.metrics.counter("chunks") > 4  # chunks flowed again after the stall
+    st = json.loads(status.read_text())
+    assert st["state"] == "stopped" and st["steps"] == 60 - loop.metrics.counter("missed_ticks")
+    assert min(st["action_min"]) >= -0.5 and max(st["action_max"]) <= 0.5  # robot-side: never beyond limits
+    assert st["max_step_delta"] <= 0.2 + 1e-6
+
+
+def test_watchdog_stops_robot_on_long_stall(tmp_path):
+    status = tmp_path / "status.json"
+    policy = ReachPolicy(n_obs_steps=1, horizon=6, n_action_steps=3, stall={2: 1.5}, seed=0)
+    with SimRobot(toy(), status_file=str(status)) as robot:
+        loop = make_loop(robot, policy, watchdog_s=0.3, max_ticks=200)
+        try:
+            res = loop.run_episode(seed=0)
+        finally:
+            loop.close()
+    assert res.reason == "watchdog" and res.ticks < 200
+    assert json.loads(status.read_text())["state"] == "stopped"
+
+
+def test_killed_robot_process_stops_safely_and_records(tmp_path):
+    policy = ReachPolicy(n_obs_steps=2, horizon=16, seed=0)
+    robot = SimRobot(toy(), faults={"exit_after_steps": 25}, timeout_s=1.0)
+    spec = robot.connect()
+    rec = EpisodeRecorder(tmp_path / "rec.zarr", spec, {"task": "toy", "control_hz": 50})
+    loop = make_loop(robot, policy, s=8, max_ticks=100, recorder=rec)
+    try:
+        with pytest.raises(RobotConnectionError, match="exited with status 3") as info:
+            loop.run_episode(seed=0)
+    finally:
+        loop.close()
+        robot.disconnect()
+        rec.close()
+    assert info.value.result.reason == "robot_disconnected"
+    with EpisodeStore.open(tmp_path / "rec.zarr") as store:
+        assert store.n_episodes == 1 and store.episode_text(0)["outcome"] == "robot_disconnected"
+        assert 20 <= len(store.episode(0)["action"]) <= 25
+
+
+def test_dropped_frames_are_counted_not_fatal(tmp_path):
+    policy = ReachPolicy(n_obs_steps=2, horizon=16, seed=0)
+    with SimRobot(toy(image_size=8), faults={"drop_prob": 0.3}) as robot:
+        spec = robot.spec
+        rec = EpisodeRecorder(tmp_path / "rec.zarr", spec, {"task": "toy", "control_hz": 50})
+        loop = make_loop(robot, policy, s=8, max_ticks=50, recorder=rec)
+        try:
+            res = loop.run_episode(seed=1)
+        finally:
+            loop.close()
+            rec.close()
+    assert res.reason == "max_ticks"
+    assert loop.metrics.counter("dropped_frames") >= 5
+    with EpisodeStore.open(tmp_path / "rec.zarr") as store:
+        ep = store.episode(0)
+        assert ep["camera_image"].shape == (50, 8, 8, 3) and ep["action"].shape == (50, 2)
+
+
+def test_reaches_targets_with_each_blend_mode():
+    for blend, s in (("none", 8), ("ensemble", 2), ("prefix", 8)):
+        policy = ReachPolicy(n_obs_steps=2, horizon=16, offset_scale=0.05, seed=0)
+        with SimRobot(toy(tol=0.05, steps=300)) as robot:
+            loop = make_loop(robot, policy, low=-1, high=1, max_delta=1.0, blend=blend, s=s, max_ticks=300,
+                             stop_on_success=True)
+            try:
+                results = [loop.run_episode(seed=i) for i in range(2)]
+            finally:
+                loop.close()
+        assert all(r.success for r in results), (blend, results)
+
+
+def test_policy_failure_stops_robot_and_raises(tmp_path):
+    status = tmp_path / "status.json"
+    policy = ReachPolicy(n_obs_steps=1, horizon=6, n_action_steps=3, nan_at=2, seed=0)
+    with SimRobot(toy(), status_file=str(status)) as robot:
+        loop = make_loop(robot, policy, max_ticks=100)
+        try:
+            with pytest.raises(InferenceError, match="non-finite"):
+                loop.run_episode(seed=0)
+        finally:
+            loop.close()
+        assert json.loads(status.read_text())["state"] == "stopped"
