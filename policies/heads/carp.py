@@ -1,0 +1,410 @@
+"""CARP: coarse-to-fine autoregressive policy (Gong et al., 2024), two heads (METHODS.md, CARP).
+
+- `carp_tokenizer` (stage 1): the multi-scale residual action tokenizer (`vmp.policies.nn.action_vq`), trained on the
+  store's action chunks with reconstruction + VQ losses. It is a head only so that `vmp-train` trains and checkpoints it
+  like any other (normalizer included); it is not a policy and refuses `predict_action_chunk`.
+- `carp` (stage 2): a GPT over the token maps of all scales, conditioned on the shared encoder's observation tokens
+  (in the sequence) and on their mean (adaptive layer norm). The block-causal mask lets every token of scale k attend to
+  the observation tokens and every token of scales <= k; observation tokens attend to observation tokens only.
+  Teacher forcing: the input at scale k > 0 is the tokenizer's cumulative f_hat of scales < k, downsampled to l_k
+  (learned start tokens at scale 0); the output at scale k predicts scale k's tokens (cross-entropy).
+  Inference: K passes, one per scale, each feeding only the new scale's tokens through a KV cache; greedy or top-k.
+- With the per-dimension tokenizer (G = action_dim groups), one transformer token carries position j of scale k for
+  all G groups (input: their G * code_dim features; output: G softmaxes over the codebook). Tokens of one scale are
+  predicted independently given the coarser scales either way (next-scale prediction), so this packing changes no
+  conditional the model learns, and it makes the sequence G times shorter (12 instead of 72 tokens on Lift: ~6x
+  cheaper training on CPU).
+
+The frozen tokenizer lives inside the `carp` head (its weights are in CARP's state dict). Its architecture settings are
+`policy.tokenizer` (carp.yaml pulls in carp_tokenizer.yaml there), checked against `policy.tokenizer_checkpoint` when
+that file is read, so a trained CARP checkpoint rebuilds and loads even after the tokenizer checkpoint is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from vmp.policies.base import ConditionalPolicy
+from vmp.policies.nn.action_vq import MultiScaleActionVQ
+
+log = logging.getLogger(__name__)
+
+# Tokenizer settings that fix its architecture (what a CARP head must agree on with its tokenizer checkpoint).
+TOKENIZER_ARCH = ("horizon", "scales", "per_dim", "codebook_size", "code_dim", "hidden_dim", "quant_resi")
+
+
+@dataclasses.dataclass
+class CARPTokenizerConfig:
+    n_obs_steps: int = 2
+    horizon: int = 16
+    n_action_steps: int = 8
+    d_model: int = 32  # width of the shared observation encoder, which the tokenizer builds but never uses
+    scales: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 4])
+    per_dim: bool = True
+    codebook_size: int = 512
+    code_dim: int = 8
+    hidden_dim: int = 32
+    quant_resi: float = 0.5
+    beta: float = 0.25
+    vq_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.scales = [int(s) for s in self.scales]
+        if not self.scales or self.scales[0] < 1 or any(b <= a for a, b in zip(self.scales, self.scales[1:])):
+            raise ValueError(f"policy.scales must be strictly increasing positive lengths, got {self.scales}")
+        latent, ratio = self.scales[-1], self.horizon // max(self.scales[-1], 1)
+        if self.horizon % latent or ratio & (ratio - 1):
+            raise ValueError(f"policy.horizon={self.horizon} must be a power-of-two multiple of scales[-1]={latent}")
+        if self.codebook_size < 2 or self.code_dim < 1 or self.hidden_dim < 1:
+            raise ValueError(f"need codebook_size >= 2, code_dim >= 1, hidden_dim >= 1; got {self.codebook_size}, "
+                             f"{self.code_dim}, {self.hidden_dim}")
+        if not 0.0 <= self.quant_resi <= 1.0:
+            raise ValueError(f"policy.quant_resi must be in [0, 1], got {self.quant_resi}")
+        if self.beta < 0 or self.vq_weight < 0:
+            raise ValueError(f"policy.beta and policy.vq_weight must be >= 0, got {self.beta}, {self.vq_weight}")
+
+
+def build_tokenizer(config: CARPTokenizerConfig, action_dim: int) -> MultiScaleActionVQ:
+    return MultiScaleActionVQ(
+        action_dim, config.horizon, config.scales, config.per_dim, config.codebook_size, config.code_dim,
+        config.hidden_dim, config.quant_resi, config.beta,
+    )
+
+
+class CARPTokenizerPolicy(ConditionalPolicy):
+    """Stage 1: trains the action tokenizer. Logs recon_mse, commit (the VQ loss) and codebook_usage."""
+
+    name = "carp_tokenizer"
+    config_class = CARPTokenizerConfig
+
+    def __init__(self, config: CARPTokenizerConfig, encoder, normalizer, action_dim: int):
+        super().__init__(config, encoder, normalizer, action_dim)
+        self.vq = build_tokenizer(config, action_dim)
+        # The shared plumbing builds an observation encoder; the tokenizer never uses it. Frozen, it costs the optimizer
+        # nothing and DistributedDataParallel does not wait for its (absent) gradients.
+        self.encoder.requires_grad_(False)
+        if self.null_goal is not None:
+            self.null_goal.requires_grad_(False)
+
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The whole chunk is reconstructed, edge padding included: CARP predicts (and so tokenizes) padded chunks too."""
+        actions = self.normalizer.normalize("action", batch["action"])
+        f_hat, idx_list, vq_loss = self.vq.quantize(self.vq.encode(actions))
+        recon_mse = F.mse_loss(self.vq.decode(f_hat), actions)
+        return {
+            "loss": recon_mse + self.config.vq_weight * vq_loss,
+            "recon_mse": recon_mse.detach(),
+            "commit": vq_loss.detach(),
+            "codebook_usage": self.vq.codebook_usage(idx_list),
+        }
+
+    @torch.no_grad()
+    def reconstruct(self, actions: torch.Tensor) -> torch.Tensor:
+        """Raw actions [B, H, A] -> tokenize -> decode -> raw actions [B, H, A] (what CARP can at best reproduce)."""
+        nact = self.normalizer.normalize("action", actions)
+        return self.normalizer.unnormalize("action", self.vq.decode_tokens(self.vq.tokenize(nact)))
+
+    def predict_action_chunk(self, obs, goal=None, generator=None) -> torch.Tensor:
+        raise TypeError(
+            "carp_tokenizer is an action tokenizer, not a policy: train `vmp-train policy=carp "
+            "policy.tokenizer_checkpoint=<this checkpoint>` and evaluate that"
+        )
+
+
+@dataclasses.dataclass
+class CARPConfig:
+    n_obs_steps: int = 2
+    horizon: int = 16
+    n_action_steps: int = 8
+    d_model: int = 64  # width of the shared observation encoder's tokens
+    width: int = 64  # transformer width
+    depth: int = 8
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    label_smoothing: float = 0.0
+    tokenizer_checkpoint: str | None = None
+    tokenizer: dict = dataclasses.field(default_factory=dict)  # the carp_tokenizer settings (architecture)
+    # inference-time settings
+    sampling: str = "greedy"  # greedy | top_k
+    top_k: int = 10
+    temperature: float = 1.0
+    kv_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.sampling not in ("greedy", "top_k"):
+            raise ValueError(f"policy.sampling must be greedy or top_k, got {self.sampling!r}")
+        if self.top_k < 1 or self.temperature <= 0:
+            raise ValueError(f"need policy.top_k >= 1 and policy.temperature > 0, got {self.top_k}, {self.temperature}")
+        if self.width % self.n_heads:
+            raise ValueError(f"policy.width={self.width} must be divisible by policy.n_heads={self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"policy.dropout must be in [0, 1), got {self.dropout}")
+        fields = {k: v for k, v in dict(self.tokenizer).items() if k != "name"}
+        known = set(CARPTokenizerConfig.__dataclass_fields__)
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"policy.tokenizer.{unknown[0]} is not a carp_tokenizer setting; its settings: {sorted(known)}")
+        self.tokenizer_config = CARPTokenizerConfig(**fields)
+        if self.tokenizer_config.horizon != self.horizon:
+            raise ValueError(f"policy.horizon={self.horizon} differs from policy.tokenizer.horizon={self.tokenizer_config.horizon}")
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens fed so far: one (k, v) pair of [B, heads, S, head_dim] per layer."""
+
+    def __init__(self, n_layers: int):
+        self.kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        return 0 if self.kv[0] is None else self.kv[0][0].shape[2]
+
+
+class AdaLNSelfAttnBlock(nn.Module):
+    """Pre-norm transformer block whose norms are modulated (shift, scale, gate) by a conditioning vector (adaLN-Zero:
+    gates start at zero, so every block starts as the identity)."""
+
+    def __init__(self, width: int, n_heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width), nn.Dropout(dropout))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x_BSW: torch.Tensor, c_BW: torch.Tensor, mask_SqSk: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c_BW)[:, None].chunk(6, dim=-1)
+        h = self.norm1(x_BSW) * (1 + scale1) + shift1
+        x_BSW = x_BSW + gate1 * self._attend(h, mask_SqSk, cache, layer)
+        h = self.norm2(x_BSW) * (1 + scale2) + shift2
+        return x_BSW + gate2 * self.mlp(h)
+
+    def _attend(self, h_BSW: torch.Tensor, mask_SqSk: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(h_BSW), "b s (three h d) -> three b h s d", three=3, h=self.n_heads)
+        if cache is not None:
+            if cache.kv[layer] is not None:
+                k = torch.cat([cache.kv[layer][0], k], dim=2)
+                v = torch.cat([cache.kv[layer][1], v], dim=2)
+            cache.kv[layer] = (k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_SqSk)  # no attention dropout: slow on CPU
+        return self.proj(rearrange(out, "b h s d -> b s (h d)"))
+
+
+class NextScaleTransformer(nn.Module):
+    """[observation tokens | scale 0 | scale 1 | ... | scale K-1] -> logits [B, T, G, V] at every action token
+    (T = sum of the scale lengths; G groups of V codebook entries per token).
+
+    Sequence position p has level 0 for observation tokens and k + 1 for scale k; position i may attend to j iff
+    level[j] <= level[i] (the block-causal mask, a buffer built once).
+    """
+
+    def __init__(self, n_cond_tokens: int, cond_dim: int, in_dim: int, tokens_per_scale: list[int], groups: int, vocab: int,
+                 width: int, depth: int, n_heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.n_cond, self.tokens_per_scale, self.groups, self.vocab = n_cond_tokens, list(tokens_per_scale), groups, vocab
+        n_act = sum(tokens_per_scale)
+        self.cond_in = nn.Linear(cond_dim, width)
+        self.cond_pos = nn.Parameter(torch.randn(1, n_cond_tokens, width) * 0.02)
+        self.word_in = nn.Linear(in_dim, width)
+        self.start = nn.Parameter(torch.randn(1, tokens_per_scale[0], width) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, n_act, width) * 0.02)
+        self.level_emb = nn.Embedding(len(tokens_per_scale) + 1, width)
+        nn.init.normal_(self.level_emb.weight, std=0.02)
+        self.blocks = nn.ModuleList(AdaLNSelfAttnBlock(width, n_heads, mlp_ratio, dropout) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(width, elementwise_affine=False)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.head = nn.Linear(width, groups * vocab)
+        levels = torch.cat([torch.zeros(n_cond_tokens, dtype=torch.long)] +
+                           [torch.full((n,), k + 1, dtype=torch.long) for k, n in enumerate(tokens_per_scale)])
+        self.register_buffer("levels", levels, persistent=False)
+        self.register_buffer("mask", levels[None, :] <= levels[:, None], persistent=False)  # [S, S], True = may attend
+        ends = torch.cumsum(torch.tensor([n_cond_tokens] + self.tokens_per_scale), 0).tolist()
+        # bounds[k] = (first, last + 1) sequence positions of scale k
+        self.bounds = [(ends[k], ends[k + 1]) for k in range(len(self.tokens_per_scale))]
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def embed_cond(self, cond_BND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Observation tokens [B, N, D] -> (sequence embeddings [B, N, W], adaLN vector [B, W])."""
+        if cond_BND.shape[1] != self.n_cond:
+            raise ValueError(f"expected {self.n_cond} observation tokens, got {cond_BND.shape[1]}")
+        tokens = self.cond_in(cond_BND)
+        return tokens + self.cond_pos + self.level_emb.weight[0], tokens.mean(dim=1)
+
+    def embed_scale(self, k: int, batch: int, inputs_BnC: torch.Tensor | None) -> torch.Tensor:
+        """Scale k's input tokens -> [B, l_k, W]: the start tokens at k = 0, else the projected f_hat features."""
+        first, last = self.bounds[k]
+        x = self.start.expand(batch, -1, -1) if k == 0 else self.word_in(inputs_BnC)
+        return x + self.pos[:, first - self.n_cond : last - self.n_cond] + self.level_emb.weight[k + 1]
+
+    def run(self, x_BSW: torch.Tensor, c_BW: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
+        """Blocks over sequence positions [start, start + S) (earlier ones come from the cache) -> logits [B, S, G, V]."""
+        end = start + x_BSW.shape[1]
+        mask = self.mask[start:end, :end]
+        for layer, block in enumerate(self.blocks):
+            x_BSW = block(x_BSW, c_BW, mask, cache, layer)
+        shift, scale = self.ada_out(c_BW)[:, None].chunk(2, dim=-1)
+        logits = self.head(self.norm_out(x_BSW) * (1 + scale) + shift)
+        return rearrange(logits, "b s (g v) -> b s g v", g=self.groups)
+
+    def forward(self, cond_BND: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Teacher forcing: inputs for scales 1..K-1, each [B, l_k, G*C] -> logits for every action token [B, T, G, V]."""
+        b = cond_BND.shape[0]
+        obs, c = self.embed_cond(cond_BND)
+        x = torch.cat([obs] + [self.embed_scale(k, b, inputs[k - 1] if k else None) for k in range(len(self.bounds))], dim=1)
+        return self.run(x, c, 0, None)[:, self.n_cond :]
+
+
+class CARPPolicy(ConditionalPolicy):
+    """Stage 2: next-scale prediction of the frozen tokenizer's tokens. Logs accuracy (per token, teacher-forced)."""
+
+    name = "carp"
+    config_class = CARPConfig
+
+    def __init__(self, config: CARPConfig, encoder, normalizer, action_dim: int):
+        super().__init__(config, encoder, normalizer, action_dim)
+        self.vq = build_tokenizer(config.tokenizer_config, action_dim)
+        self._load_tokenizer(config, normalizer)
+        self.vq.requires_grad_(False)
+        self.vq.eval()
+        self.gpt = NextScaleTransformer(
+            encoder.n_tokens, encoder.d_model, self.vq.groups * self.vq.code_dim, list(self.vq.scales), self.vq.groups,
+            self.vq.codebook_size, config.width, config.depth, config.n_heads, config.mlp_ratio, config.dropout,
+        )
+
+    def _load_tokenizer(self, config: CARPConfig, normalizer) -> None:
+        """Copy the EMA weights of `config.tokenizer_checkpoint` into `self.vq`, after checking they fit.
+
+        Not read when the normalizer has no statistics yet: the head is then being rebuilt to load a CARP checkpoint,
+        whose state dict holds the tokenizer (the file may be gone or retrained since). `tokenizer_checkpoint: null`
+        keeps an untrained tokenizer (tests only).
+        """
+        path = config.tokenizer_checkpoint
+        if not _has_action_stats(normalizer):
+            return
+        if not path:
+            log.warning("policy.tokenizer_checkpoint is null: CARP is built on an untrained tokenizer")
+            return
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"policy.tokenizer_checkpoint={path!r} does not exist: train the tokenizer first "
+                "(vmp-train policy=carp_tokenizer) and point policy.tokenizer_checkpoint at its checkpoints/latest.pt"
+            )
+        from vmp.policies.checkpoint import load_policy
+
+        tok, tok_cfg = load_policy(path)
+        if tok_cfg.policy.name != CARPTokenizerPolicy.name:
+            raise ValueError(f"policy.tokenizer_checkpoint={path} holds a {tok_cfg.policy.name!r} head, not carp_tokenizer")
+        for field in TOKENIZER_ARCH:
+            ours, theirs = getattr(config.tokenizer_config, field), getattr(tok.config, field)
+            if ours != theirs:
+                raise ValueError(f"policy.tokenizer.{field}={ours!r} but {path} was trained with {theirs!r}: "
+                                 f"set policy.tokenizer.{field}={theirs!r}")
+        if tok.action_dim != self.action_dim:
+            raise ValueError(f"{path} tokenizes {tok.action_dim}-D actions, this task has action_dim={self.action_dim}")
+        if _has_action_stats(normalizer):
+            ours, theirs = normalizer.stats("action"), tok.normalizer.stats("action")
+            if not all(torch.allclose(ours[s], theirs[s], rtol=1e-4, atol=1e-6) for s in ("scale", "offset")):
+                raise ValueError(f"{path} was trained with different action statistics (another store?) than this run")
+        self.vq.load_state_dict(tok.vq.state_dict())
+        log.info("loaded frozen tokenizer from %s", path)
+
+    def train(self, mode: bool = True):
+        """The tokenizer stays frozen in eval mode whatever the trainer asks."""
+        super().train(mode)
+        self.vq.eval()
+        return self
+
+    @staticmethod
+    def _to_tokens(idx_BGl: torch.Tensor) -> torch.Tensor:
+        """Tokenizer layout [B, G, l] -> transformer layout [B, l, G]."""
+        return rearrange(idx_BGl, "b g l -> b l g")
+
+    @staticmethod
+    def _to_inputs(x_BGCl: torch.Tensor) -> torch.Tensor:
+        """[B, G, C, l] -> one input vector per position [B, l, G*C]."""
+        return rearrange(x_BGCl, "b g c l -> b l (g c)")
+
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Cross-entropy over every token of every scale. Not padding-masked: a token summarises a span of the chunk,
+        and the edge-padded chunks the sampler yields near an episode's end are what the policy must produce there."""
+        actions = self.normalizer.normalize("action", batch["action"])
+        with torch.no_grad():
+            idx_list = self.vq.tokenize(actions)
+            inputs = [self._to_inputs(x) for x in self.vq.teacher_inputs(idx_list)]
+        cond = self.condition(batch["obs"], batch.get("goal"))
+        logits_BTGV = self.gpt(cond, inputs)
+        target_BTG = torch.cat([self._to_tokens(i) for i in idx_list], dim=1)
+        loss = F.cross_entropy(logits_BTGV.flatten(0, 2), target_BTG.flatten(), label_smoothing=self.config.label_smoothing)
+        accuracy = (logits_BTGV.argmax(-1) == target_BTG).float().mean()
+        return {"loss": loss, "accuracy": accuracy.detach()}
+
+    # ---- inference ----
+    def _sample(self, logits_BlGV: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """logits [B, l, G, V] -> idx [B, l, G]: argmax, or a draw among the top_k after temperature."""
+        cfg = self.config
+        if cfg.sampling == "greedy":
+            return logits_BlGV.argmax(dim=-1)
+        logits = logits_BlGV / cfg.temperature
+        top = torch.topk(logits, min(cfg.top_k, logits.shape[-1]), dim=-1)
+        probs = torch.softmax(top.values, dim=-1).flatten(0, -2)
+        choice = torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1])
+        return top.indices.gather(-1, choice[..., None]).squeeze(-1)
+
+    @torch.no_grad()
+    def generate_tokens(self, cond_BND: torch.Tensor, generator: torch.Generator | None = None,
+                        kv_cache: bool | None = None) -> list[torch.Tensor]:
+        """Conditioning tokens -> idx per scale [B, G, l_k], one scale per transformer pass.
+
+        With the KV cache each pass feeds only the new scale's tokens (the first also the observation tokens); without
+        it every pass re-runs the whole prefix. Both give the same tokens (tested).
+        """
+        use_cache = self.config.kv_cache if kv_cache is None else kv_cache
+        gpt, b = self.gpt, cond_BND.shape[0]
+        obs, c = gpt.embed_cond(cond_BND)
+        cache = KVCache(gpt.depth) if use_cache else None
+        prefix = [obs]  # embeddings fed so far (only used without the cache)
+        f_hat, nxt, idx_list = None, None, []
+        for k in range(len(self.vq.scales)):
+            x_k = gpt.embed_scale(k, b, None if k == 0 else self._to_inputs(nxt))
+            if cache is not None:
+                fed = torch.cat([obs, x_k], dim=1) if k == 0 else x_k
+                logits = gpt.run(fed, c, cache.length, cache)
+            else:
+                prefix.append(x_k)
+                logits = gpt.run(torch.cat(prefix, dim=1), c, 0, None)
+            idx = self._sample(logits[:, -x_k.shape[1] :], generator)
+            idx = rearrange(idx, "b l g -> b g l")
+            idx_list.append(idx)
+            f_hat, nxt = self.vq.add_scale(k, idx, f_hat)
+        return idx_list
+
+    @torch.no_grad()
+    def predict_action_chunk(self, obs: dict[str, torch.Tensor], goal: dict[str, torch.Tensor] | None = None,
+                             generator: torch.Generator | None = None) -> torch.Tensor:
+        """obs {key: [B, n_obs_steps, ...]} (raw) -> actions [B, horizon, action_dim] (unnormalized)."""
+        cond = self.condition(obs, goal)
+        idx_list = self.generate_tokens(cond, generator)
+        return self.normalizer.unnormalize("action", self.vq.decode_tokens(idx_list).clamp(-1.0, 1.0))
+
+
+def _has_action_stats(normalizer) -> bool:
+    """False for `Normalizer.empty` (all statistics zero: the head is being rebuilt to load a checkpoint)."""
+    stats = normalizer.stats("action")
+    return bool((stats["min"] != 0).any() or (stats["max"] != 0).any())
