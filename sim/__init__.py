@@ -1,0 +1,100 @@
+"""Simulation: MuJoCo tasks as gymnasium envs, scripted experts, collection and parallel evaluation.
+
+``make(task_cfg)`` builds the env a task config (``configs/task/<name>.yaml``) describes; every task is
+registered with gymnasium under ``vmp/<Name>-v0``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import gymnasium as gym
+
+# gymnasium id -> (entry point, fixed kwargs)
+_REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {
+    "vmp/Lift-v0": ("vmp.sim.robosuite_env:RobosuiteEnv", {"task": "Lift"}),
+    "vmp/Stack-v0": ("vmp.sim.robosuite_env:RobosuiteEnv", {"task": "Stack"}),
+    "vmp/PickPlaceCan-v0": ("vmp.sim.robosuite_env:RobosuiteEnv", {"task": "PickPlaceCan"}),
+    "vmp/NutAssemblySquare-v0": ("vmp.sim.robosuite_env:RobosuiteEnv", {"task": "NutAssemblySquare"}),
+    "vmp/BlockPush-v0": ("vmp.sim.blockpush:BlockPushEnv", {}),
+    "vmp/MetaWorld-v0": ("vmp.sim.metaworld_env:MetaWorldEnv", {}),
+    "vmp/MetaWorld-MT50-v0": ("vmp.sim.metaworld_env:MetaWorldEnv", {"multitask": True}),
+}
+_METAWORLD_ID = re.compile(r"^vmp/MetaWorld-(?P<task>[a-z0-9-]+-v\d)-v0$")
+
+
+def register(env_id: str | None = None) -> None:
+    """Register vmp's tasks with gymnasium (idempotent). ``vmp/MetaWorld-<task>-v0`` ids are made on demand."""
+    ids = list(_REGISTRY) if env_id is None else [env_id]
+    for eid in ids:
+        if eid in gym.registry:
+            continue
+        if eid in _REGISTRY:
+            entry, kwargs = _REGISTRY[eid]
+        elif (m := _METAWORLD_ID.match(eid)) is not None:
+            entry, kwargs = "vmp.sim.metaworld_env:MetaWorldEnv", {"task_name": m.group("task")}
+        else:
+            raise KeyError(f"unknown env_id {eid!r}; known: {sorted(_REGISTRY)} and vmp/MetaWorld-<task>-v0")
+        gym.register(id=eid, entry_point=entry, kwargs=kwargs, disable_env_checker=True)
+
+
+register()
+
+
+def _plain(cfg: Any) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+REQUIRED_TASK_KEYS = ("name", "env_id", "obs_type", "control_hz", "max_episode_steps", "shape_meta")
+
+
+def make(task_cfg: Any, render_mode: str | None = None, max_episode_steps: int | None = None, **env_overrides: Any) -> gym.Env:
+    """Build the env of a task config (dict or OmegaConf). ``render_mode='rgb_array'`` enables ``render()``.
+
+    The env is wrapped in gymnasium's TimeLimit (``max_episode_steps`` from the config unless given).
+    """
+    cfg = _plain(task_cfg)
+    missing = [k for k in REQUIRED_TASK_KEYS if k not in cfg]
+    if missing:
+        raise KeyError(f"task config {cfg.get('name', '?')!r} lacks keys {missing} (required: {list(REQUIRED_TASK_KEYS)})")
+    register(cfg["env_id"])
+    kwargs = dict(cfg.get("env_kwargs") or {})
+    kwargs.update(env_overrides)
+    kwargs.update(
+        shape_meta=cfg["shape_meta"],
+        obs_type=cfg["obs_type"],
+        control_hz=int(cfg["control_hz"]),
+    )
+    if cfg.get("language"):
+        kwargs.setdefault("language", cfg["language"])
+    if cfg.get("goal_keys"):
+        kwargs.setdefault("goal_keys", list(cfg["goal_keys"]))
+    steps = int(max_episode_steps if max_episode_steps is not None else cfg["max_episode_steps"])
+    return gym.make(cfg["env_id"], max_episode_steps=steps, render_mode=render_mode, disable_env_checker=True, **kwargs)
+
+
+def load_task_cfg(name: str, **overrides: Any):
+    """The packaged ``configs/task/<name>.yaml`` as an OmegaConf node (``overrides`` merged on top, dotted keys)."""
+    from importlib import resources
+
+    from omegaconf import OmegaConf
+
+    path = resources.files("vmp.configs").joinpath("task", f"{name}.yaml")
+    if not path.is_file():
+        known = sorted(p.name[:-5] for p in resources.files("vmp.configs").joinpath("task").iterdir() if p.name.endswith(".yaml"))
+        raise FileNotFoundError(f"no task config configs/task/{name}.yaml; known tasks: {known}")
+    cfg = OmegaConf.create(path.read_text())
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
+
+
+__all__ = ["make", "register", "load_task_cfg"]

@@ -1,0 +1,223 @@
+"""``vmp-collect``: run a task's expert in parallel workers and append its episodes to a zarr store.
+
+    vmp-collect task=lift n_episodes=100 out=stores/lift.zarr
+
+Episode i uses env seed ``seed + i``; finished episodes are appended in the main process in seed order,
+so a store is reproducible whatever the number of workers. Only successful episodes are kept unless
+``keep_failed=true``; collection stops after ``n_episodes`` kept episodes (or ``max_attempts``).
+Each step stores the observation, the expert's action and its phase index (int16 ``phase``, names in the
+store attr ``phase_names``); each episode stores ``language`` and ``reasoning`` text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class _CollectState:
+    env: Any
+    expert: Any
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _init_collect(task_cfg: dict, expert_kwargs: dict | None = None) -> _CollectState:
+    from vmp.sim import make
+    from vmp.sim.experts import make_expert
+
+    env = make(task_cfg)
+    expert = make_expert(task_cfg["expert"], env=env, **(expert_kwargs or {}))
+    return _CollectState(env, expert)
+
+
+def rollout_expert(env: Any, expert: Any, seed: int) -> dict[str, Any]:
+    """One expert episode -> {"episode": {key: [T, ...]}, "text": {...}, "success", "length", "goal"}."""
+    obs, info = env.reset(seed=seed)
+    expert.reset(seed=seed)
+    goal = info.get("goal")
+    expert.set_goal(goal)
+    keys = list(obs)
+    frames: dict[str, list] = {k: [] for k in keys}
+    actions, phases = [], []
+    success = False
+    while True:
+        action = expert.act(obs)
+        if not np.isfinite(action).all():
+            raise FloatingPointError(f"expert produced a non-finite action at seed {seed}: {action}")
+        for k in keys:
+            frames[k].append(obs[k])
+        actions.append(action)
+        phases.append(expert.phase)
+        obs, _, terminated, truncated, info = env.step(action)
+        success = bool(info.get("success", False))
+        if terminated or truncated:
+            break
+    episode = {k: np.stack(v) for k, v in frames.items()}
+    episode["action"] = np.stack(actions).astype(np.float32)
+    episode["phase"] = np.asarray(phases, dtype=np.int16)
+    text = {"language": info.get("language", ""), "reasoning": expert.reasoning()}
+    if goal is not None:
+        text["goal"] = {k: np.asarray(v).tolist() for k, v in goal.items()}
+    return {"episode": episode, "text": text, "success": success, "length": len(actions)}
+
+
+def _run_collect(state: _CollectState, job) -> dict[str, Any]:
+    return rollout_expert(state.env, state.expert, job.seed)
+
+
+def store_schema(task_cfg: dict, phase_names: list[str]) -> dict:
+    """KeySpecs for a task's store: its shape_meta obs keys, ``action`` float32 [A] and int16 ``phase``."""
+    from vmp.data import KeySpec
+
+    schema = {}
+    for key, meta in task_cfg["shape_meta"]["obs"].items():
+        kind = meta.get("type", "low_dim")
+        shape = tuple(int(s) for s in meta["shape"])
+        if kind == "rgb":
+            schema[key] = KeySpec(shape, "uint8", "rgb image uint8 HWC")
+        elif kind == "depth":
+            schema[key] = KeySpec(shape, "float32", "depth image float32 HW (m)")
+        else:
+            schema[key] = KeySpec(shape, "float32", f"low-dim observation {key}")
+    adim = int(task_cfg["shape_meta"]["action"]["shape"][0])
+    schema["action"] = KeySpec((adim,), "float32", task_cfg.get("action_meaning", f"float32 [{adim}] env action"))
+    schema["phase"] = KeySpec((), "int16", "expert phase index into phase_names: " + ", ".join(phase_names))
+    return schema
+
+
+def collect(
+    task_cfg: Any,
+    n_episodes: int,
+    out: str | Path,
+    n_workers: int = 2,
+    seed: int = 0,
+    keep_failed: bool = False,
+    max_attempts: int | None = None,
+    overwrite: bool = False,
+    episode_timeout_s: float = 900.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Collect ``n_episodes`` expert episodes of ``task_cfg`` into a new store at ``out``; returns the summary."""
+    from tqdm import tqdm
+
+    from vmp.data import EpisodeStore
+    from vmp.sim import _plain
+    from vmp.sim.experts import EXPERTS, make_expert
+    from vmp.sim.workers import EpisodePool, Job
+
+    task = _plain(task_cfg)
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    if task.get("expert") not in EXPERTS:
+        raise KeyError(f"task {task.get('name')!r}: expert {task.get('expert')!r} unknown; known: {sorted(EXPERTS)}")
+    max_attempts = int(max_attempts or 3 * n_episodes + 10)
+    expert_kwargs = dict(task.get("expert_kwargs") or {})
+    # phase vocabulary without building an env
+    phase_names = list(make_expert(task["expert"], **expert_kwargs).phase_names)
+    attrs = {
+        "task": task["name"],
+        "control_hz": int(task["control_hz"]),
+        "env_id": task["env_id"],
+        "obs_type": task["obs_type"],
+        "expert": task["expert"],
+        "phase_names": phase_names,
+        "language": task.get("language", ""),
+        "seed": int(seed),
+    }
+    store = EpisodeStore.create(out, store_schema(task, phase_names), attrs, overwrite=overwrite)
+    start = time.perf_counter()
+    done: dict[int, Any] = {}
+    next_index, kept, attempted, successes, steps, errors = 0, 0, 0, 0, 0, 0
+    submitted = 0
+
+    def jobs():
+        nonlocal submitted
+        while submitted < max_attempts:
+            yield Job(submitted, seed + submitted)
+            submitted += 1
+
+    bar = tqdm(total=n_episodes, desc=f"collect {task['name']}", unit="ep", disable=not progress)
+    pool = EpisodePool(
+        functools.partial(_init_collect, task, expert_kwargs), _run_collect, n_workers, episode_timeout_s=episode_timeout_s
+    )
+    try:
+        with store, pool:
+            for res in pool.run(jobs()):
+                if res.fatal:
+                    raise FloatingPointError(f"episode {res.job.index} (seed {res.job.seed}): {res.error}")
+                done[res.job.index] = res
+                # append finished episodes in seed order
+                while next_index in done and kept < n_episodes:
+                    r = done.pop(next_index)
+                    next_index += 1
+                    attempted += 1
+                    if r.error is not None:
+                        errors += 1
+                        log.warning("episode %d (seed %d) failed: %s", r.job.index, r.job.seed, r.error.strip().splitlines()[-1])
+                        continue
+                    successes += int(r.value["success"])
+                    if r.value["success"] or keep_failed:
+                        store.append_episode(r.value["episode"], r.value["text"])
+                        kept += 1
+                        steps += r.value["length"]
+                        bar.update(1)
+                    bar.set_postfix(success=f"{successes / attempted:.0%}")
+                if kept >= n_episodes:
+                    break
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - start
+    summary = {
+        "task": task["name"],
+        "out": str(out),
+        "episodes": kept,
+        "attempted": attempted,
+        "expert_success_rate": successes / max(attempted, 1),
+        "errors": errors,
+        "steps": steps,
+        "seconds": round(elapsed, 2),
+        "steps_per_s": round(steps / max(elapsed, 1e-9), 1),
+    }
+    if kept < n_episodes:
+        log.warning("collected only %d of %d episodes in %d attempts", kept, n_episodes, attempted)
+    return summary
+
+
+@hydra.main(config_path="pkg://vmp.configs", config_name="collect", version_base=None)
+def main(cfg: DictConfig) -> None:
+    """CLI entry point (hydra app)."""
+    if cfg.out is None:
+        cfg.out = cfg.task.store
+    summary = collect(
+        cfg.task,
+        n_episodes=int(cfg.n_episodes),
+        out=cfg.out,
+        n_workers=int(cfg.n_workers),
+        seed=int(cfg.seed),
+        keep_failed=bool(cfg.keep_failed),
+        max_attempts=cfg.max_attempts,
+        overwrite=bool(cfg.overwrite),
+        episode_timeout_s=float(cfg.episode_timeout_s),
+    )
+    print(
+        f"{summary['task']}: {summary['episodes']} episodes ({summary['steps']} steps) -> {summary['out']}; "
+        f"expert success {summary['expert_success_rate']:.1%} over {summary['attempted']} attempts; "
+        f"{summary['seconds']:.1f} s ({summary['steps_per_s']} steps/s)"
+    )
+
+
+if __name__ == "__main__":
+    main()

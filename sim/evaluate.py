@@ -1,0 +1,310 @@
+"""``vmp-eval``: run a policy for N episodes across worker processes and write ``metrics.json`` + videos.
+
+    vmp-eval checkpoint=runs/x/checkpoint.pt n_episodes=50
+    vmp-eval policy=expert task=lift n_episodes=50 results_json=results/expert_lift.json
+
+Episode i uses env seed ``seed + i``. ``run_evaluation`` is the one runner that ``vmp-eval``, the training
+loop's periodic evaluation and the demo all call. A crashed or stuck worker's episode is reported and
+counted as a failure; a non-finite action stops the evaluation with an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95% interval of a binomial proportion (sensible at 0 % and 100 %, unlike the normal one)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+@dataclasses.dataclass
+class _EvalState:
+    env: Any
+    policy: Any
+    video_dir: str | None
+    fps: int
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _init_eval(task_cfg: dict, make_policy: Callable[[], Any], render: bool, video_dir: str | None,
+               max_episode_steps: int | None) -> _EvalState:
+    from vmp.sim import make
+
+    env = make(task_cfg, render_mode="rgb_array" if render else None, max_episode_steps=max_episode_steps)
+    policy = make_policy()
+    bind = getattr(policy, "bind_env", None)
+    if callable(bind):
+        bind(env)  # privileged experts read the env's state
+    return _EvalState(env, policy, video_dir, int(task_cfg.get("control_hz", 20)))
+
+
+def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False) -> dict[str, Any]:
+    """One episode of ``policy`` in ``env`` -> {success, length, return, latencies_ms, frames?}."""
+    from vmp.sim.experts.base import Expert
+
+    obs, info = env.reset(seed=seed)
+    if isinstance(policy, Expert):
+        policy.reset(seed=seed)
+    else:
+        policy.reset()
+    if info.get("goal") is not None:
+        policy.set_goal(info["goal"])
+    times = getattr(policy, "inference_times_ms", None)
+    n_times = len(times) if times is not None else 0
+    frames = [_frame(env, obs)] if record_video else None
+    total, length, success = 0.0, 0, False
+    while True:
+        action = np.asarray(policy.select_action(obs))
+        if not np.isfinite(action).all():
+            raise FloatingPointError(f"non-finite action at step {length} of seed {seed}: {action}")
+        obs, reward, terminated, truncated, info = env.step(action)
+        total += float(reward)
+        length += 1
+        success = success or bool(info.get("success", False))
+        if frames is not None:
+            frames.append(_frame(env, obs))
+        if terminated or truncated:
+            break
+    out = {"seed": seed, "success": success, "length": length, "return": total,
+           "latencies_ms": list(times[n_times:]) if times is not None else []}
+    if frames is not None:
+        out["frames"] = frames
+    return out
+
+
+def _frame(env: Any, obs: dict[str, np.ndarray]) -> np.ndarray:
+    frame = env.render()
+    if frame is None:  # no renderer: show the first camera observation
+        images = [v for k, v in obs.items() if k.endswith("_image")]
+        if not images:
+            raise RuntimeError("cannot record a video: the env has no render_mode and no image observation")
+        frame = images[0]
+    return np.asarray(frame, dtype=np.uint8)
+
+
+def _run_eval(state: _EvalState, job) -> dict[str, Any]:
+    from vmp.sim.render import write_video
+
+    res = rollout_policy(state.env, state.policy, job.seed, record_video=job.record_video)
+    frames = res.pop("frames", None)
+    if frames is not None and state.video_dir is not None:
+        path = Path(state.video_dir) / f"episode{job.index:03d}_seed{job.seed}.mp4"
+        write_video(path, frames, fps=state.fps)
+        res["video"] = str(path)
+    return res
+
+
+def run_evaluation(
+    task_cfg: Any,
+    make_policy: Callable[[], Any],
+    n_episodes: int = 50,
+    seed: int = 100000,
+    n_workers: int = 2,
+    out_dir: str | Path | None = None,
+    n_videos: int = 3,
+    max_episode_steps: int | None = None,
+    episode_timeout_s: float = 900.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate the policy ``make_policy()`` builds (once per worker; it must be picklable) on ``task_cfg``.
+
+    The policy-like object needs ``reset()``, ``set_goal(goal | None)``, ``select_action(obs) -> [A]``, and
+    optionally ``inference_times_ms`` (latency) and ``bind_env(env)`` (privileged experts).
+    Returns the metrics dict, also written to ``out_dir/metrics.json`` when ``out_dir`` is given.
+    """
+    from tqdm import tqdm
+
+    from vmp.sim import _plain
+    from vmp.sim.workers import EpisodePool, Job
+
+    task = _plain(task_cfg)
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    out_path = Path(out_dir) if out_dir is not None else None
+    n_videos = min(int(n_videos), n_episodes) if out_path is not None else 0
+    video_dir = str(out_path / "videos") if n_videos > 0 else None
+    render = n_videos > 0  # one renderer per worker, used only by the episodes that get a video
+    jobs = [Job(i, seed + i, record_video=i < n_videos) for i in range(n_episodes)]
+    init = functools.partial(_init_eval, task, make_policy, render, video_dir, max_episode_steps)
+    episodes: list[dict[str, Any] | None] = [None] * n_episodes
+    start = time.perf_counter()
+    n_ok = 0
+    bar = tqdm(total=n_episodes, desc=f"eval {task['name']}", unit="ep", disable=not progress)
+    try:
+        with EpisodePool(init, _run_eval, n_workers, episode_timeout_s=episode_timeout_s) as pool:
+            for res in pool.run(jobs):
+                if res.fatal:
+                    raise FloatingPointError(f"episode {res.job.index} (seed {res.job.seed}): {res.error}")
+                if res.error is not None:
+                    log.error("episode %d (seed %d) failed: %s", res.job.index, res.job.seed, res.error.strip().splitlines()[-1])
+                    ep = {"seed": res.job.seed, "success": False, "length": 0, "return": 0.0, "latencies_ms": [],
+                          "error": res.error.strip().splitlines()[-1]}
+                else:
+                    ep = res.value
+                    n_ok += int(ep["success"])
+                episodes[res.job.index] = ep
+                bar.update(1)
+                bar.set_postfix(success=f"{n_ok}/{bar.n}")
+    finally:
+        bar.close()
+    metrics = summarize(episodes, task)  # type: ignore[arg-type]
+    metrics["seconds"] = round(time.perf_counter() - start, 2)
+    if out_path is not None:
+        out_path.mkdir(parents=True, exist_ok=True)
+        (out_path / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        log.info("wrote %s", out_path / "metrics.json")
+    return metrics
+
+
+def summarize(episodes: list[dict[str, Any]], task: dict) -> dict[str, Any]:
+    """Per-seed results -> success rate with Wilson CI, episode lengths, latency percentiles."""
+    n = len(episodes)
+    successes = sum(int(e["success"]) for e in episodes)
+    low, high = wilson_interval(successes, n)
+    lengths = np.array([e["length"] for e in episodes], dtype=float)
+    lat = np.array([t for e in episodes for t in e["latencies_ms"]], dtype=float)
+    per_episode = [{k: v for k, v in e.items() if k != "latencies_ms"} for e in episodes]
+    return {
+        "task": task["name"],
+        "n_episodes": n,
+        "success_rate": successes / n,
+        "ci95_low": low,
+        "ci95_high": high,
+        "n_errors": sum(1 for e in episodes if e.get("error")),
+        "episode_length_mean": float(lengths.mean()),
+        "episode_length_median": float(np.median(lengths)),
+        "episode_length_max": int(lengths.max()),
+        "n_chunks": int(lat.size),
+        "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+        "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+        "videos": [e["video"] for e in episodes if e.get("video")],
+        "per_episode": per_episode,
+    }
+
+
+def results_record(metrics: dict, task: dict, policy: str, variant: str = "", budget: dict | None = None,
+                   device: str | None = None, command: str | None = None) -> dict[str, Any]:
+    """A RESULTS.md-style record of an evaluation (kind "expert" for experts, else "success")."""
+    keep = ("success_rate", "ci95_low", "ci95_high", "n_episodes", "episode_length_mean", "p50_ms", "p99_ms")
+    return {
+        "kind": "expert" if policy == "expert" else "success",
+        "task": task["name"],
+        "obs": task.get("obs_type", "-"),
+        "policy": policy,
+        "variant": variant,
+        "metrics": {k: metrics[k] for k in keep if metrics.get(k) is not None},
+        "budget": budget or {},
+        "device": device or f"cpu ({os.environ.get('OMP_NUM_THREADS', os.cpu_count())} threads)",
+        "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "git_rev": _git_rev(),
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def _git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# ---- policy factories (module level so they pickle into spawned workers) ----
+def expert_policy(task_cfg: dict):
+    from vmp.sim.experts import make_expert
+
+    return make_expert(task_cfg["expert"], **dict(task_cfg.get("expert_kwargs") or {}))
+
+
+def checkpoint_policy(path: str, device: str = "cpu", overrides: dict | None = None):
+    import torch
+
+    from vmp.policies.checkpoint import load_policy
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    policy, _ = load_policy(path, device=device, overrides=overrides)
+    return policy
+
+
+@hydra.main(config_path="pkg://vmp.configs", config_name="eval", version_base=None)
+def main(cfg: DictConfig) -> None:
+    """CLI entry point (hydra app)."""
+    # `policy` is hydra's policy group: `policy=expert` selects configs/policy/expert.yaml; none = checkpoint.
+    mode = "expert" if cfg.get("policy") is not None and cfg.policy.get("name") == "expert" else "checkpoint"
+    if cfg.get("policy") is not None and mode != "expert":
+        raise ValueError(f"vmp-eval: policy must be 'expert' or left out (a checkpoint), got {cfg.policy.get('name')!r}")
+    overrides = OmegaConf.to_container(cfg.overrides, resolve=True) if cfg.get("overrides") else None
+    budget, variant, policy_name = {}, cfg.get("variant") or "", "expert"
+    if mode == "checkpoint":
+        if not cfg.checkpoint:
+            raise ValueError("policy=checkpoint needs checkpoint=<path to a vmp-train checkpoint>")
+        if not Path(cfg.checkpoint).is_file():
+            raise FileNotFoundError(f"checkpoint {cfg.checkpoint} does not exist")
+        from vmp.policies.checkpoint import read_checkpoint
+
+        payload = read_checkpoint(cfg.checkpoint)
+        train_cfg = OmegaConf.create(payload["cfg"])
+        task_cfg = cfg.task if cfg.get("task") is not None else train_cfg.task
+        policy_name = str(train_cfg.policy.get("name", "policy"))
+        budget = dict(payload.get("budget") or {})
+        make_policy = functools.partial(checkpoint_policy, str(cfg.checkpoint), str(cfg.device), overrides)
+    else:
+        if cfg.get("task") is None:
+            raise ValueError("policy=expert needs task=<name>")
+        task_cfg = cfg.task
+        make_policy = functools.partial(expert_policy, OmegaConf.to_container(task_cfg, resolve=True))
+    out_dir = cfg.out_dir or f"outputs/eval/{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}"
+    metrics = run_evaluation(
+        task_cfg, make_policy, n_episodes=int(cfg.n_episodes), seed=int(cfg.seed), n_workers=int(cfg.n_workers),
+        out_dir=out_dir, n_videos=int(cfg.n_videos), max_episode_steps=cfg.max_episode_steps,
+        episode_timeout_s=float(cfg.episode_timeout_s),
+    )
+    if cfg.results_json:
+        from vmp.sim import _plain
+
+        device = cfg.device if cfg.device != "cpu" else None
+        if device and device.startswith("cuda"):
+            import torch
+
+            device = torch.cuda.get_device_name(0)
+        rec = results_record(metrics, _plain(task_cfg), policy_name, variant=variant, budget=budget, device=device)
+        Path(cfg.results_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.results_json).write_text(json.dumps(rec, indent=2) + "\n")
+    lat = f", latency p50 {metrics['p50_ms']:.1f} ms p99 {metrics['p99_ms']:.1f} ms" if metrics["p50_ms"] is not None else ""
+    print(
+        f"{metrics['task']}: success {metrics['success_rate']:.1%} [{metrics['ci95_low']:.1%}, {metrics['ci95_high']:.1%}] "
+        f"over {metrics['n_episodes']} episodes ({metrics['n_errors']} errors), mean length "
+        f"{metrics['episode_length_mean']:.1f}{lat}; {out_dir}/metrics.json"
+    )
+
+
+if __name__ == "__main__":
+    main()
