@@ -239,7 +239,7 @@ def train(cfg: DictConfig) -> Path:
             ema.step(policy.parameters())
             step += 1
             for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+                sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
             n_sum += 1
             if not is_main:
                 continue
