@@ -43,9 +43,15 @@ def _init_collect(task_cfg: dict, expert_kwargs: dict | None = None) -> _Collect
     return _CollectState(env, expert)
 
 
-def rollout_expert(env: Any, expert: Any, seed: int) -> dict[str, Any]:
-    """One expert episode -> {"episode": {key: [T, ...]}, "text": {...}, "success", "length", "goal"}."""
+def rollout_expert(env: Any, expert: Any, seed: int, action_noise: float = 0.0) -> dict[str, Any]:
+    """One expert episode -> {"episode": {key: [T, ...]}, "text": {...}, "success", "length", "goal"}.
+
+    action_noise > 0 executes the expert's action plus Gaussian noise of that std (clipped to the action space)
+    but records the clean action (DART, Laskey et al. 2017): the data then show how the expert recovers from the
+    small deviations a learned policy makes, instead of only the expert's own narrow path.
+    """
     obs, info = env.reset(seed=seed)
+    noise_rng = np.random.default_rng([seed, 7919])
     expert.reset(seed=seed)
     goal = info.get("goal")
     expert.set_goal(goal)
@@ -61,7 +67,10 @@ def rollout_expert(env: Any, expert: Any, seed: int) -> dict[str, Any]:
             frames[k].append(obs[k])
         actions.append(action)
         phases.append(expert.phase)
-        obs, _, terminated, truncated, info = env.step(action)
+        if action_noise > 0:
+            space = env.action_space
+            action = np.clip(action + noise_rng.normal(0.0, action_noise, size=action.shape), space.low, space.high)
+        obs, _, terminated, truncated, info = env.step(action.astype(np.float32))
         success = bool(info.get("success", False))
         if terminated or truncated:
             break
@@ -74,8 +83,8 @@ def rollout_expert(env: Any, expert: Any, seed: int) -> dict[str, Any]:
     return {"episode": episode, "text": text, "success": success, "length": len(actions)}
 
 
-def _run_collect(state: _CollectState, job) -> dict[str, Any]:
-    return rollout_expert(state.env, state.expert, job.seed)
+def _run_collect(state: _CollectState, job, action_noise: float = 0.0) -> dict[str, Any]:
+    return rollout_expert(state.env, state.expert, job.seed, action_noise)
 
 
 def store_schema(task_cfg: dict, phase_names: list[str]) -> dict:
@@ -109,6 +118,7 @@ def collect(
     overwrite: bool = False,
     episode_timeout_s: float = 900.0,
     progress: bool = True,
+    action_noise: float = 0.0,
 ) -> dict[str, Any]:
     """Collect ``n_episodes`` expert episodes of ``task_cfg`` into a new store at ``out``; returns the summary."""
     from tqdm import tqdm
@@ -136,6 +146,7 @@ def collect(
         "phase_names": phase_names,
         "language": task.get("language", ""),
         "seed": int(seed),
+        "action_noise": float(action_noise),
     }
     store = EpisodeStore.create(out, store_schema(task, phase_names), attrs, overwrite=overwrite)
     start = time.perf_counter()
@@ -151,7 +162,8 @@ def collect(
 
     bar = tqdm(total=n_episodes, desc=f"collect {task['name']}", unit="ep", disable=not progress)
     pool = EpisodePool(
-        functools.partial(_init_collect, task, expert_kwargs), _run_collect, n_workers, episode_timeout_s=episode_timeout_s
+        functools.partial(_init_collect, task, expert_kwargs), functools.partial(_run_collect, action_noise=float(action_noise)),
+        n_workers, episode_timeout_s=episode_timeout_s
     )
     try:
         with store, pool:
@@ -211,6 +223,7 @@ def main(cfg: DictConfig) -> None:
         max_attempts=cfg.max_attempts,
         overwrite=bool(cfg.overwrite),
         episode_timeout_s=float(cfg.episode_timeout_s),
+        action_noise=float(cfg.action_noise),
     )
     print(
         f"{summary['task']}: {summary['episodes']} episodes ({summary['steps']} steps) -> {summary['out']}; "

@@ -93,3 +93,20 @@ def _validate(path):
 
     proc = subprocess.run([sys.executable, "-m", "vmp.data.cli", "validate", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dart_noise_executes_noisy_actions_but_records_clean_ones():
+    env = make(load_task_cfg("lift"))
+    try:
+        expert = make_expert("lift", env)
+        clean = rollout_expert(env, expert, seed=11)
+        noisy = rollout_expert(env, expert, seed=11, action_noise=0.2)
+        assert noisy["success"]
+        a, b = clean["episode"], noisy["episode"]
+        # same start state -> the first recorded action is the expert's own, not the noised one
+        np.testing.assert_allclose(b["action"][0], a["action"][0])
+        # the executed noise moved the arm off the expert's path
+        assert not np.allclose(b["eef_pos"][5], a["eef_pos"][5], atol=1e-4)
+        assert np.abs(b["action"]).max() <= 1.0
+    finally:
+        env.close()
