@@ -14,7 +14,6 @@ import datetime
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -123,13 +122,38 @@ def measure_sampler(store_path: str | os.PathLike | None = None, batch_size: int
     }
 
 
-def _git_rev() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "uncommitted"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+def measure_training_rate(batch_size: int = 256, n_steps: int = 5, encoder: str = "compact_cnn") -> dict[str, Any]:
+    """Training windows/s of the BESO image policy (lift_image: two 84 px cameras + state) on this machine's CPU:
+    forward, backward and AdamW step on in-memory batches, so it is the rate the model could consume data."""
+    import torch
+    from hydra import compose, initialize_config_module
+
+    from vmp.policies.build import build_policy
+
+    with initialize_config_module(config_module="vmp.configs", version_base=None):
+        cfg = compose("train", overrides=["task=lift_image", "policy=beso", f"encoder={encoder}"])
+    policy = build_policy(cfg).train()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    t_obs, horizon = cfg.policy.n_obs_steps, cfg.policy.horizon
+    batch = {"obs": {}, "action": torch.rand(batch_size, horizon, 7) * 2 - 1,
+             "action_is_pad": torch.zeros(batch_size, horizon, dtype=torch.bool)}
+    for key, meta in cfg.task.shape_meta.obs.items():
+        if meta.type == "rgb":
+            h, w, c = meta.shape
+            batch["obs"][key] = torch.randint(0, 256, (batch_size, t_obs, c, h, w), dtype=torch.uint8)
+        else:
+            batch["obs"][key] = torch.randn(batch_size, t_obs, *meta.shape)
+    times = []
+    for i in range(n_steps + 1):  # the first step is burn-in
+        start = time.perf_counter()
+        loss = policy.compute_loss(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if i > 0:
+            times.append(time.perf_counter() - start)
+    step_s = float(np.median(times))
+    return {"train_step_s": round(step_s, 3), "train_windows_per_s": round(batch_size / step_s, 1), "train_encoder": encoder}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -148,6 +172,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics = measure_sampler(batch_size=args.batch_size, num_workers=args.workers, n_batches=args.batches)
     # The CPU machine is shared: record how busy it was, since throughput scales with free cores.
     metrics["host_load_1m_before"] = round(load_before, 2)
+    metrics.update(measure_training_rate(batch_size=args.batch_size))
+    metrics["data_bound"] = metrics["windows_per_s"] < metrics["train_windows_per_s"]
+    from vmp.policies.checkpoint import git_revision
+
     result = {
         "kind": "throughput",
         "task": "-",
@@ -160,13 +188,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "budget": {},
         "device": f"cpu ({os.cpu_count()} cores, torch {torch.get_num_threads()} threads)",
         "command": " ".join(["python -m vmp.bench.sampler", *(sys.argv[1:] if argv is None else argv)]).strip(),
-        "git_rev": _git_rev(),
+        "git_rev": git_revision(),
         "date": datetime.date.today().isoformat(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"sampler: {metrics['windows_per_s']} windows/s (batch {metrics['batch']}, {metrics['num_workers']} workers) -> {out}")
+    print(f"sampler: {metrics['windows_per_s']} windows/s (batch {metrics['batch']}, {metrics['num_workers']} workers); "
+          f"BESO image training consumes {metrics['train_windows_per_s']} windows/s "
+          f"({'data-bound' if metrics['data_bound'] else 'not data-bound'}) -> {out}")
     return result
 
 
