@@ -4,7 +4,9 @@ episodes handed to it one at a time.
 Why not ``multiprocessing.Pool``: a worker that segfaults or hangs there stalls the pool. Here every job
 goes to one named worker, the parent watches each worker's liveness and per-episode deadline, and a dead
 or stuck worker's episode comes back as an error result (the worker is replaced), never a hang.
-Workers use the ``spawn`` start method (MuJoCo/EGL and torch state must not be forked).
+Workers use the ``spawn`` start method (MuJoCo/EGL and torch state must not be forked). Each worker reports on
+its own pipe with synchronous sends: a worker killed mid-message can only truncate its own pipe (read as EOF),
+never leave a shared queue half-written and the parent blocked on it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import dataclasses
 import logging
 import multiprocessing as mp
 import os
-import queue
+from multiprocessing import connection as mp_connection
 import time
 import traceback
 from typing import Any, Callable, Iterator
@@ -38,7 +40,7 @@ class JobResult:
     fatal: bool = False  # an error that must stop the run (e.g. a non-finite action)
 
 
-def _worker_main(worker_id: int, init_fn: Callable[[], Any], run_fn: Callable[[Any, Job], Any], jobs, results) -> None:
+def _worker_main(worker_id: int, init_fn: Callable[[], Any], run_fn: Callable[[Any, Job], Any], jobs, conn) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -46,24 +48,24 @@ def _worker_main(worker_id: int, init_fn: Callable[[], Any], run_fn: Callable[[A
 
         state = init_fn()
     except BaseException:
-        results.put(("init_error", worker_id, None, traceback.format_exc()))
+        conn.send(("init_error", worker_id, None, traceback.format_exc()))
         return
-    results.put(("ready", worker_id, None, None))
+    conn.send(("ready", worker_id, None, None))
     try:
         while True:
             job = jobs.get()
             if job is None:
                 break
-            results.put(("start", worker_id, job.index, None))
+            conn.send(("start", worker_id, job.index, None))
             try:
                 value = run_fn(state, job)
             except FloatingPointError:
-                results.put(("fatal", worker_id, job.index, traceback.format_exc()))
+                conn.send(("fatal", worker_id, job.index, traceback.format_exc()))
                 continue
             except Exception:
-                results.put(("error", worker_id, job.index, traceback.format_exc()))
+                conn.send(("error", worker_id, job.index, traceback.format_exc()))
                 continue
-            results.put(("done", worker_id, job.index, value))
+            conn.send(("done", worker_id, job.index, value))
     finally:
         close = getattr(state, "close", None)
         if callable(close):
@@ -71,11 +73,13 @@ def _worker_main(worker_id: int, init_fn: Callable[[], Any], run_fn: Callable[[A
 
 
 class _Worker:
-    def __init__(self, ctx, worker_id: int, init_fn, run_fn, results):
+    def __init__(self, ctx, worker_id: int, init_fn, run_fn):
         self.id = worker_id
         self.jobs = ctx.Queue()
-        self.proc = ctx.Process(target=_worker_main, args=(worker_id, init_fn, run_fn, self.jobs, results), daemon=True)
+        self.conn, child_conn = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=_worker_main, args=(worker_id, init_fn, run_fn, self.jobs, child_conn), daemon=True)
         self.proc.start()
+        child_conn.close()  # the child holds the only write end: its death reads as EOF here
         self.ready = False
         self.started_at = time.monotonic()
         self.job: Job | None = None
@@ -108,7 +112,6 @@ class EpisodePool:
         self.n_workers = n_workers
         self.episode_timeout_s, self.init_timeout_s = episode_timeout_s, init_timeout_s
         self._ctx = mp.get_context("spawn")
-        self._results = self._ctx.Queue() if n_workers > 0 else None
         self._workers: dict[int, _Worker] = {}
         self._next_id = 0
         self._local_state: Any = None
@@ -121,7 +124,7 @@ class EpisodePool:
         self.close()
 
     def _spawn(self) -> _Worker:
-        w = _Worker(self._ctx, self._next_id, self.init_fn, self.run_fn, self._results)
+        w = _Worker(self._ctx, self._next_id, self.init_fn, self.run_fn)
         self._workers[w.id] = w
         self._next_id += 1
         return w
@@ -169,11 +172,7 @@ class EpisodePool:
                     w.jobs.put(job)
             if pending_jobs_exhausted and all(w.job is None for w in self._workers.values()):
                 return
-            try:
-                kind, wid, index, payload = self._results.get(timeout=0.5)
-            except queue.Empty:
-                kind = None
-            if kind is not None:
+            for kind, wid, index, payload in self._receive(timeout=0.5):
                 w = self._workers.get(wid)
                 if w is None:
                     continue  # a message from a worker already replaced
@@ -191,6 +190,18 @@ class EpisodePool:
                     else:
                         yield JobResult(job, error=payload, fatal=kind == "fatal")
             yield from self._check_health()
+
+    def _receive(self, timeout: float) -> list[tuple]:
+        """Messages from every worker that has one (waiting at most ``timeout``); a dead worker's pipe reads as EOF
+        and is left for `_check_health`."""
+        conns = {w.conn: w for w in self._workers.values() if not w.conn.closed}
+        messages = []
+        for conn in mp_connection.wait(list(conns), timeout=timeout):
+            try:
+                messages.append(conn.recv())
+            except (EOFError, OSError):
+                conn.close()
+        return messages
 
     def _check_health(self) -> Iterator[JobResult]:
         now = time.monotonic()

@@ -98,8 +98,14 @@ def test_torchrun_two_processes_gloo(tmp_path):
            "vmp.policies.train", "task=lift", f"store={store}", f"run_dir={run_dir}", "policy.d_model=32",
            "policy.n_layers=1", "policy.n_heads=2", "training.batch_size=8", "training.steps=6", "training.ckpt_every=6",
            "training.val_ratio=0"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:  # never leave ranks behind
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
     payload = read_checkpoint(run_dir / "checkpoints" / "latest.pt")
     assert payload["step"] == 6
     assert "DistributedDataParallel" not in str(list(payload["policy"])[:3])  # the bare policy's keys, not module.*
