@@ -94,7 +94,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     store = make_store(tmp_path / "s.zarr")
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29613", "-m",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "vmp.policies.train", "task=lift", f"store={store}", f"run_dir={run_dir}", "policy.d_model=32",
            "policy.n_layers=1", "policy.n_heads=2", "training.batch_size=8", "training.steps=6", "training.ckpt_every=6",
            "training.val_ratio=0"]
