@@ -13,7 +13,9 @@ BEGIN, END = "<!-- results:begin (vmp-bench report) -->", "<!-- results:end -->"
 
 
 def _fmt(x, digits=2):
-    return f"{x:.{digits}f}" if isinstance(x, (int, float)) else str(x)
+    if isinstance(x, bool) or isinstance(x, int):
+        return str(x)
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
 def _budget(b: dict) -> str:
@@ -35,11 +37,14 @@ def tables(records: list[dict]) -> str:
         out.append("")
     expert = [r for r in records if r["kind"] == "expert"]
     if expert:
-        out += ["### Scripted / privileged experts", "", "| task | obs | success | 95% CI | episodes | command |", "|---|---|---|---|---|---|"]
+        out += ["### Scripted / privileged experts", "",
+                "Each row: `vmp-eval policy=expert task=<task> n_episodes=50 results_json=...` (Meta-World tasks: "
+                "`task=metaworld task.env_kwargs.task_name=<name>`); the exact command is in the row's JSON file.", "",
+                "| task | obs | success | 95% CI | episodes | mean length |", "|---|---|---|---|---|---|"]
         for r in sorted(expert, key=lambda r: r["task"]):
             m = r["metrics"]
             out.append(f"| {r['task']} | {r['obs']} | {_fmt(m['success_rate'])} | {_fmt(m.get('ci95_low'))}–{_fmt(m.get('ci95_high'))} | "
-                       f"{m.get('n_episodes')} | `{r['command']}` |")
+                       f"{m.get('n_episodes')} | {_fmt(m.get('episode_length_mean', '-'), 0)} |")
         out.append("")
     latency = [r for r in records if r["kind"] == "latency"]
     if latency:
@@ -52,7 +57,8 @@ def tables(records: list[dict]) -> str:
     if other:
         out += ["### Throughput and timing", "", "| kind | task | obs | what | metrics | device | command |", "|---|---|---|---|---|---|---|"]
         for r in sorted(other, key=lambda r: (r["kind"], r["task"])):
-            metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in r["metrics"].items())
+            metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in r["metrics"].items()
+                                if isinstance(v, (int, float)) and not k.startswith("host_"))
             out.append(f"| {r['kind']} | {r['task']} | {r['obs']} | {r['policy']} {r['variant']} | {metrics} | {r['device']} | `{r['command']}` |")
         out.append("")
     return "\n".join(out) if out else "_No measurements recorded yet._\n"
