@@ -10,6 +10,7 @@ device synchronisations. Writes results/latency_<obs>_<head>_<variant>.json (RES
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import time
 
@@ -25,7 +26,7 @@ SETTINGS = [
     ("beso", "10-step euler", {"sampler": "euler", "n_steps": 10}),
     ("ddpm", "100-step ddpm", {"sampler": "ddpm", "n_steps": 100}),
     ("ddpm", "10-step ddim", {"sampler": "ddim", "n_steps": 10}),
-    ("carp", "greedy kv-cache", {}),
+    ("carp", "greedy kv-cache", {"tokenizer_checkpoint": None}),
 ]
 TASKS = {"lowdim": ("lift", "lowdim"), "image": ("lift_image", "compact_cnn")}
 
@@ -35,7 +36,7 @@ def build(task: str, encoder: str, head: str, overrides: dict, carp_tokenizer: s
 
     from vmp.policies.build import build_policy
 
-    extra = [f"policy.{k}={v}" for k, v in overrides.items()]
+    extra = [f"policy.{k}={'null' if v is None else v}" for k, v in overrides.items()]
     with initialize_config_module(config_module="vmp.configs", version_base=None):
         cfg = compose("train", overrides=[f"task={task}", f"policy={head}", f"encoder={encoder}", *extra])
     return build_policy(cfg), cfg
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             policy, cfg = build(task, encoder, head, overrides, None)
             stats = percentiles_ms(measure(policy, cfg, args.device, args.repeats))
-            stats.update(batch=1, horizon=policy.horizon, n_params=sum(p.numel() for p in policy.parameters()))
+            stats.update(batch=1, horizon=policy.horizon, n_params=sum(p.numel() for p in policy.parameters()),
+                         host_load_1m=round(os.getloadavg()[0], 2))
             rows.append((obs, head, variant, stats))
             write_result(f"latency_{obs}_{head}_{variant.replace(' ', '-')}_{args.device.split(':')[0]}", "latency", "-",
                          obs, head, variant, stats, device_name(args.device),
