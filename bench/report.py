@@ -32,7 +32,7 @@ def tables(records: list[dict]) -> str:
         for r in sorted(success, key=lambda r: (r["task"], r["obs"], r["policy"], r["variant"])):
             m = r["metrics"]
             out.append(f"| {r['task']} | {r['obs']} | {r['policy']} | {r['variant']} | {_fmt(m['success_rate'])} | "
-                       f"{_fmt(m.get('ci95_low'))}–{_fmt(m.get('ci95_high'))} | {m.get('n_episodes')} | {_budget(r['budget'])} | "
+                       f"{_fmt(m.get('ci95_low'))}–{_fmt(m.get('ci95_high'))} | {m.get('n_episodes')} | {_budget(r.get('budget') or {})} | "
                        f"{r['device']} | `{r['command']}` |")
         out.append("")
     expert = [r for r in records if r["kind"] == "expert"]
