@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 export MUJOCO_GL ?= egl
 
-.PHONY: demo test test-fast test-lerobot bench clean
+.PHONY: demo test test-lerobot bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
