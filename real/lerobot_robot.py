@@ -19,6 +19,29 @@ from vmp.real.robot import Observation, RobotConnectionError, RobotError, RobotS
 log = logging.getLogger(__name__)
 
 
+def robot_config_class(robot_type: str):
+    """LeRobot's config class for a robot type (e.g. "so101_follower"). LeRobot registers a type only when the module
+    defining it has been imported, and module names do not always match types (so101_follower lives in
+    `lerobot.robots.so_follower` in 0.4), so import the robot modules until the type is known."""
+    import importlib
+    import pkgutil
+
+    import lerobot.robots
+    from lerobot.robots import RobotConfig
+
+    for module in [robot_type] + [m.name for m in pkgutil.iter_modules(lerobot.robots.__path__)]:
+        if robot_type in RobotConfig.get_known_choices():
+            break
+        try:
+            importlib.import_module(f"lerobot.robots.{module}")
+        except ImportError:
+            continue  # a robot whose optional SDK is missing, or no module of that name
+    try:
+        return RobotConfig.get_choice_class(robot_type)
+    except KeyError as exc:
+        raise KeyError(f"LeRobot knows no robot type {robot_type!r}; known: {sorted(RobotConfig.get_known_choices())}") from exc
+
+
 class LeRobotRobot:
     """driver: a connected-or-not LeRobot ``Robot`` (or anything with the same methods)."""
 
@@ -50,7 +73,7 @@ class LeRobotRobot:
         from omegaconf import OmegaConf
 
         kwargs = OmegaConf.to_container(rcfg.lerobot.kwargs, resolve=True) or {}
-        config = RobotConfig.get_choice_class(str(rcfg.lerobot.type))(**kwargs)
+        config = robot_config_class(str(rcfg.lerobot.type))(**kwargs)
         groups = OmegaConf.to_container(rcfg.obs_groups, resolve=True) if rcfg.get("obs_groups") else None
         return cls(make_robot_from_config(config), rcfg.control_hz, rcfg.safety.low, rcfg.safety.high, groups,
                    rcfg.get("home"))

@@ -59,6 +59,8 @@ def test_unknown_obs_group_features_refused():
 
 @pytest.mark.lerobot
 def test_lerobot_registry_builds_so101_config():
-    lerobot_robots = pytest.importorskip("lerobot.robots")
-    cls = lerobot_robots.RobotConfig.get_choice_class("so101_follower")
+    pytest.importorskip("lerobot.robots")
+    from vmp.real.lerobot_robot import robot_config_class
+
+    cls = robot_config_class("so101_follower")
     assert cls(port="/dev/null", id="t").port == "/dev/null"

@@ -66,7 +66,8 @@ def import_lerobot(root: str | os.PathLike, out_path: str | os.PathLike, repo_id
     version = str(info.get("codebase_version", ""))
     if not version.startswith("v3"):
         raise ValueError(f"{info_path}: codebase_version {version!r}; only the v3 layout is supported")
-    ds = LeRobotDataset(repo_id or root.name, root=root)
+    # PyAV decodes with the FFmpeg its wheel carries; torchcodec (LeRobot's default) needs system FFmpeg libraries.
+    ds = LeRobotDataset(repo_id or root.name, root=root, video_backend="pyav")
     all_features = {k: v for k, v in ds.meta.features.items() if k not in _BOOKKEEPING}
     if ACTION_KEY not in all_features:
         raise KeyError(f"{root}: dataset has no 'action' feature; features: {sorted(all_features)}")
