@@ -150,6 +150,15 @@ class ConditionalPolicy(Policy, abc.ABC):
                 goal_token = torch.where(drop_goal[:, None, None], null, goal_token)
         return torch.cat([tokens, goal_token], dim=1)
 
+    def training_inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalized actions [B, H, A], conditioning tokens) for a training batch; the goal token is dropped with
+        probability `config.goal_dropout` per sample (how the goal-free branch for guidance is trained)."""
+        actions = self.normalizer.normalize("action", batch["action"])
+        drop_goal = None
+        if self.null_goal is not None:
+            drop_goal = torch.rand(actions.shape[0], device=actions.device) < getattr(self.config, "goal_dropout", 0.0)
+        return actions, self.condition(batch["obs"], batch.get("goal"), drop_goal)
+
     def env_obs_to_batch(self, window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """RGB images arrive HWC (as stored and rendered) and are fed CHW: [B, T, H, W, C] -> [B, T, C, H, W]."""
         out = dict(window)

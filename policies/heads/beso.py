@@ -99,12 +99,8 @@ class BESOPolicy(ConditionalPolicy):
         return log_sigma.exp().clamp(cfg.sigma_min, cfg.sigma_max)
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        actions = self.normalizer.normalize("action", batch["action"])
+        actions, cond = self.training_inputs(batch)
         b = actions.shape[0]
-        drop_goal = None
-        if self.null_goal is not None:
-            drop_goal = torch.rand(b, device=actions.device) < self.config.goal_dropout
-        cond = self.condition(batch["obs"], batch.get("goal"), drop_goal)
         sigma = self.sample_training_sigmas(b, actions.device)
         c_skip, c_out, c_in, c_noise = (s[:, None, None] for s in self.scalings(sigma))
         noisy = actions + sigma[:, None, None] * torch.randn_like(actions)

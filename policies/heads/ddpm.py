@@ -53,12 +53,8 @@ class DDPMPolicy(ConditionalPolicy):
         )
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        actions = self.normalizer.normalize("action", batch["action"])
+        actions, cond = self.training_inputs(batch)
         b = actions.shape[0]
-        drop_goal = None
-        if self.null_goal is not None:
-            drop_goal = torch.rand(b, device=actions.device) < self.config.goal_dropout
-        cond = self.condition(batch["obs"], batch.get("goal"), drop_goal)
         noise = torch.randn_like(actions)
         t = torch.randint(0, self.config.num_train_timesteps, (b,), device=actions.device)
         noisy = self.train_scheduler.add_noise(actions, noise, t)
