@@ -41,7 +41,7 @@ def main() -> None:
          f"training.steps={TRAIN_STEPS}", f"training.batch_size={BATCH_SIZE}", "resume=true"])
     run(["vmp-eval", f"checkpoint={ckpt}", "n_episodes=50", f"out_dir={EVAL_DIR}", "n_videos=3"])
     metrics = json.loads((EVAL_DIR / "metrics.json").read_text())
-    videos = sorted(str(p) for p in EVAL_DIR.glob("*.mp4"))
+    videos = sorted(str(p) for p in EVAL_DIR.rglob("*.mp4"))
     print("\n" + "=" * 72)
     print(f"demo: BESO (3-step sampler) on low-dim Lift, {N_DEMOS} expert demos (DART noise {ACTION_NOISE}), "
           f"{TRAIN_STEPS} training steps of batch {BATCH_SIZE}")
