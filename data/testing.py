@@ -93,3 +93,24 @@ def write_diffusion_policy_store(path: str | os.PathLike, lengths: list[int], im
     z[:] = ends
     arrays["episode_ends"] = ends
     return arrays
+
+
+LIFT_LOWDIM_KEYS = {"eef_pos": 3, "eef_quat": 4, "gripper_qpos": 2, "object": 10}
+
+
+def make_learnable_lift_store(path: str | os.PathLike, n_episodes: int = 12, length: int = 30) -> Path:
+    """A low-dim store with Lift's keys whose action is a fixed smooth function of the moving end-effector position
+    (the other keys are noise): small enough to train on in a test, learnable enough that the loss must fall."""
+    rng = np.random.default_rng(0)
+    schema = {k: KeySpec((d,), "float32", f"synthetic {k}") for k, d in LIFT_LOWDIM_KEYS.items()}
+    schema["action"] = KeySpec((7,), "float32", "synthetic action")
+    weights = rng.normal(size=(3, 7)).astype(np.float32)
+    with EpisodeStore.create(path, schema, {"task": "lift", "control_hz": 20}) as store:
+        for _ in range(n_episodes):
+            t = np.linspace(0, 1, length, dtype=np.float32)[:, None]
+            pos = rng.normal(size=3).astype(np.float32) + t * rng.normal(size=3).astype(np.float32)
+            episode = {"eef_pos": pos, "action": np.tanh(pos @ weights)}
+            for key in ("eef_quat", "gripper_qpos", "object"):
+                episode[key] = rng.normal(size=(length, LIFT_LOWDIM_KEYS[key])).astype(np.float32)
+            store.append_episode(episode)
+    return Path(path)

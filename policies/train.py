@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import sys
 import logging
-import math
 import os
 import signal
 import time
@@ -261,6 +260,8 @@ def train(cfg: DictConfig) -> Path:
                 row["success_rate"] = evaluate_checkpoint(cfg, ckpt_path, step)
             if row:
                 metrics_log.write({"step": step, **row})
+        if world > 1:
+            dist.barrier()  # every rank done (rank 0 may still be writing its checkpoint) before the group is torn down
     except KeyboardInterrupt:
         log.warning("interrupted at step %d: saving %s (continue with resume=true)", step, ckpt_path)
         checkpoint(step)
@@ -282,7 +283,6 @@ def evaluate_checkpoint(cfg: DictConfig, ckpt_path: Path, step: int) -> float:
     """Periodic simulation evaluation of the latest checkpoint (EMA weights) in worker processes."""
     import functools
 
-    from vmp.policies.checkpoint import load_policy
     from vmp.sim.evaluate import run_evaluation
 
     out_dir = Path(cfg.run_dir) / "eval" / f"step_{step:07d}"

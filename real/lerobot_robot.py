@@ -67,7 +67,7 @@ class LeRobotRobot:
     def from_config(cls, rcfg: Any) -> "LeRobotRobot":
         """robot config: lerobot.type (a registered LeRobot robot type), lerobot.kwargs, control_hz, safety bounds."""
         try:
-            from lerobot.robots import RobotConfig, make_robot_from_config
+            from lerobot.robots import make_robot_from_config
         except ImportError as exc:
             raise ImportError("robot.kind=lerobot needs LeRobot: pip install 'vmp[lerobot]' (see `make test-lerobot`)") from exc
         from omegaconf import OmegaConf

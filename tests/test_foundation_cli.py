@@ -1,6 +1,5 @@
 """The console scripts exist, answer --help, and reject a wrong config choice with the valid ones."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path

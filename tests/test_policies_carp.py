@@ -9,7 +9,8 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from vmp.data import EpisodeStore, KeySpec, Normalizer
+from vmp.data import Normalizer
+from vmp.data.testing import LIFT_LOWDIM_KEYS, make_learnable_lift_store
 from vmp.policies.build import build_policy
 from vmp.policies.checkpoint import load_policy, read_checkpoint
 from vmp.policies.train import train
@@ -200,25 +201,11 @@ def test_tokenizer_is_not_a_policy_and_settings_are_checked():
 
 
 # ---------------------------------------------------------------- vmp-train, both stages
-STORE_KEYS = {"eef_pos": 3, "eef_quat": 4, "gripper_qpos": 2, "object": 10}
+STORE_KEYS = LIFT_LOWDIM_KEYS
 
 
 def make_store(path: Path, n_episodes: int = 10, length: int = 40) -> Path:
-    """Lift's keys; the action is a smooth function of the moving end-effector position."""
-    rng = np.random.default_rng(0)
-    schema = {k: KeySpec((d,), "float32", f"synthetic {k}") for k, d in STORE_KEYS.items()}
-    schema["action"] = KeySpec((7,), "float32", "synthetic action")
-    weights = rng.normal(size=(3, 7)).astype(np.float32)
-    store = EpisodeStore.create(path, schema, {"task": "lift", "control_hz": 20})
-    for _ in range(n_episodes):
-        t = np.linspace(0, 1, length, dtype=np.float32)[:, None]
-        pos = rng.normal(size=3).astype(np.float32) + t * rng.normal(size=3).astype(np.float32)
-        episode = {"eef_pos": pos, "action": np.tanh(pos @ weights)}
-        for key in ("eef_quat", "gripper_qpos", "object"):
-            episode[key] = rng.normal(size=(length, STORE_KEYS[key])).astype(np.float32)
-        store.append_episode(episode)
-    store.close()
-    return path
+    return make_learnable_lift_store(path, n_episodes, length)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:

@@ -6,35 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
 
-from vmp.data import EpisodeStore, KeySpec
+from vmp.data.testing import LIFT_LOWDIM_KEYS, make_learnable_lift_store
 from vmp.policies.checkpoint import load_policy, read_checkpoint
 from vmp.policies.train import train
 
-LIFT_KEYS = {"eef_pos": 3, "eef_quat": 4, "gripper_qpos": 2, "object": 10}
-
-
-def make_store(path: Path, n_episodes: int = 12, length: int = 30) -> Path:
-    """Low-dim store with Lift's keys; the action is a fixed linear function of the state (learnable)."""
-    rng = np.random.default_rng(0)
-    schema = {k: KeySpec((d,), "float32", f"synthetic {k}") for k, d in LIFT_KEYS.items()}
-    schema["action"] = KeySpec((7,), "float32", "synthetic action")
-    weights = rng.normal(size=(3, 7)).astype(np.float32)
-    store = EpisodeStore.create(path, schema, {"task": "lift", "control_hz": 20})
-    for _ in range(n_episodes):
-        start = rng.normal(size=3).astype(np.float32)
-        t = np.linspace(0, 1, length, dtype=np.float32)[:, None]
-        pos = start + t * rng.normal(size=3).astype(np.float32)
-        episode = {"eef_pos": pos, "action": np.tanh(pos @ weights)}
-        for key in ("eef_quat", "gripper_qpos", "object"):
-            episode[key] = rng.normal(size=(length, LIFT_KEYS[key])).astype(np.float32)
-        store.append_episode(episode)
-    store.close()
-    return path
+LIFT_KEYS = LIFT_LOWDIM_KEYS
+make_store = make_learnable_lift_store
 
 
 def compose_cfg(store: Path, run_dir: Path, *overrides: str):
@@ -100,7 +81,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
            "training.val_ratio=0"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _, err = proc.communicate(timeout=600)
+        _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:  # never leave ranks behind
             os.killpg(proc.pid, 9)

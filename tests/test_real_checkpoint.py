@@ -51,5 +51,8 @@ def test_lift_checkpoint_runs_on_sim_robot_with_eval_seeds(tmp_path, checkpoint)
     with EpisodeStore.open(tmp_path / "rec.zarr") as store:
         assert store.attrs["task"] == "lift" and store.attrs["blend"] == "prefix"  # BESO inpaints the prefix
         ep = store.episode(0)
-        assert ep["action"].shape == (12, 7) and np.abs(ep["action"]).max() <= 1.0
+        # at most max_ticks commands; fewer when a loaded machine made the loop skip late ticks (it never catches up
+        # by sending stale ones)
+        assert 1 <= ep["action"].shape[0] <= 12 and ep["action"].shape[1] == 7
+        assert np.abs(ep["action"]).max() <= 1.0
         assert set(LIFT_KEYS) <= set(ep)
