@@ -13,12 +13,27 @@ from __future__ import annotations
 
 import abc
 import collections
+import dataclasses
 import time
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+
+@dataclasses.dataclass
+class DiffusionHeadConfig:
+    """Settings every diffusion head shares: the chunk timeline and the transformer denoiser's size."""
+
+    n_obs_steps: int = 2
+    horizon: int = 16
+    n_action_steps: int = 8
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    dropout: float = 0.05
+    goal_dropout: float = 0.0
 
 
 class Policy(nn.Module, abc.ABC):

@@ -24,21 +24,14 @@ from typing import Any
 import torch
 from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 
-from vmp.policies.base import ConditionalPolicy
+from vmp.policies.base import ConditionalPolicy, DiffusionHeadConfig
 from vmp.policies.nn import TransformerDenoiser
 
 SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m")
 
 
 @dataclasses.dataclass
-class BESOConfig:
-    n_obs_steps: int = 2
-    horizon: int = 16
-    n_action_steps: int = 8
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    dropout: float = 0.05
+class BESOConfig(DiffusionHeadConfig):
     sigma_data: float = 0.5
     sigma_min: float = 0.001
     sigma_max: float = 1.0

@@ -11,22 +11,14 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from vmp.policies.base import ConditionalPolicy
+from vmp.policies.base import ConditionalPolicy, DiffusionHeadConfig
 from vmp.policies.nn import TransformerDenoiser
 
 
 @dataclasses.dataclass
-class DDPMConfig:
-    n_obs_steps: int = 2
-    horizon: int = 16
-    n_action_steps: int = 8
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    dropout: float = 0.05
+class DDPMConfig(DiffusionHeadConfig):
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
-    goal_dropout: float = 0.0
     # inference-time settings
     sampler: str = "ddpm"  # ddpm | ddim
     n_steps: int = 100
