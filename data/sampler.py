@@ -25,7 +25,7 @@ import numpy as np
 import zarr.codecs
 import zarr.storage
 
-from .schema import ACTION_KEY
+from .schema import ACTION_KEY, LANGUAGE_TEXT_KEY
 from .store import LOW_DIM, EpisodeStore
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,8 @@ class SequenceSampler:
 
     ``sampler[i]`` -> {"obs": {key: [n_obs_steps, *shape]}, "action": [horizon, A] float32,
     "action_is_pad": bool [horizon], "episode": int, and with ``goal_keys`` "goal": {key: [*shape]}}.
-    Arrays keep the store's dtypes (images uint8 HWC).
+    Arrays keep the store's dtypes (images uint8 HWC). With ``language=True`` obs also holds "language": the
+    episode's instruction (its stored text ``language``), a string per window and a list in ``sample_batch``.
 
     ``split`` is "train", "val" (episodes drawn with ``val_ratio`` and ``seed``) or "all". ``cache_keys``
     also holds those (image) keys in memory; ``fast_reads=False`` forces zarr's reader for images.
@@ -132,6 +133,7 @@ class SequenceSampler:
         goal_mode: str = "final",
         fast_reads: bool = True,
         cache_keys: list[str] | None = None,
+        language: bool = False,
     ):
         if not isinstance(store, EpisodeStore):
             store = EpisodeStore.open(store, mode="r")
@@ -184,6 +186,15 @@ class SequenceSampler:
         n = store.n_steps
         self._cache = {k: store.array(k)[:n] for k in self.kinds if self.kinds[k] == LOW_DIM or k in (cache_keys or [])}
         self._images: dict[str, Any] | None = None
+        self._language: list[str] | None = None
+        if language:
+            texts = [store.episode_text(int(e)).get(LANGUAGE_TEXT_KEY) for e in range(store.n_episodes)]
+            missing = [e for e in self.episodes if not texts[e]]
+            if missing:
+                raise ValueError(f"store {store.path}: {len(missing)} episode(s) of split {split!r} have no "
+                                 f"{LANGUAGE_TEXT_KEY!r} text (first: episode {int(missing[0])}); a language-conditioned "
+                                 f"policy needs an instruction per episode")
+            self._language = texts
         self._final_goal = {k: self._read_rows(k, self.episode_starts + self.episode_lengths - 1) for k in goal_keys} \
             if goal_mode == "final" else {}
         log.info("sampler over %s: split %s, %d episodes, %d windows", self._path, split, self.episodes.size, len(self))
@@ -274,6 +285,8 @@ class SequenceSampler:
                 arr = self._arrays()[k]
                 block = arr.read(np.arange(lo, hi)) if isinstance(arr, FrameReader) else arr[lo:hi]
                 obs[k] = block[obs_rows - lo]
+        if self._language is not None:
+            obs[LANGUAGE_TEXT_KEY] = self._language[ep]
         item = {"obs": obs, "action": self._cache[ACTION_KEY][rows], "action_is_pad": is_pad, "episode": ep}
         if self.goal_keys:
             item["goal"] = self._goal(np.array([i % len(self)]), np.array([ep]), np.array([t0]), single=True)
@@ -301,6 +314,8 @@ class SequenceSampler:
         obs_rows = rows[:, : self.n_obs_steps]
         batch = {"obs": {k: self._read_rows(k, obs_rows) for k in self.keys},
                  "action": self._cache[ACTION_KEY][rows], "action_is_pad": is_pad, "episode": episode}
+        if self._language is not None:
+            batch["obs"][LANGUAGE_TEXT_KEY] = [self._language[e] for e in episode]
         if self.goal_keys:
             batch["goal"] = self._goal(idx, episode, t0)
         return batch

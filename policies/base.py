@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+LANGUAGE_KEY = "language"  # obs[LANGUAGE_KEY]: the instruction of each row of a batch, a list of B strings
+
 
 @dataclasses.dataclass
 class DiffusionHeadConfig:
@@ -41,7 +43,8 @@ class Policy(nn.Module, abc.ABC):
 
     Batches are dicts: ``obs`` {key: [B, n_obs_steps, *shape]} (images uint8 [B, T, C, H, W]),
     ``action`` [B, horizon, action_dim] (raw, unnormalized), ``action_is_pad`` [B, horizon] bool,
-    optional ``goal`` {key: [B, *shape]}. The normalizer is a submodule, so it ships in checkpoints.
+    optional ``goal`` {key: [B, *shape]}; a language-conditioned policy also reads ``obs["language"]`` (B strings).
+    The normalizer is a submodule, so it ships in checkpoints.
     """
 
     name: str = ""
@@ -58,6 +61,7 @@ class Policy(nn.Module, abc.ABC):
         self._obs_history: collections.deque = collections.deque(maxlen=n_obs_steps)
         self._action_queue: collections.deque = collections.deque()
         self._goal: dict[str, np.ndarray] | None = None
+        self._language: str | None = None
         self.inference_times_ms: list[float] = []
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -77,13 +81,18 @@ class Policy(nn.Module, abc.ABC):
 
     # ---- step-by-step control (simulation evaluation, deployment) ----
     def reset(self) -> None:
-        """Forget the observation history, queued actions and goal: call at every episode start."""
+        """Forget the observation history, queued actions, goal and instruction: call at every episode start."""
         self._obs_history.clear()
         self._action_queue.clear()
         self._goal = None
+        self._language = None
 
     def set_goal(self, goal: dict[str, np.ndarray] | None) -> None:
         self._goal = goal
+
+    def set_language(self, instruction: str | None) -> None:
+        """The episode's instruction (``info["language"]``); policies without a language branch ignore it."""
+        self._language = instruction
 
     @torch.no_grad()
     def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -101,6 +110,8 @@ class Policy(nn.Module, abc.ABC):
                 {k: torch.as_tensor(np.stack([o[k] for o in self._obs_history]), device=device).unsqueeze(0)
                  for k in self._obs_history[-1]}
             )
+            if self._language is not None:
+                window[LANGUAGE_KEY] = [self._language]
             goal = None
             if self._goal is not None:
                 goal = {k: torch.as_tensor(np.asarray(v), device=device).unsqueeze(0) for k, v in self._goal.items()}
@@ -127,8 +138,9 @@ class ConditionalPolicy(Policy, abc.ABC):
     """A head conditioned on `ObsEncoder` tokens (and an optional goal token); owns the normalizer.
 
     `condition()` is the one place that normalizes observations and assembles the token sequence
-    [obs tokens of every step..., goal token]. A missing or dropped goal uses a learned null token, which is what
-    goal dropout trains and classifier-free guidance queries.
+    [obs tokens of every step..., goal token, instruction token]. A missing or dropped goal uses a learned null
+    token, which is what goal dropout trains and classifier-free guidance queries. The instruction travels in the
+    observation batch as ``obs["language"]``, a list of B strings (as LeRobot passes its task string).
     """
 
     def __init__(self, config: Any, encoder: nn.Module, normalizer: nn.Module, action_dim: int):
@@ -152,18 +164,23 @@ class ConditionalPolicy(Policy, abc.ABC):
         branch of guidance). Without a goal every row gets the null token.
         """
         nobs = {k: self.normalizer.normalize(k, obs[k]) if k in self.encoder.lowdim_keys else obs[k] for k in self.encoder.obs_keys}
-        tokens = self.encoder(nobs).flatten(1, 2)
-        if self.null_goal is None:
-            return tokens
-        b = tokens.shape[0]
-        null = self.null_goal.expand(b, -1, -1)
-        if goal is None:
-            goal_token = null
-        else:
-            goal_token = self.encoder.encode_goal({k: self.normalizer.normalize(k, goal[k]) for k in self.encoder.goal_keys})
-            if drop_goal is not None:
-                goal_token = torch.where(drop_goal[:, None, None], null, goal_token)
-        return torch.cat([tokens, goal_token], dim=1)
+        tokens = [self.encoder(nobs).flatten(1, 2)]
+        b = tokens[0].shape[0]
+        if self.null_goal is not None:
+            null = self.null_goal.expand(b, -1, -1)
+            if goal is None:
+                goal_token = null
+            else:
+                goal_token = self.encoder.encode_goal({k: self.normalizer.normalize(k, goal[k]) for k in self.encoder.goal_keys})
+                if drop_goal is not None:
+                    goal_token = torch.where(drop_goal[:, None, None], null, goal_token)
+            tokens.append(goal_token)
+        if self.encoder.text is not None:
+            if obs.get(LANGUAGE_KEY) is None:
+                raise KeyError(f"this policy is language-conditioned: give the instruction with set_language(text), or as "
+                               f"obs[{LANGUAGE_KEY!r}] = [B strings] in a batch")
+            tokens.append(self.encoder.encode_language(obs[LANGUAGE_KEY]))
+        return torch.cat(tokens, dim=1)
 
     def training_inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalized actions [B, H, A], conditioning tokens) for a training batch; the goal token is dropped with

@@ -54,6 +54,7 @@ def build_policy(cfg: DictConfig, normalizer: Normalizer | None = None) -> Polic
         config.n_obs_steps,
         d_model=config.d_model,
         goal_keys=list(cfg.task.get("goal_keys") or []),
+        language=bool(cfg.task.get("language_conditioned", False)),
         **OmegaConf.to_container(cfg.encoder, resolve=True),
     )
     return HEADS[cfg.policy.name](config, encoder, normalizer, action_dim=shape_meta["action"]["shape"][0])

@@ -1,8 +1,10 @@
 """`ObsEncoder`: observation window -> conditioning tokens, shared by every head.
 
 Token layout per observation step: one token for all low-dim keys together (concatenated after normalization, then an
-MLP), then one token per camera (RGB or depth: backbone -> spatial softmax -> linear). A goal observation (the keys in
-`goal_keys`) becomes one extra token through its own MLP. Which keys feed which branch comes from the task's
+MLP), then per camera (RGB or depth) either one token (backbone -> spatial softmax -> linear) or, with
+``image_output: tokens``, ``token_grid**2`` tokens (the feature map pooled to a grid, one token per cell). A goal
+observation (the keys in `goal_keys`) becomes one extra token through its own MLP, and with ``language=True`` the
+episode's instruction one more (`vmp.policies.nn.text`). Which keys feed which branch comes from the task's
 `shape_meta` (`type: low_dim | rgb | depth`), so the encoder is chosen by config, never by head.
 """
 
@@ -14,8 +16,10 @@ import torch
 from torch import nn
 
 from vmp.policies.nn import MLP, SpatialSoftmax, make_backbone
+from vmp.policies.nn.text import make_text_encoder
 
 OBS_TYPES = ("low_dim", "rgb", "depth")
+IMAGE_OUTPUTS = ("spatial_softmax", "tokens")
 
 
 def _crop(images: torch.Tensor, size: tuple[int, int], random: bool) -> torch.Tensor:
@@ -36,18 +40,27 @@ def _crop(images: torch.Tensor, size: tuple[int, int], random: bool) -> torch.Te
 
 
 class ImageEncoder(nn.Module):
-    """One camera: images [N, C, H, W] (uint8 or float in [0, 1] for RGB; metres for depth) -> [N, d_model]."""
+    """One camera: images [N, C, H, W] (uint8 or float in [0, 1] for RGB; metres for depth) -> [N, n_tokens, d_model]."""
 
     def __init__(self, shape: tuple[int, ...], obs_type: str, d_model: int, backbone: str, backbone_kwargs: dict,
-                 n_keypoints: int, crop_ratio: float):
+                 n_keypoints: int, crop_ratio: float, output: str = "spatial_softmax", token_grid: int = 3):
         super().__init__()
+        if output not in IMAGE_OUTPUTS:
+            raise ValueError(f"encoder.image_output must be one of {IMAGE_OUTPUTS}, got {output!r}")
         height, width = shape[:2]
         self.in_channels = 1 if obs_type == "depth" else shape[2]
-        self.obs_type = obs_type
+        self.obs_type, self.output = obs_type, output
         self.crop_size = (int(round(height * crop_ratio)), int(round(width * crop_ratio)))
         self.backbone = make_backbone(backbone, self.in_channels, **backbone_kwargs)
-        self.pool = SpatialSoftmax(self.backbone.out_channels, n_keypoints)
-        self.proj = nn.Linear(self.pool.out_dim, d_model)
+        if output == "spatial_softmax":
+            self.n_tokens = 1
+            self.pool = SpatialSoftmax(self.backbone.out_channels, n_keypoints)
+            self.proj = nn.Linear(self.pool.out_dim, d_model)
+        else:
+            self.n_tokens = token_grid * token_grid
+            self.pool = nn.AdaptiveAvgPool2d(token_grid)
+            self.proj = nn.Linear(self.backbone.out_channels, d_model)
+            self.cell_emb = nn.Parameter(torch.randn(1, self.n_tokens, d_model) * 0.02)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.obs_type == "rgb":
@@ -57,7 +70,10 @@ class ImageEncoder(nn.Module):
             if x.ndim == 3:  # [N, H, W] depth
                 x = x[:, None]
         x = _crop(x, self.crop_size, random=self.training)
-        return self.proj(self.pool(self.backbone(x)))
+        feat = self.backbone(x)
+        if self.output == "spatial_softmax":
+            return self.proj(self.pool(feat))[:, None]
+        return self.proj(self.pool(feat).flatten(2).transpose(1, 2)) + self.cell_emb
 
 
 class ObsEncoder(nn.Module):
@@ -72,6 +88,10 @@ class ObsEncoder(nn.Module):
         n_keypoints: int = 32,
         crop_ratio: float = 0.9,
         lowdim_hidden: int = 256,
+        image_output: str = "spatial_softmax",
+        token_grid: int = 3,
+        language: bool = False,
+        text_encoder: str = "learned",
     ):
         super().__init__()
         obs_meta = shape_meta["obs"]
@@ -92,23 +112,25 @@ class ObsEncoder(nn.Module):
         self.lowdim = MLP(lowdim_dim, lowdim_hidden, d_model) if self.lowdim_keys else None
         self.images = nn.ModuleDict(
             {
-                k: ImageEncoder(self.shapes[k], obs_meta[k]["type"], d_model, backbone, dict(backbone_kwargs or {}), n_keypoints, crop_ratio)
+                k: ImageEncoder(self.shapes[k], obs_meta[k]["type"], d_model, backbone, dict(backbone_kwargs or {}),
+                                n_keypoints, crop_ratio, image_output, token_grid)
                 for k in self.image_keys
             }
         )
         goal_dim = sum(_numel(self.shapes[k]) for k in self.goal_keys)
         self.goal = MLP(goal_dim, lowdim_hidden, d_model) if self.goal_keys else None
+        self.text = make_text_encoder(text_encoder, d_model) if language else None
         self.step_emb = nn.Parameter(torch.zeros(1, n_obs_steps, 1, d_model))
         nn.init.normal_(self.step_emb, std=0.02)
 
     @property
     def tokens_per_step(self) -> int:
-        return (1 if self.lowdim_keys else 0) + len(self.image_keys)
+        return (1 if self.lowdim_keys else 0) + sum(net.n_tokens for net in self.images.values())
 
     @property
     def n_tokens(self) -> int:
-        """Conditioning tokens after flattening: n_obs_steps * tokens_per_step, plus one goal token."""
-        return self.n_obs_steps * self.tokens_per_step + (1 if self.goal_keys else 0)
+        """Conditioning tokens after flattening: n_obs_steps * tokens_per_step, one goal token, one instruction token."""
+        return self.n_obs_steps * self.tokens_per_step + (1 if self.goal_keys else 0) + (1 if self.text is not None else 0)
 
     @property
     def obs_keys(self) -> list[str]:
@@ -126,11 +148,11 @@ class ObsEncoder(nn.Module):
         tokens = []
         if self.lowdim is not None:
             flat = torch.cat([obs[k].reshape(b, t, -1).float() for k in self.lowdim_keys], dim=-1)
-            tokens.append(self.lowdim(flat))
+            tokens.append(self.lowdim(flat)[:, :, None])
         for key, net in self.images.items():
             images = obs[key]
-            tokens.append(net(images.reshape(b * t, *images.shape[2:])).reshape(b, t, -1))
-        return torch.stack(tokens, dim=2) + self.step_emb
+            tokens.append(net(images.reshape(b * t, *images.shape[2:])).reshape(b, t, net.n_tokens, -1))
+        return torch.cat(tokens, dim=2) + self.step_emb
 
     def encode_goal(self, goal: dict[str, torch.Tensor]) -> torch.Tensor:
         """goal {key: [B, *shape]} (normalized) -> [B, 1, D]."""
@@ -140,6 +162,12 @@ class ObsEncoder(nn.Module):
         b = goal[self.goal_keys[0]].shape[0]
         flat = torch.cat([goal[k].reshape(b, -1).float() for k in self.goal_keys], dim=-1)
         return self.goal(flat)[:, None]
+
+    def encode_language(self, instructions: list[str] | tuple[str, ...]) -> torch.Tensor:
+        """B instruction strings -> [B, 1, D]."""
+        if isinstance(instructions, str) or not all(isinstance(t, str) for t in instructions):
+            raise TypeError(f"language must be a list of B instruction strings, got {type(instructions).__name__}")
+        return self.text(list(instructions))
 
 
 def _numel(shape: tuple[int, ...]) -> int:

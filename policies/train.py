@@ -128,6 +128,7 @@ def train(cfg: DictConfig) -> Path:
     sampler_kwargs = dict(
         keys=obs_keys, n_obs_steps=head_cfg.n_obs_steps, horizon=head_cfg.horizon, n_action_steps=head_cfg.n_action_steps,
         val_ratio=tcfg.val_ratio, seed=cfg.seed, goal_keys=goal_keys or None, goal_mode=tcfg.goal_mode,
+        language=bool(cfg.task.get("language_conditioned", False)),
     )
     train_set = SequenceDataset(SequenceSampler(store, split="train", **sampler_kwargs))
     val_set = SequenceDataset(SequenceSampler(store, split="val", **sampler_kwargs)) if tcfg.val_ratio > 0 else None

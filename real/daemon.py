@@ -134,7 +134,9 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             recorder = EpisodeRecorder(cfg.record.path, spec, {"task": task_name, "control_hz": control_hz, "robot": spec.name,
                                                               "policy": policy_name, "blend": blend,
                                                               "checkpoint": str(cfg.checkpoint)})
-        text = {"language": str(task_cfg.language)} if task_cfg is not None and task_cfg.get("language") else {}
+        instruction = cfg.instruction or (task_cfg.get("language") if task_cfg is not None else None)
+        engine.instruction = str(instruction) if instruction else None
+        text = {"language": engine.instruction} if engine.instruction else {}
         engine.warmup(engine.example_window(), n=int(cfg.engine.warmup))
         loop = ControlLoop(robot, engine, build_safety(cfg.robot, spec), loop_cfg, metrics, recorder, text=text)
         loop_ref["loop"] = loop

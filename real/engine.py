@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 class InferenceEngine:
     """policy: a `vmp.policies.base.Policy`; obs_shapes: {key: shape per step} the policy consumes (from the
-    checkpoint's task shape_meta); goal arrays, if any, are passed through.
+    checkpoint's task shape_meta); goal arrays, if any, are passed through. ``instruction``: the text a
+    language-conditioned policy follows (ignored by the others).
     """
 
     def __init__(self, policy: Any, obs_shapes: dict[str, tuple[int, ...]], device: str = "cpu", bf16: str | bool = "auto",
@@ -41,6 +42,7 @@ class InferenceEngine:
             self._fn = torch.compile(policy.predict_action_chunk, mode=mode, dynamic=False)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.latencies_ms: list[float] = []
+        self.instruction: str | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "cpu", **kwargs: Any) -> tuple["InferenceEngine", Any]:
@@ -85,6 +87,8 @@ class InferenceEngine:
         """
         start = time.perf_counter()
         obs = self._window(obs_window)
+        if self.instruction is not None:
+            obs["language"] = [self.instruction]
         kwargs: dict[str, Any] = {"generator": self.generator}
         if goal is not None:
             kwargs["goal"] = {k: torch.as_tensor(np.asarray(v), device=self.device).unsqueeze(0) for k, v in goal.items()}

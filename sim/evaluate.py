@@ -77,6 +77,8 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False)
         policy.reset()
     if info.get("goal") is not None:
         policy.set_goal(info["goal"])
+    if info.get("language"):
+        policy.set_language(info["language"])
     times = getattr(policy, "inference_times_ms", None)
     n_times = len(times) if times is not None else 0
     frames = [_frame(env, obs)] if record_video else None
@@ -136,7 +138,7 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate the policy ``make_policy()`` builds (once per worker; it must be picklable) on ``task_cfg``.
 
-    The policy-like object needs ``reset()``, ``set_goal(goal | None)``, ``select_action(obs) -> [A]``, and
+    The policy-like object needs ``reset()``, ``set_goal(goal | None)``, ``set_language(text)``, ``select_action(obs) -> [A]``, and
     optionally ``inference_times_ms`` (latency) and ``bind_env(env)`` (privileged experts).
     Returns the metrics dict, also written to ``out_dir/metrics.json`` when ``out_dir`` is given.
     """

@@ -47,6 +47,9 @@ class Expert(abc.ABC):
     def set_goal(self, goal: dict[str, np.ndarray] | None) -> None:
         """Goal-conditioned tasks: the expert follows the goal's assignment. Default: ignored."""
 
+    def set_language(self, instruction: str | None) -> None:
+        """Experts read the privileged state, not the instruction."""
+
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """One step: the action [action_dim] for ``obs``; updates ``phase``."""
         if self.env is None:
