@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .sampler import SequenceSampler
+from .schema import LANGUAGE_TEXT_KEY
 from .store import DEPTH, RGB
 
 
@@ -52,7 +53,8 @@ class SequenceDataset(Dataset):
     def _convert(self, raw: dict[str, Any]) -> dict[str, Any]:
         kinds = self.sampler.kinds
         item = {
-            "obs": {k: _to_tensor(v, kinds[k]) for k, v in raw["obs"].items()},
+            # the instruction (str, or a list of str for a batch) stays text; the policy's encoder reads it
+            "obs": {k: v if k == LANGUAGE_TEXT_KEY else _to_tensor(v, kinds[k]) for k, v in raw["obs"].items()},
             "action": torch.from_numpy(np.ascontiguousarray(raw["action"], dtype=np.float32)),
             "action_is_pad": torch.from_numpy(np.ascontiguousarray(raw["action_is_pad"])),
             "episode": torch.as_tensor(raw["episode"], dtype=torch.int64),

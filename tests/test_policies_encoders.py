@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from vmp.data import EpisodeStore, Normalizer, SequenceSampler
+from vmp.data import EpisodeStore, Normalizer, SequenceDataset, SequenceSampler
 from vmp.data.schema import KeySpec
 from vmp.policies.build import build_policy
 from vmp.policies.encoders import ObsEncoder
@@ -131,3 +131,8 @@ def test_sampler_gives_each_window_its_episode_instruction(tmp_path):
     texts = {0: RED_LEFT, 1: RED_RIGHT, 2: RED_LEFT}
     assert batch["obs"]["language"] == [texts[int(e)] for e in batch["episode"]]
     assert sampler[0]["obs"]["language"] == texts[int(sampler[0]["episode"])]
+    # through the Dataset and DataLoader collation that vmp-train uses, the instructions stay a list of strings
+    loader = torch.utils.data.DataLoader(SequenceDataset(sampler), batch_size=4, shuffle=False)
+    batch = next(iter(loader))
+    assert batch["obs"]["language"] == [texts[int(e)] for e in batch["episode"]]
+    assert batch["obs"]["state"].dtype == torch.float32
