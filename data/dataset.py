@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .sampler import SequenceSampler
-from .schema import LANGUAGE_TEXT_KEY
+from .schema import LANGUAGE_KEY
 from .store import DEPTH, RGB
 
 
@@ -54,7 +54,7 @@ class SequenceDataset(Dataset):
         kinds = self.sampler.kinds
         item = {
             # the instruction (str, or a list of str for a batch) stays text; the policy's encoder reads it
-            "obs": {k: v if k == LANGUAGE_TEXT_KEY else _to_tensor(v, kinds[k]) for k, v in raw["obs"].items()},
+            "obs": {k: v if k == LANGUAGE_KEY else _to_tensor(v, kinds[k]) for k, v in raw["obs"].items()},
             "action": torch.from_numpy(np.ascontiguousarray(raw["action"], dtype=np.float32)),
             "action_is_pad": torch.from_numpy(np.ascontiguousarray(raw["action_is_pad"])),
             "episode": torch.as_tensor(raw["episode"], dtype=torch.int64),

@@ -25,7 +25,7 @@ import numpy as np
 import zarr.codecs
 import zarr.storage
 
-from .schema import ACTION_KEY, LANGUAGE_TEXT_KEY
+from .schema import ACTION_KEY, LANGUAGE_KEY
 from .store import LOW_DIM, EpisodeStore
 
 log = logging.getLogger(__name__)
@@ -188,11 +188,11 @@ class SequenceSampler:
         self._images: dict[str, Any] | None = None
         self._language: list[str] | None = None
         if language:
-            texts = [store.episode_text(int(e)).get(LANGUAGE_TEXT_KEY) for e in range(store.n_episodes)]
+            texts = [store.episode_text(int(e)).get(LANGUAGE_KEY) for e in range(store.n_episodes)]
             missing = [e for e in self.episodes if not texts[e]]
             if missing:
                 raise ValueError(f"store {store.path}: {len(missing)} episode(s) of split {split!r} have no "
-                                 f"{LANGUAGE_TEXT_KEY!r} text (first: episode {int(missing[0])}); a language-conditioned "
+                                 f"{LANGUAGE_KEY!r} text (first: episode {int(missing[0])}); a language-conditioned "
                                  f"policy needs an instruction per episode")
             self._language = texts
         self._final_goal = {k: self._read_rows(k, self.episode_starts + self.episode_lengths - 1) for k in goal_keys} \
@@ -286,7 +286,7 @@ class SequenceSampler:
                 block = arr.read(np.arange(lo, hi)) if isinstance(arr, FrameReader) else arr[lo:hi]
                 obs[k] = block[obs_rows - lo]
         if self._language is not None:
-            obs[LANGUAGE_TEXT_KEY] = self._language[ep]
+            obs[LANGUAGE_KEY] = self._language[ep]
         item = {"obs": obs, "action": self._cache[ACTION_KEY][rows], "action_is_pad": is_pad, "episode": ep}
         if self.goal_keys:
             item["goal"] = self._goal(np.array([i % len(self)]), np.array([ep]), np.array([t0]), single=True)
@@ -315,7 +315,7 @@ class SequenceSampler:
         batch = {"obs": {k: self._read_rows(k, obs_rows) for k in self.keys},
                  "action": self._cache[ACTION_KEY][rows], "action_is_pad": is_pad, "episode": episode}
         if self._language is not None:
-            batch["obs"][LANGUAGE_TEXT_KEY] = [self._language[e] for e in episode]
+            batch["obs"][LANGUAGE_KEY] = [self._language[e] for e in episode]
         if self.goal_keys:
             batch["goal"] = self._goal(idx, episode, t0)
         return batch

@@ -17,7 +17,7 @@ import numpy as np
 SCHEMA_VERSION = 1
 
 ACTION_KEY = "action"
-LANGUAGE_TEXT_KEY = "language"  # the per-episode text that holds the instruction
+LANGUAGE_KEY = "language"  # the per-episode text holding the instruction, and the obs key it travels under
 PHASE_KEY = "phase"
 RGB, DEPTH, LOW_DIM = "rgb", "depth", "low_dim"
 # diffusion_policy's replay buffers name their camera keys without a suffix.

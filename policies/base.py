@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-LANGUAGE_KEY = "language"  # obs[LANGUAGE_KEY]: the instruction of each row of a batch, a list of B strings
+from vmp.data.schema import LANGUAGE_KEY  # obs[LANGUAGE_KEY]: the instruction of each row of a batch, B strings
 
 
 @dataclasses.dataclass

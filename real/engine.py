@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vmp.data.schema import LANGUAGE_KEY
+
 log = logging.getLogger(__name__)
 
 
@@ -88,7 +90,7 @@ class InferenceEngine:
         start = time.perf_counter()
         obs = self._window(obs_window)
         if self.instruction is not None:
-            obs["language"] = [self.instruction]
+            obs[LANGUAGE_KEY] = [self.instruction]
         kwargs: dict[str, Any] = {"generator": self.generator}
         if goal is not None:
             kwargs["goal"] = {k: torch.as_tensor(np.asarray(v), device=self.device).unsqueeze(0) for k, v in goal.items()}
