@@ -105,6 +105,19 @@ def test_mask_holds_in_the_network_outputs():
         assert not torch.allclose(out[:, s:e], base[:, s:e], atol=1e-6)
 
 
+def test_conditioning_vector_knows_which_token_said_what():
+    """The adaLN vector (also scale 0's start) is a projection of all observation tokens together: swapping the two
+    observation steps changes it (a mean over tokens would not), and only it feeds the first scale's input."""
+    policy = make("carp").eval()
+    cond = torch.randn(3, 2, 32, generator=torch.Generator().manual_seed(0))
+    _, c = policy.gpt.embed_cond(cond)
+    _, c_swapped = policy.gpt.embed_cond(cond.flip(1))
+    assert c.shape == (3, 32)
+    assert not torch.allclose(c, c_swapped, atol=1e-4)
+    start = policy.gpt.embed_scale(0, c, None)
+    assert not torch.allclose(start, policy.gpt.embed_scale(0, c_swapped, None), atol=1e-4)
+
+
 # ---------------------------------------------------------------- inference
 @pytest.mark.parametrize("sampling", ["greedy", "top_k"])
 def test_kv_cache_gives_the_same_tokens(sampling):

@@ -4,7 +4,7 @@
   store's action chunks with reconstruction + VQ losses. It is a head only so that `vmp-train` trains and checkpoints it
   like any other (normalizer included); it is not a policy and refuses `predict_action_chunk`.
 - `carp` (stage 2): a GPT over the token maps of all scales, conditioned on the shared encoder's observation tokens
-  (in the sequence) and on their mean (adaptive layer norm). The block-causal mask lets every token of scale k attend to
+  (in the sequence) and on a projection of all of them together (adaptive layer norm, and the start of scale 0). The block-causal mask lets every token of scale k attend to
   the observation tokens and every token of scales <= k; observation tokens attend to observation tokens only.
   Teacher forcing: the input at scale k > 0 is the tokenizer's cumulative f_hat of scales < k, downsampled to l_k
   (learned start tokens at scale 0); the output at scale k predicts scale k's tokens (cross-entropy).
@@ -219,6 +219,9 @@ class NextScaleTransformer(nn.Module):
         n_act = sum(tokens_per_scale)
         self.cond_in = nn.Linear(cond_dim, width)
         self.cond_pos = nn.Parameter(torch.randn(1, n_cond_tokens, width) * 0.02)
+        # The adaLN vector sees every observation token through its own weights (a projection of their concatenation,
+        # as the authors' obs_embed); a mean of projected tokens would blur which step, camera or goal said what.
+        self.cond_vec = nn.Linear(n_cond_tokens * cond_dim, width)
         self.word_in = nn.Linear(in_dim, width)
         self.start = nn.Parameter(torch.randn(1, tokens_per_scale[0], width) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, n_act, width) * 0.02)
@@ -245,12 +248,13 @@ class NextScaleTransformer(nn.Module):
         if cond_BND.shape[1] != self.n_cond:
             raise ValueError(f"expected {self.n_cond} observation tokens, got {cond_BND.shape[1]}")
         tokens = self.cond_in(cond_BND)
-        return tokens + self.cond_pos + self.level_emb.weight[0], tokens.mean(dim=1)
+        return tokens + self.cond_pos + self.level_emb.weight[0], self.cond_vec(cond_BND.flatten(1))
 
-    def embed_scale(self, k: int, batch: int, inputs_BnC: torch.Tensor | None) -> torch.Tensor:
-        """Scale k's input tokens -> [B, l_k, W]: the start tokens at k = 0, else the projected f_hat features."""
+    def embed_scale(self, k: int, c_BW: torch.Tensor, inputs_BnC: torch.Tensor | None) -> torch.Tensor:
+        """Scale k's input tokens -> [B, l_k, W]: at k = 0 the observation vector plus learned start tokens (the
+        authors' start-of-sequence), else the projected f_hat features."""
         first, last = self.bounds[k]
-        x = self.start.expand(batch, -1, -1) if k == 0 else self.word_in(inputs_BnC)
+        x = c_BW[:, None] + self.start if k == 0 else self.word_in(inputs_BnC)
         return x + self.pos[:, first - self.n_cond : last - self.n_cond] + self.level_emb.weight[k + 1]
 
     def run(self, x_BSW: torch.Tensor, c_BW: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
@@ -265,9 +269,8 @@ class NextScaleTransformer(nn.Module):
 
     def forward(self, cond_BND: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Teacher forcing: inputs for scales 1..K-1, each [B, l_k, G*C] -> logits for every action token [B, T, G, V]."""
-        b = cond_BND.shape[0]
         obs, c = self.embed_cond(cond_BND)
-        x = torch.cat([obs] + [self.embed_scale(k, b, inputs[k - 1] if k else None) for k in range(len(self.bounds))], dim=1)
+        x = torch.cat([obs] + [self.embed_scale(k, c, inputs[k - 1] if k else None) for k in range(len(self.bounds))], dim=1)
         return self.run(x, c, 0, None)[:, self.n_cond :]
 
 
@@ -376,13 +379,13 @@ class CARPPolicy(ConditionalPolicy):
         it every pass re-runs the whole prefix. Both give the same tokens (tested).
         """
         use_cache = self.config.kv_cache if kv_cache is None else kv_cache
-        gpt, b = self.gpt, cond_BND.shape[0]
+        gpt = self.gpt
         obs, c = gpt.embed_cond(cond_BND)
         cache = KVCache(gpt.depth) if use_cache else None
         prefix = [obs]  # embeddings fed so far (only used without the cache)
         f_hat, nxt, idx_list = None, None, []
         for k in range(len(self.vq.scales)):
-            x_k = gpt.embed_scale(k, b, None if k == 0 else self._to_inputs(nxt))
+            x_k = gpt.embed_scale(k, c, None if k == 0 else self._to_inputs(nxt))
             if cache is not None:
                 fed = torch.cat([obs, x_k], dim=1) if k == 0 else x_k
                 logits = gpt.run(fed, c, cache.length, cache)
