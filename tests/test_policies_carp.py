@@ -106,8 +106,8 @@ def test_mask_holds_in_the_network_outputs():
 
 
 def test_conditioning_vector_knows_which_token_said_what():
-    """The adaLN vector (also scale 0's start) is a projection of all observation tokens together: swapping the two
-    observation steps changes it (a mean over tokens would not), and only it feeds the first scale's input."""
+    """The adaLN vector (also added to scale 0's input) is a projection of all observation tokens together: swapping
+    the two observation steps changes it, and with it scale 0's input (a mean over tokens would change neither)."""
     policy = make("carp").eval()
     cond = torch.randn(3, 2, 32, generator=torch.Generator().manual_seed(0))
     _, c = policy.gpt.embed_cond(cond)

@@ -4,10 +4,11 @@
   store's action chunks with reconstruction + VQ losses. It is a head only so that `vmp-train` trains and checkpoints it
   like any other (normalizer included); it is not a policy and refuses `predict_action_chunk`.
 - `carp` (stage 2): a GPT over the token maps of all scales, conditioned on the shared encoder's observation tokens
-  (in the sequence) and on a projection of all of them together (adaptive layer norm, and the start of scale 0). The block-causal mask lets every token of scale k attend to
-  the observation tokens and every token of scales <= k; observation tokens attend to observation tokens only.
-  Teacher forcing: the input at scale k > 0 is the tokenizer's cumulative f_hat of scales < k, downsampled to l_k
-  (learned start tokens at scale 0); the output at scale k predicts scale k's tokens (cross-entropy).
+  (in the sequence) and on one projection of all of them together (adaptive layer norm). The block-causal mask lets
+  every token of scale k attend to the observation tokens and every token of scales <= k; observation tokens attend to
+  observation tokens only. Teacher forcing: the input at scale k > 0 is the tokenizer's cumulative f_hat of scales < k,
+  downsampled to l_k (at scale 0: the observation projection plus learned start tokens); the output at scale k
+  predicts scale k's tokens (cross-entropy).
   Inference: K passes, one per scale, each feeding only the new scale's tokens through a KV cache; greedy or top-k.
 - With the per-dimension tokenizer (G = action_dim groups), one transformer token carries position j of scale k for
   all G groups (input: their G * code_dim features; output: G softmaxes over the codebook). Tokens of one scale are
