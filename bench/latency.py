@@ -2,9 +2,12 @@
 
 All heads use the same encoder and comparable network sizes (the configs in configs/policy/), with freshly initialised
 weights: latency depends on the compute graph, not on the weights. Each setting: burn-in, then timed calls between
-device synchronisations. Writes results/latency_<obs>_<head>_<variant>.json (RESULTS.md format).
+device synchronisations. Writes results/latency_<obs>_<head>_<variant>_<device>.json (RESULTS.md format).
 
-    vmp-bench latency [--device cuda] [--obs lowdim image] [--repeats 50]
+`--engine` times what `vmp-deploy` runs instead: `real.engine.InferenceEngine` (host arrays in and out; on CUDA bf16
+autocast and torch.compile in reduce-overhead mode, i.e. CUDA graphs), after its warm-up has compiled the graphs.
+
+    vmp-bench latency [--device cuda] [--obs lowdim image] [--repeats 50] [--heads carp beso] [--variants ...] [--engine]
 """
 
 from __future__ import annotations
@@ -42,6 +45,21 @@ def build(task: str, encoder: str, head: str, overrides: dict, carp_tokenizer: s
     return build_policy(cfg), cfg
 
 
+def measure_engine(policy, cfg, device: str, repeats: int) -> tuple[list[float], str]:
+    """Latency of `InferenceEngine.infer` (numpy window in, numpy chunk out) -> (seconds per call, variant suffix)."""
+    from vmp.real.engine import InferenceEngine
+
+    shapes = {k: tuple(v.shape) for k, v in cfg.task.shape_meta.obs.items()}
+    engine = InferenceEngine(policy, shapes, device=device)
+    window = engine.example_window()
+    engine.warmup(window, n=3)
+    for _ in range(repeats):
+        engine.infer(window)
+    features = [name for name, on in (("bf16", engine.bf16), ("compiled", engine.compiled),
+                                      ("CUDA graphs", engine.compiled and engine.cuda_graphs)) if on]
+    return [t / 1e3 for t in engine.latencies_ms], "engine" + (f" ({', '.join(features)})" if features else "")
+
+
 def measure(policy, cfg, device: str, repeats: int, burn_in: int = 5) -> list[float]:
     import torch
 
@@ -73,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--obs", nargs="+", default=["lowdim", "image"], choices=sorted(TASKS))
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--heads", nargs="+", default=None, help="only these heads (default: every registered one)")
+    parser.add_argument("--variants", nargs="+", default=None, help='only these variants, e.g. "3-step euler"')
+    parser.add_argument("--engine", action="store_true", help="time the deployment engine's path (see above)")
     args = parser.parse_args(argv)
     rows = []
     for obs in args.obs:
@@ -81,17 +102,26 @@ def main(argv: list[str] | None = None) -> None:
             if head not in HEADS:
                 log.warning("head %s is not registered: skipped", head)
                 continue
+            if (args.heads and head not in args.heads) or (args.variants and variant not in args.variants):
+                continue
             policy, cfg = build(task, encoder, head, overrides, None)
-            stats = percentiles_ms(measure(policy, cfg, args.device, args.repeats))
+            if args.engine:
+                times, suffix = measure_engine(policy, cfg, args.device, args.repeats)
+                variant = f"{variant}, {suffix}"
+            else:
+                times = measure(policy, cfg, args.device, args.repeats)
+            stats = percentiles_ms(times)
             stats.update(batch=1, horizon=policy.horizon, n_params=sum(p.numel() for p in policy.parameters()),
                          host_load_1m=round(os.getloadavg()[0], 2))
             rows.append((obs, head, variant, stats))
-            write_result(f"latency_{obs}_{head}_{variant.replace(' ', '-')}_{args.device.split(':')[0]}", "latency", "-",
+            slug = variant.split(",")[0].replace(" ", "-") + ("_engine" if args.engine else "")
+            write_result(f"latency_{obs}_{head}_{slug}_{args.device.split(':')[0]}", "latency", "-",
                          obs, head, variant, stats, device_name(args.device),
-                         f"vmp-bench latency --device {args.device} --obs {obs} --repeats {args.repeats}")
-    print(f"{'obs':7} {'head':6} {'variant':24} {'p50 ms':>8} {'p99 ms':>8}")
+                         f"vmp-bench latency --device {args.device} --obs {obs} --repeats {args.repeats}"
+                         + (f" --heads {head} --variants '{variant.split(',')[0]}' --engine" if args.engine else ""))
+    print(f"{'obs':7} {'head':6} {'variant':48} {'p50 ms':>8} {'p99 ms':>8}")
     for obs, head, variant, stats in rows:
-        print(f"{obs:7} {head:6} {variant:24} {stats['p50_ms']:8.2f} {stats['p99_ms']:8.2f}")
+        print(f"{obs:7} {head:6} {variant:48} {stats['p50_ms']:8.2f} {stats['p99_ms']:8.2f}")
 
 
 if __name__ == "__main__":
