@@ -193,6 +193,59 @@ def test_tokenizer_reconstructs_held_out_chunks():
     assert mse_per_prefix[0] < before and mse_per_prefix[-1] < mse_per_prefix[0]
 
 
+def test_requantized_targets_repair_a_wrong_coarse_token():
+    """tokenize_with_errors: with no proposal taken it is tokenize + teacher_inputs; when scale 0 takes a wrong token,
+    the re-quantized finer targets leave a smaller latent error than the finer tokens of the clean chunk would."""
+    tok = make("carp_tokenizer")
+    chunks = smooth_chunks(2000, seed=0)
+    opt = torch.optim.AdamW(tok.vq.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        loss = tok.compute_loss({"action": chunks[torch.randint(0, 2000, (64,), generator=g)]})["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    vq = tok.vq.eval()
+    with torch.no_grad():
+        f = vq.encode(smooth_chunks(256, seed=1))
+        clean = vq.quantize(f)[1]
+        none = [torch.zeros_like(i, dtype=torch.bool) for i in clean]
+        targets, inputs = vq.tokenize_with_errors(f, clean, none)
+        assert all(torch.equal(a, b) for a, b in zip(targets, clean))
+        assert all(torch.allclose(a, b) for a, b in zip(inputs, vq.teacher_inputs(clean)))
+
+        wrong = [(clean[0] + 1 + torch.randint(0, 62, clean[0].shape, generator=g)) % 64] + clean[1:]
+        use = [torch.ones_like(none[0])] + none[1:]
+        repaired, _ = vq.tokenize_with_errors(f, wrong, use)
+        assert torch.equal(repaired[0], clean[0])  # the target at the wrong scale itself is still the best token
+        assert any(not torch.equal(a, b) for a, b in zip(repaired[1:], clean[1:]))
+
+        def latent_error(fine):
+            f_hat = None
+            for k, idx in enumerate([wrong[0], *fine]):
+                f_hat, _ = vq.add_scale(k, idx, f_hat)
+            return (f - f_hat).pow(2).mean().item()
+
+        stale, fixed = latent_error(clean[1:]), latent_error(repaired[1:])
+    assert fixed < 0.7 * stale, f"re-quantized finer tokens leave {fixed:.4f}, the clean chunk's finer tokens {stale:.4f}"
+
+
+def test_self_correction_changes_training_inputs_only():
+    policy = make("carp", self_correction=1.0)
+    randomize_adaln(policy)
+    batch = {"obs": {"state": torch.randn(8, 2, 2)}, "action": smooth_chunks(8, seed=2)}
+    policy.eval()
+    eval_loss = policy.compute_loss(batch)["loss"].item()
+    assert policy.compute_loss(batch)["loss"].item() == pytest.approx(eval_loss)  # no guessing outside training
+    policy.train()
+    for module in policy.modules():  # dropout off: the only difference left is the self-correction pass
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    assert policy.compute_loss(batch)["loss"].item() != pytest.approx(eval_loss)
+    with pytest.raises(ValueError, match="self_correction"):
+        make("carp", self_correction=1.5)
+
+
 def test_tokenizer_is_not_a_policy_and_settings_are_checked():
     tok = make("carp_tokenizer")
     trainable = {name.split(".")[0] for name, p in tok.named_parameters() if p.requires_grad}

@@ -132,6 +132,9 @@ class CARPConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.1
     label_smoothing: float = 0.0
+    # Probability that a coarse token fed to the transformer in training is its own teacher-forced prediction rather
+    # than the ground truth; finer targets are then re-quantized so they correct it (0: plain teacher forcing).
+    self_correction: float = 0.0
     tokenizer_checkpoint: str | None = None
     tokenizer: dict = dataclasses.field(default_factory=dict)  # the carp_tokenizer settings (architecture)
     # inference-time settings
@@ -149,6 +152,8 @@ class CARPConfig:
             raise ValueError(f"policy.width={self.width} must be divisible by policy.n_heads={self.n_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"policy.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.self_correction <= 1.0:
+            raise ValueError(f"policy.self_correction must be in [0, 1], got {self.self_correction}")
         fields = {k: v for k, v in dict(self.tokenizer).items() if k != "name"}
         known = set(CARPTokenizerConfig.__dataclass_fields__)
         unknown = sorted(set(fields) - known)
@@ -340,6 +345,10 @@ class CARPPolicy(ConditionalPolicy):
         """Tokenizer layout [B, G, l] -> transformer layout [B, l, G]."""
         return rearrange(idx_BGl, "b g l -> b l g")
 
+    def _split_scales(self, idx_BTG: torch.Tensor) -> list[torch.Tensor]:
+        """Tokens of all scales in transformer layout [B, T, G] -> idx per scale [B, G, l_k]."""
+        return [rearrange(x, "b l g -> b g l") for x in idx_BTG.split(list(self.vq.scales), dim=1)]
+
     @staticmethod
     def _to_inputs(x_BGCl: torch.Tensor) -> torch.Tensor:
         """[B, G, C, l] -> one input vector per position [B, l, G*C]."""
@@ -347,12 +356,24 @@ class CARPPolicy(ConditionalPolicy):
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Cross-entropy over every token of every scale. Not padding-masked: a token summarises a span of the chunk,
-        and the edge-padded chunks the sampler yields near an episode's end are what the policy must produce there."""
+        and the edge-padded chunks the sampler yields near an episode's end are what the policy must produce there.
+
+        With `self_correction` > 0 (training only) a first, gradient-free pass predicts every scale under teacher
+        forcing; each coarse token is then replaced by that prediction with this probability, and the targets of the
+        finer scales are re-quantized from what remains of the latent, so the model learns to repair its own slips
+        instead of meeting them for the first time in closed loop.
+        """
         actions = self.normalizer.normalize("action", batch["action"])
-        with torch.no_grad():
-            idx_list = self.vq.tokenize(actions)
-            inputs = [self._to_inputs(x) for x in self.vq.teacher_inputs(idx_list)]
         cond = self.condition(batch["obs"], batch.get("goal"))
+        with torch.no_grad():
+            f = self.vq.encode(actions)
+            idx_list = self.vq.quantize(f)[1]
+            inputs = [self._to_inputs(x) for x in self.vq.teacher_inputs(idx_list)]
+            if self.training and self.config.self_correction > 0:
+                guess = self._split_scales(self.gpt(cond, inputs).argmax(-1))
+                use = [torch.rand(g.shape, device=g.device) < self.config.self_correction for g in guess]
+                idx_list, inputs = self.vq.tokenize_with_errors(f, guess, use)
+                inputs = [self._to_inputs(x) for x in inputs]
         logits_BTGV = self.gpt(cond, inputs)
         target_BTG = torch.cat([self._to_tokens(i) for i in idx_list], dim=1)
         loss = F.cross_entropy(logits_BTGV.flatten(0, 2), target_BTG.flatten(), label_smoothing=self.config.label_smoothing)

@@ -171,6 +171,28 @@ class MultiScaleActionVQ(nn.Module):
             inputs.append(nxt)
         return inputs
 
+    @torch.no_grad()
+    def tokenize_with_errors(self, f_BCL: torch.Tensor, proposals: list[torch.Tensor], use_proposal: list[torch.Tensor]
+                             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Residual quantization of latent f in which, at every scale, the positions where use_proposal [B, G, l_k] is
+        True take the proposed token instead of the best one.
+
+        -> (targets: the best token at each scale given the tokens used at coarser scales, each [B, G, l_k]; the
+        transformer's inputs for scales 1..K-1 built from the tokens used). With use_proposal all False these are
+        `quantize`'s tokens and `teacher_inputs` of them. CARP trains on it so that a wrong coarse token (its own
+        kind of error) is followed by the finer tokens that correct it, as residual quantization would.
+        """
+        b = f_BCL.shape[0]
+        f_hat, targets, inputs = None, [], []
+        for k, length in enumerate(self.scales):
+            rest = f_BCL if f_hat is None else f_BCL - f_hat
+            best = self._lookup(self._down(rest, length).reshape(b, self.groups, self.code_dim, length))
+            targets.append(best)
+            f_hat, nxt = self.add_scale(k, torch.where(use_proposal[k], proposals[k], best), f_hat)
+            if nxt is not None:
+                inputs.append(nxt)
+        return targets, inputs
+
     def decode_tokens(self, idx_list: list[torch.Tensor]) -> torch.Tensor:
         """idx per scale -> normalized actions [B, H, A]."""
         f_hat = None
