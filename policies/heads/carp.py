@@ -10,6 +10,9 @@
   downsampled to l_k (at scale 0: the observation projection plus learned start tokens); the output at scale k
   predicts scale k's tokens (cross-entropy).
   Inference: K passes, one per scale, each feeding only the new scale's tokens through a KV cache; greedy or top-k.
+  Self-correction (`self_correction`, our addition, not in the paper): teacher forcing never shows the finer scales a
+  wrong coarse token, but free-running inference does. In training, coarse inputs are replaced at random by the
+  model's own guesses and the finer targets are re-quantized to repair them (MultiScaleActionVQ.tokenize_with_errors).
 - With the per-dimension tokenizer (G = action_dim groups), one transformer token carries position j of scale k for
   all G groups (input: their G * code_dim features; output: G softmaxes over the codebook). Tokens of one scale are
   predicted independently given the coarser scales either way (next-scale prediction), so this packing changes no
@@ -134,7 +137,7 @@ class CARPConfig:
     label_smoothing: float = 0.0
     # Probability that a coarse token fed to the transformer in training is its own teacher-forced prediction rather
     # than the ground truth; finer targets are then re-quantized so they correct it (0: plain teacher forcing).
-    self_correction: float = 0.0
+    self_correction: float = 0.5
     tokenizer_checkpoint: str | None = None
     tokenizer: dict = dataclasses.field(default_factory=dict)  # the carp_tokenizer settings (architecture)
     # inference-time settings
