@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", default=None, help='only these variants, e.g. "3-step euler"')
     parser.add_argument("--engine", action="store_true", help="time the deployment engine's path (see above)")
     args = parser.parse_args(argv)
+    for flag, chosen, known in (("--heads", args.heads, {h for h, _, _ in SETTINGS}),
+                                ("--variants", args.variants, {v for _, v, _ in SETTINGS})):
+        unknown = sorted(set(chosen or ()) - known)
+        if unknown:
+            parser.error(f"{flag}: unknown {unknown}; choose from {sorted(known)}")
     rows = []
     for obs in args.obs:
         task, encoder = TASKS[obs]
@@ -105,7 +110,11 @@ def main(argv: list[str] | None = None) -> None:
             if (args.heads and head not in args.heads) or (args.variants and variant not in args.variants):
                 continue
             policy, cfg = build(task, encoder, head, overrides, None)
+            command = f"vmp-bench latency --device {args.device} --obs {obs} --repeats {args.repeats}"
+            slug = variant.replace(" ", "-")
             if args.engine:
+                command += f" --heads {head} --variants '{variant}' --engine"
+                slug += "_engine"
                 times, suffix = measure_engine(policy, cfg, args.device, args.repeats)
                 variant = f"{variant}, {suffix}"
             else:
@@ -114,11 +123,8 @@ def main(argv: list[str] | None = None) -> None:
             stats.update(batch=1, horizon=policy.horizon, n_params=sum(p.numel() for p in policy.parameters()),
                          host_load_1m=round(os.getloadavg()[0], 2))
             rows.append((obs, head, variant, stats))
-            slug = variant.split(",")[0].replace(" ", "-") + ("_engine" if args.engine else "")
             write_result(f"latency_{obs}_{head}_{slug}_{args.device.split(':')[0]}", "latency", "-",
-                         obs, head, variant, stats, device_name(args.device),
-                         f"vmp-bench latency --device {args.device} --obs {obs} --repeats {args.repeats}"
-                         + (f" --heads {head} --variants '{variant.split(',')[0]}' --engine" if args.engine else ""))
+                         obs, head, variant, stats, device_name(args.device), command)
     print(f"{'obs':7} {'head':6} {'variant':48} {'p50 ms':>8} {'p99 ms':>8}")
     for obs, head, variant, stats in rows:
         print(f"{obs:7} {head:6} {variant:48} {stats['p50_ms']:8.2f} {stats['p99_ms']:8.2f}")

@@ -165,19 +165,26 @@ def test_goal_conditioned_task_adds_a_goal_token():
 
 
 # ---------------------------------------------------------------- the tokenizer
-def test_tokenizer_reconstructs_held_out_chunks():
-    """After 300 steps on 2000 synthetic smooth chunks, held-out chunks reconstruct with MSE < 0.01 (normalized
-    units; the chunks' variance is ~0.1, and an untrained tokenizer is above 0.1)."""
-    tok = make("carp_tokenizer")
-    train_set, held_out = smooth_chunks(2000, seed=0), smooth_chunks(256, seed=1)
-    before = (tok.reconstruct(held_out) - held_out).pow(2).mean().item()
+def train_tokenizer(tok, steps: int) -> dict[str, torch.Tensor]:
+    """`steps` AdamW steps of batch 64 on 2000 synthetic smooth chunks -> the last step's losses."""
+    train_set = smooth_chunks(2000, seed=0)
     opt = torch.optim.AdamW(tok.vq.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(300):
+    for _ in range(steps):
         out = tok.compute_loss({"action": train_set[torch.randint(0, 2000, (64,), generator=g)]})
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
+    return out
+
+
+def test_tokenizer_reconstructs_held_out_chunks():
+    """After 300 steps on 2000 synthetic smooth chunks, held-out chunks reconstruct with MSE < 0.01 (normalized
+    units; the chunks' variance is ~0.1, and an untrained tokenizer is above 0.1)."""
+    tok = make("carp_tokenizer")
+    held_out = smooth_chunks(256, seed=1)
+    before = (tok.reconstruct(held_out) - held_out).pow(2).mean().item()
+    out = train_tokenizer(tok, 300)
     assert set(out) >= {"loss", "recon_mse", "commit", "codebook_usage"}
     assert 0.1 < out["codebook_usage"].item() <= 1.0
     after = (tok.reconstruct(held_out) - held_out).pow(2).mean().item()
@@ -197,15 +204,9 @@ def test_requantized_targets_repair_a_wrong_coarse_token():
     """tokenize_with_errors: with no proposal taken it is tokenize + teacher_inputs; when scale 0 takes a wrong token,
     the re-quantized finer targets leave a smaller latent error than the finer tokens of the clean chunk would."""
     tok = make("carp_tokenizer")
-    chunks = smooth_chunks(2000, seed=0)
-    opt = torch.optim.AdamW(tok.vq.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        loss = tok.compute_loss({"action": chunks[torch.randint(0, 2000, (64,), generator=g)]})["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_tokenizer(tok, 150)
     vq = tok.vq.eval()
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         f = vq.encode(smooth_chunks(256, seed=1))
         clean = vq.quantize(f)[1]
