@@ -164,14 +164,20 @@ class ConditionalPolicy(Policy, abc.ABC):
         branch of guidance). Without a goal every row gets the null token.
         """
         nobs = {k: self.normalizer.normalize(k, obs[k]) if k in self.encoder.lowdim_keys else obs[k] for k in self.encoder.obs_keys}
-        tokens = [self.encoder(nobs).flatten(1, 2)]
+        ngoal = None
+        if goal is not None:
+            missing = [k for k in self.encoder.goal_keys if k not in goal]
+            if missing:
+                raise KeyError(f"goal is missing keys {missing}; the policy was trained with goal_keys {self.encoder.goal_keys}")
+            ngoal = {k: self.normalizer.normalize(k, goal[k]) for k in self.encoder.goal_keys}
+        tokens = [self.encoder(nobs, ngoal, drop_goal).flatten(1, 2)]
         b = tokens[0].shape[0]
         if self.null_goal is not None:
             null = self.null_goal.expand(b, -1, -1)
-            if goal is None:
+            if ngoal is None:
                 goal_token = null
             else:
-                goal_token = self.encoder.encode_goal({k: self.normalizer.normalize(k, goal[k]) for k in self.encoder.goal_keys})
+                goal_token = self.encoder.encode_goal(ngoal)
                 if drop_goal is not None:
                     goal_token = torch.where(drop_goal[:, None, None], null, goal_token)
             tokens.append(goal_token)

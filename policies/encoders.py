@@ -3,7 +3,8 @@
 Token layout per observation step: one token for all low-dim keys together (concatenated after normalization, then an
 MLP), then per camera (RGB or depth) either one token (backbone -> spatial softmax -> linear) or, with
 ``image_output: tokens``, ``token_grid**2`` tokens (the feature map pooled to a grid, one token per cell). A goal
-observation (the keys in `goal_keys`) becomes one extra token through its own MLP, and with ``language=True`` the
+observation (the keys in `goal_keys`) becomes one extra token through its own MLP (``goal_in_lowdim`` also appends it to
+every step's low-dim vector, so that one MLP relates goal and state), and with ``language=True`` the
 episode's instruction one more (`vmp.policies.nn.text`). Which keys feed which branch comes from the task's
 `shape_meta` (`type: low_dim | rgb | depth`), so the encoder is chosen by config, never by head.
 """
@@ -92,6 +93,7 @@ class ObsEncoder(nn.Module):
         token_grid: int = 3,
         language: bool = False,
         text_encoder: str = "learned",
+        goal_in_lowdim: bool = False,
     ):
         super().__init__()
         obs_meta = shape_meta["obs"]
@@ -108,7 +110,11 @@ class ObsEncoder(nn.Module):
                 raise ValueError(f"goal key {key!r} must be a low_dim key of shape_meta.obs; low_dim keys: {self.lowdim_keys}")
         if not self.lowdim_keys and not self.image_keys:
             raise ValueError("shape_meta.obs has no keys to encode")
-        lowdim_dim = sum(_numel(self.shapes[k]) for k in self.lowdim_keys)
+        goal_dim = sum(_numel(self.shapes[k]) for k in self.goal_keys)
+        if goal_in_lowdim and not (self.goal_keys and self.lowdim_keys):
+            raise ValueError("encoder.goal_in_lowdim needs a task with goal_keys and low-dim observations")
+        self.goal_in_lowdim, self.goal_dim = goal_in_lowdim, goal_dim
+        lowdim_dim = sum(_numel(self.shapes[k]) for k in self.lowdim_keys) + (goal_dim if goal_in_lowdim else 0)
         self.lowdim = MLP(lowdim_dim, lowdim_hidden, d_model) if self.lowdim_keys else None
         self.images = nn.ModuleDict(
             {
@@ -117,7 +123,6 @@ class ObsEncoder(nn.Module):
                 for k in self.image_keys
             }
         )
-        goal_dim = sum(_numel(self.shapes[k]) for k in self.goal_keys)
         self.goal = MLP(goal_dim, lowdim_hidden, d_model) if self.goal_keys else None
         self.text = make_text_encoder(text_encoder, d_model) if language else None
         self.step_emb = nn.Parameter(torch.zeros(1, n_obs_steps, 1, d_model))
@@ -136,8 +141,14 @@ class ObsEncoder(nn.Module):
     def obs_keys(self) -> list[str]:
         return self.lowdim_keys + self.image_keys
 
-    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """obs {key: [B, T, *shape]} (low-dim already normalized) -> tokens [B, T, tokens_per_step, D]."""
+    def forward(self, obs: dict[str, torch.Tensor], goal: dict[str, torch.Tensor] | None = None,
+                drop_goal: torch.Tensor | None = None) -> torch.Tensor:
+        """obs {key: [B, T, *shape]} (low-dim already normalized) -> tokens [B, T, tokens_per_step, D].
+
+        goal (normalized, {key: [B, *shape]}) and drop_goal (bool [B]) are read only with `goal_in_lowdim`, which
+        appends the flat goal to every step's low-dim vector: zeros (the normalized data mean) where it is missing or
+        dropped. The goal token's learned null token is what tells a missing goal apart.
+        """
         missing = [k for k in self.obs_keys if k not in obs]
         if missing:
             raise KeyError(f"observation is missing keys {missing}; the encoder needs {self.obs_keys}")
@@ -147,7 +158,16 @@ class ObsEncoder(nn.Module):
             raise ValueError(f"observation window has {t} steps, the policy was built for n_obs_steps={self.n_obs_steps}")
         tokens = []
         if self.lowdim is not None:
-            flat = torch.cat([obs[k].reshape(b, t, -1).float() for k in self.lowdim_keys], dim=-1)
+            parts = [obs[k].reshape(b, t, -1).float() for k in self.lowdim_keys]
+            if self.goal_in_lowdim:
+                if goal is None:
+                    flat_goal = parts[0].new_zeros(b, self.goal_dim)
+                else:
+                    flat_goal = torch.cat([goal[k].reshape(b, -1).float() for k in self.goal_keys], dim=-1)
+                    if drop_goal is not None:
+                        flat_goal = flat_goal.masked_fill(drop_goal[:, None], 0.0)
+                parts.append(flat_goal[:, None].expand(-1, t, -1))
+            flat = torch.cat(parts, dim=-1)
             tokens.append(self.lowdim(flat)[:, :, None])
         for key, net in self.images.items():
             images = obs[key]
@@ -156,9 +176,6 @@ class ObsEncoder(nn.Module):
 
     def encode_goal(self, goal: dict[str, torch.Tensor]) -> torch.Tensor:
         """goal {key: [B, *shape]} (normalized) -> [B, 1, D]."""
-        missing = [k for k in self.goal_keys if k not in goal]
-        if missing:
-            raise KeyError(f"goal is missing keys {missing}; the policy was trained with goal_keys {self.goal_keys}")
         b = goal[self.goal_keys[0]].shape[0]
         flat = torch.cat([goal[k].reshape(b, -1).float() for k in self.goal_keys], dim=-1)
         return self.goal(flat)[:, None]

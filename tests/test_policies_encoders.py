@@ -139,3 +139,24 @@ def test_sampler_gives_each_window_its_episode_instruction(tmp_path):
     batch = next(iter(loader))
     assert batch["obs"]["language"] == [texts[int(e)] for e in batch["episode"]]
     assert batch["obs"]["state"].dtype == torch.float32
+
+
+def test_goal_in_lowdim_feeds_the_goal_to_every_step():
+    meta = {"obs": {"state": {"shape": [2], "type": "low_dim"}, "target": {"shape": [2], "type": "low_dim"}}}
+    torch.manual_seed(0)
+    enc = ObsEncoder(meta, n_obs_steps=2, d_model=16, goal_keys=["target"], lowdim_hidden=32, goal_in_lowdim=True)
+    obs = {"state": torch.randn(3, 2, 2), "target": torch.randn(3, 2, 2)}
+    goal_a, goal_b = {"target": torch.full((3, 2), -1.0)}, {"target": torch.full((3, 2), 1.0)}
+    a, b = enc(obs, goal_a), enc(obs, goal_b)
+    for step in range(2):  # the goal reaches every observation step's token
+        assert not torch.allclose(a[:, step], b[:, step], atol=1e-5)
+    # a dropped goal reads as a missing one (zeros), row by row
+    drop = torch.tensor([True, False, True])
+    mixed = enc(obs, goal_a, drop)
+    none = enc(obs)
+    assert torch.allclose(mixed[drop], none[drop]) and torch.allclose(mixed[~drop], a[~drop])
+    # off by default: the observation tokens ignore the goal
+    plain = ObsEncoder(meta, n_obs_steps=2, d_model=16, goal_keys=["target"], lowdim_hidden=32)
+    assert torch.equal(plain(obs, goal_a), plain(obs, goal_b))
+    with pytest.raises(ValueError, match="goal_in_lowdim needs a task with goal_keys"):
+        ObsEncoder(meta, n_obs_steps=2, d_model=16, goal_in_lowdim=True)
