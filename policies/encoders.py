@@ -163,7 +163,7 @@ class ObsEncoder(nn.Module):
                 if goal is None:
                     flat_goal = parts[0].new_zeros(b, self.goal_dim)
                 else:
-                    flat_goal = torch.cat([goal[k].reshape(b, -1).float() for k in self.goal_keys], dim=-1)
+                    flat_goal = self._flat_goal(goal)
                     if drop_goal is not None:
                         flat_goal = flat_goal.masked_fill(drop_goal[:, None], 0.0)
                 parts.append(flat_goal[:, None].expand(-1, t, -1))
@@ -174,11 +174,14 @@ class ObsEncoder(nn.Module):
             tokens.append(net(images.reshape(b * t, *images.shape[2:])).reshape(b, t, net.n_tokens, -1))
         return torch.cat(tokens, dim=2) + self.step_emb
 
+    def _flat_goal(self, goal: dict[str, torch.Tensor]) -> torch.Tensor:
+        """goal {key: [B, *shape]} -> [B, goal_dim], keys in sorted order."""
+        b = goal[self.goal_keys[0]].shape[0]
+        return torch.cat([goal[k].reshape(b, -1).float() for k in self.goal_keys], dim=-1)
+
     def encode_goal(self, goal: dict[str, torch.Tensor]) -> torch.Tensor:
         """goal {key: [B, *shape]} (normalized) -> [B, 1, D]."""
-        b = goal[self.goal_keys[0]].shape[0]
-        flat = torch.cat([goal[k].reshape(b, -1).float() for k in self.goal_keys], dim=-1)
-        return self.goal(flat)[:, None]
+        return self.goal(self._flat_goal(goal))[:, None]
 
     def encode_language(self, instructions: list[str] | tuple[str, ...]) -> torch.Tensor:
         """B instruction strings -> [B, 1, D]."""

@@ -162,6 +162,8 @@ def test_goal_conditioned_task_adds_a_goal_token():
     tokens_b = policy.generate_tokens(policy.condition(obs, goal_b))
     assert any(not torch.equal(a, b) for a, b in zip(tokens_a, tokens_b)), "the goal does not reach the tokens"
     assert policy.predict_action_chunk(obs).shape == (2, H, A)  # no goal: the learned null token
+    with pytest.raises(KeyError, match=r"goal is missing keys \['target'\]"):
+        policy.predict_action_chunk(obs, goal={"goal_pos": torch.zeros(2, 2)})
 
 
 # ---------------------------------------------------------------- the tokenizer
