@@ -111,8 +111,8 @@ class ObsEncoder(nn.Module):
         if not self.lowdim_keys and not self.image_keys:
             raise ValueError("shape_meta.obs has no keys to encode")
         goal_dim = sum(_numel(self.shapes[k]) for k in self.goal_keys)
-        if goal_in_lowdim and not (self.goal_keys and self.lowdim_keys):
-            raise ValueError("encoder.goal_in_lowdim needs a task with goal_keys and low-dim observations")
+        if goal_in_lowdim and not self.goal_keys:  # goal keys are low-dim keys (checked above), so the MLP exists
+            raise ValueError("encoder.goal_in_lowdim needs a task with goal_keys")
         self.goal_in_lowdim, self.goal_dim = goal_in_lowdim, goal_dim
         lowdim_dim = sum(_numel(self.shapes[k]) for k in self.lowdim_keys) + (goal_dim if goal_in_lowdim else 0)
         self.lowdim = MLP(lowdim_dim, lowdim_hidden, d_model) if self.lowdim_keys else None
@@ -160,12 +160,9 @@ class ObsEncoder(nn.Module):
         if self.lowdim is not None:
             parts = [obs[k].reshape(b, t, -1).float() for k in self.lowdim_keys]
             if self.goal_in_lowdim:
-                if goal is None:
-                    flat_goal = parts[0].new_zeros(b, self.goal_dim)
-                else:
-                    flat_goal = self._flat_goal(goal)
-                    if drop_goal is not None:
-                        flat_goal = flat_goal.masked_fill(drop_goal[:, None], 0.0)
+                flat_goal = parts[0].new_zeros(b, self.goal_dim) if goal is None else self._flat_goal(goal)
+                if goal is not None and drop_goal is not None:
+                    flat_goal = flat_goal.masked_fill(drop_goal[:, None], 0.0)
                 parts.append(flat_goal[:, None].expand(-1, t, -1))
             flat = torch.cat(parts, dim=-1)
             tokens.append(self.lowdim(flat)[:, :, None])
