@@ -1,13 +1,13 @@
 """Demonstration stores (zarr), sequence sampling for training, normalisation, importers.
 
-Public API: `EpisodeStore`, `KeySpec`, `SequenceSampler`, `SequenceDataset`, `Normalizer`.
+Public API: `EpisodeStore`, `KeySpec`, `SequenceSampler`, `SequenceDataset`, `MixedSequenceDataset`, `Normalizer`.
 """
 
 from .schema import SCHEMA_VERSION, KeySpec
 from .store import EpisodeStore, SchemaVersionError, StoreLockedError
 
-__all__ = ["EpisodeStore", "KeySpec", "SequenceSampler", "SequenceDataset", "Normalizer", "StoreLockedError",
-           "SchemaVersionError", "SCHEMA_VERSION"]
+__all__ = ["EpisodeStore", "KeySpec", "SequenceSampler", "SequenceDataset", "MixedSequenceDataset", "Normalizer",
+           "StoreLockedError", "SchemaVersionError", "SCHEMA_VERSION"]
 
 
 def __getattr__(name: str):
@@ -18,6 +18,9 @@ def __getattr__(name: str):
     if name == "SequenceDataset":
         from .dataset import SequenceDataset
         return SequenceDataset
+    if name == "MixedSequenceDataset":
+        from .dataset import MixedSequenceDataset
+        return MixedSequenceDataset
     if name == "Normalizer":
         from .normalizer import Normalizer
         return Normalizer

@@ -1,6 +1,7 @@
 """`vmp-data`: inspect, validate and import demonstration stores.
 
-    vmp-data info PATH                 episodes, steps, keys, action statistics, size and compression
+    vmp-data info PATH                 episodes (and how many are action-free), steps, keys, action statistics,
+                                       size and compression
     vmp-data validate PATH             structural checks; exit code 1 with the problems listed
     vmp-data import-robomimic IN OUT   robomimic HDF5 -> store
     vmp-data import-lerobot IN OUT     LeRobot dataset -> store (needs `pip install vmp[lerobot]`)
@@ -38,6 +39,7 @@ def store_info(store: EpisodeStore) -> dict[str, Any]:
         "task": store.attrs.get("task"),
         "control_hz": store.attrs.get("control_hz"),
         "n_episodes": store.n_episodes,
+        "action_free_episodes": int((~store.has_action).sum()),
         "n_steps": store.n_steps,
         "episode_length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())} if lengths.size else None,
         "keys": keys,
@@ -45,8 +47,9 @@ def store_info(store: EpisodeStore) -> dict[str, Any]:
     }
     if store.phase_names:
         info["phase_names"] = store.phase_names
-    if store.n_steps:
-        act = np.asarray(store.array(ACTION_KEY)[: store.n_steps], dtype=np.float64)
+    if store.has_action.any():  # over the steps of episodes with actions: action-free ones hold zeros
+        with_action = np.repeat(store.has_action, store.episode_lengths)  # bool [n_steps]
+        act = np.asarray(store.array(ACTION_KEY)[: store.n_steps], dtype=np.float64)[with_action]
         info["action_stats"] = {s: np.round(getattr(np, s)(act, axis=0), 6).tolist() for s in ("min", "max", "mean", "std")}
     size = disk_usage(store.path)
     info["size_on_disk_bytes"] = size
@@ -104,6 +107,8 @@ def _print_info(info: dict[str, Any]) -> None:
     el = info["episode_length"]
     print(f"  episodes: {info['n_episodes']}   steps: {info['n_steps']}" +
           (f"   length min/mean/max: {el['min']}/{el['mean']:.1f}/{el['max']}" if el else ""))
+    if info["action_free_episodes"]:
+        print(f"  action-free episodes: {info['action_free_episodes']} (video without actions)")
     print("  keys:")
     for k, v in info["keys"].items():
         print(f"    {k:<28} {v['dtype']:<8} {str(tuple(v['shape'])):<16} {v['kind']:<8} {v['meaning']}")

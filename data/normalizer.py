@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .schema import ACTION_KEY
 from .store import EpisodeStore
 
 log = logging.getLogger(__name__)
@@ -62,20 +63,32 @@ class Normalizer(nn.Module):
 
     @classmethod
     def from_store(cls, store: EpisodeStore, modes: Mapping[str, str], range_eps: float = DEFAULT_RANGE_EPS,
-                   episodes: np.ndarray | None = None) -> Normalizer:
-        """Statistics over the committed steps of ``store`` (or of the given episode indices, e.g. the train split)."""
+                   episodes: np.ndarray | Mapping[str, np.ndarray] | None = None) -> Normalizer:
+        """Statistics over the committed steps of ``store``, or of the given episode indices (e.g. the train split).
+
+        ``episodes`` may map each normalised key to its own episodes (`SequenceSampler.stats_episodes`), e.g.
+        the action fitted on fewer episodes than the observations. Whatever is given, the action's statistics
+        skip action-free episodes (`EpisodeStore.has_action`): their zero action rows are no actions.
+        """
         for k in modes:
             if k not in store.schema:
                 raise KeyError(f"Normalizer key {k!r} is not in store {store.path}; keys: {store.keys}")
         norm = cls({k: store.schema[k].shape for k in modes}, modes, range_eps)
-        if episodes is None:
-            ranges = [(0, store.n_steps)]
-        else:
-            ranges = [(s.start, s.stop) for s in (store.episode_slice(int(e)) for e in episodes)]
-        for k, mode in modes.items():
-            if mode == "identity":
-                continue
-            norm.set_stats(k, **_stats(store.array(k), ranges))
+        fitted = [k for k, mode in modes.items() if mode != "identity"]
+        if isinstance(episodes, Mapping):
+            missing = [k for k in fitted if k not in episodes]
+            extra = [k for k in episodes if k not in modes]
+            if missing or extra:
+                raise KeyError(f"Normalizer episodes mapping: no episodes for normalised key(s) {missing}, "
+                               f"episodes for key(s) {extra} that have no mode")
+        has_action = store.has_action
+        for k in fitted:
+            eps = episodes.get(k) if isinstance(episodes, Mapping) else episodes
+            eps = None if eps is None else _episode_indices(store, eps)
+            if k == ACTION_KEY and not has_action.all():
+                eps = np.flatnonzero(has_action) if eps is None else eps[has_action[eps]]
+            ranges = [(0, store.n_steps)] if eps is None else _episode_ranges(store, eps)
+            norm.set_stats(k, **_stats(store.array(k), ranges, k))
         return norm
 
     # ------------------------------------------------------------------ stats
@@ -160,7 +173,29 @@ class Normalizer(nn.Module):
         return x
 
 
-def _stats(arr: Any, ranges: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+def _episode_indices(store: EpisodeStore, episodes: Any) -> np.ndarray:
+    """Episode indices (negative ones count from the end) as int64 [E] in [0, n_episodes)."""
+    eps = np.asarray(episodes, dtype=np.int64).reshape(-1)
+    n = store.n_episodes
+    if eps.size and (eps.min() < -n or eps.max() >= n):
+        raise IndexError(f"Normalizer episodes must lie in [-{n}, {n}) for store {store.path} with {n} episodes, "
+                         f"got range [{eps.min()}, {eps.max()}]")
+    return eps % max(n, 1)
+
+
+def _episode_ranges(store: EpisodeStore, episodes: np.ndarray) -> list[tuple[int, int]]:
+    """Row ranges of ``episodes`` in store order, back-to-back episodes merged into one range (fewer, longer reads)."""
+    if episodes.size == 0:
+        return []
+    ends = store.episode_ends
+    eps = np.sort(episodes)
+    starts, stops = np.concatenate([[0], ends[:-1]])[eps], ends[eps]
+    first = np.flatnonzero(np.concatenate([[True], starts[1:] != stops[:-1]]))
+    last = np.append(first[1:], eps.size) - 1
+    return list(zip(starts[first].tolist(), stops[last].tolist()))
+
+
+def _stats(arr: Any, ranges: list[tuple[int, int]], key: str) -> dict[str, np.ndarray]:
     """min/max/mean/std over rows in ``ranges`` of a zarr array, in float64, block by block."""
     shape = tuple(arr.shape[1:])
     mn, mx = np.full(shape, np.inf), np.full(shape, -np.inf)
@@ -173,7 +208,8 @@ def _stats(arr: Any, ranges: list[tuple[int, int]]) -> dict[str, np.ndarray]:
             ss += np.square(x).sum(0)
             n += x.shape[0]
     if n == 0:
-        raise ValueError("cannot compute normalizer statistics from zero steps")
+        raise ValueError(f"cannot compute normalizer statistics for {key!r} from zero steps (no episodes given, or "
+                         f"for {ACTION_KEY!r} only action-free ones)")
     mean = s / n
     std = np.sqrt(np.maximum(ss / n - mean**2, 0.0))
     return dict(min=mn, max=mx, mean=mean, std=std)

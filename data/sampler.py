@@ -7,7 +7,13 @@ first / last frame (edge padding) and are flagged in ``action_is_pad``.
 
     t0 ............................ t0 + horizon - 1
     |o o|                                            obs      [n_obs_steps, *shape]
-    |a a a a a a a a a a a a a a a a|                action   [horizon, A]
+    |a a a a a a a a a a a a a a a a|                action   [horizon, A], train {key: [horizon, *shape]}
+       ^   f   f       f                             future   {key: [F, *shape]}, here future_offsets=[2, 4, 8]
+       newest obs step t0 + n_obs_steps - 1 (future offsets count from it; text "phase" is read there)
+
+Every item also says whether its episode has actions (``has_action``); an action-free episode's windows have
+``action_is_pad`` all True. Future frames past the episode's end repeat its last frame, flagged in
+``future_is_pad``. Item layout: see `SequenceSampler`.
 
 The index table is built once; low-dim arrays are cached in memory; an image window is one contiguous read.
 """
@@ -25,13 +31,14 @@ import numpy as np
 import zarr.codecs
 import zarr.storage
 
-from .schema import ACTION_KEY, LANGUAGE_KEY
+from .schema import ACTION_KEY, LANGUAGE_KEY, PHASE_KEY, REASONING_KEY
 from .store import LOW_DIM, EpisodeStore
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "all")
 GOAL_MODES = ("final", "future")
+TEXT_KEYS = (PHASE_KEY, REASONING_KEY, LANGUAGE_KEY)
 
 
 def val_episode_mask(n_episodes: int, val_ratio: float, seed: int = 0) -> np.ndarray:
@@ -111,10 +118,26 @@ class SequenceSampler:
     """Windows of ``n_obs_steps`` observations and ``horizon`` actions from one split of a store.
 
     ``sampler[i]`` -> {"obs": {key: [n_obs_steps, *shape]}, "action": [horizon, A] float32,
-    "action_is_pad": bool [horizon], "episode": int, and with ``goal_keys`` "goal": {key: [*shape]}}.
-    Arrays keep the store's dtypes (images uint8 HWC). With ``language=True`` obs also holds "language": the
-    episode's instruction (its stored text ``language``), a string per window and a list in ``sample_batch``.
+    "action_is_pad": bool [horizon], "episode": int, "has_action": bool} plus the optional entries below.
+    Arrays keep the store's dtypes (images uint8 HWC). ``sample_batch`` stacks the same entries with a leading
+    B axis (``has_action`` bool [B], text entries lists of B strings).
 
+    - ``language=True``: obs also holds "language", the episode's instruction (its stored text ``language``).
+    - ``goal_keys``: "goal": {key: [*shape]}, the episode's final step or (``goal_mode="future"``) a seeded
+      later step.
+    - ``future_keys`` + ``future_offsets``: "future": {key: [F, *shape]} at the given step offsets after the
+      newest observation step (t0 + n_obs_steps - 1), and "future_is_pad": bool [F], True past the episode's
+      last step (whose frame then repeats), for heads that predict future frames.
+    - ``train_keys``: "train": {key: [horizon, *shape]}, windowed and padded like the action (same
+      ``action_is_pad``): privileged targets that reach the loss but never the policy's inputs.
+    - ``text_keys`` (from "phase", "reasoning", "language"): "text": {name: str}; "phase" is the expert phase
+      name at the newest observation step (int16 ``phase`` array + store attr ``phase_names``), the others the
+      episode's stored text.
+
+    Action-free episodes (`EpisodeStore.has_action` False: video for co-training) give windows with
+    ``has_action`` False and ``action_is_pad`` all True, so a padding-masked action loss is exactly zero.
+
+    ``keys`` (the observation keys) default to every store key but the action and the ``train_keys``.
     ``split`` is "train", "val" (episodes drawn with ``val_ratio`` and ``seed``) or "all". ``cache_keys``
     also holds those (image) keys in memory; ``fast_reads=False`` forces zarr's reader for images.
     """
@@ -134,6 +157,10 @@ class SequenceSampler:
         fast_reads: bool = True,
         cache_keys: list[str] | None = None,
         language: bool = False,
+        future_keys: list[str] | None = None,
+        future_offsets: list[int] | None = None,
+        train_keys: list[str] | None = None,
+        text_keys: list[str] | None = None,
     ):
         if not isinstance(store, EpisodeStore):
             store = EpisodeStore.open(store, mode="r")
@@ -146,27 +173,40 @@ class SequenceSampler:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if goal_mode not in GOAL_MODES:
             raise ValueError(f"goal_mode must be one of {GOAL_MODES}, got {goal_mode!r}")
-        keys = [k for k in store.keys if k != ACTION_KEY] if keys is None else list(keys)
-        goal_keys = list(goal_keys or [])
-        for k in [*keys, *goal_keys, ACTION_KEY]:
+        goal_keys, future_keys, train_keys = list(goal_keys or []), list(future_keys or []), list(train_keys or [])
+        keys = [k for k in store.keys if k != ACTION_KEY and k not in train_keys] if keys is None else list(keys)
+        for k in [*keys, *goal_keys, *future_keys, *train_keys, ACTION_KEY]:
             if k not in store.schema:
                 raise KeyError(f"key {k!r} is not in store {store.path}; keys: {store.keys}")
+        self.future_offsets = _future_offsets(future_offsets)
+        if bool(future_keys) != bool(self.future_offsets.size):
+            raise ValueError(f"future_keys and future_offsets go together (which keys, at which steps), got "
+                             f"future_keys={future_keys}, future_offsets={future_offsets}")
+        exposed = [k for k in train_keys if k in keys or k in goal_keys or k == ACTION_KEY]
+        if exposed:
+            raise ValueError(f"train_keys {exposed} are also observation/goal keys or the action; a training-only key "
+                             f"must never reach the policy's inputs")
+        text_keys = _text_keys(text_keys)
         if store.n_episodes == 0:
             raise ValueError(f"store {store.path} has no episodes to sample")
 
         self.keys, self.goal_keys, self.goal_mode = keys, goal_keys, goal_mode
+        self.future_keys, self.train_keys, self.text_keys, self.language = future_keys, train_keys, text_keys, language
         self.n_obs_steps, self.horizon, self.n_action_steps = n_obs_steps, horizon, n_action_steps
         self.pad_before, self.pad_after = n_obs_steps - 1, n_action_steps - 1
         self.split, self.seed, self.val_ratio = split, seed, val_ratio
         self.fast_reads = fast_reads
         self._store: EpisodeStore | None = store
         self._path = Path(store.path)
-        self.kinds = {k: store.kind(k) for k in {*keys, *goal_keys, ACTION_KEY}}
+        sampled = {*keys, *goal_keys, *future_keys, *train_keys, ACTION_KEY}
+        self.kinds = {k: store.kind(k) for k in sampled}
+        self.shapes = {k: store.schema[k].shape for k in sampled}
         self.image_keys = [k for k in keys if self.kinds[k] != LOW_DIM]
 
         ends = store.episode_ends
         self.episode_starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
         self.episode_lengths = (ends - self.episode_starts).astype(np.int64)
+        self.has_action = store.has_action
         val_mask = val_episode_mask(store.n_episodes, val_ratio, seed)
         self.val_episodes = np.flatnonzero(val_mask)
         self.train_episodes = np.flatnonzero(~val_mask)
@@ -186,18 +226,51 @@ class SequenceSampler:
         n = store.n_steps
         self._cache = {k: store.array(k)[:n] for k in self.kinds if self.kinds[k] == LOW_DIM or k in (cache_keys or [])}
         self._images: dict[str, Any] | None = None
-        self._language: list[str] | None = None
-        if language:
-            texts = [store.episode_text(int(e)).get(LANGUAGE_KEY) for e in range(store.n_episodes)]
-            missing = [e for e in self.episodes if not texts[e]]
-            if missing:
-                raise ValueError(f"store {store.path}: {len(missing)} episode(s) of split {split!r} have no "
-                                 f"{LANGUAGE_KEY!r} text (first: episode {int(missing[0])}); a language-conditioned "
-                                 f"policy needs an instruction per episode")
-            self._language = texts
+        self._episode_text = self._load_episode_text(store, text_keys, language)
+        self._phase, self._phase_names = self._load_phase(store) if PHASE_KEY in text_keys else (None, None)
         self._final_goal = {k: self._read_rows(k, self.episode_starts + self.episode_lengths - 1) for k in goal_keys} \
             if goal_mode == "final" else {}
-        log.info("sampler over %s: split %s, %d episodes, %d windows", self._path, split, self.episodes.size, len(self))
+        log.info("sampler over %s: split %s, %d episodes (%d action-free), %d windows", self._path, split,
+                 self.episodes.size, int((~self.has_action[self.episodes]).sum()), len(self))
+
+    def _load_episode_text(self, store: EpisodeStore, text_keys: list[str], language: bool) -> dict[str, list[str | None]]:
+        """{name: text of every episode} for the per-episode text asked for; each episode of the split must have it."""
+        names = [k for k in text_keys if k != PHASE_KEY]
+        if language and LANGUAGE_KEY not in names:
+            names.append(LANGUAGE_KEY)
+        if not names:
+            return {}
+        stored = [store.episode_text(e) for e in range(store.n_episodes)]
+        out = {}
+        for name in names:
+            texts = [t.get(name) for t in stored]
+            missing = [e for e in self.episodes if not texts[e]]
+            if missing:
+                raise ValueError(f"store {store.path}: {len(missing)} episode(s) of split {self.split!r} have no {name!r} "
+                                 f"text (first: episode {int(missing[0])}); {_TEXT_NEED[name]}")
+            wrong = [e for e in self.episodes if not isinstance(texts[e], str)]
+            if wrong:
+                raise ValueError(f"store {store.path}: episode {int(wrong[0])}'s {name!r} text is a "
+                                 f"{type(texts[wrong[0]]).__name__}, expected a string")
+            out[name] = texts
+        return out
+
+    @staticmethod
+    def _load_phase(store: EpisodeStore) -> tuple[np.ndarray, np.ndarray]:
+        """The phase index of every committed step, int16 [n_steps], and the phase names (object array)."""
+        if PHASE_KEY not in store.schema:
+            raise KeyError(f"text key {PHASE_KEY!r} needs the store's int16 {PHASE_KEY!r} array, but store {store.path} "
+                           f"has none; keys: {store.keys}")
+        if not store.phase_names:
+            raise KeyError(f"text key {PHASE_KEY!r} needs the store attr 'phase_names' (the name of each phase index), "
+                           f"but store {store.path} has none")
+        n = store.n_steps
+        phase = np.asarray(store.array(PHASE_KEY)[:n]).reshape(n)
+        names = np.asarray(store.phase_names, dtype=object)
+        if phase.size and (phase.min() < 0 or phase.max() >= names.size):
+            raise ValueError(f"store {store.path}: data/{PHASE_KEY} values span [{phase.min()}, {phase.max()}], "
+                             f"outside the {names.size} phase_names")
+        return phase, names
 
     # ------------------------------------------------------------------ index
     def _build_index(self) -> None:
@@ -220,6 +293,22 @@ class SequenceSampler:
         if not -len(self) <= i < len(self):
             raise IndexError(f"window index {i} out of range for a sampler of {len(self)} windows")
         return int(self._win_episode[i]), int(self._win_t0[i])
+
+    def stats_episodes(self, key: str) -> np.ndarray:
+        """Episode indices to fit ``key``'s normalisation statistics on (for `Normalizer.from_store`).
+
+        Always the training split, whatever this sampler's split, so validation episodes never shape the
+        statistics. For the action and the `train_keys` (padded like it) only training episodes that have
+        actions: the zero action rows of action-free episodes are no actions.
+        """
+        if key not in self.kinds:
+            raise KeyError(f"key {key!r} is not sampled by this sampler; sampled keys: {sorted(self.kinds)}")
+        episodes = self.train_episodes
+        if key == ACTION_KEY or key in self.train_keys:
+            episodes = episodes[self.has_action[episodes]]
+            if episodes.size == 0:
+                raise ValueError(f"no training episode of store {self._path} has actions; cannot fit {key!r} statistics")
+        return episodes
 
     # ------------------------------------------------------------------ reading
     def _arrays(self) -> dict[str, Any]:
@@ -255,12 +344,19 @@ class SequenceSampler:
         return arr.frame_shape if isinstance(arr, FrameReader) else tuple(arr.shape[1:])
 
     def _steps(self, episode: np.ndarray, t0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Absolute rows [B, horizon] (edge-clipped) and the padding mask [B, horizon]."""
+        """Absolute rows [B, horizon] (edge-clipped) and the padding mask [B, horizon] (all True if action-free)."""
         rel = t0[:, None] + np.arange(self.horizon)
         length = self.episode_lengths[episode][:, None]
-        is_pad = (rel < 0) | (rel >= length)
+        is_pad = (rel < 0) | (rel >= length) | ~self.has_action[episode][:, None]
         rows = np.clip(rel, 0, length - 1) + self.episode_starts[episode][:, None]
         return rows, is_pad
+
+    def _future_steps(self, episode: np.ndarray, t0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Absolute rows [B, F] of the future frames (edge-clipped) and their padding mask [B, F]."""
+        rel = (t0 + self.n_obs_steps - 1)[:, None] + self.future_offsets
+        length = self.episode_lengths[episode][:, None]
+        rows = np.minimum(rel, length - 1) + self.episode_starts[episode][:, None]
+        return rows, rel >= length
 
     def _goal_rows(self, idx: np.ndarray, episode: np.ndarray, t0: np.ndarray) -> np.ndarray:
         length = self.episode_lengths[episode]
@@ -271,11 +367,42 @@ class SequenceSampler:
             out[j] = rng.integers(lo + 1, L) if lo + 1 < L else L - 1
         return out + self.episode_starts[episode]
 
+    def _goal(self, idx: np.ndarray, episode: np.ndarray, t0: np.ndarray) -> dict[str, np.ndarray]:
+        if self.goal_mode == "final":
+            return {k: v[episode] for k, v in self._final_goal.items()}
+        rows = self._goal_rows(idx, episode, t0)
+        return {k: self._read_rows(k, rows) for k in self.goal_keys}
+
+    def _text(self, episode: np.ndarray, t0: np.ndarray) -> dict[str, list[str]]:
+        """{name: [B strings]}; the phase is the one at each window's newest observation step."""
+        out = {}
+        for name in self.text_keys:
+            if name == PHASE_KEY:
+                newest = np.minimum(t0 + self.n_obs_steps - 1, self.episode_lengths[episode] - 1) + self.episode_starts[episode]
+                out[name] = self._phase_names[self._phase[newest]].tolist()
+            else:
+                out[name] = [self._episode_text[name][e] for e in episode]
+        return out
+
+    def _extras(self, idx: np.ndarray, episode: np.ndarray, t0: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
+        """The optional entries (goal, future, train, text) of windows ``idx``, batched; ``rows`` as from `_steps`."""
+        out: dict[str, Any] = {}
+        if self.goal_keys:
+            out["goal"] = self._goal(idx, episode, t0)
+        if self.future_keys:
+            future_rows, out["future_is_pad"] = self._future_steps(episode, t0)
+            out["future"] = {k: self._read_rows(k, future_rows) for k in self.future_keys}
+        if self.train_keys:
+            out["train"] = {k: self._read_rows(k, rows) for k in self.train_keys}
+        if self.text_keys:
+            out["text"] = self._text(episode, t0)
+        return out
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         ep, t0 = self.window(i)
-        rows, is_pad = self._steps(np.array([ep]), np.array([t0]))
-        rows, is_pad = rows[0], is_pad[0]
-        obs_rows = rows[: self.n_obs_steps]
+        episode, t0s = np.array([ep]), np.array([t0])
+        rows, is_pad = self._steps(episode, t0s)
+        obs_rows = rows[0, : self.n_obs_steps]
         obs = {}
         for k in self.keys:
             if k in self._cache:
@@ -285,20 +412,12 @@ class SequenceSampler:
                 arr = self._arrays()[k]
                 block = arr.read(np.arange(lo, hi)) if isinstance(arr, FrameReader) else arr[lo:hi]
                 obs[k] = block[obs_rows - lo]
-        if self._language is not None:
-            obs[LANGUAGE_KEY] = self._language[ep]
-        item = {"obs": obs, "action": self._cache[ACTION_KEY][rows], "action_is_pad": is_pad, "episode": ep}
-        if self.goal_keys:
-            item["goal"] = self._goal(np.array([i % len(self)]), np.array([ep]), np.array([t0]), single=True)
+        if self.language:
+            obs[LANGUAGE_KEY] = self._episode_text[LANGUAGE_KEY][ep]
+        item = {"obs": obs, "action": self._cache[ACTION_KEY][rows[0]], "action_is_pad": is_pad[0], "episode": ep,
+                "has_action": bool(self.has_action[ep])}
+        item.update(_first(self._extras(np.array([i % len(self)]), episode, t0s, rows)))
         return item
-
-    def _goal(self, idx: np.ndarray, episode: np.ndarray, t0: np.ndarray, single: bool = False) -> dict[str, np.ndarray]:
-        if self.goal_mode == "final":
-            goal = {k: v[episode] for k, v in self._final_goal.items()}
-        else:
-            rows = self._goal_rows(idx, episode, t0)
-            goal = {k: self._read_rows(k, rows) for k in self.goal_keys}
-        return {k: v[0] for k, v in goal.items()} if single else goal
 
     def sample_batch(self, indices: np.ndarray | list[int]) -> dict[str, Any]:
         """Windows ``indices`` stacked: obs {key: [B, n_obs_steps, *shape]}, action [B, horizon, A], ...
@@ -313,11 +432,11 @@ class SequenceSampler:
         rows, is_pad = self._steps(episode, t0)
         obs_rows = rows[:, : self.n_obs_steps]
         batch = {"obs": {k: self._read_rows(k, obs_rows) for k in self.keys},
-                 "action": self._cache[ACTION_KEY][rows], "action_is_pad": is_pad, "episode": episode}
-        if self._language is not None:
-            batch["obs"][LANGUAGE_KEY] = [self._language[e] for e in episode]
-        if self.goal_keys:
-            batch["goal"] = self._goal(idx, episode, t0)
+                 "action": self._cache[ACTION_KEY][rows], "action_is_pad": is_pad, "episode": episode,
+                 "has_action": self.has_action[episode]}
+        if self.language:
+            batch["obs"][LANGUAGE_KEY] = [self._episode_text[LANGUAGE_KEY][e] for e in episode]
+        batch.update(self._extras(idx, episode, t0, rows))
         return batch
 
     def __getstate__(self) -> dict[str, Any]:
@@ -325,3 +444,36 @@ class SequenceSampler:
         state = self.__dict__.copy()
         state["_store"], state["_images"] = None, None
         return state
+
+
+# Why a split's episodes must all hold a per-episode text (the end of the error when one lacks it).
+_TEXT_NEED = {LANGUAGE_KEY: "a language-conditioned policy needs an instruction per episode",
+              REASONING_KEY: "text_keys asks for each window's reasoning"}
+
+
+def _future_offsets(offsets: list[int] | None) -> np.ndarray:
+    """Validated future step offsets, int64 [F]: positive (steps after the newest observation), strictly increasing."""
+    offsets = [] if offsets is None else list(offsets)
+    if any(isinstance(o, (bool, np.bool_)) or not isinstance(o, (int, np.integer)) or o < 1 for o in offsets):
+        raise ValueError(f"future_offsets must be positive ints (steps after the newest observation), got {offsets}")
+    out = np.asarray(offsets, dtype=np.int64)
+    if (np.diff(out) <= 0).any():
+        raise ValueError(f"future_offsets must be strictly increasing, got {offsets}")
+    return out
+
+
+def _text_keys(text_keys: list[str] | None) -> list[str]:
+    text_keys = list(text_keys or [])
+    unknown = [k for k in text_keys if k not in TEXT_KEYS]
+    if unknown:
+        raise ValueError(f"text_keys {unknown} are not supported; supported: {list(TEXT_KEYS)}")
+    if len(set(text_keys)) != len(text_keys):
+        raise ValueError(f"text_keys must not repeat a name, got {text_keys}")
+    return text_keys
+
+
+def _first(tree: Any) -> Any:
+    """Element 0 of every array/list in a (nested dict) batch: one window's entries."""
+    if isinstance(tree, dict):
+        return {k: _first(v) for k, v in tree.items()}
+    return tree[0]

@@ -19,6 +19,7 @@ SCHEMA_VERSION = 1
 ACTION_KEY = "action"
 LANGUAGE_KEY = "language"  # the per-episode text holding the instruction, and the obs key it travels under
 PHASE_KEY = "phase"
+REASONING_KEY = "reasoning"  # the per-episode text holding the expert's phases in order
 RGB, DEPTH, LOW_DIM = "rgb", "depth", "low_dim"
 # diffusion_policy's replay buffers name their camera keys without a suffix.
 _LEGACY_IMAGE_NAMES = {"img", "image"}
@@ -100,16 +101,25 @@ def check_schema(schema: Mapping[str, KeySpec], attrs: Mapping[str, Any]) -> dic
 
 
 def check_episode(
-    episode: Mapping[str, Any], schema: Mapping[str, KeySpec], phase_names: list[str] | None = None
+    episode: Mapping[str, Any], schema: Mapping[str, KeySpec], phase_names: list[str] | None = None,
+    action_free: bool = False,
 ) -> dict[str, np.ndarray]:
     """Validate one episode against the schema; returns arrays ready to write (float64 -> float32 etc).
 
     Every array is [T, *spec.shape] with the same T >= 1. Floats may be given at any float precision and are
     cast to the schema dtype; integer, bool and uint8 keys must match exactly. Actions and low-dim floats
-    must be finite.
+    must be finite. An ``action_free`` episode (video without actions) must omit ``action``; its action rows
+    are returned as zeros (finite, so masked losses and statistics can never turn them into NaN).
     """
     if not isinstance(episode, Mapping):
         raise TypeError(f"episode must be a dict of arrays, got {type(episode).__name__}")
+    if action_free:
+        action_spec = schema[ACTION_KEY]
+        if ACTION_KEY in episode:
+            raise ValueError(f"an action-free episode must not hold {ACTION_KEY!r}; drop it or append with action_free=False")
+        if len(schema) == 1:
+            raise ValueError(f"the store's schema holds only {ACTION_KEY!r}, so an action-free episode would be empty")
+        schema = {k: s for k, s in schema.items() if k != ACTION_KEY}
     missing = [k for k in schema if k not in episode]
     if missing:
         raise KeyError(f"episode lacks key(s) {missing}; the store's schema expects {sorted(schema)}")
@@ -141,6 +151,8 @@ def check_episode(
         out[key] = np.ascontiguousarray(arr)
     if not length:
         raise ValueError("episode has length 0; an episode needs at least one step")
+    if action_free:
+        out[ACTION_KEY] = np.zeros((length, *action_spec.shape), dtype=action_spec.dtype)
     if phase_names is not None and PHASE_KEY in out:
         ph = out[PHASE_KEY]
         if ph.size and (ph.min() < 0 or ph.max() >= len(phase_names)):

@@ -4,16 +4,19 @@ Layout (one zarr v3 group)::
 
     <store>/data/<key>            [n_steps, *shape]  time-major, all episodes back to back
     <store>/meta/episode_ends     [n_episodes] int64 cumulative end index of each episode
+    <store>/meta/has_action       [n_episodes] bool, False for action-free episodes (video without actions, whose
+                                  data/action rows are zeros that no reader takes for actions); a store without
+                                  it (written before action-free episodes existed) has actions in every episode
     <store>/meta/episode_text/b<k> groups whose attrs map "<episode index>" -> {"language": ..., ...} for
                                   episodes k*256 ... k*256+255 (blocks keep each rewrite small)
     <store>/.append.lock          flock held by the one process appending
     root attrs: vmp_schema_version, task, control_hz, schema {key: {shape, dtype, meaning}}, [phase_names], ...
 
-Crash safety: an append writes the new rows beyond the committed end, then its text, then commits by
-writing ``meta/episode_ends`` last. zarr writes every file atomically (temp file + rename), so after a kill
-the store holds every committed episode; rows and text beyond ``episode_ends[-1]`` are ignored by readers and
-overwritten by the next append. A torn commit (episode_ends resized but its new value not yet written) reads
-as a non-increasing tail, which is ignored as well.
+Crash safety: an append writes the new rows beyond the committed end, then its text and its ``meta/has_action``
+entry, then commits by writing ``meta/episode_ends`` last. zarr writes every file atomically (temp file + rename),
+so after a kill the store holds every committed episode; rows, text and flags beyond ``episode_ends[-1]`` are
+ignored by readers and overwritten by the next append. A torn commit (episode_ends resized but its new value not
+yet written) reads as a non-increasing tail, which is ignored as well.
 
 diffusion_policy replay buffers (zarr v2, ``data/<key>`` + ``meta/episode_ends``, no schema attrs) open
 read-only; their schema is inferred from array shapes and dtypes and reported in ``inferred``.
@@ -48,6 +51,7 @@ LOWDIM_CODEC = dict(cname="zstd", clevel=5, shuffle="shuffle")
 LOCK_NAME = ".append.lock"
 REQUIRED_ATTRS = ("task", "control_hz")
 TEXT_BLOCK = 256  # episodes per episode_text attrs group
+HAS_ACTION = "has_action"  # meta array of per-episode action flags
 
 
 class StoreLockedError(RuntimeError):
@@ -270,6 +274,11 @@ class EpisodeStore:
         return int(self._ends[-1]) if self._ends.size else 0
 
     @property
+    def has_action(self) -> np.ndarray:
+        """bool [n_episodes]: False for action-free episodes, whose ``action`` rows are zeros, not actions."""
+        return self._has_action.copy()
+
+    @property
     def phase_names(self) -> list[str] | None:
         return self._attrs.get("phase_names")
 
@@ -308,12 +317,17 @@ class EpisodeStore:
         return dict(group.attrs.get(str(i), {})) if group is not None else {}
 
     # ------------------------------------------------------------------ writing
-    def append_episode(self, episode: Mapping[str, np.ndarray], text: Mapping[str, Any] | None = None) -> int:
-        """Validate and append one episode ({key: [T, *shape]}); returns its index. Crash-safe, see module doc."""
+    def append_episode(self, episode: Mapping[str, np.ndarray], text: Mapping[str, Any] | None = None,
+                       action_free: bool = False) -> int:
+        """Validate and append one episode ({key: [T, *shape]}); returns its index. Crash-safe, see module doc.
+
+        ``action_free=True`` appends video without actions (for co-training): ``episode`` omits ``action``, its
+        action rows are written as zeros and `has_action` marks it, so samplers pad out its actions.
+        """
         if self.mode != "a":
             state = "closed" if self.mode == "closed" else "open read-only"
             raise PermissionError(f"store {self.path} is {state}; open it with mode='a' to append")
-        arrays = check_episode(episode, self._schema, self.phase_names)
+        arrays = check_episode(episode, self._schema, self.phase_names, action_free=bool(action_free))
         if text is not None:
             if not isinstance(text, Mapping):
                 raise TypeError(f"text must be a dict (e.g. {{'language': ...}}), got {type(text).__name__}")
@@ -334,10 +348,15 @@ class EpisodeStore:
             group.attrs[str(n)] = text
         elif group is not None and str(n) in group.attrs:  # stale text of an interrupted append
             del group.attrs[str(n)]
+        flags = self._has_action_array()
+        if flags.shape[0] != n + 1:
+            flags.resize((n + 1,))
+        flags[n] = not action_free  # always written: overwrites the flag of an interrupted append
         # Commit: the episode exists once episode_ends holds its end.
         self._ends_array.resize((n + 1,))
         self._ends_array[n] = stop
         self._ends = np.append(self._ends, np.int64(stop))
+        self._has_action = np.append(self._has_action, not action_free)
         return n
 
     def close(self) -> None:
@@ -374,6 +393,13 @@ class EpisodeStore:
             return parent[name]
         return parent.create_group(name) if create else None
 
+    def _has_action_array(self) -> zarr.Array:
+        """``meta/has_action``, created on the first append to a store that predates it (all True so far)."""
+        if HAS_ACTION not in self._meta:  # fill_value True: the committed episodes all have actions
+            return self._meta.create_array(HAS_ACTION, shape=(self.n_episodes,), dtype="bool", chunks=(EPISODE_ENDS_CHUNK,),
+                                           compressors=zarr.codecs.BloscCodec(**LOWDIM_CODEC), fill_value=True)
+        return self._meta[HAS_ACTION]
+
     def _load_ends(self) -> None:
         raw = np.asarray(self._ends_array[:], dtype=np.int64)
         data_len = min((a.shape[0] for a in self._arrays.values()), default=0)
@@ -383,6 +409,11 @@ class EpisodeStore:
                         self.path, raw.size - n, "y" if raw.size - n == 1 else "ies")
         self._raw_ends_size = int(raw.size)
         self._ends = raw[:n].copy()
+        # Entries missing at the end can only come from a writer that predates action-free episodes.
+        self._has_action = np.ones(n, dtype=bool)
+        if HAS_ACTION in self._meta:
+            flags = np.asarray(self._meta[HAS_ACTION][:n], dtype=bool)
+            self._has_action[:flags.size] = flags
 
     def _repair(self) -> None:
         """Drop a torn commit and stray temp files left by a killed writer (called with the lock held)."""

@@ -85,3 +85,29 @@ def test_validate_reports_torn_commit(tmp_path, capsys):
     ends.resize((3,))  # a writer killed between resizing episode_ends and writing its value
     assert main(["validate", str(path)]) == 1
     assert "trailing entr(ies) that are not increasing" in capsys.readouterr().out
+
+
+def test_info_counts_action_free_episodes(tmp_path, capsys):
+    from vmp.data import EpisodeStore
+    from vmp.data.testing import synthetic_episode
+
+    path = _store(tmp_path)
+    schema = demo_schema(image_size=16, state_dim=3, action_dim=2)
+    ep = synthetic_episode(schema, 7, 5)
+    del ep["action"]
+    with EpisodeStore.open(path, mode="a") as w:
+        w.append_episode(ep, action_free=True)
+    assert main(["info", str(path)]) == 0
+    assert "action-free episodes: 1" in capsys.readouterr().out
+    assert main(["info", "--json", str(path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_episodes"] == 3 and info["action_free_episodes"] == 1
+    # Action statistics cover the 10 steps with actions, not the action-free episode's zero rows.
+    steps = np.concatenate([np.arange(4), 1000 + np.arange(6)])
+    assert info["action_stats"]["mean"][0] == pytest.approx(steps.mean()) and info["action_stats"]["min"][0] == 0.0
+    assert main(["validate", str(path)]) == 0
+    assert "OK" in capsys.readouterr().out
+    (tmp_path / "b").mkdir()
+    _store(tmp_path / "b")
+    assert main(["info", "--json", str(tmp_path / "b" / "s.zarr")]) == 0
+    assert json.loads(capsys.readouterr().out)["action_free_episodes"] == 0

@@ -94,3 +94,63 @@ def test_dotted_keys(tmp_path):
     norm.set_stats("observation.state", min=[0, 0], max=[1, 1], mean=[1.0, 2.0], std=[2.0, 4.0])
     torch.testing.assert_close(norm.normalize("observation.state", torch.tensor([3.0, 6.0])), torch.tensor([1.0, 1.0]))
     assert any("observation" in k for k in norm.state_dict())
+
+
+def test_action_statistics_skip_validation_and_action_free_episodes(tmp_path):
+    """stats_episodes + a per-key episodes mapping: action stats from training episodes with actions only, state
+    stats from every training episode; validation and action-free episodes never shape the action statistics."""
+    from vmp.data import SequenceSampler
+    from vmp.data.sampler import val_episode_mask
+
+    n, kw = 8, dict(val_ratio=0.25, seed=0)
+    val = val_episode_mask(n, **kw)
+    free = int(np.flatnonzero(~val)[0])  # an action-free episode inside the training split
+    schema = {"state": KeySpec((2,), "float32"), "action": KeySpec((2,), "float32")}
+    with EpisodeStore.create(tmp_path / "s.zarr", schema, {"task": "t", "control_hz": 10}) as w:
+        for e in range(n):
+            # episode e's values lie in [100 e + 100, 100 e + 110): each episode moves min/max/mean distinguishably
+            ep = {"state": np.full((5, 2), 100.0 * e + 100) + np.arange(5)[:, None],
+                  "action": np.full((5, 2), 100.0 * e + 105, np.float32) + np.arange(5)[:, None]}
+            if e == free:
+                del ep["action"]
+            w.append_episode(ep, action_free=e == free)
+    store = EpisodeStore.open(tmp_path / "s.zarr")
+    sampler = SequenceSampler(store, keys=["state"], horizon=2, split="val", **kw)  # any split: stats use train
+    act_eps, state_eps = sampler.stats_episodes("action"), sampler.stats_episodes("state")
+    np.testing.assert_array_equal(state_eps, np.flatnonzero(~val))
+    np.testing.assert_array_equal(act_eps, np.flatnonzero(~val & (np.arange(n) != free)))
+    norm = Normalizer.from_store(store, {"action": "meanstd", "state": "minmax"},
+                                 episodes={"action": act_eps, "state": state_eps})
+    acts = np.concatenate([store.episode(int(e))["action"] for e in act_eps]).astype(np.float64)
+    states = np.concatenate([store.episode(int(e))["state"] for e in state_eps]).astype(np.float64)
+    stats = {k: {s: v.numpy() for s, v in norm.stats(k).items()} for k in ("action", "state")}
+    np.testing.assert_allclose(stats["action"]["mean"], acts.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["action"]["min"], acts.min(0))
+    np.testing.assert_allclose(stats["action"]["max"], acts.max(0))
+    np.testing.assert_allclose(stats["state"]["min"], states.min(0))  # the action-free episode's state counts
+    assert stats["state"]["min"][0] == 100.0 * min(state_eps) + 100
+    # Handing the action every episode still skips the action-free one's zero rows.
+    everything = Normalizer.from_store(store, {"action": "minmax"})
+    assert everything.stats("action")["min"][0] >= 105
+    with pytest.raises(KeyError, match=r"no episodes for normalised key\(s\) \['state'\]"):
+        Normalizer.from_store(store, {"action": "minmax", "state": "minmax"}, episodes={"action": act_eps})
+    with pytest.raises(KeyError, match=r"episodes for key\(s\) \['velocity'\] that have no mode"):
+        Normalizer.from_store(store, {"action": "minmax"}, episodes={"action": act_eps, "velocity": act_eps})
+    with pytest.raises(ValueError, match="statistics for 'action' from zero steps"):
+        Normalizer.from_store(store, {"action": "minmax"}, episodes=np.array([free]))
+    with pytest.raises(IndexError, match="episodes must lie in"):
+        Normalizer.from_store(store, {"action": "minmax"}, episodes=np.array([n]))
+    with pytest.raises(KeyError, match="not sampled by this sampler"):
+        sampler.stats_episodes("agentview_image")
+
+
+def test_stats_episodes_refuses_a_split_without_actions(tmp_path):
+    from vmp.data import SequenceSampler
+
+    schema = {"state": KeySpec((2,), "float32"), "action": KeySpec((2,), "float32")}
+    with EpisodeStore.create(tmp_path / "s.zarr", schema, {"task": "t", "control_hz": 10}) as w:
+        w.append_episode({"state": np.zeros((4, 2), np.float32)}, action_free=True)
+    sampler = SequenceSampler(tmp_path / "s.zarr", keys=["state"], horizon=2)
+    np.testing.assert_array_equal(sampler.stats_episodes("state"), [0])
+    with pytest.raises(ValueError, match="no training episode of store .* has actions"):
+        sampler.stats_episodes("action")

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vmp.data import EpisodeStore, KeySpec, SequenceDataset, SequenceSampler
-from vmp.data.testing import demo_schema, make_store
+from vmp.data.testing import demo_schema, make_store, synthetic_episode
 
 
 @pytest.fixture
@@ -187,3 +187,209 @@ def test_fast_frame_reads_match_zarr(tmp_path):
             np.testing.assert_array_equal(fast[int(i)]["obs"][k], a["obs"][k][i], err_msg=k)
     np.testing.assert_array_equal(a["obs"]["b_depth"][:, -1], store.array("b_depth")[:][
         [fast.episode_starts[e] + min(max(t + 2, 0), fast.episode_lengths[e] - 1) for e, t in map(fast.window, idx)]])
+
+
+# ---------------------------------------------------------------------- future frames, action-free episodes, train keys, text
+
+PHASES = ["reach", "grasp", "lift"]
+
+
+def _rich_store(path, lengths, action_free=(), extra_schema=None, text=True):
+    """demo schema + int16 ``phase`` (step * 3 // L) and per-episode language/reasoning; ``action_free`` episodes lack actions."""
+    schema = {**demo_schema(image_size=8, state_dim=2, action_dim=2), "phase": KeySpec((), "int16", ", ".join(PHASES)),
+              **(extra_schema or {})}
+    with EpisodeStore.create(path, schema, {"task": "t", "control_hz": 10, "phase_names": PHASES}) as w:
+        for e, n in enumerate(lengths):
+            ep = synthetic_episode(schema, e, n)
+            ep["phase"] = (np.arange(n) * 3 // n).astype(np.int16)
+            if e in action_free:
+                del ep["action"]
+            w.append_episode(ep, text={"language": f"task {e}", "reasoning": f"reach; grasp; lift ({e})"} if text else None,
+                             action_free=e in action_free)
+    return EpisodeStore.open(path)
+
+
+def test_future_frames_hand_computed(store):
+    sampler = SequenceSampler(store, keys=["state"], n_obs_steps=2, horizon=4, n_action_steps=2,
+                              future_keys=["agentview_image", "state"], future_offsets=[1, 3])
+    # newest obs step = t0 + 1; future steps newest + [1, 3], clipped to the episode's last step and flagged past it.
+    expected = [(0, [1, 2], [0, 1]), (0, [2, 2], [0, 1]), (1, [1, 3], [0, 0]), (1, [2, 4], [0, 0]),
+                (1, [3, 4], [0, 1]), (1, [4, 4], [0, 1]), (2, [1, 1], [0, 1])]
+    assert len(sampler) == len(expected)
+    for i, (ep, steps, pad) in enumerate(expected):
+        item = sampler[i]
+        assert item["episode"] == ep
+        np.testing.assert_array_equal(item["future"]["state"][:, 0], ep * 1000 + np.array(steps))
+        img = item["future"]["agentview_image"]
+        assert img.shape == (2, 8, 8, 3) and img.dtype == np.uint8
+        np.testing.assert_array_equal(img[:, 0, 0, 0], steps)
+        assert (img[..., 1] == ep).all()
+        np.testing.assert_array_equal(item["future_is_pad"], np.array(pad, dtype=bool))
+        assert "agentview_image" not in item["obs"]
+    batch = sampler.sample_batch([6, 0, 4, 4])
+    assert batch["future"]["agentview_image"].shape == (4, 2, 8, 8, 3) and batch["future_is_pad"].shape == (4, 2)
+    for j, i in enumerate([6, 0, 4, 4]):
+        for k in ("agentview_image", "state"):
+            np.testing.assert_array_equal(batch["future"][k][j], sampler[i]["future"][k])
+        np.testing.assert_array_equal(batch["future_is_pad"][j], sampler[i]["future_is_pad"])
+
+
+def test_future_frames_batch_reads_each_frame_once(tmp_path):
+    from vmp.data.sampler import FrameReader
+
+    store = make_store(tmp_path / "s.zarr", [3, 5, 2], schema=demo_schema(image_size=8, state_dim=2, action_dim=2),
+                       random_images=True)
+    sampler = SequenceSampler(store, keys=["state"], n_obs_steps=2, horizon=4, n_action_steps=2,
+                              future_keys=["agentview_image"], future_offsets=np.array([1, 2]))
+    reader = sampler._arrays()["agentview_image"]
+    assert isinstance(reader, FrameReader)
+    calls = []
+    read = reader.read
+    reader.read = lambda rows: calls.append(rows.tolist()) or read(rows)
+    batch = sampler.sample_batch(np.arange(len(sampler)))
+    assert len(calls) == 1 and len(calls[0]) == len(set(calls[0]))  # one read, no frame twice
+    np.testing.assert_array_equal(batch["future"]["agentview_image"][:, :, 0, 0, 0],
+                                  np.stack([sampler[i]["future"]["agentview_image"][:, 0, 0, 0] for i in range(len(sampler))]))
+
+
+def test_future_frames_in_dataset_and_dataloader(store):
+    sampler = SequenceSampler(store, keys=["agentview_image"], n_obs_steps=2, horizon=4, n_action_steps=2,
+                              future_keys=["agentview_image"], future_offsets=[2])
+    ds = SequenceDataset(sampler)
+    item = ds[3]
+    fut = item["future"]["agentview_image"]
+    assert fut.shape == (1, 3, 8, 8) and fut.dtype == torch.uint8 and item["future_is_pad"].dtype == torch.bool
+    np.testing.assert_array_equal(fut.numpy(), np.moveaxis(sampler[3]["future"]["agentview_image"], -1, 1))
+    b = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
+    assert b["future"]["agentview_image"].shape == (4, 1, 3, 8, 8) and b["future_is_pad"].shape == (4, 1)
+    torch.testing.assert_close(b["future"]["agentview_image"][3], fut)
+
+
+@pytest.mark.parametrize("offsets, match", [([0], "positive ints"), ([-2], "positive ints"), ([1.5], "positive ints"),
+                                            ([True], "positive ints"), ([2, 2], "strictly increasing"),
+                                            ([3, 1], "strictly increasing")])
+def test_bad_future_offsets(store, offsets, match):
+    with pytest.raises(ValueError, match=match):
+        SequenceSampler(store, keys=["state"], future_keys=["state"], future_offsets=offsets)
+
+
+def test_bad_future_keys(store):
+    with pytest.raises(KeyError, match="key 'wrist_image' is not in store"):
+        SequenceSampler(store, keys=["state"], future_keys=["wrist_image"], future_offsets=[1])
+    with pytest.raises(ValueError, match="future_keys and future_offsets go together"):
+        SequenceSampler(store, keys=["state"], future_keys=["state"])
+    with pytest.raises(ValueError, match="future_keys and future_offsets go together"):
+        SequenceSampler(store, keys=["state"], future_offsets=[1])
+
+
+def test_action_free_windows_are_fully_padded(tmp_path):
+    store = _rich_store(tmp_path / "s.zarr", [5, 6, 5], action_free=(1,))
+    np.testing.assert_array_equal(store.has_action, [True, False, True])
+    sampler = SequenceSampler(store, keys=["state", "agentview_image"], n_obs_steps=2, horizon=4, n_action_steps=2,
+                              split="all", future_keys=["state"], future_offsets=[1])
+    for i in range(len(sampler)):
+        item = sampler[i]
+        ep, t0 = sampler.window(i)
+        assert item["has_action"] is (ep != 1)
+        if ep == 1:
+            assert item["action_is_pad"].all()
+            np.testing.assert_array_equal(item["obs"]["state"][:, 0], 1000 + np.clip(t0 + np.arange(2), 0, 5))  # obs still real
+            assert not item["future_is_pad"].all()  # future frames of video are real targets
+        else:
+            assert not item["action_is_pad"].all()
+    batch = sampler.sample_batch(np.arange(len(sampler)))
+    np.testing.assert_array_equal(batch["has_action"], batch["episode"] != 1)
+    # The padding-masked action loss that the heads use is exactly zero on action-free windows.
+    free = batch["episode"] == 1
+    is_pad = torch.from_numpy(batch["action_is_pad"][free])
+    err = (torch.randn(int(free.sum()), 4, 2) - torch.from_numpy(batch["action"][free])).pow(2).mean(-1)
+    keep = (~is_pad).float()
+    assert (err * keep).sum() / keep.sum().clamp(min=1.0) == 0.0
+    b = next(iter(DataLoader(SequenceDataset(sampler), batch_size=len(sampler), shuffle=False)))
+    assert b["has_action"].dtype == torch.bool and b["has_action"].tolist() == (b["episode"] != 1).tolist()
+    assert b["action_is_pad"][b["episode"] == 1].all()
+
+
+def test_store_without_action_flags_samples_as_before(tmp_path):
+    """A store written before action flags existed (no meta/has_action) has actions everywhere and samples the same."""
+    import shutil
+
+    make_store(tmp_path / "s.zarr", [3, 5, 2], schema=demo_schema(image_size=8, state_dim=2, action_dim=2))
+    kw = dict(keys=["agentview_image", "state"], n_obs_steps=2, horizon=4, n_action_steps=2)
+    before = SequenceSampler(EpisodeStore.open(tmp_path / "s.zarr"), **kw).sample_batch(np.arange(7))
+    shutil.rmtree(tmp_path / "s.zarr" / "meta" / "has_action")
+    store = EpisodeStore.open(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(store.has_action, [True, True, True])
+    after = SequenceSampler(store, **kw).sample_batch(np.arange(7))
+    for k in ("action", "action_is_pad", "episode", "has_action"):
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    np.testing.assert_array_equal(after["action_is_pad"], [p for _, _, p in _expected_windows()])
+    for k in kw["keys"]:
+        np.testing.assert_array_equal(after["obs"][k], before["obs"][k], err_msg=k)
+
+
+def test_train_keys_windowed_like_the_action(tmp_path):
+    extra = {"critic": KeySpec((2,), "float32", "privileged value labels"), "label": KeySpec((), "int64", "class")}
+    store = _rich_store(tmp_path / "s.zarr", [3, 5], extra_schema=extra)
+    sampler = SequenceSampler(store, n_obs_steps=2, horizon=4, n_action_steps=2, split="all", train_keys=["critic", "label"])
+    assert "critic" not in sampler.keys and "label" not in sampler.keys  # default obs keys leave them out
+    for i in range(len(sampler)):
+        item = sampler[i]
+        assert set(item["train"]) == {"critic", "label"} and not {"critic", "label"} & set(item["obs"])
+        assert item["train"]["critic"].shape == (4, 2) and item["train"]["label"].shape == (4,)
+        # synthetic values encode (episode, step) identically for every low-dim key: same rows as the action
+        np.testing.assert_array_equal(item["train"]["critic"], item["action"])
+        np.testing.assert_array_equal(item["train"]["label"], item["action"][:, 0].astype(np.int64))
+    batch = sampler.sample_batch([0, 4])
+    np.testing.assert_array_equal(batch["train"]["critic"], batch["action"])
+    item = SequenceDataset(sampler)[0]
+    assert item["train"]["critic"].dtype == torch.float32 and item["train"]["label"].dtype == torch.int64
+    with pytest.raises(ValueError, match=r"train_keys \['state'\] are also observation"):
+        SequenceSampler(store, keys=["state"], train_keys=["state"])
+    with pytest.raises(ValueError, match=r"train_keys \['critic'\] are also observation/goal"):
+        SequenceSampler(store, keys=["state"], goal_keys=["critic"], train_keys=["critic"])
+    with pytest.raises(KeyError, match="key 'nope' is not in store"):
+        SequenceSampler(store, keys=["state"], train_keys=["nope"])
+
+
+def test_text_keys_phase_reasoning_language(tmp_path):
+    store = _rich_store(tmp_path / "s.zarr", [6, 9])
+    sampler = SequenceSampler(store, keys=["state"], n_obs_steps=2, horizon=4, n_action_steps=2, split="all",
+                              text_keys=["phase", "reasoning", "language"])
+    phases = store.array("phase")[: store.n_steps]
+    seen = set()
+    for i in range(len(sampler)):
+        ep, t0 = sampler.window(i)
+        item = sampler[i]
+        newest = sampler.episode_starts[ep] + t0 + 1
+        assert item["text"] == {"phase": PHASES[phases[newest]], "reasoning": f"reach; grasp; lift ({ep})",
+                                "language": f"task {ep}"}
+        assert "language" not in item["obs"]
+        seen.add(item["text"]["phase"])
+    assert seen == set(PHASES)
+    idx = np.arange(len(sampler))
+    batch = sampler.sample_batch(idx)
+    assert batch["text"]["phase"] == [sampler[i]["text"]["phase"] for i in idx]
+    assert batch["text"]["language"] == [f"task {e}" for e in batch["episode"]]
+    b = next(iter(DataLoader(SequenceDataset(sampler), batch_size=5, shuffle=False)))
+    assert b["text"]["phase"] == batch["text"]["phase"][:5] and b["text"]["reasoning"] == batch["text"]["reasoning"][:5]
+
+
+def test_text_keys_clear_errors(tmp_path, store):
+    import zarr
+
+    with pytest.raises(ValueError, match=r"text_keys \['goal'\] are not supported"):
+        SequenceSampler(store, keys=["state"], text_keys=["goal"])
+    with pytest.raises(KeyError, match="needs the store's int16 'phase' array"):
+        SequenceSampler(store, keys=["state"], text_keys=["phase"])
+    with pytest.raises(ValueError, match="have no 'reasoning' text"):
+        SequenceSampler(store, keys=["state"], text_keys=["reasoning"])
+    _rich_store(tmp_path / "r.zarr", [4, 4])
+    del zarr.open_group(str(tmp_path / "r.zarr"), mode="r+").attrs["phase_names"]
+    with pytest.raises(KeyError, match="needs the store attr 'phase_names'"):
+        SequenceSampler(EpisodeStore.open(tmp_path / "r.zarr"), keys=["state"], text_keys=["phase"])
+    schema = demo_schema(image_size=8, state_dim=2, action_dim=2)
+    with EpisodeStore.create(tmp_path / "l.zarr", schema, {"task": "t", "control_hz": 10}) as w:
+        w.append_episode(synthetic_episode(schema, 0, 4), text={"reasoning": ["reach", "grasp"]})
+    with pytest.raises(ValueError, match="episode 0's 'reasoning' text is a list, expected a string"):
+        SequenceSampler(tmp_path / "l.zarr", keys=["state"], text_keys=["reasoning"])

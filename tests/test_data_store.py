@@ -124,8 +124,15 @@ _CHILD = textwrap.dedent("""
     path, mode, ready = sys.argv[1], sys.argv[2], sys.argv[3]
     schema = demo_schema(image_size=32)
     store = EpisodeStore.create(path, schema, {"task": "t", "control_hz": 10})
+
+    def append(e, length, text, action_free):  # episodes e % 3 == 1 are action-free (video only)
+        ep = synthetic_episode(schema, e, length)
+        if action_free:
+            del ep["action"]
+        store.append_episode(ep, text=text, action_free=action_free)
+
     for e in range(3):
-        store.append_episode(synthetic_episode(schema, e, 20 + e), text={"language": f"ep {e}"})
+        append(e, 20 + e, {"language": f"ep {e}"}, e % 3 == 1)
 
     class Stall:
         # Stands in for meta/episode_ends: signals the parent, then waits to be killed.
@@ -147,10 +154,10 @@ _CHILD = textwrap.dedent("""
         open(ready, "w").close()
         e = 3
         while True:
-            store.append_episode(synthetic_episode(schema, e, 20 + e % 7), text={"language": f"ep {e}"})
+            append(e, 20 + e % 7, {"language": f"ep {e}"}, e % 3 == 1)
             e += 1
     store._ends_array = Stall(store._ends_array, mode)
-    store.append_episode(synthetic_episode(schema, 3, 40), text={"language": "never committed"})
+    append(3, 40, {"language": "never committed"}, True)  # its flag is written before the stalled commit
 """)
 
 
@@ -176,19 +183,24 @@ def test_sigkill_mid_append_keeps_committed_episodes(tmp_path, mode):
     store = EpisodeStore.open(path)
     n = store.n_episodes
     assert n >= 3 if mode == "random" else n == 3
+    np.testing.assert_array_equal(store.has_action, [e % 3 != 1 for e in range(n)])
     for e in range(n):
         expected = synthetic_episode(schema, e, 20 + (e if e < 3 else e % 7))
+        if e % 3 == 1:
+            expected["action"] = np.zeros_like(expected["action"])
         got = store.episode(e)
         for k in schema:
             np.testing.assert_array_equal(got[k], expected[k], err_msg=f"episode {e} key {k}")
         assert store.episode_text(e) == {"language": f"ep {e}"}
     if mode != "random":
         assert store.array("action").shape[0] > store.n_steps  # the partial episode's rows exist but are invisible
+        assert not zarr.open_array(str(path / "meta" / "has_action"), mode="r")[3]  # so does its (stale) flag
     # The next writer takes over: the dead writer's lock is gone, the tail is overwritten.
     with EpisodeStore.open(path, mode="a") as w:
         assert w.append_episode(synthetic_episode(schema, 100, 4)) == n
     store = EpisodeStore.open(path)
     assert store.n_episodes == n + 1
+    assert store.has_action[n]  # the stale flag of the uncommitted action-free episode was overwritten
     np.testing.assert_array_equal(store.episode(n)["state"], synthetic_episode(schema, 100, 4)["state"])
     assert store.episode_text(n) == {}
     assert validate_store(path) == []
@@ -313,3 +325,54 @@ def test_episode_index_out_of_range(tmp_path):
         store.episode(2)
     with pytest.raises(KeyError, match="key 'nope' is not in store"):
         store.episode(0, keys=["nope"])
+
+
+# ---------------------------------------------------------------------- action-free episodes
+
+
+def test_action_free_episodes_round_trip(tmp_path):
+    schema = demo_schema(image_size=8)
+    with EpisodeStore.create(tmp_path / "s.zarr", schema, ATTRS) as store:
+        for e, free in enumerate([False, True, True, False]):
+            ep = synthetic_episode(schema, e, 3 + e)
+            if free:
+                del ep["action"]
+            assert store.append_episode(ep, action_free=free) == e
+        np.testing.assert_array_equal(store.has_action, [True, False, False, True])
+    store = EpisodeStore.open(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(store.has_action, [True, False, False, True])
+    got = store.episode(1)
+    assert (got["action"] == 0).all() and got["action"].shape == (4, 7)  # finite zeros, never NaN
+    np.testing.assert_array_equal(got["state"], synthetic_episode(schema, 1, 4)["state"])
+    np.testing.assert_array_equal(store.episode(3)["action"], synthetic_episode(schema, 3, 6)["action"])
+    assert validate_store(tmp_path / "s.zarr") == []
+
+
+def test_action_free_bad_input(store8):
+    store, schema = store8
+    with pytest.raises(ValueError, match="an action-free episode must not hold 'action'"):
+        store.append_episode(_ep(schema), action_free=True)
+    ep = _ep(schema)
+    del ep["action"]
+    with pytest.raises(KeyError, match="lacks key.*'action'"):
+        store.append_episode(ep)
+    with EpisodeStore.create(store.path.parent / "a.zarr", {"action": KeySpec((2,), "float32")}, ATTRS) as only_action:
+        with pytest.raises(ValueError, match="holds only 'action'"):
+            only_action.append_episode({}, action_free=True)
+    assert store.n_episodes == 0 and len(store.has_action) == 0
+
+
+def test_store_without_action_flags_reads_all_actions_and_gains_flags_on_append(tmp_path):
+    """Stores written before action flags existed have no meta/has_action: every episode has actions; the first
+    append creates the flags, keeping the old episodes' True."""
+    import shutil
+
+    schema = demo_schema(image_size=8)
+    make_store(tmp_path / "s.zarr", [3, 4], schema=schema)
+    shutil.rmtree(tmp_path / "s.zarr" / "meta" / "has_action")
+    np.testing.assert_array_equal(EpisodeStore.open(tmp_path / "s.zarr").has_action, [True, True])
+    ep = synthetic_episode(schema, 2, 5)
+    del ep["action"]
+    with EpisodeStore.open(tmp_path / "s.zarr", mode="a") as w:
+        w.append_episode(ep, action_free=True)
+    np.testing.assert_array_equal(EpisodeStore.open(tmp_path / "s.zarr").has_action, [True, True, False])
