@@ -82,18 +82,38 @@ def make(task_cfg: Any, render_mode: str | None = None, max_episode_steps: int |
 
 
 def load_task_cfg(name: str, **overrides: Any):
-    """The packaged ``configs/task/<name>.yaml`` as an OmegaConf node (``overrides`` merged on top, dotted keys)."""
+    """The packaged ``configs/task/<name>.yaml`` as an OmegaConf node (``overrides`` merged on top, dotted keys).
+
+    A task config may inherit others of the task group through a hydra defaults list (``defaults: [lift, _drop_obs,
+    _self_]``); they are merged here in that order, as hydra's compose does, so this equals ``compose(...).task``.
+    """
+    from omegaconf import OmegaConf
+
+    cfg = _compose_task(name, ())
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    return cfg
+
+
+def _compose_task(name: str, chain: tuple[str, ...]):
     from importlib import resources
 
     from omegaconf import OmegaConf
 
-    path = resources.files("vmp.configs").joinpath("task", f"{name}.yaml")
+    group = resources.files("vmp.configs").joinpath("task")
+    path = group.joinpath(f"{name}.yaml")
     if not path.is_file():
-        known = sorted(p.name[:-5] for p in resources.files("vmp.configs").joinpath("task").iterdir() if p.name.endswith(".yaml"))
+        known = sorted(p.name[:-5] for p in group.iterdir() if p.name.endswith(".yaml") and not p.name.startswith("_"))
         raise FileNotFoundError(f"no task config configs/task/{name}.yaml; known tasks: {known}")
-    cfg = OmegaConf.create(path.read_text())
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value, force_add=True)
+    if name in chain:
+        raise ValueError(f"task config defaults form a cycle: {' -> '.join((*chain, name))}")
+    own = OmegaConf.create(path.read_text())
+    defaults = [str(d) for d in (own.pop("defaults", None) or [])]
+    if "_self_" not in defaults:
+        defaults.append("_self_")  # hydra >= 1.1: a config without _self_ in its defaults list comes after them
+    cfg = OmegaConf.create()
+    for entry in defaults:
+        cfg.merge_with(own if entry == "_self_" else _compose_task(entry, (*chain, name)))
     return cfg
 
 
