@@ -25,7 +25,7 @@ from vmp.real.engine import InferenceEngine
 from vmp.real.loop import ControlLoop, LoopConfig
 from vmp.real.safety import SafetyLayer
 from vmp.real.sim_robot import SimRobot
-from vmp.real.testing import REACH_OBS_SHAPES, ReachPolicy
+from vmp.real.testing import ReachPolicy
 
 log = logging.getLogger("vmp.bench.deploy")
 
@@ -60,7 +60,7 @@ def run(hz: float, seconds: float, switch_interval_s: float, blend: str, n_steps
     ticks = int(seconds * hz)
     env = {"target": "vmp.real.toy:ToyReachEnv", "kwargs": {"tol": 0.0, "max_episode_steps": ticks + 10}, "control_hz": hz}
     policy = BusyReachPolicy(n_steps=n_steps, width=width, n_obs_steps=2, horizon=16, seed=0, delay_s=policy_sleep_s)
-    engine = InferenceEngine(policy, REACH_OBS_SHAPES)
+    engine = InferenceEngine(policy)
     engine.warmup(engine.example_window(), n=3)
     with SimRobot(env) as robot:
         safety = SafetyLayer(robot.spec.action_low, robot.spec.action_high, max_delta=0.5, watchdog_s=1.0, hold="zero")
@@ -160,7 +160,7 @@ def seam_sweep(args: argparse.Namespace, argv: list[str] | None) -> None:
                     base = d_ticks * dt * rng.lognormal(0.0, 0.2)
                     return base * 3 if rng.random() < 0.05 else base  # occasional 3x spikes
 
-                engine = InferenceEngine(ReachPolicy(n_obs_steps=2, horizon=16, seed=i), REACH_OBS_SHAPES)
+                engine = InferenceEngine(ReachPolicy(n_obs_steps=2, horizon=16, seed=i))
                 r = replay(engine, ep, hz, blend, s, delay_s=delay)
                 sm = seam_metrics(r.commands, r.sources, 1.0, dt)
                 agg["underrun"] += r.counters.get("underrun", 0)

@@ -1,8 +1,8 @@
 """Action-chunk latency at batch 1 for every head and sampler setting, on CPU and (when present) GPU.
 
 All heads use the same encoder and comparable network sizes (the configs in configs/policy/), with freshly initialised
-weights: latency depends on the compute graph, not on the weights. Each setting: burn-in, then timed calls between
-device synchronisations. Writes results/latency_<obs>_<head>_<variant>_<device>.json (RESULTS.md format).
+weights: latency depends on the compute graph, not on the weights. Each setting: burn-in, then timed calls of the
+observation-window-to-chunk path every caller shares (`Policy.predict_window`; its host copy synchronises). Writes results/latency_<obs>_<head>_<variant>_<device>.json (RESULTS.md format).
 
 `--engine` times what `vmp-deploy` runs instead: `real.engine.InferenceEngine` (host arrays in and out; on CUDA bf16
 autocast and torch.compile in reduce-overhead mode, i.e. CUDA graphs), after its warm-up has compiled the graphs.
@@ -45,13 +45,25 @@ def build(task: str, encoder: str, head: str, overrides: dict, carp_tokenizer: s
     return build_policy(cfg), cfg
 
 
-def measure_engine(policy, cfg, device: str, repeats: int) -> tuple[list[float], str]:
+def example_window(policy, seed: int = 0) -> dict:
+    """A random observation window as an env gives it (images HWC uint8), for any head."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    window = {}
+    for key, shape in policy.obs_shapes.items():
+        full = (policy.n_obs_steps, *shape)
+        window[key] = (rng.integers(0, 256, full, dtype=np.uint8) if policy.obs_kinds[key] == "rgb"
+                       else rng.standard_normal(full).astype(np.float32))
+    return window
+
+
+def measure_engine(policy, device: str, repeats: int) -> tuple[list[float], str]:
     """Latency of `InferenceEngine.infer` (numpy window in, numpy chunk out) -> (seconds per call, variant suffix)."""
     from vmp.real.engine import InferenceEngine
 
-    shapes = {k: tuple(v.shape) for k, v in cfg.task.shape_meta.obs.items()}
-    engine = InferenceEngine(policy, shapes, device=device)
-    window = engine.example_window()
+    engine = InferenceEngine(policy, device=device)
+    window = example_window(policy)
     engine.warmup(window, n=3)
     for _ in range(repeats):
         engine.infer(window)
@@ -60,27 +72,17 @@ def measure_engine(policy, cfg, device: str, repeats: int) -> tuple[list[float],
     return [t / 1e3 for t in engine.latencies_ms], "engine" + (f" ({', '.join(features)})" if features else "")
 
 
-def measure(policy, cfg, device: str, repeats: int, burn_in: int = 5) -> list[float]:
-    import torch
-
+def measure(policy, device: str, repeats: int, burn_in: int = 5) -> list[float]:
+    """Seconds per `Policy.predict_window` call (observation window in, chunk out: what `vmp-eval` runs). Its host
+    copy of the chunk synchronises the device."""
     policy = policy.to(device).eval()
-    obs = {}
-    for key, meta in cfg.task.shape_meta.obs.items():
-        shape = (1, policy.n_obs_steps, *meta.shape)
-        if meta.get("type") == "rgb":
-            obs[key] = torch.randint(0, 255, shape, dtype=torch.uint8, device=device).permute(0, 1, 4, 2, 3).contiguous()
-        else:
-            obs[key] = torch.randn(shape, device=device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    window = example_window(policy)
     times = []
-    with torch.inference_mode():
-        for i in range(burn_in + repeats):
-            sync()
-            start = time.perf_counter()
-            policy.predict_action_chunk(obs)
-            sync()
-            if i >= burn_in:
-                times.append(time.perf_counter() - start)
+    for i in range(burn_in + repeats):
+        start = time.perf_counter()
+        policy.predict_window(window)
+        if i >= burn_in:
+            times.append(time.perf_counter() - start)
     return times
 
 
@@ -115,10 +117,10 @@ def main(argv: list[str] | None = None) -> None:
             if args.engine:
                 command += f" --heads {head} --variants '{variant}' --engine"
                 slug += "_engine"
-                times, suffix = measure_engine(policy, cfg, args.device, args.repeats)
+                times, suffix = measure_engine(policy, args.device, args.repeats)
                 variant = f"{variant}, {suffix}"
             else:
-                times = measure(policy, cfg, args.device, args.repeats)
+                times = measure(policy, args.device, args.repeats)
             stats = percentiles_ms(times)
             stats.update(batch=1, horizon=policy.horizon, n_params=sum(p.numel() for p in policy.parameters()),
                          host_load_1m=round(os.getloadavg()[0], 2))

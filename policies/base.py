@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from vmp.data.schema import LANGUAGE_KEY  # obs[LANGUAGE_KEY]: the instruction of each row of a batch, B strings
+from vmp.data.schema import KeySpec, key_kind
 
 
 @dataclasses.dataclass
@@ -38,6 +39,46 @@ class DiffusionHeadConfig:
     goal_dropout: float = 0.0
 
 
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a head does beyond observation -> chunk, declared on its class so callers never inspect signatures.
+
+    prefix: `predict` takes ``prefix`` [B, L, A] and ``prefix_weights`` [L] (real-time chunking inpaints the chunk's
+    start). instruction: the head always needs an instruction (language-conditioned by design; heads whose task
+    config adds an instruction token need one too, see `Policy.needs_instruction`). extras: names of the
+    `Prediction.extras` it returns (see `EXTRAS`). context: it keeps a context that `refresh_context` renews every
+    ``context_every`` control steps, apart from the fast action step.
+    """
+
+    prefix: bool = False
+    instruction: bool = False
+    extras: tuple[str, ...] = ()
+    context: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.extras) - set(EXTRAS))
+        if unknown:
+            raise ValueError(f"unknown extras {unknown}; known: {sorted(EXTRAS)}")
+
+
+# The named extras a head may return beside its chunk, batched like it ([B, ...] / B strings).
+EXTRAS = {
+    "future_frames": "uint8 [B, F, H, W, 3]: predicted future camera frames",
+    "candidates": "float32 [B, N, horizon, D]: sampled candidate trajectories",
+    "candidate_scores": "float32 [B, N]: a critic's score per candidate (the chosen one is the chunk)",
+    "reasoning": "B strings: generated reasoning text",
+}
+
+
+@dataclasses.dataclass
+class Prediction:
+    """A chunk and the named extras that came with it. Batched tensors from `Policy.predict`; one row of numpy
+    arrays (actions [horizon, action_dim] float32) from `Policy.predict_window`."""
+
+    actions: Any
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 class Policy(nn.Module, abc.ABC):
     """Base class for every head.
 
@@ -45,11 +86,17 @@ class Policy(nn.Module, abc.ABC):
     ``action`` [B, horizon, action_dim] (raw, unnormalized), ``action_is_pad`` [B, horizon] bool,
     optional ``goal`` {key: [B, *shape]}; a language-conditioned policy also reads ``obs["language"]`` (B strings).
     The normalizer is a submodule, so it ships in checkpoints.
+
+    Callers at run time (`select_action`, the deployment engine, `vmp-eval`, the latency benchmark) go through one
+    path, `predict_window`: an observation window as envs and robots give it (numpy, images HWC) -> `window_to_batch`
+    (the layout conversion the training data uses) -> `predict` -> one row of numpy arrays, checked.
     """
 
     name: str = ""
+    capabilities: Capabilities = Capabilities()
 
-    def __init__(self, n_obs_steps: int, horizon: int, n_action_steps: int, action_dim: int):
+    def __init__(self, n_obs_steps: int, horizon: int, n_action_steps: int, action_dim: int,
+                 obs_shapes: dict[str, tuple[int, ...]] | None = None, obs_kinds: dict[str, str] | None = None):
         super().__init__()
         if not 1 <= n_obs_steps <= horizon:
             raise ValueError(f"n_obs_steps must be in [1, horizon={horizon}], got {n_obs_steps}")
@@ -58,10 +105,18 @@ class Policy(nn.Module, abc.ABC):
                 f"n_action_steps must be in [1, horizon - n_obs_steps + 1 = {horizon - n_obs_steps + 1}], got {n_action_steps}"
             )
         self.n_obs_steps, self.horizon, self.n_action_steps, self.action_dim = n_obs_steps, horizon, n_action_steps, action_dim
+        # {key: per-step shape as envs give it (images HWC)}: what `window_to_batch` checks and converts
+        self.obs_shapes = {k: tuple(int(d) for d in v) for k, v in (obs_shapes or {}).items()}
+        # {key: rgb | depth | low_dim}; by default inferred from the key's name and shape as stores do
+        self.obs_kinds = {k: (obs_kinds or {}).get(k) or key_kind(k, KeySpec(s, "float32")) for k, s in self.obs_shapes.items()}
+        self.context_every = 0  # > 0 with capabilities.context: refresh the slow context every this many steps
         self._obs_history: collections.deque = collections.deque(maxlen=n_obs_steps)
         self._action_queue: collections.deque = collections.deque()
         self._goal: dict[str, np.ndarray] | None = None
         self._language: str | None = None
+        self._step = 0
+        self._context_step: int | None = None
+        self.last_extras: dict[str, Any] = {}
         self.inference_times_ms: list[float] = []
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -73,19 +128,40 @@ class Policy(nn.Module, abc.ABC):
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Training loss; the dict holds ``loss`` (the scalar to minimise) and any scalars worth logging."""
 
+    @classmethod
+    def batch_requirements(cls, config: Any, task: Any) -> dict[str, Any]:
+        """What this head trains on beyond observations and actions, as `SequenceSampler` settings: ``future_keys``
+        and ``future_offsets`` (predicted frames), ``train_keys`` (training-only targets that reach the loss and never
+        the policy at run time), ``text_keys`` (per-step text such as the expert's phase and reasoning)."""
+        return {}
+
     @abc.abstractmethod
     def predict_action_chunk(
         self, obs: dict[str, torch.Tensor], goal: dict[str, torch.Tensor] | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """obs {key: [B, n_obs_steps, *shape]} (raw) -> actions [B, horizon, action_dim] (unnormalized)."""
+        """The fast path: obs {key: [B, n_obs_steps, *shape]} (raw, training layout) -> actions [B, horizon,
+        action_dim] (unnormalized). Heads with ``capabilities.prefix`` also take ``prefix`` and ``prefix_weights``."""
+
+    def predict(self, obs: dict[str, torch.Tensor], goal: dict[str, torch.Tensor] | None = None,
+                generator: torch.Generator | None = None, **kwargs: Any) -> Prediction:
+        """The chunk plus the named extras the head produces (`EXTRAS`). Heads with extras override this; the
+        default is the fast path with none. ``kwargs``: ``prefix``/``prefix_weights`` for prefix-capable heads."""
+        return Prediction(self.predict_action_chunk(obs, goal, generator, **kwargs))
+
+    def refresh_context(self, obs: dict[str, torch.Tensor], goal: dict[str, torch.Tensor] | None) -> None:
+        """Renew the slow context (e.g. a reasoning step) from a batch; heads with ``capabilities.context``."""
+        raise NotImplementedError(f"{self.name} declares no slow context")
 
     # ---- step-by-step control (simulation evaluation, deployment) ----
     def reset(self) -> None:
-        """Forget the observation history, queued actions, goal and instruction: call at every episode start."""
+        """Forget the observation history, queued actions, goal, instruction and context: every episode start."""
         self._obs_history.clear()
         self._action_queue.clear()
         self._goal = None
         self._language = None
+        self._step = 0
+        self._context_step = None
+        self.last_extras = {}
 
     def set_goal(self, goal: dict[str, np.ndarray] | None) -> None:
         self._goal = goal
@@ -94,44 +170,133 @@ class Policy(nn.Module, abc.ABC):
         """The episode's instruction (``info["language"]``); policies without a language branch ignore it."""
         self._language = instruction
 
-    @torch.no_grad()
+    @property
+    def needs_instruction(self) -> bool:
+        return self.capabilities.instruction
+
+    def window_to_batch(self, window: dict[str, Any], goal: dict[str, Any] | None = None, instruction: str | None = None
+                        ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+        """One observation window as envs and robots give it -> (obs, goal) batches of one, in the training layout.
+
+        window {key: [n_obs_steps, *shape]} with images HWC uint8 and depth HW; goal {key: [*shape]}. The layout
+        conversion is the one the training data goes through (`vmp.data.dataset.to_training_layout`), so what a
+        policy sees at run time is what it saw in training. Keys the policy does not use are ignored.
+        """
+        from vmp.data.dataset import to_training_layout
+
+        device = self.device
+        obs: dict[str, Any] = {}
+        for key, shape in self.obs_shapes.items():
+            if key not in window:
+                raise KeyError(f"observation window lacks key {key!r} (has {sorted(window)}); the policy needs "
+                               f"{sorted(self.obs_shapes)}")
+            a = window[key]
+            a = a.cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+            if a.shape != (self.n_obs_steps, *shape):
+                raise ValueError(f"observation {key!r}: expected shape {(self.n_obs_steps, *shape)} "
+                                 f"[n_obs_steps, *shape], got {a.shape}")
+            obs[key] = to_training_layout(a[None], self.obs_kinds[key]).to(device).contiguous()
+        if instruction is None and self.needs_instruction:
+            raise KeyError(f"the {self.name} policy is language-conditioned: give it an instruction "
+                           f"(set_language(text), vmp-deploy instruction=...)")
+        if instruction is not None:
+            obs[LANGUAGE_KEY] = [instruction]
+        goal_batch = None
+        if goal is not None:
+            goal_batch = {k: torch.as_tensor(np.asarray(v), device=device).unsqueeze(0) for k, v in goal.items()}
+        return obs, goal_batch
+
+    def predict_window(self, window: dict[str, Any], goal: dict[str, Any] | None = None, instruction: str | None = None,
+                       step: int = 0, prefix: np.ndarray | None = None, prefix_weights: np.ndarray | None = None,
+                       generator: torch.Generator | None = None, forward: Any = None) -> Prediction:
+        """The one path from an observation window to a chunk: -> Prediction(actions [horizon, action_dim] float32
+        numpy in raw units, extras as numpy / str, batch row 0).
+
+        step: the control step of the window's newest observation (the slow context is refreshed from it every
+        ``context_every`` steps). prefix [L, A] / prefix_weights [L] reach heads with ``capabilities.prefix`` and
+        are ignored by the others. forward: what runs the head (default `predict`; the deployment engine passes
+        its compiled version).
+        """
+        obs, goal_batch = self.window_to_batch(window, goal, instruction)
+        kwargs: dict[str, Any] = {}
+        if prefix is not None and self.capabilities.prefix:
+            kwargs["prefix"] = torch.as_tensor(np.asarray(prefix, np.float32), device=self.device).unsqueeze(0)
+            kwargs["prefix_weights"] = torch.as_tensor(np.asarray(prefix_weights, np.float32), device=self.device)
+        with torch.inference_mode():
+            if self.capabilities.context and self.context_every > 0 and (
+                    self._context_step is None or step - self._context_step >= self.context_every):
+                self.refresh_context(obs, goal_batch)
+                self._context_step = step
+            pred = (forward or self.predict)(obs, goal_batch, generator, **kwargs)
+        actions = pred.actions[0].float().cpu().numpy()
+        if actions.shape != (self.horizon, self.action_dim):
+            raise ValueError(f"{self.name} returned a chunk of shape {actions.shape}, expected "
+                             f"{(self.horizon, self.action_dim)} [horizon, action_dim]")
+        if not np.isfinite(actions).all():
+            raise FloatingPointError(f"{self.name} predicted a non-finite action chunk")
+        return Prediction(actions, {k: _first_row(v) for k, v in pred.extras.items()})
+
     def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """One env step: append ``obs`` (unbatched, raw), return the next action [action_dim].
 
         A new chunk is predicted when the queue is empty; the first step's observation is repeated to fill
-        the history (the same edge padding the sampler uses in training).
+        the history (the same edge padding the sampler uses in training). Its extras stay in `last_extras`.
         """
         self._obs_history.append(obs)
         while len(self._obs_history) < self.n_obs_steps:
             self._obs_history.appendleft(self._obs_history[0])
         if not self._action_queue:
-            device = self.device
-            window = self.env_obs_to_batch(
-                {k: torch.as_tensor(np.stack([o[k] for o in self._obs_history]), device=device).unsqueeze(0)
-                 for k in self._obs_history[-1]}
-            )
-            if self._language is not None:
-                window[LANGUAGE_KEY] = [self._language]
-            goal = None
-            if self._goal is not None:
-                goal = {k: torch.as_tensor(np.asarray(v), device=device).unsqueeze(0) for k, v in self._goal.items()}
+            window = {k: np.stack([o[k] for o in self._obs_history]) for k in self.obs_shapes}
             start = time.perf_counter()
-            chunk = self.predict_action_chunk(window, goal=goal)
+            pred = self.predict_window(window, self._goal, self._language, step=self._step)
             self.inference_times_ms.append((time.perf_counter() - start) * 1e3)
-            chunk = chunk[0].float().cpu().numpy()
-            if not np.isfinite(chunk).all():
-                raise FloatingPointError(f"{self.name} predicted a non-finite action chunk")
+            self.last_extras = pred.extras
             first = self.n_obs_steps - 1
-            self._action_queue.extend(chunk[first : first + self.n_action_steps])
+            self._action_queue.extend(pred.actions[first : first + self.n_action_steps])
+        self._step += 1
         return self._action_queue.popleft()
-
-    def env_obs_to_batch(self, window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Observations as environments and robots give them -> the layout training batches use. Identity here."""
-        return window
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+def _first_row(value: Any) -> Any:
+    """Row 0 of a batched extra: a string from a list of B strings, else a numpy array (floats as float32)."""
+    if isinstance(value, (list, tuple)):
+        return value[0]
+    value = value[0].detach()
+    return (value.float() if value.is_floating_point() else value).cpu().numpy()
+
+
+class StageOneModel(nn.Module, abc.ABC):
+    """A model that a head is built on, trained by `vmp-train` but never acting (CARP's action tokenizer; PAD's image
+    autoencoder). Built from (config, normalizer, action_dim); batches as for `Policy.compute_loss`.
+
+    ``reads_obs`` False: the trainer samples actions only (no image reads for an action tokenizer).
+    """
+
+    name: str = ""
+    config_class: Any = None
+    reads_obs: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not abc.ABC in cls.__bases__ and not (cls.name and cls.config_class):
+            raise TypeError(f"{cls.__name__} must set class attributes `name` and `config_class`")
+
+    @abc.abstractmethod
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Training loss; ``loss`` plus any scalars worth logging."""
+
+    @classmethod
+    def batch_requirements(cls, config: Any, task: Any) -> dict[str, Any]:
+        """`SequenceSampler` settings beyond observations and actions (see `Policy.batch_requirements`)."""
+        return {}
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """DistributedDataParallel calls forward: it is the training loss."""
+        return self.compute_loss(batch)
 
 
 class ConditionalPolicy(Policy, abc.ABC):
@@ -144,13 +309,18 @@ class ConditionalPolicy(Policy, abc.ABC):
     """
 
     def __init__(self, config: Any, encoder: nn.Module, normalizer: nn.Module, action_dim: int):
-        super().__init__(config.n_obs_steps, config.horizon, config.n_action_steps, action_dim)
+        super().__init__(config.n_obs_steps, config.horizon, config.n_action_steps, action_dim,
+                         obs_shapes=encoder.shapes, obs_kinds=encoder.kinds)
         self.config = config
         self.encoder = encoder
         self.normalizer = normalizer
         if encoder.n_obs_steps != config.n_obs_steps:
             raise ValueError(f"encoder built for n_obs_steps={encoder.n_obs_steps}, head for {config.n_obs_steps}")
         self.null_goal = nn.Parameter(torch.zeros(1, 1, encoder.d_model)) if encoder.goal_keys else None
+
+    @property
+    def needs_instruction(self) -> bool:
+        return self.capabilities.instruction or self.encoder.text is not None
 
     def condition(
         self,
@@ -196,14 +366,6 @@ class ConditionalPolicy(Policy, abc.ABC):
         if self.null_goal is not None:
             drop_goal = torch.rand(actions.shape[0], device=actions.device) < getattr(self.config, "goal_dropout", 0.0)
         return actions, self.condition(batch["obs"], batch.get("goal"), drop_goal)
-
-    def env_obs_to_batch(self, window: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """RGB images arrive HWC (as stored and rendered) and are fed CHW: [B, T, H, W, C] -> [B, T, C, H, W]."""
-        out = dict(window)
-        for key, net in self.encoder.images.items():
-            if net.obs_type == "rgb" and key in out and out[key].shape[-1] == net.in_channels:
-                out[key] = out[key].permute(0, 1, 4, 2, 3)
-        return out
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """DistributedDataParallel calls forward: it is the training loss."""

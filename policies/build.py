@@ -7,7 +7,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vmp.data import Normalizer
-from vmp.policies.base import Policy
+from vmp.policies.base import Policy, StageOneModel
 from vmp.policies.encoders import ObsEncoder
 from vmp.policies.heads import HEADS
 
@@ -43,12 +43,17 @@ def normalizer_shapes(cfg: DictConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def build_policy(cfg: DictConfig, normalizer: Normalizer | None = None) -> Policy:
-    """A fresh policy. Without a normalizer an empty one is made (its statistics come with `load_state_dict`)."""
+def build_model(cfg: DictConfig, normalizer: Normalizer | None = None) -> Policy | StageOneModel:
+    """A fresh head, or stage-one model, from a training config. Without a normalizer an empty one is made (its
+    statistics come with `load_state_dict`)."""
     config = head_config(cfg)
     if normalizer is None:
         normalizer = Normalizer.empty(normalizer_shapes(cfg), normalizer_modes(cfg))
     shape_meta: Any = OmegaConf.to_container(cfg.task.shape_meta, resolve=True)
+    action_dim = shape_meta["action"]["shape"][0]
+    cls = HEADS[cfg.policy.name]
+    if issubclass(cls, StageOneModel):
+        return cls(config, normalizer, action_dim=action_dim)
     encoder = ObsEncoder(
         shape_meta,
         config.n_obs_steps,
@@ -57,4 +62,12 @@ def build_policy(cfg: DictConfig, normalizer: Normalizer | None = None) -> Polic
         language=bool(cfg.task.get("language_conditioned", False)),
         **OmegaConf.to_container(cfg.encoder, resolve=True),
     )
-    return HEADS[cfg.policy.name](config, encoder, normalizer, action_dim=shape_meta["action"]["shape"][0])
+    return cls(config, encoder, normalizer, action_dim=action_dim)
+
+
+def build_policy(cfg: DictConfig, normalizer: Normalizer | None = None) -> Policy:
+    """`build_model` for configs that name a policy; a stage-one model is refused by name."""
+    model = build_model(cfg, normalizer)
+    if not isinstance(model, Policy):
+        raise TypeError(f"policy.name={cfg.policy.name!r} is a stage-one model ({type(model).__name__}), not a policy")
+    return model

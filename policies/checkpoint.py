@@ -56,15 +56,15 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
-def load_policy(path: str | Path, device: str | torch.device = "cpu", overrides: dict[str, Any] | None = None,
-                use_ema: bool = True):
-    """-> (policy in eval mode with EMA weights when present, training cfg).
+def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: dict[str, Any] | None = None,
+               use_ema: bool = True):
+    """-> (head or stage-one model in eval mode with EMA weights when present, training cfg).
 
     overrides: inference-time head settings, e.g. {"sampler": "dpmpp_2m", "n_steps": 5, "guidance_weight": 1.5}.
     """
     from diffusers.training_utils import EMAModel
 
-    from vmp.policies.build import build_policy
+    from vmp.policies.build import build_model
 
     payload = read_checkpoint(path)
     cfg: DictConfig = OmegaConf.create(payload["cfg"])
@@ -72,12 +72,25 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", overrides:
         if key not in cfg.policy:
             raise KeyError(f"{key!r} is not a setting of the {cfg.policy.name} head; its settings: {sorted(cfg.policy)}")
         cfg.policy[key] = value
-    policy = build_policy(cfg)
-    missing, unexpected = policy.load_state_dict(payload["policy"], strict=False)
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(payload["policy"], strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: checkpoint does not match the {cfg.policy.name} head: missing {missing}, unexpected {unexpected}")
     if use_ema and payload.get("ema") is not None:
-        ema = EMAModel(policy.parameters())
+        ema = EMAModel(model.parameters())
         ema.load_state_dict(payload["ema"])
-        ema.copy_to(policy.parameters())
-    return policy.to(device).eval(), cfg
+        ema.copy_to(model.parameters())
+    return model.to(device).eval(), cfg
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu", overrides: dict[str, Any] | None = None,
+                use_ema: bool = True):
+    """`load_model` for callers that act (vmp-eval, vmp-deploy): a stage-one checkpoint is refused by name."""
+    from vmp.policies.base import Policy
+
+    model, cfg = load_model(path, device, overrides, use_ema)
+    if not isinstance(model, Policy):
+        raise ValueError(f"{path} holds {cfg.policy.name!r}, a stage-one model ({type(model).__name__}) that never acts; "
+                         f"evaluate or deploy the policy trained on it (e.g. vmp-train policy=carp "
+                         f"policy.tokenizer_checkpoint={path})")
+    return model, cfg

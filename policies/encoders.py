@@ -104,7 +104,8 @@ class ObsEncoder(nn.Module):
         self.lowdim_keys = sorted(k for k, m in obs_meta.items() if m.get("type", "low_dim") == "low_dim")
         self.image_keys = sorted(k for k, m in obs_meta.items() if m.get("type") in ("rgb", "depth"))
         self.goal_keys = sorted(goal_keys)
-        self.shapes = {k: tuple(obs_meta[k]["shape"]) for k in obs_meta}
+        self.shapes = {k: tuple(obs_meta[k]["shape"]) for k in obs_meta}  # per step, as stored (images HWC)
+        self.kinds = {k: obs_meta[k].get("type", "low_dim") for k in obs_meta}
         for key in self.goal_keys:
             if key not in self.shapes or key not in self.lowdim_keys:
                 raise ValueError(f"goal key {key!r} must be a low_dim key of shape_meta.obs; low_dim keys: {self.lowdim_keys}")

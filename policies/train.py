@@ -102,7 +102,7 @@ def train(cfg: DictConfig) -> Path:
     from tqdm import tqdm
 
     from vmp.data import EpisodeStore, Normalizer, SequenceDataset, SequenceSampler
-    from vmp.policies.build import build_policy, normalizer_modes
+    from vmp.policies.build import build_model, normalizer_modes
     from vmp.policies.checkpoint import git_revision, read_checkpoint, save_checkpoint
 
     tcfg = cfg.training
@@ -121,17 +121,33 @@ def train(cfg: DictConfig) -> Path:
     ckpt_path = run_dir / "checkpoints" / "latest.pt"
 
     # ---- data ----
+    from vmp.data.dataset import MixedSequenceDataset
+    from vmp.policies.heads import HEADS
+
     store = EpisodeStore.open(cfg.store)
-    obs_keys = list(cfg.task.shape_meta.obs.keys())
+    head_cls = HEADS.get(cfg.policy.name)
+    reads_obs = getattr(head_cls, "reads_obs", True)  # an action tokenizer samples actions only
+    obs_keys = list(cfg.task.shape_meta.obs.keys()) if reads_obs else []
     goal_keys = list(cfg.task.get("goal_keys") or [])
     head_cfg = cfg.policy
     sampler_kwargs = dict(
         keys=obs_keys, n_obs_steps=head_cfg.n_obs_steps, horizon=head_cfg.horizon, n_action_steps=head_cfg.n_action_steps,
         val_ratio=tcfg.val_ratio, seed=cfg.seed, goal_keys=goal_keys or None, goal_mode=tcfg.goal_mode,
         language=bool(cfg.task.get("language_conditioned", False)),
+        # what else the head trains on: future frames, training-only targets, per-step text
+        **(head_cls.batch_requirements(head_cfg, cfg.task) if head_cls is not None else {}),
     )
     train_set = SequenceDataset(SequenceSampler(store, split="train", **sampler_kwargs))
+    stats_sampler = train_set.sampler
     val_set = SequenceDataset(SequenceSampler(store, split="val", **sampler_kwargs)) if tcfg.val_ratio > 0 else None
+    if cfg.get("mix"):  # further stores in the same run (e.g. action-free video), weighted against the main one
+        members, weights = [train_set], [1.0]
+        for i, entry in enumerate(cfg.mix):
+            if entry.get("store") is None or entry.get("weight") is None:
+                raise ValueError(f"mix[{i}] must give `store` and `weight`, got {OmegaConf.to_container(entry)}")
+            members.append(SequenceDataset(SequenceSampler(str(entry.store), split="train", **sampler_kwargs)))
+            weights.append(float(entry.weight))
+        train_set = MixedSequenceDataset(members, weights, seed=cfg.seed)
     if len(train_set) < tcfg.batch_size * world:
         raise ValueError(f"{cfg.store}: {len(train_set)} training windows, fewer than one batch of {tcfg.batch_size} x {world} ranks")
     batches_per_epoch = len(train_set) // (tcfg.batch_size * world)
@@ -146,8 +162,12 @@ def train(cfg: DictConfig) -> Path:
 
     # ---- model, optimizer, EMA ----
     torch.manual_seed(cfg.seed)
-    normalizer = Normalizer.from_store(store, normalizer_modes(cfg))
-    policy = build_policy(cfg, normalizer).to(device)
+    # Statistics from the main store's training split (actions: only episodes that have them): validation episodes
+    # must not leak into what the model is given.
+    modes = normalizer_modes(cfg)
+    normalizer = Normalizer.from_store(store, modes, episodes={k: stats_sampler.stats_episodes(k) if k in stats_sampler.kinds
+                                                            else stats_sampler.train_episodes for k in modes})
+    policy = build_model(cfg, normalizer).to(device)
     decay, no_decay = [], []
     for name, p in policy.named_parameters():
         if p.requires_grad:

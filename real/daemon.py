@@ -33,12 +33,9 @@ def build_engine(cfg: DictConfig):
         engine, train_cfg = InferenceEngine.from_checkpoint(str(cfg.checkpoint), device=cfg.device, **kw)
         return engine, train_cfg.task, str(train_cfg.policy.get("name", "policy"))
     if cfg.policy is None:
-        raise ValueError("vmp-deploy needs checkpoint=PATH (or a `policy` node with policy_obs_shapes)")
-    if cfg.policy_obs_shapes is None:
-        raise KeyError("deploy config: `policy` is set but `policy_obs_shapes` ({key: shape}) is missing")
+        raise ValueError("vmp-deploy needs checkpoint=PATH (or a `policy` node: a Policy built directly)")
     policy = hydra.utils.instantiate(cfg.policy)
-    shapes = {k: tuple(v) for k, v in cfg.policy_obs_shapes.items()}
-    return InferenceEngine(policy, shapes, device=cfg.device, **kw), None, getattr(policy, "name", "policy")
+    return InferenceEngine(policy, device=cfg.device, **kw), None, getattr(policy, "name", "policy")
 
 
 def build_robot(rcfg: DictConfig, task_cfg: Any):

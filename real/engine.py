@@ -1,12 +1,13 @@
-"""InferenceEngine: one checkpoint's policy behind ``infer(obs_window) -> chunk``, warmed up, timed.
+"""InferenceEngine: one checkpoint's policy behind ``infer(obs_window) -> Prediction``, warmed up, timed.
 
-On CUDA it runs under bf16 autocast and, where asked, ``torch.compile`` (``reduce-overhead`` mode captures CUDA
-graphs); on CPU the same code path runs in float32 eager. A compile failure falls back to eager with a warning.
+It runs the policy's own window-to-chunk path (`Policy.predict_window`: the layout conversion the training data
+uses, shape checks, a finite check), so the daemon feeds a policy exactly what `vmp-eval` does. On CUDA it adds
+bf16 autocast and, where asked, ``torch.compile`` of the head's fast path (``reduce-overhead`` mode captures CUDA
+graphs); on CPU the same path runs in float32 eager. A compile failure falls back to eager with a warning.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from typing import Any
@@ -14,34 +15,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from vmp.data.schema import LANGUAGE_KEY
+from vmp.policies.base import Prediction
 
 log = logging.getLogger(__name__)
 
 
 class InferenceEngine:
-    """policy: a `vmp.policies.base.Policy`; obs_shapes: {key: shape per step} the policy consumes (from the
-    checkpoint's task shape_meta); goal arrays, if any, are passed through. ``instruction``: the text a
-    language-conditioned policy follows (ignored by the others).
-    """
+    """policy: a `vmp.policies.base.Policy` (its ``obs_shapes`` say which keys and per-step shapes it consumes);
+    ``instruction``: the text a language-conditioned policy follows (ignored by the others)."""
 
-    def __init__(self, policy: Any, obs_shapes: dict[str, tuple[int, ...]], device: str = "cpu", bf16: str | bool = "auto",
-                 compile: str | bool = "auto", cuda_graphs: str | bool = "auto", seed: int = 0):
+    def __init__(self, policy: Any, device: str = "cpu", bf16: str | bool = "auto", compile: str | bool = "auto",
+                 cuda_graphs: str | bool = "auto", seed: int = 0):
         self.device = torch.device(device)
         self.policy = policy.to(self.device).eval()
-        self.obs_shapes = {k: tuple(v) for k, v in obs_shapes.items()}
+        self.obs_shapes = dict(policy.obs_shapes)
         self.n_obs_steps, self.horizon = policy.n_obs_steps, policy.horizon
         self.n_action_steps, self.action_dim = policy.n_action_steps, policy.action_dim
         cuda = self.device.type == "cuda"
         self.bf16 = cuda if bf16 == "auto" else bool(bf16)
         self.compiled = cuda if compile == "auto" else bool(compile)
         self.cuda_graphs = cuda if cuda_graphs == "auto" else bool(cuda_graphs)
-        params = inspect.signature(policy.predict_action_chunk).parameters
-        self.supports_prefix = "prefix" in params and "prefix_weights" in params
-        self._fn = policy.predict_action_chunk
+        self.supports_prefix = policy.capabilities.prefix
+        self._chunk_fn = policy.predict_action_chunk
         if self.compiled:
             mode = "reduce-overhead" if (self.cuda_graphs and cuda) else "default"
-            self._fn = torch.compile(policy.predict_action_chunk, mode=mode, dynamic=False)
+            self._chunk_fn = torch.compile(policy.predict_action_chunk, mode=mode, dynamic=False)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.latencies_ms: list[float] = []
         self.instruction: str | None = None
@@ -52,9 +50,7 @@ class InferenceEngine:
         from vmp.policies.checkpoint import load_policy
 
         policy, cfg = load_policy(path, device=device)
-        shape_meta = cfg.task.shape_meta.obs
-        obs_shapes = {k: tuple(v.shape) for k, v in shape_meta.items()}
-        return cls(policy, obs_shapes, device=device, **kwargs), cfg
+        return cls(policy, device=device, **kwargs), cfg
 
     def check_robot_keys(self, robot_obs: dict[str, tuple[tuple[int, ...], str]]) -> None:
         """Refuse a robot whose observation keys/shapes do not cover the policy's, naming them."""
@@ -69,43 +65,27 @@ class InferenceEngine:
             raise KeyError(f"checkpoint observation keys do not match the robot: {'; '.join(parts)} "
                            f"(checkpoint keys {sorted(self.obs_shapes)}, robot keys {sorted(robot_obs)})")
 
-    def _window(self, obs_window: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        out = {}
-        for k, shape in self.obs_shapes.items():
-            if k not in obs_window:
-                raise KeyError(f"observation window lacks key {k!r} (has {sorted(obs_window)})")
-            a = np.asarray(obs_window[k])
-            if a.shape != (self.n_obs_steps, *shape):
-                raise ValueError(f"observation {k!r}: expected shape {(self.n_obs_steps, *shape)} [n_obs_steps, ...], got {a.shape}")
-            out[k] = torch.as_tensor(a, device=self.device).unsqueeze(0)
-        return out
+    def reset(self) -> None:
+        """Every episode start: the policy forgets its per-episode state (history, context)."""
+        self.policy.reset()
 
-    @torch.inference_mode()
-    def infer(self, obs_window: dict[str, np.ndarray], goal: dict[str, np.ndarray] | None = None,
-              prefix: np.ndarray | None = None, prefix_weights: np.ndarray | None = None) -> np.ndarray:
-        """obs_window {key: [n_obs_steps, *shape]} -> actions [horizon, action_dim] (float32, raw units).
-
-        prefix [L, action_dim] / prefix_weights [L] (chunk coordinates) go to heads that accept them.
-        """
-        start = time.perf_counter()
-        obs = self._window(obs_window)
-        if self.instruction is not None:
-            obs[LANGUAGE_KEY] = [self.instruction]
-        kwargs: dict[str, Any] = {"generator": self.generator}
-        if goal is not None:
-            kwargs["goal"] = {k: torch.as_tensor(np.asarray(v), device=self.device).unsqueeze(0) for k, v in goal.items()}
-        if prefix is not None and self.supports_prefix:
-            kwargs["prefix"] = torch.as_tensor(prefix, device=self.device).unsqueeze(0)
-            kwargs["prefix_weights"] = torch.as_tensor(prefix_weights, device=self.device)
+    def _forward(self, obs: dict[str, Any], goal: Any, generator: Any, **kwargs: Any) -> Prediction:
+        """The head under autocast; heads without extras take the (compiled) fast path."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            chunk = self._fn(obs, **kwargs)
-        chunk = chunk[0].float().cpu().numpy()
-        if chunk.shape != (self.horizon, self.action_dim):
-            raise ValueError(f"policy returned a chunk of shape {chunk.shape}, expected {(self.horizon, self.action_dim)}")
-        if not np.isfinite(chunk).all():
-            raise FloatingPointError("policy predicted a non-finite action chunk")
+            if self.policy.capabilities.extras:
+                return self.policy.predict(obs, goal, generator, **kwargs)
+            return Prediction(self._chunk_fn(obs, goal, generator, **kwargs))
+
+    def infer(self, obs_window: dict[str, np.ndarray], goal: dict[str, np.ndarray] | None = None,
+              prefix: np.ndarray | None = None, prefix_weights: np.ndarray | None = None, step: int = 0) -> Prediction:
+        """obs_window {key: [n_obs_steps, *shape]} as the robot gives it -> Prediction(actions [horizon, action_dim]
+        float32 in raw units, extras). prefix [L, action_dim] / prefix_weights [L] (chunk coordinates) reach heads
+        that accept them; step is the control tick of the newest observation."""
+        start = time.perf_counter()
+        pred = self.policy.predict_window(obs_window, goal, self.instruction, step=step, prefix=prefix,
+                                          prefix_weights=prefix_weights, generator=self.generator, forward=self._forward)
         self.latencies_ms.append((time.perf_counter() - start) * 1e3)
-        return chunk
+        return pred
 
     def warmup(self, obs_window: dict[str, np.ndarray], n: int = 3) -> None:
         """Run ``n`` inferences so lazy init, compilation and graph capture happen before the loop starts."""
@@ -123,8 +103,9 @@ class InferenceEngine:
             if not self.compiled:
                 raise
             log.warning("torch.compile failed (%s); falling back to eager", exc)
-            self._fn, self.compiled = self.policy.predict_action_chunk, False
+            self._chunk_fn, self.compiled = self.policy.predict_action_chunk, False
             calls()
+        self.policy.reset()
         self.latencies_ms.clear()
 
     def latency_percentiles(self) -> dict[str, float]:
@@ -135,5 +116,5 @@ class InferenceEngine:
 
     def example_window(self) -> dict[str, np.ndarray]:
         """A zero observation window of the right shapes (for warm-up). Images uint8, the rest float32."""
-        return {k: np.zeros((self.n_obs_steps, *s), np.uint8 if k.endswith("_image") else np.float32)
+        return {k: np.zeros((self.n_obs_steps, *s), np.uint8 if self.policy.obs_kinds[k] == "rgb" else np.float32)
                 for k, s in self.obs_shapes.items()}

@@ -2,8 +2,10 @@
 
 Per tick k (time t0 + k*dt): observe -> maybe start inference on the newest observation window (worker thread)
 -> take the plan's action for k -> safety -> act -> record. The worker merges a finished chunk into the plan the
-moment it is ready (under a lock), so staleness is judged at the true arrival time. The first chunk of an
-episode is computed before tick 0 (the robot is at rest then), so the loop starts with a plan.
+moment it is ready (under a lock), so staleness is judged at the true arrival time. Every episode starts with
+`engine.reset()` (the policy's per-episode state), then its first chunk is computed before tick 0 (the robot is at
+rest then), so the loop starts with a plan. Extras a head returns with its chunks (reasoning text, candidates,
+future frames) are logged, and reasoning text is recorded with the episode.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class InferenceError(RuntimeError):
 class InferenceWorker:
     """One background thread running ``engine.infer`` on the newest request; results go to ``on_chunk``."""
 
-    def __init__(self, engine: Any, on_chunk: Callable[[np.ndarray, Request, float], None], clock: RealClock):
+    def __init__(self, engine: Any, on_chunk: Callable[[Any, Request, float], None], clock: RealClock):
         self.engine, self.on_chunk, self.clock = engine, on_chunk, clock
         self._cv = threading.Condition()
         self._job: tuple[Request, dict, Any] | None = None
@@ -95,8 +97,9 @@ class InferenceWorker:
                 req, window, goal = self._job
                 self._job = None
             try:
-                chunk = self.engine.infer(window, goal=goal, prefix=req.prefix, prefix_weights=req.prefix_weights)
-                self.on_chunk(chunk, req, self.clock.now())
+                pred = self.engine.infer(window, goal=goal, prefix=req.prefix, prefix_weights=req.prefix_weights,
+                                         step=req.k_obs)
+                self.on_chunk(pred, req, self.clock.now())
             except Exception as exc:  # reported to the control loop, which stops the robot and re-raises
                 self.error = exc
             with self._cv:
@@ -155,21 +158,37 @@ class ControlLoop:
         self._chunk_id = 0
         self._episode = 0
         self._last_warn = -math.inf
+        self._texts: dict[str, list[tuple[int, str]]] = {}  # text extras of this episode: name -> [(tick, text)]
         self.last_episode: EpisodeBuffer | None = None
 
     # called from the worker thread
-    def _on_chunk(self, chunk: np.ndarray, req: Request, now: float) -> None:
+    def _on_chunk(self, pred: Any, req: Request, now: float) -> None:
         first = self.engine.n_obs_steps - 1
         with self.lock:
             if req.episode != self._episode:
                 log.warning("dropping a chunk that finished after its episode ended")
                 return
             self._chunk_id += 1
-            c = Chunk(chunk[first:], req.k_obs, req.obs_time, now, self._chunk_id, req.d_hat)
+            c = Chunk(pred.actions[first:], req.k_obs, req.obs_time, now, self._chunk_id, req.d_hat)
             stale = self.scheduler.add_chunk(c, now)
+        self._log_extras(pred.extras, req.k_obs)
         self.metrics.observe("inference_latency_seconds", now - req.obs_time, "observation-to-chunk latency")
         self.metrics.inc("chunks", help="action chunks merged into the plan")
         self.metrics.inc("stale_actions", stale, help="chunk actions dropped because their tick had passed")
+
+    def _log_extras(self, extras: dict[str, Any], tick: int) -> None:
+        """Reasoning text is logged when it changes and kept for the episode's record; arrays at debug level."""
+        for name, value in extras.items():
+            if isinstance(value, str):
+                if not self._texts.get(name) or self._texts[name][-1][1] != value:
+                    self._texts.setdefault(name, []).append((tick, value))
+                    log.info("tick %d %s: %s", tick, name, value)
+            else:
+                log.debug("tick %d %s: %s %s", tick, name, getattr(value, "dtype", type(value).__name__),
+                          getattr(value, "shape", ""))
+        if "candidate_scores" in extras:
+            self.metrics.observe("best_candidate_score", float(np.max(extras["candidate_scores"])),
+                                 "critic score of the executed candidate")
 
     def _window(self, history: collections.deque) -> dict[str, np.ndarray]:
         keys = self.engine.obs_shapes
@@ -210,12 +229,16 @@ class ControlLoop:
         with self.lock:
             self._episode += 1
         self.worker.error = None
+        self._texts = {}
         try:
+            self.engine.reset()
             obs = self.robot.reset(seed)
             history: collections.deque = collections.deque([obs.data] * self.engine.n_obs_steps, maxlen=self.engine.n_obs_steps)
             # First chunk before tick 0: the robot is at rest, nothing is late yet.
             goal = obs.goal
-            first = self.engine.infer(self._window(history), goal=goal, prefix=None, prefix_weights=None)
+            pred = self.engine.infer(self._window(history), goal=goal, step=0)
+            self._log_extras(pred.extras, 0)
+            first = pred.actions
             t0 = self.clock.now() + self.dt
             with self.lock:
                 self.scheduler.reset(t0)
@@ -297,8 +320,9 @@ class ControlLoop:
             counters.update({f"safety_{n}": v for n, v in self.safety.counters.items()})
             result = EpisodeResult(seed, success, k, reason, counters)
             if self.recorder is not None:
-                result.episode_index = self.recorder.append(buf, {**self.text, "outcome": reason, "success": success,
-                                                                 "seed": seed})
+                texts = {name: [{"tick": t, "text": v} for t, v in items] for name, items in self._texts.items()}
+                result.episode_index = self.recorder.append(buf, {**self.text, **texts, "outcome": reason,
+                                                                 "success": success, "seed": seed})
             m.inc("episodes", help="episodes run")
             if success:
                 m.inc("successes", help="episodes that reached the task's success")

@@ -35,6 +35,7 @@ def replay(engine: Any, observations: Sequence[dict[str, np.ndarray]], control_h
     sched = ActionScheduler(dt, engine.horizon, engine.n_obs_steps, exec_horizon, blend, ensemble_m, prefix_schedule,
                             epsilon_s)
     sched.reset(0.0)
+    engine.reset()
     n_obs = engine.n_obs_steps
     history: collections.deque = collections.deque([observations[0]] * n_obs, maxlen=n_obs)
     delay_fn = delay_s if callable(delay_s) else (lambda i: float(delay_s))
@@ -53,7 +54,7 @@ def replay(engine: Any, observations: Sequence[dict[str, np.ndarray]], control_h
         if not pending and sched.should_request(k):
             req = sched.make_request(k)
             window = {key: np.stack([h[key] for h in history]) for key in engine.obs_shapes}
-            out = engine.infer(window, prefix=req.prefix, prefix_weights=req.prefix_weights)
+            out = engine.infer(window, prefix=req.prefix, prefix_weights=req.prefix_weights, step=k).actions
             ready = t + max(0.0, delay_fn(n_req))
             n_req += 1
             chunk_id += 1

@@ -14,17 +14,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from vmp.policies.base import Policy
+from vmp.policies.base import Capabilities, Policy
+
+
+
+REACH_OBS_SHAPES = {"pos": (2,), "target": (2,)}
 
 
 class ReachPolicy(Policy):
     name = "synthetic_reach"
+    capabilities = Capabilities(prefix=True)
 
     def __init__(self, n_obs_steps: int = 2, horizon: int = 16, n_action_steps: int | None = None, gain: float = 4.0,
                  offset_scale: float = 0.3, delay_s: float = 0.0, stall: dict[int, float] | None = None, seed: int = 0,
-                 nan_at: int | None = None):
+                 nan_at: int | None = None, obs_shapes: dict[str, tuple[int, ...]] | None = None):
         n_action_steps = min(8, horizon - n_obs_steps + 1) if n_action_steps is None else n_action_steps
-        super().__init__(n_obs_steps, horizon, n_action_steps, 2)
+        super().__init__(n_obs_steps, horizon, n_action_steps, 2, obs_shapes=obs_shapes or REACH_OBS_SHAPES)
         self.gain, self.offset_scale, self.delay_s = gain, offset_scale, delay_s
         self.stall = dict(stall or {})
         self.nan_at = nan_at
@@ -62,10 +67,9 @@ class NoPrefixReachPolicy(ReachPolicy):
     """The same policy without the prefix keywords (heads whose sampler cannot inpaint)."""
 
     name = "synthetic_reach_noprefix"
+    capabilities = Capabilities()
 
     def predict_action_chunk(self, obs: dict[str, torch.Tensor], goal: Any = None,
                              generator: torch.Generator | None = None) -> torch.Tensor:
         return super().predict_action_chunk(obs, goal, generator)
 
-
-REACH_OBS_SHAPES = {"pos": (2,), "target": (2,)}

@@ -38,6 +38,10 @@ class ToyReachEnv(gym.Env):
             obs["camera_image"] = img
         return obs
 
+    def render(self) -> np.ndarray | None:
+        """The camera frame (None without a camera): what vmp-eval's videos show."""
+        return self._obs().get("camera_image")
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self._pos = self.np_random.uniform(-0.8, 0.8, 2).astype(np.float32)

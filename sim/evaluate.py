@@ -67,8 +67,14 @@ def _init_eval(task_cfg: dict, make_policy: Callable[[], Any], render: bool, vid
 
 
 def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False) -> dict[str, Any]:
-    """One episode of ``policy`` in ``env`` -> {success, length, return, latencies_ms, frames?}."""
+    """One episode of ``policy`` in ``env`` -> {success, length, return, latencies_ms, frames?, text?, future_frames?}.
+
+    Extras a head returns with a chunk (`Policy.last_extras`) are kept: text (reasoning) in ``text`` as
+    [{step, name, text}] whenever it changes; in a video episode, a panel under each frame draws the latest extras
+    and predicted future frames are kept per chunk as ``future_frames`` [(step, [F, H, W, 3])].
+    """
     from vmp.sim.experts.base import Expert
+    from vmp.sim.render import extras_panel
 
     obs, info = env.reset(seed=seed)
     if isinstance(policy, Expert):
@@ -81,24 +87,46 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False)
         policy.set_language(info["language"])
     times = getattr(policy, "inference_times_ms", None)
     n_times = len(times) if times is not None else 0
-    frames = [_frame(env, obs)] if record_video else None
+    panel = bool(getattr(getattr(policy, "capabilities", None), "extras", ()))  # a head that returns extras
+
+    def frame_now(extras: dict) -> np.ndarray:
+        frame = _frame(env, obs)
+        return np.concatenate([frame, extras_panel(extras, frame.shape[1])], axis=0) if panel else frame
+
+    frames = [frame_now({})] if record_video else None
+    texts: list[dict[str, Any]] = []
+    futures: list[tuple[int, np.ndarray]] = []
+    extras, last_text = {}, {}
     total, length, success = 0.0, 0, False
     while True:
         action = np.asarray(policy.select_action(obs))
         if not np.isfinite(action).all():
             raise FloatingPointError(f"non-finite action at step {length} of seed {seed}: {action}")
+        new = getattr(policy, "last_extras", None) or {}
+        if new is not extras:  # a new chunk came with extras
+            extras = new
+            for name, value in extras.items():
+                if isinstance(value, str) and last_text.get(name) != value:
+                    texts.append({"step": length, "name": name, "text": value})
+                    last_text[name] = value
+            if record_video and "future_frames" in extras:
+                futures.append((length, np.asarray(extras["future_frames"], np.uint8)))
         obs, reward, terminated, truncated, info = env.step(action)
         total += float(reward)
         length += 1
         success = success or bool(info.get("success", False))
         if frames is not None:
-            frames.append(_frame(env, obs))
+            frames.append(frame_now(extras))
         if terminated or truncated:
             break
     out = {"seed": seed, "success": success, "length": length, "return": total,
            "latencies_ms": list(times[n_times:]) if times is not None else []}
+    if texts:
+        out["text"] = texts
     if frames is not None:
         out["frames"] = frames
+        if futures:
+            out["future_frames"] = futures
     return out
 
 
@@ -113,14 +141,23 @@ def _frame(env: Any, obs: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _run_eval(state: _EvalState, job) -> dict[str, Any]:
-    from vmp.sim.render import write_video
+    from vmp.sim.render import image_grid, write_video
 
     res = rollout_policy(state.env, state.policy, job.seed, record_video=job.record_video)
     frames = res.pop("frames", None)
+    futures = res.pop("future_frames", None)
     if frames is not None and state.video_dir is not None:
         path = Path(state.video_dir) / f"episode{job.index:03d}_seed{job.seed}.mp4"
         write_video(path, frames, fps=state.fps)
         res["video"] = str(path)
+        if futures:  # one PNG per chunk: the future the head predicted from that step
+            import imageio.v2 as imageio
+
+            grids = Path(state.video_dir) / f"episode{job.index:03d}_future_frames"
+            grids.mkdir(parents=True, exist_ok=True)
+            for step, future in futures:
+                imageio.imwrite(grids / f"step{step:04d}.png", image_grid(future))
+            res["future_frames_dir"] = str(grids)
     return res
 
 

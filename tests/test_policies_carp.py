@@ -11,8 +11,9 @@ from omegaconf import OmegaConf
 
 from vmp.data import Normalizer
 from vmp.data.testing import LIFT_LOWDIM_KEYS, make_learnable_lift_store
-from vmp.policies.build import build_policy
-from vmp.policies.checkpoint import load_policy, read_checkpoint
+from vmp.policies.base import Policy, StageOneModel
+from vmp.policies.build import build_model, build_policy
+from vmp.policies.checkpoint import load_model, load_policy, read_checkpoint
 from vmp.policies.train import train
 
 H, A = 16, 3
@@ -20,9 +21,9 @@ SCALES = [1, 2, 3, 4]
 
 
 def toy_cfg(head: str, **policy):
-    fields = {"name": head, "n_obs_steps": 2, "horizon": H, "n_action_steps": 8, "d_model": 32}
+    fields = {"name": head, "n_obs_steps": 2, "horizon": H, "n_action_steps": 8}
     if head == "carp":
-        fields.update(width=32, depth=2, n_heads=2, dropout=0.0, tokenizer_checkpoint=None,
+        fields.update(d_model=32, width=32, depth=2, n_heads=2, dropout=0.0, tokenizer_checkpoint=None,
                       tokenizer={"horizon": H, "scales": SCALES, "codebook_size": 64, "code_dim": 4, "hidden_dim": 16})
     else:
         fields.update(scales=SCALES, codebook_size=64, code_dim=4, hidden_dim=16)
@@ -44,7 +45,7 @@ def unit_normalizer():
 
 def make(head: str, **policy):
     torch.manual_seed(0)
-    return build_policy(toy_cfg(head, **policy), unit_normalizer())
+    return build_model(toy_cfg(head, **policy), unit_normalizer())
 
 
 def randomize_adaln(policy):
@@ -249,12 +250,12 @@ def test_self_correction_changes_training_inputs_only():
         make("carp", self_correction=1.5)
 
 
-def test_tokenizer_is_not_a_policy_and_settings_are_checked():
+def test_tokenizer_is_a_stage_one_model_and_settings_are_checked():
     tok = make("carp_tokenizer")
-    trainable = {name.split(".")[0] for name, p in tok.named_parameters() if p.requires_grad}
-    assert trainable == {"vq"}  # the unused observation encoder is frozen
-    with pytest.raises(TypeError, match="not a policy"):
-        tok.predict_action_chunk({"state": torch.zeros(1, 2, 2)})
+    assert isinstance(tok, StageOneModel) and not isinstance(tok, Policy) and not tok.reads_obs
+    assert {name.split(".")[0] for name, _ in tok.named_parameters()} == {"vq"}  # no observation encoder at all
+    with pytest.raises(TypeError, match="stage-one model"):
+        build_policy(toy_cfg("carp_tokenizer"), unit_normalizer())
     with pytest.raises(ValueError, match="scales"):
         make("carp_tokenizer", scales=[2, 1])
     with pytest.raises(ValueError, match="power-of-two"):
@@ -299,7 +300,9 @@ def test_vmp_train_tokenizer_then_carp_then_load_without_tokenizer_file(tmp_path
     logged = [r for r in read_metrics(tmp_path / "tok") if "recon_mse" in r]
     assert logged and all(0.0 < r["codebook_usage"] <= 1.0 and r["commit"] >= 0.0 for r in logged)
     assert logged[-1]["recon_mse"] < logged[0]["recon_mse"]
-    tok, _ = load_policy(tok_ckpt)
+    with pytest.raises(ValueError, match="stage-one model .* never acts"):
+        load_policy(tok_ckpt)  # what vmp-eval and vmp-deploy call
+    tok, _ = load_model(tok_ckpt)
 
     carp_overrides = [f"store={store}", f"policy.tokenizer_checkpoint={tok_ckpt}", "policy.d_model=32",
                       "policy.width=32", "policy.depth=2", "policy.n_heads=2",

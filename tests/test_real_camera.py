@@ -55,7 +55,7 @@ def test_camera_robot_adds_frames_and_counts_stale_ones_as_dropped(tmp_path):
     from vmp.real.loop import ControlLoop, LoopConfig
     from vmp.real.safety import SafetyLayer
     from vmp.real.sim_robot import SimRobot
-    from vmp.real.testing import REACH_OBS_SHAPES, ReachPolicy
+    from vmp.real.testing import ReachPolicy
 
     path = tmp_path / "v.avi"
     _video(path, n=20)  # 0.2 s at 100 fps, then the "camera" freezes
@@ -63,7 +63,7 @@ def test_camera_robot_adds_frames_and_counts_stale_ones_as_dropped(tmp_path):
     robot = CameraRobot(SimRobot(env), {"wrist": Camera(str(path), 16, 12, fps=100)}, max_age_s=0.05)
     spec = robot.connect()
     assert spec.obs["wrist_image"] == ((12, 16, 3), "uint8")
-    engine = InferenceEngine(ReachPolicy(), REACH_OBS_SHAPES)
+    engine = InferenceEngine(ReachPolicy())
     loop = ControlLoop(robot, engine, SafetyLayer([-1, -1], [1, 1]), LoopConfig(50, max_ticks=40, stop_on_success=False))
     try:
         res = loop.run_episode(seed=0)

@@ -13,11 +13,11 @@ from hydra import compose, initialize_config_module
 from vmp.data import EpisodeStore
 from vmp.real import daemon
 
-POLICY = ["policy={_target_:vmp.real.testing.ReachPolicy,seed:0,offset_scale:0.05}", "policy_obs_shapes={pos:[2],target:[2]}"]
+POLICY = "policy={_target_:vmp.real.testing.ReachPolicy,seed:0,offset_scale:0.05}"
 
 
 def _cfg(tmp_path, *overrides):
-    policy = POLICY[:1] if any(o.startswith("policy_obs_shapes=") for o in overrides) else POLICY
+    policy = [] if any(o.startswith("policy=") for o in overrides) else [POLICY]
     with initialize_config_module(config_module="vmp.configs", version_base=None):
         return compose("deploy", [*policy, "robot=toy", "metrics.port=0", f"record.path={tmp_path / 'rec.zarr'}",
                                   f"summary_path={tmp_path / 'summary.json'}", *overrides])
@@ -39,10 +39,10 @@ def test_runs_episodes_with_seeds_and_writes_summary(tmp_path):
 
 
 def test_mismatched_observation_keys_refused_naming_them(tmp_path):
-    cfg = _cfg(tmp_path, "policy_obs_shapes={pos:[2],gripper_qpos:[2]}")
+    cfg = _cfg(tmp_path, "policy={_target_:vmp.real.testing.ReachPolicy,obs_shapes:{pos:[2],gripper_qpos:[2]}}")
     with pytest.raises(KeyError, match="gripper_qpos"):
         daemon.run(cfg, tmp_path)
-    cfg = _cfg(tmp_path, "policy_obs_shapes={pos:[3],target:[2]}")
+    cfg = _cfg(tmp_path, "policy={_target_:vmp.real.testing.ReachPolicy,obs_shapes:{pos:[3],target:[2]}}")
     with pytest.raises(KeyError, match=r"pos: checkpoint \(3,\) vs robot \(2,\)"):
         daemon.run(cfg, tmp_path)
 
@@ -61,7 +61,7 @@ def test_reconnects_after_robot_crash_when_configured(tmp_path):
 
 def test_sigterm_mid_episode_stops_robot_and_keeps_episode(tmp_path):
     status = tmp_path / "status.json"
-    cmd = [sys.executable, "-m", "vmp.real.daemon", *POLICY, "robot=toy", "metrics.port=0", "n_episodes=3",
+    cmd = [sys.executable, "-m", "vmp.real.daemon", POLICY, "robot=toy", "metrics.port=0", "n_episodes=3",
            "robot.env.kwargs.tol=0.0", "max_ticks=100000", f"robot.status_file={status}",
            f"record.path={tmp_path / 'rec.zarr'}", f"summary_path={tmp_path / 'summary.json'}",
            f"hydra.run.dir={tmp_path / 'out'}"]
@@ -89,7 +89,7 @@ def test_sigterm_mid_episode_stops_robot_and_keeps_episode(tmp_path):
 
 
 def test_cli_refuses_mismatched_keys_with_exit_code(tmp_path):
-    cmd = [sys.executable, "-m", "vmp.real.daemon", POLICY[0], "policy_obs_shapes={pos:[2],eef_pos:[3]}", "robot=toy",
+    cmd = [sys.executable, "-m", "vmp.real.daemon", "policy={_target_:vmp.real.testing.ReachPolicy,obs_shapes:{pos:[2],eef_pos:[3]}}", "robot=toy",
            "metrics.enabled=false", "record.enabled=false", f"hydra.run.dir={tmp_path / 'out'}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 2 and "eef_pos" in out.stdout + out.stderr

@@ -11,7 +11,7 @@ from vmp.real.recorder import EpisodeRecorder
 from vmp.real.robot import RobotConnectionError
 from vmp.real.safety import SafetyLayer
 from vmp.real.sim_robot import SimRobot
-from vmp.real.testing import REACH_OBS_SHAPES, ReachPolicy
+from vmp.real.testing import ReachPolicy
 
 
 def toy(image_size=0, tol=0.0, steps=1000):
@@ -21,7 +21,7 @@ def toy(image_size=0, tol=0.0, steps=1000):
 
 def make_loop(robot, policy, low=-0.5, high=0.5, max_delta=0.2, watchdog_s=1.0, blend="none", s=3, max_ticks=60,
               recorder=None, stop_on_success=False):
-    engine = InferenceEngine(policy, REACH_OBS_SHAPES)
+    engine = InferenceEngine(policy)
     safety = SafetyLayer([low] * 2, [high] * 2, max_delta=max_delta, watchdog_s=watchdog_s, hold="zero")
     cfg = LoopConfig(control_hz=50, exec_horizon=s, blend=blend, max_ticks=max_ticks, stop_on_success=stop_on_success)
     return ControlLoop(robot, engine, safety, cfg, recorder=recorder)

@@ -10,7 +10,7 @@ import pytest
 from vmp.data import EpisodeStore, KeySpec
 from vmp.real.engine import InferenceEngine
 from vmp.real.replay import replay, seam_metrics
-from vmp.real.testing import REACH_OBS_SHAPES, ReachPolicy
+from vmp.real.testing import ReachPolicy
 from vmp.real.toy import ToyReachEnv
 
 HZ = 50.0
@@ -42,7 +42,7 @@ def recorded(tmp_path_factory):
 
 
 def _engine(seed=0, n_obs_steps=2, horizon=16):
-    return InferenceEngine(ReachPolicy(n_obs_steps=n_obs_steps, horizon=horizon, seed=seed), REACH_OBS_SHAPES)
+    return InferenceEngine(ReachPolicy(n_obs_steps=n_obs_steps, horizon=horizon, seed=seed))
 
 
 def _median_jump(episodes, scale, blend, s, delay):

@@ -1,8 +1,8 @@
 """CARP: coarse-to-fine autoregressive policy (Gong et al., 2024), two heads (METHODS.md, CARP).
 
 - `carp_tokenizer` (stage 1): the multi-scale residual action tokenizer (`vmp.policies.nn.action_vq`), trained on the
-  store's action chunks with reconstruction + VQ losses. It is a head only so that `vmp-train` trains and checkpoints it
-  like any other (normalizer included); it is not a policy and refuses `predict_action_chunk`.
+  store's action chunks with reconstruction + VQ losses. A `StageOneModel`: `vmp-train` trains and checkpoints it like
+  a head (normalizer included), but it never acts, and `vmp-eval`/`vmp-deploy` refuse its checkpoint by name.
 - `carp` (stage 2): a GPT over the token maps of all scales, conditioned on the shared encoder's observation tokens
   (in the sequence) and on one projection of all of them together (adaptive layer norm). The block-causal mask lets
   every token of scale k attend to the observation tokens and every token of scales <= k; observation tokens attend to
@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vmp.policies.base import ConditionalPolicy
+from vmp.policies.base import Capabilities, ConditionalPolicy, StageOneModel
 from vmp.policies.nn.action_vq import MultiScaleActionVQ
+from vmp.policies.nn.transformer import AdaLNSelfAttnBlock, KVCache
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ class CARPTokenizerConfig:
     n_obs_steps: int = 2
     horizon: int = 16
     n_action_steps: int = 8
-    d_model: int = 32  # width of the shared observation encoder, which the tokenizer builds but never uses
     scales: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 3, 4])
     per_dim: bool = True
     codebook_size: int = 512
@@ -83,24 +83,27 @@ def build_tokenizer(config: CARPTokenizerConfig, action_dim: int) -> MultiScaleA
     )
 
 
-class CARPTokenizerPolicy(ConditionalPolicy):
-    """Stage 1: trains the action tokenizer. Logs recon_mse, commit (the VQ loss) and codebook_usage."""
+class CARPTokenizer(StageOneModel):
+    """Stage 1: trains the action tokenizer on action chunks only. Logs recon_mse, commit (the VQ loss) and
+    codebook_usage."""
 
     name = "carp_tokenizer"
     config_class = CARPTokenizerConfig
+    reads_obs = False
 
-    def __init__(self, config: CARPTokenizerConfig, encoder, normalizer, action_dim: int):
-        super().__init__(config, encoder, normalizer, action_dim)
+    def __init__(self, config: CARPTokenizerConfig, normalizer, action_dim: int):
+        super().__init__()
+        self.config, self.normalizer, self.action_dim = config, normalizer, action_dim
         self.vq = build_tokenizer(config, action_dim)
-        # The shared plumbing builds an observation encoder; the tokenizer never uses it. Frozen, it costs the optimizer
-        # nothing and DistributedDataParallel does not wait for its (absent) gradients.
-        self.encoder.requires_grad_(False)
-        if self.null_goal is not None:
-            self.null_goal.requires_grad_(False)
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The whole chunk is reconstructed, edge padding included: CARP predicts (and so tokenizes) padded chunks too."""
         actions = self.normalizer.normalize("action", batch["action"])
+        if batch.get("has_action") is not None:  # action-free (video) samples carry no chunk to tokenize
+            actions = actions[batch["has_action"]]
+        if actions.shape[0] == 0:
+            zero = sum(p.sum() for p in self.vq.parameters()) * 0.0
+            return {"loss": zero, "recon_mse": zero.detach(), "commit": zero.detach(), "codebook_usage": zero.detach()}
         f_hat, idx_list, vq_loss = self.vq.quantize(self.vq.encode(actions))
         recon_mse = F.mse_loss(self.vq.decode(f_hat), actions)
         return {
@@ -115,12 +118,6 @@ class CARPTokenizerPolicy(ConditionalPolicy):
         """Raw actions [B, H, A] -> tokenize -> decode -> raw actions [B, H, A] (what CARP can at best reproduce)."""
         nact = self.normalizer.normalize("action", actions)
         return self.normalizer.unnormalize("action", self.vq.decode_tokens(self.vq.tokenize(nact)))
-
-    def predict_action_chunk(self, obs, goal=None, generator=None) -> torch.Tensor:
-        raise TypeError(
-            "carp_tokenizer is an action tokenizer, not a policy: train `vmp-train policy=carp "
-            "policy.tokenizer_checkpoint=<this checkpoint>` and evaluate that"
-        )
 
 
 @dataclasses.dataclass
@@ -165,52 +162,6 @@ class CARPConfig:
         self.tokenizer_config = CARPTokenizerConfig(**fields)
         if self.tokenizer_config.horizon != self.horizon:
             raise ValueError(f"policy.horizon={self.horizon} differs from policy.tokenizer.horizon={self.tokenizer_config.horizon}")
-
-
-class KVCache:
-    """Keys and values of every layer for the tokens fed so far: one (k, v) pair of [B, heads, S, head_dim] per layer."""
-
-    def __init__(self, n_layers: int):
-        self.kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
-
-    @property
-    def length(self) -> int:
-        return 0 if self.kv[0] is None else self.kv[0][0].shape[2]
-
-
-class AdaLNSelfAttnBlock(nn.Module):
-    """Pre-norm transformer block whose norms are modulated (shift, scale, gate) by a conditioning vector (adaLN-Zero:
-    gates start at zero, so every block starts as the identity)."""
-
-    def __init__(self, width: int, n_heads: int, mlp_ratio: float, dropout: float):
-        super().__init__()
-        self.n_heads = n_heads
-        self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False)
-        hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width), nn.Dropout(dropout))
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
-        nn.init.zeros_(self.ada[1].weight)
-        nn.init.zeros_(self.ada[1].bias)
-
-    def forward(self, x_BSW: torch.Tensor, c_BW: torch.Tensor, mask_SqSk: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c_BW)[:, None].chunk(6, dim=-1)
-        h = self.norm1(x_BSW) * (1 + scale1) + shift1
-        x_BSW = x_BSW + gate1 * self._attend(h, mask_SqSk, cache, layer)
-        h = self.norm2(x_BSW) * (1 + scale2) + shift2
-        return x_BSW + gate2 * self.mlp(h)
-
-    def _attend(self, h_BSW: torch.Tensor, mask_SqSk: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(h_BSW), "b s (three h d) -> three b h s d", three=3, h=self.n_heads)
-        if cache is not None:
-            if cache.kv[layer] is not None:
-                k = torch.cat([cache.kv[layer][0], k], dim=2)
-                v = torch.cat([cache.kv[layer][1], v], dim=2)
-            cache.kv[layer] = (k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_SqSk)  # no attention dropout: slow on CPU
-        return self.proj(rearrange(out, "b h s d -> b s (h d)"))
 
 
 class NextScaleTransformer(nn.Module):
@@ -318,10 +269,10 @@ class CARPPolicy(ConditionalPolicy):
                 f"policy.tokenizer_checkpoint={path!r} does not exist: train the tokenizer first "
                 "(vmp-train policy=carp_tokenizer) and point policy.tokenizer_checkpoint at its checkpoints/latest.pt"
             )
-        from vmp.policies.checkpoint import load_policy
+        from vmp.policies.checkpoint import load_model
 
-        tok, tok_cfg = load_policy(path)
-        if tok_cfg.policy.name != CARPTokenizerPolicy.name:
+        tok, tok_cfg = load_model(path)
+        if tok_cfg.policy.name != CARPTokenizer.name:
             raise ValueError(f"policy.tokenizer_checkpoint={path} holds a {tok_cfg.policy.name!r} head, not carp_tokenizer")
         for field in TOKENIZER_ARCH:
             ours, theirs = getattr(config.tokenizer_config, field), getattr(tok.config, field)
@@ -379,9 +330,13 @@ class CARPPolicy(ConditionalPolicy):
                 inputs = [self._to_inputs(x) for x in inputs]
         logits_BTGV = self.gpt(cond, inputs)
         target_BTG = torch.cat([self._to_tokens(i) for i in idx_list], dim=1)
-        loss = F.cross_entropy(logits_BTGV.flatten(0, 2), target_BTG.flatten(), label_smoothing=self.config.label_smoothing)
-        accuracy = (logits_BTGV.argmax(-1) == target_BTG).float().mean()
-        return {"loss": loss, "accuracy": accuracy.detach()}
+        ce_B = F.cross_entropy(logits_BTGV.flatten(0, 2), target_BTG.flatten(), label_smoothing=self.config.label_smoothing,
+                               reduction="none").view(target_BTG.shape[0], -1).mean(1)
+        correct_B = (logits_BTGV.argmax(-1) == target_BTG).float().flatten(1).mean(1)
+        # action-free (video) samples have no tokens to predict: weight 0
+        w_B = batch["has_action"].float() if batch.get("has_action") is not None else torch.ones_like(ce_B)
+        n = w_B.sum().clamp(min=1.0)
+        return {"loss": (ce_B * w_B).sum() / n, "accuracy": ((correct_B * w_B).sum() / n).detach()}
 
     # ---- inference ----
     def _sample(self, logits_BlGV: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
