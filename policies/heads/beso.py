@@ -5,7 +5,8 @@ Choices (see METHODS.md, BESO):
   (actions are min-max normalized to [-1, 1]). The loss is written in F-space, MSE(F, (a - c_skip x) / c_out), which is
   exactly EDM's weighted loss lambda(sigma) ||D - a||^2 with lambda = 1 / c_out^2.
 - Training sigmas come from a log-logistic (the authors' default: location ln sigma_data, scale 0.5) or log-normal
-  distribution, clipped to [sigma_min, sigma_max]. Sampling is decoupled from training: the sampler (euler = DDIM /
+  distribution truncated to [sigma_min, sigma_max] (inverse-CDF draws, not clipping: with the defaults clipping put a
+  fifth of all samples exactly at sigma_max). Sampling is decoupled from training: the sampler (euler = DDIM /
   DPM-Solver-1, euler_ancestral, dpmpp_2m), the sigma schedule (exponential, karras) and the step count (3 by default)
   are inference settings. Euler and DPM-Solver++ come from diffusers' EDM schedulers; Euler-ancestral is the k-diffusion
   update written here over the same sigmas and preconditioning (diffusers has no EDM ancestral scheduler).
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 
-from vmp.policies.base import ConditionalPolicy, DiffusionHeadConfig
+from vmp.policies.base import Capabilities, ConditionalPolicy, DiffusionHeadConfig
 from vmp.policies.nn import TransformerDenoiser
 
 SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m")
@@ -63,6 +64,7 @@ class BESOConfig(DiffusionHeadConfig):
 class BESOPolicy(ConditionalPolicy):
     name = "beso"
     config_class = BESOConfig
+    capabilities = Capabilities(prefix=True)
 
     def __init__(self, config: BESOConfig, encoder, normalizer, action_dim: int):
         super().__init__(config, encoder, normalizer, action_dim)
@@ -81,15 +83,21 @@ class BESOPolicy(ConditionalPolicy):
         return c_skip, c_out, c_in, sigma.log() / 4.0
 
     def sample_training_sigmas(self, n: int, device: torch.device) -> torch.Tensor:
+        """Draws from the noise distribution truncated to [sigma_min, sigma_max] by inverse-CDF sampling (as the
+        authors' code does): clamping instead would pile the tail's mass onto sigma_max itself."""
         cfg = self.config
+        lo, hi = math.log(cfg.sigma_min), math.log(cfg.sigma_max)
         if cfg.noise_distribution == "loglogistic":
             loc = math.log(cfg.sigma_data) if cfg.noise_loc is None else cfg.noise_loc
-            u = torch.rand(n, device=device).clamp(1e-6, 1 - 1e-6)
-            log_sigma = loc + cfg.noise_scale * (u.log() - (-u).log1p())
+            cdf = lambda x: 1.0 / (1.0 + math.exp(-(x - loc) / cfg.noise_scale))  # noqa: E731
+            u = torch.empty(n, device=device).uniform_(cdf(lo), cdf(hi))
+            log_sigma = loc + cfg.noise_scale * torch.logit(u)
         else:
             loc = -1.2 if cfg.noise_loc is None else cfg.noise_loc
-            log_sigma = loc + cfg.noise_scale * torch.randn(n, device=device)
-        return log_sigma.exp().clamp(cfg.sigma_min, cfg.sigma_max)
+            cdf = lambda x: 0.5 * (1.0 + math.erf((x - loc) / (cfg.noise_scale * math.sqrt(2.0))))  # noqa: E731
+            u = torch.empty(n, device=device).uniform_(cdf(lo), cdf(hi))
+            log_sigma = loc + cfg.noise_scale * torch.special.ndtri(u)
+        return log_sigma.clamp(lo, hi).exp()  # the clamp only absorbs float rounding at the ends
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         actions, cond = self.training_inputs(batch)
@@ -152,18 +160,19 @@ class BESOPolicy(ConditionalPolicy):
         scheduler.set_timesteps(cfg.n_steps, device=device)
         sigmas = scheduler.sigmas.to(device)
         x = torch.randn(b, self.horizon, self.action_dim, generator=generator, device=device) * sigmas[0]
+        ancestral = cfg.sampler == "euler_ancestral"
         for i, t in enumerate(scheduler.timesteps):
             sigma = sigmas[i]
-            x_in = scheduler.scale_model_input(x, t)
+            # The ancestral update is ours, so the scheduler's step counter never advances: precondition directly.
+            x_in = scheduler.precondition_inputs(x, sigma) if ancestral else scheduler.scale_model_input(x, t)
             f = self._model_output(x_in, t, cond, cond_free)
             if target_y is not None:
                 denoised = scheduler.precondition_outputs(x, f, sigma)
                 blended = target_w * target_y + (1 - target_w) * denoised
                 c_skip, c_out, _, _ = self.scalings(sigma)
                 f = (blended - c_skip * x) / c_out
-            if cfg.sampler == "euler_ancestral":
+            if ancestral:
                 x = self._ancestral_step(scheduler, x, f, sigma, sigmas[i + 1], generator)
-                scheduler._step_index += 1
             else:
                 x = scheduler.step(f, t, x, generator=generator).prev_sample
         return self.normalizer.unnormalize("action", x.clamp(-1.0, 1.0))
