@@ -111,6 +111,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     exit_error: str | None = None
+    settings: dict[str, Any] = {}  # what the run actually used (the blend may fall back), for the summary
     recorder = loop = server = None
     try:
         spec = robot.connect()
@@ -121,6 +122,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                         policy_name, cfg.blend_fallback)
             blend = str(cfg.blend_fallback)
         control_hz = float(cfg.robot.control_hz or spec.control_hz)
+        settings.update(control_hz=control_hz, blend=blend)
         max_ticks = int(cfg.max_ticks or (task_cfg.max_episode_steps if task_cfg is not None else cfg.robot.max_ticks))
         exec_horizon = int(cfg.exec_horizon) if cfg.exec_horizon is not None else int(engine.n_action_steps)
         loop_cfg = LoopConfig(control_hz, exec_horizon, blend, float(cfg.ensemble_m), str(cfg.prefix_schedule),
@@ -185,7 +187,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             server.__exit__(None, None, None)
         for s, h in previous.items():
             signal.signal(s, h)
-        summary = _summary(cfg, results, metrics, engine, stop_requested["signal"], exit_error)
+        summary = {**_summary(cfg, results, metrics, engine, stop_requested["signal"], exit_error), **settings}
         path = Path(cfg.summary_path) if cfg.summary_path else out_dir / "deploy_summary.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary, indent=2, default=float))
@@ -240,7 +242,8 @@ def _write_results(cfg: DictConfig, summary: dict, task_cfg: Any, policy_name: s
     lo, hi = wilson_interval(k, n)
     rec = {"kind": "success", "task": str(task_cfg.name) if task_cfg is not None else "-",
            "obs": str(task_cfg.obs_type) if task_cfg is not None else "-", "policy": policy_name,
-           "variant": f"vmp-deploy robot={cfg.robot.kind} blend={cfg.blend} s={cfg.exec_horizon or 'n_action_steps'}",
+           "variant": f"vmp-deploy robot={cfg.robot.kind} {summary.get('control_hz', 0):g} Hz blend={summary.get('blend', cfg.blend)} "
+                      f"s={cfg.exec_horizon or 'n_action_steps'}",
            "metrics": {"success_rate": summary["success_rate"], "ci95_low": lo, "ci95_high": hi, "n_episodes": n},
            "device": str(cfg.device), "command": "vmp-deploy " + " ".join(sys.argv[1:]),
            "git_rev": _git_rev(), "date": datetime.date.today().isoformat()}

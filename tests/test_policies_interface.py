@@ -201,6 +201,7 @@ class ProbeHead(ConditionalPolicy):
     config_class = None  # set below: a plain DiffusionHeadConfig
     seen_train: list[float] = []
     seen_obs_keys: list[set] = []
+    seen_sources: list[int] = []
 
     def __init__(self, config, encoder, normalizer, action_dim):
         super().__init__(config, encoder, normalizer, action_dim)
@@ -213,6 +214,8 @@ class ProbeHead(ConditionalPolicy):
     def compute_loss(self, batch):
         critic = batch["train"]["critic"]  # [B, horizon, 1]
         ProbeHead.seen_train.append(float(critic.float().mean()))
+        if "source" in batch:
+            ProbeHead.seen_sources.extend(batch["source"].tolist())
         actions, cond = self.training_inputs(batch)
         pred = self.out(cond.mean(1))[:, None].expand_as(actions)
         return {"loss": self.masked_mse(pred, actions + critic, batch["action_is_pad"])}
@@ -246,6 +249,19 @@ def test_training_only_key_reaches_the_loss_and_never_the_policy(tmp_path, monke
     ProbeHead.seen_obs_keys.clear()
     policy.predict_window({"pos": np.zeros((1, 2), np.float32), "critic": np.ones((1, 1), np.float32)})
     assert ProbeHead.seen_obs_keys == [{"pos"}]
+
+    # a second store with action-free episodes joins the run through `mix`, weighted 3:1 against the main one
+    video = probe_store(tmp_path / "video.zarr", action_free_episode=1)
+    cfg.mix = OmegaConf.create([{"store": str(video), "weight": 3.0}])
+    cfg.run_dir = str(tmp_path / "mixed")
+    cfg.training.steps, cfg.training.batch_size = 4, 16
+    ProbeHead.seen_sources.clear()
+    train(cfg)
+    sources = np.array(ProbeHead.seen_sources)
+    assert sources.size == 64 and 0.6 < (sources == 1).mean() < 0.9
+    cfg.mix = OmegaConf.create([{"store": str(video)}])
+    with pytest.raises(ValueError, match=r"mix\[0\] must give `store` and `weight`"):
+        train(cfg)
 
 
 def build_policy_encoder(cfg):
