@@ -5,7 +5,7 @@ weights: latency depends on the compute graph, not on the weights. Each setting:
 observation-window-to-chunk path every caller shares (`Policy.predict_window`; its host copy synchronises). Writes results/latency_<obs>_<head>_<variant>_<device>.json (RESULTS.md format).
 
 `--engine` times what `vmp-deploy` runs instead: `real.engine.InferenceEngine` (host arrays in and out; on CUDA bf16
-autocast and torch.compile in reduce-overhead mode, i.e. CUDA graphs), after its warm-up has compiled the graphs.
+autocast and each head's chunk replayed from a CUDA graph), after its warm-up has captured the graphs.
 
     vmp-bench latency [--device cuda] [--obs lowdim image] [--repeats 50] [--heads carp beso] [--variants ...] [--engine]
 """
@@ -58,8 +58,10 @@ def example_window(policy, seed: int = 0) -> dict:
     return window
 
 
-def measure_engine(policy, device: str, repeats: int) -> tuple[list[float], str]:
-    """Latency of `InferenceEngine.infer` (numpy window in, numpy chunk out) -> (seconds per call, variant suffix)."""
+def measure_engine(policy, device: str, repeats: int) -> tuple[list[float], str, dict]:
+    """Latency of `InferenceEngine.infer` (numpy window in, numpy chunk out) -> (seconds per call, variant suffix,
+    extra metrics: how many input signatures replay from CUDA graphs, and on bf16 the largest deviation of a chunk
+    from float32 on the same observation and noise)."""
     from vmp.real.engine import InferenceEngine
 
     engine = InferenceEngine(policy, device=device)
@@ -67,9 +69,28 @@ def measure_engine(policy, device: str, repeats: int) -> tuple[list[float], str]
     engine.warmup(window, n=3)
     for _ in range(repeats):
         engine.infer(window)
+    extra = {"graphs_captured": engine.captured}
+    if engine.bf16:
+        extra["bf16_max_abs_diff"] = bf16_deviation(policy, window)
     features = [name for name, on in (("bf16", engine.bf16), ("compiled", engine.compiled),
-                                      ("CUDA graphs", engine.compiled and engine.cuda_graphs)) if on]
-    return [t / 1e3 for t in engine.latencies_ms], "engine" + (f" ({', '.join(features)})" if features else "")
+                                      ("CUDA graphs", engine.captured > 0)) if on]
+    return [t / 1e3 for t in engine.latencies_ms], "engine" + (f" ({', '.join(features)})" if features else ""), extra
+
+
+def bf16_deviation(policy, window) -> float:
+    """Max |chunk_bf16 - chunk_fp32| (action units) for one observation and the same sampling noise."""
+    import torch
+
+    obs, _ = policy.window_to_batch(window)
+    kwargs = {}
+    if hasattr(policy, "sampling_noise_shape"):
+        kwargs["noise"] = torch.randn(policy.sampling_noise_shape(1), device=policy.device,
+                                      generator=torch.Generator(policy.device).manual_seed(0))
+    with torch.inference_mode():
+        fp32 = policy.predict_action_chunk(obs, **kwargs)
+        with torch.autocast(policy.device.type, dtype=torch.bfloat16):
+            bf16 = policy.predict_action_chunk(obs, **kwargs)
+    return float((bf16.float() - fp32.float()).abs().max())
 
 
 def measure(policy, device: str, repeats: int, burn_in: int = 5) -> list[float]:
@@ -117,11 +138,13 @@ def main(argv: list[str] | None = None) -> None:
             if args.engine:
                 command += f" --heads {head} --variants '{variant}' --engine"
                 slug += "_engine"
-                times, suffix = measure_engine(policy, args.device, args.repeats)
+                times, suffix, extra = measure_engine(policy, args.device, args.repeats)
                 variant = f"{variant}, {suffix}"
             else:
                 times = measure(policy, args.device, args.repeats)
             stats = percentiles_ms(times)
+            if args.engine:
+                stats.update(extra)
             stats.update(batch=1, horizon=policy.horizon, n_params=sum(p.numel() for p in policy.parameters()),
                          host_load_1m=round(os.getloadavg()[0], 2))
             rows.append((obs, head, variant, stats))

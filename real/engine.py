@@ -2,8 +2,10 @@
 
 It runs the policy's own window-to-chunk path (`Policy.predict_window`: the layout conversion the training data
 uses, shape checks, a finite check), so the daemon feeds a policy exactly what `vmp-eval` does. On CUDA it adds
-bf16 autocast and, where asked, ``torch.compile`` of the head's fast path (``reduce-overhead`` mode captures CUDA
-graphs); on CPU the same path runs in float32 eager. A compile failure falls back to eager with a warning.
+bf16 autocast and captures the head's fast path in a CUDA graph per input signature (`CapturedChunk`): at batch 1
+a chunk is dozens of small kernels, and replaying them as one graph removes their launch cost. A head that cannot
+be captured (a host synchronisation inside its sampler, say) runs eager, with a warning that names why. On CPU the
+same path runs in float32 eager. ``compile`` adds ``torch.compile`` (default mode) in front.
 """
 
 from __future__ import annotations
@@ -18,6 +20,60 @@ import torch
 from vmp.policies.base import Prediction
 
 log = logging.getLogger(__name__)
+
+
+class CapturedChunk:
+    """``fn(obs, goal, None, **kwargs)`` captured in one CUDA graph for fixed input shapes.
+
+    Inputs are copied into static buffers, the graph replays, the static output is copied out. Sampling noise
+    (``noise_shape``: what the head's ``sampling_noise_shape`` says it consumes) is drawn outside the graph into a
+    static buffer from the caller's generator, so every replay samples afresh without a generator inside the graph.
+    """
+
+    def __init__(self, fn: Any, obs: dict[str, Any], goal: dict[str, torch.Tensor] | None, kwargs: dict[str, Any],
+                 noise_shape: tuple[int, ...] | None, warmup: int = 2):
+        if any(not isinstance(v, torch.Tensor) for v in obs.values()):
+            raise TypeError("non-tensor observation entries (an instruction) change between calls: not capturable")
+        device = next(iter(obs.values())).device
+        self.obs = {k: v.clone() for k, v in obs.items()}
+        self.goal = None if goal is None else {k: v.clone() for k, v in goal.items()}
+        self.kwargs = {k: v.clone() for k, v in kwargs.items()}
+        if noise_shape is not None:
+            self.kwargs["noise"] = torch.randn(noise_shape, device=device)
+        self.fn = fn
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # lazy init (cuBLAS workspaces, autotuning) happens outside the capture
+            for _ in range(warmup):
+                self._run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = self._run()
+
+    def _run(self) -> torch.Tensor:
+        return self.fn(self.obs, self.goal, None, **self.kwargs)
+
+    def __call__(self, obs: dict[str, torch.Tensor], goal: dict[str, torch.Tensor] | None, generator: Any,
+                 **kwargs: Any) -> torch.Tensor:
+        for k, v in obs.items():
+            self.obs[k].copy_(v)
+        for k, v in (goal or {}).items():
+            self.goal[k].copy_(v)
+        for k, v in kwargs.items():
+            self.kwargs[k].copy_(v)
+        if "noise" in self.kwargs:
+            self.kwargs["noise"].normal_(generator=generator)
+        self.graph.replay()
+        return self.out.clone()
+
+
+def _signature(obs: dict[str, Any], goal: dict[str, Any] | None, kwargs: dict[str, Any]) -> tuple:
+    def sig(d: dict[str, Any] | None) -> tuple:
+        return tuple(sorted((k, tuple(v.shape), str(v.dtype)) if isinstance(v, torch.Tensor) else (k, "text")
+                            for k, v in (d or {}).items()))
+
+    return sig(obs), sig(goal), sig(kwargs)
 
 
 class InferenceEngine:
@@ -35,11 +91,12 @@ class InferenceEngine:
         self.bf16 = cuda if bf16 == "auto" else bool(bf16)
         self.compiled = cuda if compile == "auto" else bool(compile)
         self.cuda_graphs = cuda if cuda_graphs == "auto" else bool(cuda_graphs)
+        self.cuda_graphs = self.cuda_graphs and cuda
         self.supports_prefix = policy.capabilities.prefix
         self._chunk_fn = policy.predict_action_chunk
         if self.compiled:
-            mode = "reduce-overhead" if (self.cuda_graphs and cuda) else "default"
-            self._chunk_fn = torch.compile(policy.predict_action_chunk, mode=mode, dynamic=False)
+            self._chunk_fn = torch.compile(policy.predict_action_chunk, mode="default", dynamic=False)
+        self._graphs: dict[tuple, CapturedChunk | None] = {}  # input signature -> graph (None: runs eager)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.latencies_ms: list[float] = []
         self.instruction: str | None = None
@@ -70,11 +127,35 @@ class InferenceEngine:
         self.policy.reset()
 
     def _forward(self, obs: dict[str, Any], goal: Any, generator: Any, **kwargs: Any) -> Prediction:
-        """The head under autocast; heads without extras take the (compiled) fast path."""
+        """The head under autocast; heads without extras take the fast path, replayed from a CUDA graph if captured."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             if self.policy.capabilities.extras:
                 return self.policy.predict(obs, goal, generator, **kwargs)
-            return Prediction(self._chunk_fn(obs, goal, generator, **kwargs))
+            if not self.cuda_graphs:
+                return Prediction(self._chunk_fn(obs, goal, generator, **kwargs))
+            key = _signature(obs, goal, kwargs)
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(obs, goal, kwargs)
+            graph = self._graphs[key]
+            if graph is None:
+                return Prediction(self._chunk_fn(obs, goal, generator, **kwargs))
+            return Prediction(graph(obs, goal, generator, **kwargs))
+
+    def _capture(self, obs: dict[str, Any], goal: Any, kwargs: dict[str, Any]) -> CapturedChunk | None:
+        noise_fn = getattr(self.policy, "sampling_noise_shape", None)
+        batch = next(iter(v for v in obs.values() if isinstance(v, torch.Tensor))).shape[0]
+        try:
+            return CapturedChunk(self._chunk_fn, obs, goal, kwargs, noise_fn(batch) if noise_fn else None)
+        except Exception as exc:  # capture can fail in many ways (host syncs, CPU tensors): eager still works
+            log.warning("%s: CUDA graph capture failed (%s: %s); this input signature runs eager", self.policy.name,
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            torch.cuda.synchronize(self.device)
+            return None
+
+    @property
+    def captured(self) -> int:
+        """How many input signatures replay from a CUDA graph."""
+        return sum(g is not None for g in self._graphs.values())
 
     def infer(self, obs_window: dict[str, np.ndarray], goal: dict[str, np.ndarray] | None = None,
               prefix: np.ndarray | None = None, prefix_weights: np.ndarray | None = None, step: int = 0) -> Prediction:

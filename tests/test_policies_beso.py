@@ -161,3 +161,26 @@ def test_bad_policy_settings_are_named():
     policy = make_policy(toy_cfg("beso"))
     with pytest.raises(ValueError, match="n_obs_steps"):
         policy.predict_action_chunk({"state": torch.zeros(1, 3, 2)})
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+def test_graph_safe_updates_equal_diffusers_schedulers(sampler):
+    """BESO's sampling loop runs over precomputed float sigmas (capturable in a CUDA graph); its updates are the ones
+    diffusers' EDM schedulers make from the same noise."""
+    policy = make_policy(toy_cfg("beso", sampler=sampler, n_steps=5)).eval()
+    obs = {"state": torch.randn(4, 1, 2, generator=torch.Generator().manual_seed(1))}
+    noise = torch.randn(policy.sampling_noise_shape(4), generator=torch.Generator().manual_seed(0))
+    ours = policy.predict_action_chunk(obs, noise=noise)
+    with torch.no_grad():
+        cond = policy.condition(obs)
+        scheduler = policy._scheduler()
+        scheduler.set_timesteps(5)
+        x = noise[0] * scheduler.sigmas[0]
+        for t in scheduler.timesteps:
+            f = policy.denoiser(scheduler.scale_model_input(x, t), t.expand(4), cond)
+            x = scheduler.step(f, t, x).prev_sample
+    reference = policy.normalizer.unnormalize("action", x.clamp(-1.0, 1.0))
+    assert not torch.allclose(ours, torch.zeros_like(ours))
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="sampling_noise_shape"):
+        policy.predict_action_chunk(obs, noise=noise[:, :2])

@@ -118,9 +118,30 @@ class BESOPolicy(ConditionalPolicy):
             return EDMDPMSolverMultistepScheduler(**kwargs, solver_order=2, algorithm_type="dpmsolver++")
         return EDMEulerScheduler(**kwargs)
 
-    def _model_output(self, x_in: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor, cond_free: torch.Tensor | None) -> torch.Tensor:
+    def sigma_schedule(self) -> list[float]:
+        """The inference noise levels, sigma_max ... 0 (n_steps + 1 floats), from diffusers' EDM scheduler for the
+        configured sampler; computed once per setting, so sampling itself never touches the host."""
+        cfg = self.config
+        key = (cfg.sampler, cfg.n_steps, cfg.sigma_schedule, cfg.sigma_min, cfg.sigma_max, cfg.sigma_data)
+        if getattr(self, "_sigmas_key", None) != key:
+            scheduler = self._scheduler()
+            scheduler.set_timesteps(cfg.n_steps)
+            self._sigmas, self._sigmas_key = [float(x) for x in scheduler.sigmas], key
+        return self._sigmas
+
+    def sampling_noise_shape(self, batch: int) -> tuple[int, ...]:
+        """The Gaussian noise one chunk consumes: the start, plus a fresh draw per step for euler_ancestral."""
+        draws = 1 + (self.config.n_steps if self.config.sampler == "euler_ancestral" else 0)
+        return (draws, batch, self.horizon, self.action_dim)
+
+    def _float_scalings(self, sigma: float) -> tuple[float, float, float, float]:
+        sd = self.config.sigma_data
+        return (sd**2 / (sigma**2 + sd**2), sigma * sd / math.sqrt(sigma**2 + sd**2), 1.0 / math.sqrt(sigma**2 + sd**2),
+                math.log(sigma) / 4.0)
+
+    def _model_output(self, x_in: torch.Tensor, c_noise: float, cond: torch.Tensor, cond_free: torch.Tensor | None) -> torch.Tensor:
         b = x_in.shape[0]
-        noise_b = c_noise.reshape(1).expand(b).to(x_in.device)
+        noise_b = torch.full((b,), c_noise, device=x_in.device)
         if cond_free is None:
             return self.denoiser(x_in, noise_b, cond)
         both = self.denoiser(torch.cat([x_in, x_in]), torch.cat([noise_b, noise_b]), torch.cat([cond, cond_free]))
@@ -135,10 +156,14 @@ class BESOPolicy(ConditionalPolicy):
         generator: torch.Generator | None = None,
         prefix: torch.Tensor | None = None,
         prefix_weights: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """obs {key: [B, n_obs_steps, ...]} -> actions [B, horizon, action_dim] (unnormalized).
 
         prefix: [B, L, A] unnormalized actions to keep at the chunk start, weighted by prefix_weights [L] in [0, 1].
+        noise: the standard Gaussian draws to use, `sampling_noise_shape(B)` (default: drawn from ``generator``).
+        The updates are written over precomputed float sigmas, with no host synchronisation, so the whole chunk can
+        be captured in a CUDA graph; they equal diffusers' EDM Euler and DPM-Solver++(2M) steps (tested).
         """
         cfg = self.config
         cond = self.condition(obs, goal)
@@ -155,36 +180,35 @@ class BESOPolicy(ConditionalPolicy):
             target_y[:, :length] = self.normalizer.normalize("action", prefix.to(device))
             target_w = torch.zeros(1, self.horizon, 1, device=device)
             target_w[0, :length, 0] = prefix_weights.to(device)
+        shape = self.sampling_noise_shape(b)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=device)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape} (sampling_noise_shape), got {tuple(noise.shape)}")
 
-        scheduler = self._scheduler()
-        scheduler.set_timesteps(cfg.n_steps, device=device)
-        sigmas = scheduler.sigmas.to(device)
-        x = torch.randn(b, self.horizon, self.action_dim, generator=generator, device=device) * sigmas[0]
-        ancestral = cfg.sampler == "euler_ancestral"
-        for i, t in enumerate(scheduler.timesteps):
-            sigma = sigmas[i]
-            # The ancestral update is ours, so the scheduler's step counter never advances: precondition directly.
-            x_in = scheduler.precondition_inputs(x, sigma) if ancestral else scheduler.scale_model_input(x, t)
-            f = self._model_output(x_in, t, cond, cond_free)
+        sigmas = self.sigma_schedule()
+        x = noise[0] * sigmas[0]
+        old_denoised = None
+        for i in range(len(sigmas) - 1):
+            sigma, sigma_next = sigmas[i], sigmas[i + 1]
+            c_skip, c_out, c_in, c_noise = self._float_scalings(sigma)
+            denoised = c_skip * x + c_out * self._model_output(c_in * x, c_noise, cond, cond_free)
             if target_y is not None:
-                denoised = scheduler.precondition_outputs(x, f, sigma)
-                blended = target_w * target_y + (1 - target_w) * denoised
-                c_skip, c_out, _, _ = self.scalings(sigma)
-                f = (blended - c_skip * x) / c_out
-            if ancestral:
-                x = self._ancestral_step(scheduler, x, f, sigma, sigmas[i + 1], generator)
-            else:
-                x = scheduler.step(f, t, x, generator=generator).prev_sample
+                denoised = target_w * target_y + (1 - target_w) * denoised
+            if sigma_next == 0:
+                x = denoised
+            elif cfg.sampler == "euler":  # DDIM / DPM-Solver-1: the ODE step to sigma_next
+                x = denoised + (sigma_next / sigma) * (x - denoised)
+            elif cfg.sampler == "euler_ancestral":  # k-diffusion, eta = 1: to sigma_down, then fresh noise of sigma_up
+                sigma_up = math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
+                sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
+                x = denoised + (sigma_down / sigma) * (x - denoised) + sigma_up * noise[i + 1]
+            else:  # dpmpp_2m: DPM-Solver++(2M) in log-sigma time, first order on the first step
+                h = math.log(sigma / sigma_next)
+                d = denoised
+                if old_denoised is not None:
+                    r = math.log(sigmas[i - 1] / sigma) / h
+                    d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+                x = (sigma_next / sigma) * x - math.expm1(-h) * d
+            old_denoised = denoised
         return self.normalizer.unnormalize("action", x.clamp(-1.0, 1.0))
-
-    @staticmethod
-    def _ancestral_step(scheduler, x, f, sigma, sigma_next, generator):
-        """Euler-ancestral (k-diffusion `sample_euler_ancestral`, eta = 1): deterministic step to sigma_down, then fresh
-        noise of std sigma_up so the marginal at sigma_next is right."""
-        denoised = scheduler.precondition_outputs(x, f, sigma)
-        if sigma_next == 0:
-            return denoised
-        sigma_up = torch.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
-        sigma_down = torch.sqrt(sigma_next**2 - sigma_up**2)
-        x = denoised + (x - denoised) * (sigma_down / sigma)
-        return x + torch.randn(x.shape, generator=generator, device=x.device) * sigma_up
