@@ -128,7 +128,8 @@ class InferenceEngine:
 
     def _forward(self, obs: dict[str, Any], goal: Any, generator: Any, **kwargs: Any) -> Prediction:
         """The head under autocast; heads without extras take the fast path, replayed from a CUDA graph if captured."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        # No autocast weight cache: cast copies made during a capture would be freed when the context exits.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
             if self.policy.capabilities.extras:
                 return self.policy.predict(obs, goal, generator, **kwargs)
             if not self.cuda_graphs:
