@@ -89,7 +89,7 @@ class InferenceEngine:
         self.n_action_steps, self.action_dim = policy.n_action_steps, policy.action_dim
         cuda = self.device.type == "cuda"
         self.bf16 = cuda if bf16 == "auto" else bool(bf16)
-        self.compiled = cuda if compile == "auto" else bool(compile)
+        self.compiled = False if compile == "auto" else bool(compile)  # graphs give the win; compiling takes minutes
         self.cuda_graphs = cuda if cuda_graphs == "auto" else bool(cuda_graphs)
         self.cuda_graphs = self.cuda_graphs and cuda
         self.supports_prefix = policy.capabilities.prefix
