@@ -142,7 +142,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         if stop_requested["signal"]:
             loop.stop_event.set()
         if cfg.metrics.enabled:
-            server = MetricsServer(metrics, str(cfg.metrics.host), int(cfg.metrics.port)).__enter__()
+            try:
+                server = MetricsServer(metrics, str(cfg.metrics.host), int(cfg.metrics.port)).__enter__()
+            except OSError as exc:  # most often a second daemon on the same port
+                raise KeyError(f"metrics.port={cfg.metrics.port} on {cfg.metrics.host} cannot be served ({exc.strerror}): "
+                               f"is another vmp-deploy running? Set metrics.port=0 (any free port) or "
+                               f"metrics.enabled=false") from exc
         log.info("deploying %s on %s at %.0f Hz, blend=%s, s=%d", policy_name, spec.name, control_hz, blend, exec_horizon)
         for i in range(int(cfg.n_episodes)):
             if loop.stop_event.is_set():
@@ -192,7 +197,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary, indent=2, default=float))
         summary["summary_path"] = str(path)
-        if cfg.results_json:
+        if cfg.results_json and results:  # a run that never reached an episode measured nothing
             _write_results(cfg, summary, task_cfg, policy_name)
     return summary
 

@@ -93,3 +93,16 @@ def test_cli_refuses_mismatched_keys_with_exit_code(tmp_path):
            "metrics.enabled=false", "record.enabled=false", f"hydra.run.dir={tmp_path / 'out'}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 2 and "eef_pos" in out.stdout + out.stderr
+
+
+def test_busy_metrics_port_refused_by_name_and_no_results_written(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = _cfg(tmp_path, "metrics.enabled=true", f"metrics.port={port}", f"results_json={tmp_path / 'r.json'}")
+        with pytest.raises(KeyError, match=rf"metrics.port={port} .* another vmp-deploy"):
+            daemon.run(cfg, tmp_path)
+    assert not (tmp_path / "r.json").exists()  # nothing was measured, so no results record
