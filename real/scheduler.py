@@ -26,16 +26,19 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+PREFIX_SCHEDULES = ("exp", "linear", "hard")
+
+
 def prefix_weights(n_planned: int, d_hat: int, schedule: str = "exp", length: int | None = None) -> np.ndarray:
     """RTC guidance weights W [length] over execution indices i (i=0 is the inference-start tick).
 
     W_i = 1 for i < d_hat (executed before the chunk can arrive); for d_hat <= i < L (L = n_planned, the old
-    actions still in the plan) W_i decays: c = (L-i)/(L-d_hat+1), ``exp``: c(e^c-1)/(e-1), ``linear``: c;
-    W_i = 0 for i >= L.
+    actions still in the plan) W_i decays: c = (L-i)/(L-d_hat+1), ``exp``: c(e^c-1)/(e-1), ``linear``: c,
+    ``hard``: 0 (the new chunk only has to agree with what runs before it lands); W_i = 0 for i >= L.
     """
     length = n_planned if length is None else length
-    if schedule not in ("exp", "linear"):
-        raise ValueError(f"prefix schedule must be 'exp' or 'linear', got {schedule!r}")
+    if schedule not in PREFIX_SCHEDULES:
+        raise ValueError(f"prefix schedule must be one of {PREFIX_SCHEDULES}, got {schedule!r}")
     w = np.zeros(length, dtype=np.float64)
     L = min(n_planned, length)
     for i in range(L):
@@ -43,7 +46,7 @@ def prefix_weights(n_planned: int, d_hat: int, schedule: str = "exp", length: in
             w[i] = 1.0
         else:
             c = (L - i) / (L - d_hat + 1)
-            w[i] = c * math.expm1(c) / math.expm1(1.0) if schedule == "exp" else c
+            w[i] = {"exp": c * math.expm1(c) / math.expm1(1.0), "linear": c, "hard": 0.0}[schedule]
     return w.astype(np.float32)
 
 

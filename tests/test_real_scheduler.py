@@ -23,6 +23,8 @@ def test_prefix_weights_match_formula():
     lin = prefix_weights(L, d, "linear")
     assert lin[3] == pytest.approx((L - 3) / (L - d + 1))
     assert (np.diff(w[d:L]) < 0).all()  # decays over the overlap
+    hard = prefix_weights(L, d, "hard", length=10)
+    assert hard.tolist() == [1.0] * d + [0.0] * (10 - d)  # frozen while the chunk is on its way, free after
     with pytest.raises(ValueError, match="schedule"):
         prefix_weights(3, 1, "cosine")
 
