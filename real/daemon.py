@@ -245,10 +245,11 @@ def _write_results(cfg: DictConfig, summary: dict, task_cfg: Any, policy_name: s
 
     n, k = summary["n_episodes"], summary["successes"]
     lo, hi = wilson_interval(k, n)
+    blend = summary.get("blend", cfg.blend)
     rec = {"kind": "success", "task": str(task_cfg.name) if task_cfg is not None else "-",
            "obs": str(task_cfg.obs_type) if task_cfg is not None else "-", "policy": policy_name,
-           "variant": f"vmp-deploy robot={cfg.robot.kind} {summary.get('control_hz', 0):g} Hz blend={summary.get('blend', cfg.blend)} "
-                      f"s={cfg.exec_horizon or 'n_action_steps'}",
+           "variant": f"vmp-deploy robot={cfg.robot.kind} {summary.get('control_hz', 0):g} Hz blend={blend}"
+                      f"{f' ({cfg.prefix_schedule})' if blend == 'prefix' else ''} s={cfg.exec_horizon or 'n_action_steps'}",
            "metrics": {"success_rate": summary["success_rate"], "ci95_low": lo, "ci95_high": hi, "n_episodes": n},
            "device": str(cfg.device), "command": "vmp-deploy " + " ".join(sys.argv[1:]),
            "git_rev": _git_rev(), "date": datetime.date.today().isoformat()}
