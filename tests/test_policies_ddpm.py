@@ -177,3 +177,20 @@ def test_ddpm_head_learns_and_samples_reproducibly():
 def test_ddpm_head_state_dict_holds_no_scheduler():
     keys = tiny_ddpm().state_dict().keys()
     assert {k.split(".")[0] for k in keys} == {"encoder", "normalizer", "denoiser"}
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_ddpm_head_keeps_a_real_time_chunking_prefix(sampler):
+    """The prefix is inpainted at every denoising step: kept exactly where its weight is 1, pulled towards where it is
+    between 0 and 1, free after it (the deployment engine passes it to every head whose capabilities say prefix)."""
+    policy = make_policy(toy_cfg("ddpm", n_steps=10, num_train_timesteps=10, sampler=sampler)).eval()
+    assert policy.capabilities.prefix
+    prefix = torch.tensor([[[0.3, -0.2]] * 3])
+    weights = torch.tensor([1.0, 1.0, 0.5])
+    out = policy.predict_action_chunk({"state": torch.zeros(1, 1, 2)}, prefix=prefix, prefix_weights=weights,
+                                      generator=torch.Generator().manual_seed(0))
+    free = policy.predict_action_chunk({"state": torch.zeros(1, 1, 2)}, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out[0, :2], prefix[0, :2])
+    assert (out[0, 2] - prefix[0, 2]).abs().sum() < (free[0, 2] - prefix[0, 2]).abs().sum()
+    with pytest.raises(ValueError, match="prefix_weights"):
+        policy.predict_action_chunk({"state": torch.zeros(1, 1, 2)}, prefix=prefix)

@@ -171,15 +171,7 @@ class BESOPolicy(ConditionalPolicy):
         if goal is not None and self.null_goal is not None and cfg.guidance_weight != 1.0:
             cond_free = self.condition(obs, None)
         b, device = cond.shape[0], cond.device
-        target_w = target_y = None
-        if prefix is not None:
-            if prefix_weights is None or prefix_weights.shape[0] != prefix.shape[1]:
-                raise ValueError("prefix_weights must be given with prefix, one weight per prefix step")
-            length = prefix.shape[1]
-            target_y = torch.zeros(b, self.horizon, self.action_dim, device=device)
-            target_y[:, :length] = self.normalizer.normalize("action", prefix.to(device))
-            target_w = torch.zeros(1, self.horizon, 1, device=device)
-            target_w[0, :length, 0] = prefix_weights.to(device)
+        target_y, target_w = self.prefix_target(prefix, prefix_weights, b) if prefix is not None else (None, None)
         shape = self.sampling_noise_shape(b)
         if noise is None:
             noise = torch.randn(shape, generator=generator, device=device)

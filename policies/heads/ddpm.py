@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vmp.policies.base import ConditionalPolicy, DiffusionHeadConfig
+from vmp.policies.base import Capabilities, ConditionalPolicy, DiffusionHeadConfig
 from vmp.policies.nn import DDPMDiffusion, TransformerDenoiser
 
 
@@ -33,6 +33,7 @@ class DDPMConfig(DiffusionHeadConfig):
 class DDPMPolicy(ConditionalPolicy):
     name = "ddpm"
     config_class = DDPMConfig
+    capabilities = Capabilities(prefix=True)
 
     def __init__(self, config: DDPMConfig, encoder, normalizer, action_dim: int):
         super().__init__(config, encoder, normalizer, action_dim)
@@ -50,8 +51,13 @@ class DDPMPolicy(ConditionalPolicy):
         return {"loss": loss}
 
     @torch.no_grad()
-    def predict_action_chunk(self, obs, goal=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def predict_action_chunk(self, obs, goal=None, generator: torch.Generator | None = None,
+                             prefix: torch.Tensor | None = None, prefix_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """obs {key: [B, n_obs_steps, ...]} -> actions [B, horizon, action_dim] (unnormalized). prefix [B, L, A] /
+        prefix_weights [L]: real-time chunking's prefix, inpainted at every denoising step."""
         cond = self.condition(obs, goal)
+        known, weights = self.prefix_target(prefix, prefix_weights, cond.shape[0]) if prefix is not None else (None, None)
         x = self.diffusion.sample(lambda x, t: self.denoiser(x, t, cond), (cond.shape[0], self.horizon, self.action_dim),
-                                  self.config.n_steps, self.config.sampler, generator=generator, device=cond.device)
+                                  self.config.n_steps, self.config.sampler, generator=generator, device=cond.device,
+                                  known=known, known_weights=weights)
         return self.normalizer.unnormalize("action", x.clamp(-1.0, 1.0))

@@ -63,12 +63,18 @@ class DDPMDiffusion:
 
     def sample(self, model_fn: ModelFn, shape: tuple[int, ...], n_steps: int, sampler: str = "ddpm",
                generator: torch.Generator | None = None, device: torch.device | str | None = None,
-               noise: torch.Tensor | None = None) -> torch.Tensor:
+               noise: torch.Tensor | None = None, known: torch.Tensor | None = None,
+               known_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Denoise from pure noise over `n_steps` of the training schedule -> x0 of `shape`.
 
         The start is `noise` when given (drawn outside, e.g. for CUDA graphs; it sets the device and dtype), else drawn
         from `generator` on `device`. DDIM (eta = 0) is then deterministic; DDPM adds fresh noise at every step, drawn
         from `generator`.
+
+        Inpainting (real-time chunking's prefix, diffusion_policy's conditional sampling): with ``known`` x0 values
+        and ``known_weights`` W in [0, 1] (broadcastable to `shape`), every intermediate sample is blended towards
+        ``known`` noised to that step with the sample's own starting noise, W * q(known | t) + (1 - W) * x, and the
+        result towards ``known`` itself, so where W = 1 the output is ``known`` exactly.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -80,7 +86,18 @@ class DDPMDiffusion:
             raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
         scheduler = (DDPMScheduler if sampler == "ddpm" else DDIMScheduler).from_config(self.scheduler.config)
         scheduler.set_timesteps(n_steps, device=noise.device)
+        timesteps = scheduler.timesteps
         x = noise
-        for t in scheduler.timesteps:
+        if known is not None:
+            x = self._blend(x, known, known_weights, noise, timesteps[0])
+        for i, t in enumerate(timesteps):
             x = scheduler.step(model_fn(x, t.expand(x.shape[0])), t, x, generator=generator).prev_sample
+            if known is not None:
+                x = self._blend(x, known, known_weights, noise, timesteps[i + 1] if i + 1 < len(timesteps) else None)
         return x
+
+    def _blend(self, x: torch.Tensor, known: torch.Tensor, weights: torch.Tensor, noise: torch.Tensor,
+               t: torch.Tensor | None) -> torch.Tensor:
+        """W * known (noised to timestep t; clean when t is None) + (1 - W) * x."""
+        target = known if t is None else self.scheduler.add_noise(known, noise, t.reshape(1).expand(known.shape[0]))
+        return weights * target + (1 - weights) * x
