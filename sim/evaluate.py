@@ -313,6 +313,12 @@ def main(cfg: DictConfig) -> None:
         train_cfg = OmegaConf.create(payload["cfg"])
         task_cfg = cfg.task if cfg.get("task") is not None else train_cfg.task
         policy_name = str(train_cfg.policy.get("name", "policy"))
+        from vmp.policies.base import StageOneModel
+        from vmp.policies.heads import HEADS
+
+        if isinstance(HEADS.get(policy_name), type) and issubclass(HEADS[policy_name], StageOneModel):
+            raise ValueError(f"{cfg.checkpoint} holds {policy_name!r}, a stage-one model that never acts; evaluate the "
+                             f"policy trained on it (e.g. vmp-train policy=carp policy.tokenizer_checkpoint={cfg.checkpoint})")
         budget = dict(payload.get("budget") or {})
         make_policy = functools.partial(checkpoint_policy, str(cfg.checkpoint), str(cfg.device), overrides)
     else:

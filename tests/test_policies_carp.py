@@ -1,6 +1,8 @@
 """CARP: the multi-scale action tokenizer and the next-scale transformer (block-causal mask, KV cache, vmp-train)."""
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -302,6 +304,9 @@ def test_vmp_train_tokenizer_then_carp_then_load_without_tokenizer_file(tmp_path
     assert logged[-1]["recon_mse"] < logged[0]["recon_mse"]
     with pytest.raises(ValueError, match="stage-one model .* never acts"):
         load_policy(tok_ckpt)  # what vmp-eval and vmp-deploy call
+    refused = subprocess.run([sys.executable, "-m", "vmp.sim.evaluate", f"checkpoint={tok_ckpt}", "n_episodes=1"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "stage-one model that never acts" in refused.stderr
     tok, _ = load_model(tok_ckpt)
 
     carp_overrides = [f"store={store}", f"policy.tokenizer_checkpoint={tok_ckpt}", "policy.d_model=32",
