@@ -29,6 +29,28 @@ def git_revision() -> str:
         return "unknown"
 
 
+def model_io(cfg: DictConfig) -> dict[str, Any]:
+    """What a trained model is tied to: its head and the task's observation keys/shapes and action shape."""
+    meta = cfg.task.shape_meta
+    return {"head": str(cfg.policy.name), "obs": {str(k): [int(d) for d in v.shape] for k, v in meta.obs.items()},
+            "action": [int(d) for d in meta.action.shape]}
+
+
+def check_same_io(ours: dict[str, Any], theirs: dict[str, Any], ours_name: str, theirs_name: str) -> None:
+    """Refuse, naming both sides, when two model_io records disagree (head, observation keys/shapes, action)."""
+    diffs = []
+    if ours["head"] != theirs["head"]:
+        diffs.append(f"head {ours['head']!r} vs {theirs['head']!r}")
+    for key in sorted(set(ours["obs"]) | set(theirs["obs"])):
+        a, b = ours["obs"].get(key), theirs["obs"].get(key)
+        if a != b:
+            diffs.append(f"observation {key!r}: {a or 'absent'} vs {b or 'absent'}")
+    if ours["action"] != theirs["action"]:
+        diffs.append(f"action shape {ours['action']} vs {theirs['action']}")
+    if diffs:
+        raise ValueError(f"{ours_name} does not fit {theirs_name} ({ours_name} vs {theirs_name}): " + "; ".join(diffs))
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +90,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: 
 
     payload = read_checkpoint(path)
     cfg: DictConfig = OmegaConf.create(payload["cfg"])
+    if payload.get("io") is not None:  # weights saved by one head never load under another's config
+        check_same_io(payload["io"], model_io(cfg), f"{path}'s weights", "its config")
     for key, value in (overrides or {}).items():
         if key not in cfg.policy:
             raise KeyError(f"{key!r} is not a setting of the {cfg.policy.name} head; its settings: {sorted(cfg.policy)}")

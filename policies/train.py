@@ -103,7 +103,7 @@ def train(cfg: DictConfig) -> Path:
 
     from vmp.data import EpisodeStore, Normalizer, SequenceDataset, SequenceSampler
     from vmp.policies.build import build_model, normalizer_modes
-    from vmp.policies.checkpoint import git_revision, read_checkpoint, save_checkpoint
+    from vmp.policies.checkpoint import check_same_io, git_revision, model_io, read_checkpoint, save_checkpoint
 
     tcfg = cfg.training
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -182,6 +182,7 @@ def train(cfg: DictConfig) -> Path:
     step, train_minutes, run_start = 0, 0.0, time.perf_counter()
     if cfg.resume and ckpt_path.exists():
         payload = read_checkpoint(ckpt_path, map_location=device)
+        check_same_io(model_io(OmegaConf.create(payload["cfg"])), model_io(cfg), str(ckpt_path), "this run's config")
         policy.load_state_dict(payload["policy"])
         optimizer.load_state_dict(payload["optimizer"])
         lr_schedule.load_state_dict(payload["lr_schedule"])
@@ -202,7 +203,7 @@ def train(cfg: DictConfig) -> Path:
     def checkpoint(at_step: int) -> None:
         if is_main:
             save_checkpoint(ckpt_path, {
-                "cfg": OmegaConf.to_yaml(cfg), "policy": policy.state_dict(), "ema": ema.state_dict(),
+                "cfg": OmegaConf.to_yaml(cfg), "io": model_io(cfg), "policy": policy.state_dict(), "ema": ema.state_dict(),
                 "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(), "step": at_step,
                 "git_rev": git_revision(),
                 "budget": {"train_steps": at_step, "batch_size": int(tcfg.batch_size) * world,

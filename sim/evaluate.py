@@ -249,6 +249,14 @@ def summarize(episodes: list[dict[str, Any]], task: dict) -> dict[str, Any]:
     }
 
 
+def refuse_all_errored(metrics: dict[str, Any], out_dir: str | Path) -> None:
+    """An evaluation in which every episode errored measured nothing: exit non-zero (and write no results record)."""
+    if metrics["n_errors"] == metrics["n_episodes"]:
+        first = next(e["error"] for e in metrics["per_episode"] if e.get("error"))
+        raise SystemExit(f"vmp-eval: all {metrics['n_episodes']} episodes failed with an error (first: {first}); "
+                         f"see {out_dir}/metrics.json")
+
+
 def results_record(metrics: dict, task: dict, policy: str, variant: str = "", budget: dict | None = None,
                    device: str | None = None, command: str | None = None) -> dict[str, Any]:
     """A RESULTS.md-style record of an evaluation (kind "expert" for experts, else "success")."""
@@ -312,6 +320,11 @@ def main(cfg: DictConfig) -> None:
         payload = read_checkpoint(cfg.checkpoint)
         train_cfg = OmegaConf.create(payload["cfg"])
         task_cfg = cfg.task if cfg.get("task") is not None else train_cfg.task
+        if cfg.get("task") is not None:  # another task than the one trained on: its observations must fit
+            from vmp.policies.checkpoint import check_same_io, model_io
+
+            check_same_io(model_io(train_cfg), model_io(OmegaConf.create({"policy": train_cfg.policy, "task": cfg.task})),
+                          str(cfg.checkpoint), f"task={cfg.task.name}")
         policy_name = str(train_cfg.policy.get("name", "policy"))
         from vmp.policies.base import StageOneModel
         from vmp.policies.heads import HEADS
@@ -332,6 +345,7 @@ def main(cfg: DictConfig) -> None:
         out_dir=out_dir, n_videos=int(cfg.n_videos), max_episode_steps=cfg.max_episode_steps,
         episode_timeout_s=float(cfg.episode_timeout_s),
     )
+    refuse_all_errored(metrics, out_dir)
     if cfg.results_json:
         from vmp.sim import _plain
 

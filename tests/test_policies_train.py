@@ -113,3 +113,29 @@ def test_sigterm_saves_a_checkpoint(tmp_path):
     assert proc.returncode != 0
     payload = read_checkpoint(run_dir / "checkpoints" / "latest.pt")
     assert 10 <= payload["step"] < 100000, err.decode()[-2000:]
+
+
+def test_checkpoints_refuse_what_they_do_not_fit(tmp_path):
+    """A checkpoint records its head and task keys/shapes: a resume under another head, a load whose weights come from
+    another head, and vmp-eval on a task with other observations are refused naming both sides."""
+    from vmp.policies.checkpoint import save_checkpoint
+    from vmp.sim.evaluate import refuse_all_errored
+
+    store = make_store(tmp_path / "s.zarr")
+    ckpt = train(compose_cfg(store, tmp_path / "run", "training.steps=2"))
+    payload = read_checkpoint(ckpt)
+    assert payload["io"]["head"] == "beso" and payload["io"]["obs"]["eef_pos"] == [3]
+    with pytest.raises(ValueError, match=r"head 'beso' vs 'ddpm'"):
+        train(compose_cfg(store, tmp_path / "run", "policy=ddpm", "policy.d_model=32", "training.steps=4", "resume=true"))
+    swapped = dict(payload, cfg=payload["cfg"].replace("name: beso", "name: ddpm", 1))
+    save_checkpoint(tmp_path / "swapped.pt", {k: v for k, v in swapped.items() if k not in ("format", "version")})
+    with pytest.raises(ValueError, match=r"weights does not fit its config .*head 'beso' vs 'ddpm'"):
+        load_policy(tmp_path / "swapped.pt")
+    refused = subprocess.run([sys.executable, "-m", "vmp.sim.evaluate", f"checkpoint={ckpt}", "task=blockpush",
+                              "n_episodes=1"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "does not fit task=blockpush" in refused.stderr
+    assert "observation 'block_pos'" in refused.stderr
+    errored = {"n_episodes": 2, "n_errors": 2, "per_episode": [{"error": "KeyError: 'x'"}, {"error": "KeyError: 'x'"}]}
+    with pytest.raises(SystemExit, match="all 2 episodes failed .*KeyError"):
+        refuse_all_errored(errored, tmp_path)
+    refuse_all_errored({**errored, "n_errors": 1}, tmp_path)  # one good episode is a measurement
