@@ -47,7 +47,7 @@ def store_info(store: EpisodeStore) -> dict[str, Any]:
     }
     if store.phase_names:
         info["phase_names"] = store.phase_names
-    if store.has_action.any():  # over the steps of episodes with actions: action-free ones hold zeros
+    if ACTION_KEY in store.schema and store.has_action.any():  # over episodes with actions: action-free ones hold zeros
         with_action = np.repeat(store.has_action, store.episode_lengths)  # bool [n_steps]
         act = np.asarray(store.array(ACTION_KEY)[: store.n_steps], dtype=np.float64)[with_action]
         info["action_stats"] = {s: np.round(getattr(np, s)(act, axis=0), 6).tolist() for s in ("min", "max", "mean", "std")}
@@ -89,6 +89,8 @@ def validate_store(path: str | Path) -> list[str]:
         if np.dtype(arr.dtype).name != spec.dtype:
             problems.append(f"data/{k} has dtype {arr.dtype}, schema says {spec.dtype}")
     n = store.n_steps
+    if ACTION_KEY not in store.schema:
+        problems.append(f"the store has no {ACTION_KEY!r} key (keys: {sorted(store.schema)}): nothing to train a policy on")
     if ACTION_KEY in store.schema and n:
         act = store.array(ACTION_KEY)[:n]
         bad = ~np.isfinite(act)

@@ -63,10 +63,22 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder (vmp-train's run_dir) -> its checkpoints/latest.pt."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoints" / "latest.pt"
+        if not inside.is_file():
+            raise FileNotFoundError(f"checkpoint {path} is a folder without checkpoints/latest.pt: give a checkpoint "
+                                    f"file or a vmp-train run_dir")
+        return inside
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = resolve_checkpoint(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or foreign files

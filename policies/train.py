@@ -43,16 +43,23 @@ class EpochSampler:
 
 class MetricsLog:
     """metrics.csv: one row per logged step. Columns are fixed by the first row (the head's loss scalars plus lr,
-    samples/s, validation loss and success rate); a resumed run appends under the existing header."""
+    samples/s, validation loss and success rate). A run resumed at step N keeps the rows up to N and appends under the
+    existing header: rows logged after the checkpoint it resumes from are dropped, since they are logged again."""
 
     STANDARD = ["step", "loss", "lr", "samples_per_s", "val_loss", "success_rate"]
 
-    def __init__(self, path: Path, append: bool):
+    def __init__(self, path: Path, resume_step: int = 0):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.columns: list[str] | None = None
-        if append and path.exists() and path.stat().st_size > 0:
+        if resume_step > 0 and path.exists() and path.stat().st_size > 0:
             with open(path, newline="") as f:
-                self.columns = next(csv.reader(f))
+                rows = list(csv.reader(f))
+            self.columns = rows[0]
+            kept = [r for r in rows[1:] if r and int(float(r[0])) <= resume_step]
+            tmp = path.with_name(f".{path.name}.tmp")
+            with open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows([self.columns, *kept])
+            os.replace(tmp, path)
         self.fh = open(path, "a" if self.columns else "w", newline="")
         self.writer = csv.writer(self.fh)
 
@@ -92,6 +99,28 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
+def check_training_types(training: DictConfig) -> None:
+    """Each `training.*` value must have its default's type (numbers: int, or int/float): `training.steps=ten` is
+    refused naming the option, not deep inside the loop."""
+    from importlib import resources
+
+    defaults = OmegaConf.create(resources.files("vmp.configs").joinpath("train.yaml").read_text()).training
+    for key, default in defaults.items():
+        value = training.get(key)
+        if default is None or value is None:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"training.{key}={value!r} must be {type(default).__name__} like its default ({default!r})")
+
+
 def train(cfg: DictConfig) -> Path:
     """Run (or resume) training; returns the path of the final checkpoint."""
     import torch
@@ -106,6 +135,7 @@ def train(cfg: DictConfig) -> Path:
     from vmp.policies.checkpoint import check_same_io, git_revision, model_io, read_checkpoint, save_checkpoint
 
     tcfg = cfg.training
+    check_training_types(tcfg)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = resolve_device(cfg.device)
@@ -229,7 +259,7 @@ def train(cfg: DictConfig) -> Path:
         policy.train()
         return sum(losses) / max(len(losses), 1)
 
-    metrics_log = MetricsLog(run_dir / "metrics.csv", append=step > 0) if is_main else None
+    metrics_log = MetricsLog(run_dir / "metrics.csv", resume_step=step) if is_main else None
 
     epoch, batch_in_epoch = divmod(step, batches_per_epoch)
     data_iter = iter(loader(epoch, batch_in_epoch))

@@ -313,8 +313,6 @@ def main(cfg: DictConfig) -> None:
     if mode == "checkpoint":
         if not cfg.checkpoint:
             raise ValueError("policy=checkpoint needs checkpoint=<path to a vmp-train checkpoint>")
-        if not Path(cfg.checkpoint).is_file():
-            raise FileNotFoundError(f"checkpoint {cfg.checkpoint} does not exist")
         from vmp.policies.checkpoint import read_checkpoint
 
         payload = read_checkpoint(cfg.checkpoint)

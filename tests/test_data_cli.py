@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
+from vmp.data import EpisodeStore
 from vmp.data.cli import main
 from vmp.data.testing import demo_schema, make_store
 
@@ -111,3 +112,21 @@ def test_info_counts_action_free_episodes(tmp_path, capsys):
     _store(tmp_path / "b")
     assert main(["info", "--json", str(tmp_path / "b" / "s.zarr")]) == 0
     assert json.loads(capsys.readouterr().out)["action_free_episodes"] == 0
+
+
+def test_store_without_action_is_reported_not_crashed(tmp_path):
+    from vmp.data.cli import store_info, validate_store
+
+    path = tmp_path / "s.zarr"
+    make_store(path, [5, 6], demo_schema(image_size=8)).close()
+    root = zarr.open_group(str(path), mode="a")
+    schema = dict(root.attrs["schema"])
+    del schema["action"]
+    root.attrs["schema"] = schema
+    del root["data"]["action"]
+    problems = validate_store(path)
+    assert any("'action'" in p for p in problems), problems
+    if not any(p.startswith("cannot open") for p in problems):
+        with EpisodeStore.open(path) as store:
+            info = store_info(store)
+        assert info["n_episodes"] == 2 and "action_stats" not in info

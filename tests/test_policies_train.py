@@ -139,3 +139,29 @@ def test_checkpoints_refuse_what_they_do_not_fit(tmp_path):
     with pytest.raises(SystemExit, match="all 2 episodes failed .*KeyError"):
         refuse_all_errored(errored, tmp_path)
     refuse_all_errored({**errored, "n_errors": 1}, tmp_path)  # one good episode is a measurement
+
+
+def test_run_folder_resume_log_and_option_types(tmp_path):
+    """checkpoint=<run folder> finds its latest.pt; a resumed run's metrics.csv holds each step once; a mistyped
+    training option is refused naming it."""
+    store = make_store(tmp_path / "s.zarr")
+    run = tmp_path / "run"
+    train(compose_cfg(store, run, "training.steps=20", "training.ckpt_every=10", "training.log_every=5"))
+    assert load_policy(run)[1].policy.name == "beso"  # the run folder, not only the file
+    with pytest.raises(FileNotFoundError, match="folder without checkpoints/latest.pt"):
+        load_policy(tmp_path)
+    # Pretend the run died after logging step 20 but with its last checkpoint at step 10: resume from there.
+    payload = read_checkpoint(run)
+    from vmp.policies.checkpoint import save_checkpoint
+
+    part = train(compose_cfg(store, tmp_path / "part", "training.steps=20", "training.ckpt_every=10",
+                             "training.log_every=5", "training.stop_after=10"))
+    with open(tmp_path / "part" / "metrics.csv", "a", newline="") as f:  # rows logged after the checkpoint
+        csv.writer(f).writerows([[15, 1.0], [20, 1.0]])
+    train(compose_cfg(store, tmp_path / "part", "training.steps=20", "training.ckpt_every=10", "training.log_every=5",
+                      "resume=true"))
+    with open(tmp_path / "part" / "metrics.csv", newline="") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == [5, 10, 15, 20] and read_checkpoint(part)["step"] == 20 and payload["step"] == 20
+    with pytest.raises(ValueError, match=r"training.steps='ten' must be int"):
+        train(compose_cfg(store, tmp_path / "bad", "training.steps=ten"))
