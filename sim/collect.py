@@ -77,7 +77,7 @@ def rollout_expert(env: Any, expert: Any, seed: int, action_noise: float = 0.0) 
     episode = {k: np.stack(v) for k, v in frames.items()}
     episode["action"] = np.stack(actions).astype(np.float32)
     episode["phase"] = np.asarray(phases, dtype=np.int16)
-    text = {"language": info.get("language", ""), "reasoning": expert.reasoning()}
+    text = {"language": info.get("language", ""), "reasoning": expert.reasoning(), "seed": int(seed)}
     if goal is not None:
         text["goal"] = {k: np.asarray(v).tolist() for k, v in goal.items()}
     return {"episode": episode, "text": text, "success": success, "length": len(actions)}
@@ -119,8 +119,14 @@ def collect(
     episode_timeout_s: float = 900.0,
     progress: bool = True,
     action_noise: float = 0.0,
+    append: bool = False,
 ) -> dict[str, Any]:
-    """Collect ``n_episodes`` expert episodes of ``task_cfg`` into a new store at ``out``; returns the summary."""
+    """Collect ``n_episodes`` expert episodes of ``task_cfg`` into a new store at ``out``; returns the summary.
+
+    ``append=True`` continues the store at ``out`` (one killed mid-append included) until it holds ``n_episodes``:
+    with the seeds an uninterrupted run would have tried next, so the result is the same store. Its task, settings
+    and schema must match; the finished episodes are never touched.
+    """
     from tqdm import tqdm
 
     from vmp.data import EpisodeStore
@@ -148,7 +154,20 @@ def collect(
         "seed": int(seed),
         "action_noise": float(action_noise),
     }
-    store = EpisodeStore.create(out, store_schema(task, phase_names), attrs, overwrite=overwrite)
+    schema = store_schema(task, phase_names)
+    first_seed = seed
+    if append and Path(out, "zarr.json").exists():
+        store = EpisodeStore.open(out, mode="a")  # repairs what a killed append left behind
+        first_seed = _continue_from(store, attrs, schema)
+        n_episodes -= store.n_episodes
+        log.info("%s holds %d episodes: continuing from seed %d", out, store.n_episodes, first_seed)
+    else:
+        store = EpisodeStore.create(out, schema, attrs, overwrite=overwrite)
+    if n_episodes <= 0:
+        log.info("%s already holds %d episodes: nothing to collect", out, store.n_episodes)
+        store.close()
+        return {"task": task["name"], "out": str(out), "episodes": 0, "attempted": 0, "expert_success_rate": 0.0,
+                "errors": 0, "steps": 0, "seconds": 0.0, "steps_per_s": 0.0}
     start = time.perf_counter()
     done: dict[int, Any] = {}
     next_index, kept, attempted, successes, steps, errors = 0, 0, 0, 0, 0, 0
@@ -157,7 +176,7 @@ def collect(
     def jobs():
         nonlocal submitted
         while submitted < max_attempts:
-            yield Job(submitted, seed + submitted)
+            yield Job(submitted, first_seed + submitted)
             submitted += 1
 
     bar = tqdm(total=n_episodes, desc=f"collect {task['name']}", unit="ep", disable=not progress)
@@ -208,6 +227,25 @@ def collect(
     return summary
 
 
+def _continue_from(store: Any, attrs: dict[str, Any], schema: dict) -> int:
+    """Check that ``store`` was collected with these settings; -> the seed to try next."""
+    differ = [f"{k}: store {store.attrs.get(k)!r} vs now {v!r}" for k, v in attrs.items() if store.attrs.get(k) != v]
+    if store.schema != schema:
+        differ.append(f"schema: store {sorted(store.schema)} vs now {sorted(schema)}")
+    if differ:
+        store.close()
+        raise ValueError(f"append=true: {store.path} was collected differently ({'; '.join(differ)}); collect into a "
+                         f"new store instead")
+    if store.n_episodes == 0:
+        return int(attrs["seed"])
+    last = store.episode_text(store.n_episodes - 1).get("seed")
+    if last is None:
+        store.close()
+        raise ValueError(f"append=true: {store.path}'s episodes do not record their seeds (collected by an older "
+                         f"vmp-collect), so the run cannot be continued exactly; collect into a new store")
+    return int(last) + 1
+
+
 @hydra.main(config_path="pkg://vmp.configs", config_name="collect", version_base=None)
 def main(cfg: DictConfig) -> None:
     """CLI entry point (hydra app)."""
@@ -224,6 +262,7 @@ def main(cfg: DictConfig) -> None:
         overwrite=bool(cfg.overwrite),
         episode_timeout_s=float(cfg.episode_timeout_s),
         action_noise=float(cfg.action_noise),
+        append=bool(cfg.append),
     )
     print(
         f"{summary['task']}: {summary['episodes']} episodes ({summary['steps']} steps) -> {summary['out']}; "
