@@ -97,13 +97,20 @@ def _q(a: np.ndarray, q: float) -> float:
     return float(np.quantile(a, q)) if a.size else math.nan
 
 
-class MetricsServer:
-    """Serves ``metrics.prometheus()`` at http://host:port/metrics from a daemon thread (port 0 = any free)."""
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 64
+    daemon_threads = True
 
-    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 0):
-        handler = _handler(metrics)
-        self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+
+class MetricsServer:
+    """Serves ``metrics.prometheus()`` at http://host:port/metrics from a daemon thread (port 0 = any free).
+
+    A connection that sends no complete request within ``timeout_s`` is closed, so idle clients cannot pile up
+    threads; the listen queue holds 64 pending connections."""
+
+    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 5.0):
+        handler = _handler(metrics, timeout_s)
+        self.httpd = _Server((host, port), handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics-http", daemon=True)
 
     @property
@@ -122,8 +129,10 @@ class MetricsServer:
         self.thread.join(timeout=2)
 
 
-def _handler(metrics: Metrics):
+def _handler(metrics: Metrics, timeout_s: float):
     class Handler(http.server.BaseHTTPRequestHandler):
+        timeout = timeout_s  # applied to the connection's socket: an idle client is dropped, its thread ends
+
         def do_GET(self) -> None:
             if self.path.split("?")[0] not in ("/metrics", "/"):
                 self.send_error(404, "only /metrics is served")

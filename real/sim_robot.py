@@ -32,9 +32,10 @@ class SimRobot:
 
     def __init__(self, env: dict[str, Any], faults: dict[str, Any] | None = None, timeout_s: float = 2.0,
                  start_timeout_s: float = 120.0, host: str = "127.0.0.1", status_file: str | None = None,
-                 fault_seed: int = 0):
+                 fault_seed: int = 0, server: dict[str, Any] | None = None):
+        # server: the server's own limits (idle_timeout_s, frame_timeout_s, max_clients; see sim_server)
         self.server_cfg = {"env": env, "faults": dict(faults or {}), "host": host, "status_file": status_file,
-                           "fault_seed": fault_seed}
+                           "fault_seed": fault_seed, **dict(server or {})}
         self.timeout_s, self.start_timeout_s, self.host = timeout_s, start_timeout_s, host
         self.process: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
@@ -51,7 +52,7 @@ class SimRobot:
         except OSError as exc:
             raise RobotConnectionError(f"cannot connect to SimRobot server at {self.host}:{self._port}: {exc}") from exc
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reply = self._request(wire.Message("hello", {"version": wire.VERSION}), expect="spec")
+        reply = self._request(wire.Message("hello", {"version": wire.VERSION, "token": self._token}), expect="spec")
         self.spec = RobotSpec.from_fields(reply.fields)
         log.info("connected to %s (pid %d): obs %s, action_dim %d, %.0f Hz", self.spec.name, self.process.pid,
                  sorted(self.spec.obs), self.spec.action_dim, self.spec.control_hz)
@@ -74,7 +75,8 @@ class SimRobot:
                     code = self.process.wait(timeout=5)
                     raise RobotConnectionError(f"SimRobot server exited during start with status {code} (see its stderr above)")
                 if line.startswith("VMP_SIM_PORT "):
-                    self._port = int(line.split()[1])
+                    _, port, self._token = line.split()
+                    self._port = int(port)
                     return
         finally:
             sel.close()

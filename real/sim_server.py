@@ -1,8 +1,11 @@
 """The SimRobot server: one simulated task behind a socket, in its own process (our stand-in for hardware).
 
 Run as ``python -m vmp.real.sim_server CONFIG_JSON``. It binds loopback on an ephemeral port and prints
-``VMP_SIM_PORT <port>`` on stdout, then serves one client at a time (a reconnecting client gets the same
-process). The env steps once per ``act`` (lock-step with the daemon's ticks), so simulated time advances at
+``VMP_SIM_PORT <port> <token>`` on stdout (a pipe only its parent reads). A client proves it holds the token in its
+``hello``; until then it gets nothing but errors, so no other local process can reset, drive or stop the robot.
+Each client has a thread of its own (up to ``max_clients``; more are told the server is busy); the env is driven
+under one lock. A client that stays idle for ``idle_timeout_s`` or takes longer than ``frame_timeout_s`` to send a
+frame's bytes is dropped; a malformed frame or field gets an error reply, never a crash. The env steps once per ``act`` (lock-step with the daemon's ticks), so simulated time advances at
 the daemon's control rate. Faults are injected here so that the daemon sees them through the real wire:
 ``latency_s``/``jitter_s`` delay observation replies, ``drop_prob`` drops camera frames (the reply carries
 no arrays and ``dropped=True``), ``exit_after_steps`` kills the process abruptly after that many steps.
@@ -14,12 +17,15 @@ from the robot's side.
 
 from __future__ import annotations
 
+import hmac
 import importlib
 import json
 import logging
 import os
+import secrets
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -51,6 +57,13 @@ def build_env(env_cfg: dict[str, Any]):
 class SimServer:
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = cfg
+        self.token = secrets.token_hex(16)
+        self.idle_timeout_s = float(cfg.get("idle_timeout_s", 300.0))
+        self.frame_timeout_s = float(cfg.get("frame_timeout_s", 10.0))
+        self.max_clients = int(cfg.get("max_clients", 4))
+        self.lock = threading.Lock()  # one env, many client threads
+        self.shutdown = threading.Event()
+        self.clients = threading.BoundedSemaphore(self.max_clients)
         self.faults = {"latency_s": 0.0, "jitter_s": 0.0, "drop_prob": 0.0, "exit_after_steps": 0, **cfg.get("faults", {})}
         self.rng = np.random.default_rng(cfg.get("fault_seed", 0))
         self.env, control_hz, name = build_env(cfg["env"])
@@ -106,7 +119,9 @@ class SimServer:
             return wire.Message("spec", self.spec.to_fields())
         if msg.type == "reset":
             seed = msg.fields.get("seed")
-            obs, info = self.env.reset(seed=None if seed is None else int(seed))
+            if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32):
+                return wire.Message("error", {"message": f"reset seed must be null or an int in [0, 2**32), got {seed!r}"})
+            obs, info = self.env.reset(seed=seed)
             self.obs, self.success, self.done = obs, bool(info.get("success", False)), False
             self.step_in_episode, self.stopped = 0, False
             self._last_action = None
@@ -156,10 +171,11 @@ class SimServer:
         return wire.Message("error", {"message": f"unknown message type {msg.type!r}"})
 
     def serve(self, listener: socket.socket) -> None:
-        """Serve clients one after another; exit with the parent (no orphan servers after a daemon is killed)."""
+        """Accept clients, each on a thread of its own, until an authenticated client says ``bye`` with shutdown or
+        the parent process is gone (no orphan servers after a daemon is killed)."""
         parent = os.getppid()
         listener.settimeout(1.0)
-        while True:
+        while not self.shutdown.is_set():
             try:
                 conn, _ = listener.accept()
             except socket.timeout:
@@ -167,25 +183,71 @@ class SimServer:
                     log.warning("parent process is gone: exiting")
                     return
                 continue
-            conn.settimeout(None)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not self.clients.acquire(blocking=False):
+                _refuse(conn, f"busy: {self.max_clients} clients are connected")
+                continue
+            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+
+    def _client(self, conn: socket.socket) -> None:
+        try:
             with conn:
-                while True:
-                    try:
-                        msg = wire.recv(conn)
-                    except (wire.ConnectionClosed, ConnectionResetError):
-                        break
-                    except wire.ProtocolError as exc:
-                        log.error("dropping client: %s", exc)
-                        break
-                    if msg.type == "bye":
-                        wire.send(conn, wire.Message("ack", {}))
-                        if msg.fields.get("shutdown", True):
-                            self.status["state"] = "stopped" if self.stopped else "exited"
-                            self.write_status()
-                            return
-                        break
-                    wire.send(conn, self.handle(msg))
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._converse(conn)
+        finally:
+            self.clients.release()
+
+    def _converse(self, conn: socket.socket) -> None:
+        authed = False
+        while not self.shutdown.is_set():
+            conn.settimeout(self.idle_timeout_s)
+            try:
+                msg = wire.recv(conn, self.frame_timeout_s)
+            except (wire.ConnectionClosed, OSError):  # closed, reset, idle or too slow (socket.timeout)
+                return
+            except wire.ProtocolError as exc:
+                log.warning("dropping a client: %s", exc)
+                _refuse(conn, f"protocol error: {exc}")
+                return
+            if msg.type == "hello":
+                token = msg.fields.get("token")
+                authed = isinstance(token, str) and hmac.compare_digest(token, self.token)
+                if not authed:
+                    _refuse(conn, "hello needs the server's token (printed to the process that started it)")
+                    return
+            elif not authed:
+                _refuse(conn, f"{msg.type!r} before an authenticated hello")
+                return
+            if msg.type == "bye":
+                shutdown = msg.fields.get("shutdown", True)
+                _send(conn, wire.Message("ack", {}))
+                if shutdown is not False:
+                    with self.lock:
+                        self.status["state"] = "stopped" if self.stopped else "exited"
+                        self.write_status()
+                    self.shutdown.set()
+                return
+            with self.lock:
+                reply = self.handle(msg)
+            if not _send(conn, reply):
+                return
+
+
+def _send(conn: socket.socket, msg: wire.Message) -> bool:
+    """False when the client is gone (it reset the connection before our reply): drop it, keep serving."""
+    try:
+        conn.settimeout(5.0)
+        wire.send(conn, msg)
+        return True
+    except OSError:
+        return False
+
+
+def _refuse(conn: socket.socket, message: str) -> None:
+    _send(conn, wire.Message("error", {"message": message}))
+    try:
+        conn.close()
+    except OSError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -196,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = json.loads(argv[0])
     server = SimServer(cfg)
     listener = socket.create_server((cfg.get("host", "127.0.0.1"), int(cfg.get("port", 0))))
-    print(f"VMP_SIM_PORT {listener.getsockname()[1]}", flush=True)
+    print(f"VMP_SIM_PORT {listener.getsockname()[1]} {server.token}", flush=True)
     try:
         server.serve(listener)
     finally:

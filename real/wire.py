@@ -6,8 +6,9 @@ Why not pickle: a socket is untrusted input, and unpickling runs code. A frame i
     | header: msgpack map {"type": str, "fields": {...}, "arrays": [{name, dtype, shape, nbytes}]} |
     | payload: the arrays' raw C-order bytes, concatenated in header order |
 
-Only plain msgpack types are decoded (no extension types), array dtypes come from a whitelist, and every
-length is checked against limits before anything is allocated.
+Only plain msgpack types are decoded (no extension types), array dtypes come from a whitelist, every field of an
+array entry is type-checked, and every length is checked against limits; a frame's bytes are read in chunks as
+they arrive, so memory grows only with what a peer actually sent. Any malformed frame raises `ProtocolError`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import struct
+import time
 from typing import Any
 
 import msgpack
@@ -26,6 +28,8 @@ _PREFIX = struct.Struct(">4sHHIQ")
 MAX_HEADER_BYTES = 1 << 20  # 1 MiB of msgpack metadata
 MAX_PAYLOAD_BYTES = 256 << 20  # 256 MiB of arrays (several uncompressed camera frames)
 MAX_ARRAYS = 256
+MAX_NDIM = 8
+RECV_CHUNK = 1 << 20  # bytes read per recv call: a large declared frame is allocated only as it arrives
 DTYPES = frozenset({"bool", "uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64"})
 
 
@@ -77,22 +81,41 @@ def decode(prefix: bytes, header: bytes, payload: bytes) -> Message:
         raise ProtocolError(f"frame header 'arrays' must be a list of at most {MAX_ARRAYS} entries")
     arrays, offset = {}, 0
     for meta in metas:
-        try:
-            name, dtype, shape, nbytes = meta["name"], meta["dtype"], tuple(meta["shape"]), meta["nbytes"]
-        except (KeyError, TypeError) as exc:
-            raise ProtocolError(f"array entry {meta!r} lacks name/dtype/shape/nbytes") from exc
-        if dtype not in DTYPES:
-            raise ProtocolError(f"array {name!r}: dtype {dtype!r} not in the wire whitelist")
-        if not all(isinstance(s, int) and s >= 0 for s in shape):
-            raise ProtocolError(f"array {name!r}: bad shape {shape}")
+        name, dtype, shape, nbytes = _array_entry(meta)
+        if name in arrays:
+            raise ProtocolError(f"array {name!r} appears twice in the frame")
+        if offset + nbytes > len(payload):
+            raise ProtocolError(f"array {name!r}: {nbytes} B at offset {offset} overrun the {len(payload)} B payload")
         itemsize = np.dtype(dtype).itemsize
-        if int(np.prod(shape, dtype=np.int64)) * itemsize != nbytes or offset + nbytes > len(payload):
-            raise ProtocolError(f"array {name!r}: shape {shape} x {dtype} does not match {nbytes} B at offset {offset} of {len(payload)} B")
-        arrays[name] = np.frombuffer(payload, dtype=dtype, count=nbytes // itemsize if itemsize else 0, offset=offset).reshape(shape).copy()
+        arrays[name] = np.frombuffer(payload, dtype=dtype, count=nbytes // itemsize, offset=offset).reshape(shape).copy()
         offset += nbytes
     if offset != len(payload):
         raise ProtocolError(f"payload has {len(payload) - offset} trailing bytes")
     return Message(head["type"], head.get("fields", {}), arrays)
+
+
+def _array_entry(meta: Any) -> tuple[str, str, tuple[int, ...], int]:
+    """One header array entry, every field type-checked -> (name, dtype, shape, nbytes)."""
+    if not isinstance(meta, dict):
+        raise ProtocolError(f"array entry must be a map, got {type(meta).__name__}")
+    name, dtype, shape, nbytes = (meta.get(k) for k in ("name", "dtype", "shape", "nbytes"))
+    if not isinstance(name, str):
+        raise ProtocolError(f"array entry {meta!r}: 'name' must be a str")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ProtocolError(f"array {name!r}: dtype {dtype!r} not in the wire whitelist")
+    if (not isinstance(shape, list) or len(shape) > MAX_NDIM
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_PAYLOAD_BYTES for d in shape)):
+        raise ProtocolError(f"array {name!r}: shape {shape!r} must be a list of at most {MAX_NDIM} non-negative ints")
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool):
+        raise ProtocolError(f"array {name!r}: nbytes {nbytes!r} must be an int")
+    size = np.dtype(dtype).itemsize
+    for d in shape:  # Python ints: no overflow, and it stops once past the limit
+        size *= d
+        if size > MAX_PAYLOAD_BYTES:
+            break
+    if size != nbytes:
+        raise ProtocolError(f"array {name!r}: shape {shape} x {dtype} does not match nbytes {nbytes}")
+    return name, dtype, tuple(shape), nbytes
 
 
 def _no_ext(code: int, data: bytes) -> Any:
@@ -116,21 +139,28 @@ def send(sock: socket.socket, msg: Message) -> None:
     sock.sendall(encode(msg))
 
 
-def recv(sock: socket.socket) -> Message:
-    """Receive one framed message; raises ConnectionClosed on EOF, socket.timeout on timeout."""
-    prefix = _recv_exact(sock, _PREFIX.size)
+def recv(sock: socket.socket, frame_timeout_s: float | None = None) -> Message:
+    """Receive one framed message; raises ConnectionClosed on EOF, socket.timeout on timeout, ProtocolError on a
+    malformed frame. The wait for a frame's first bytes uses the socket's timeout; with ``frame_timeout_s`` the
+    rest of the frame must follow within that time (a peer dribbling bytes cannot hold a server)."""
+    prefix = _recv_exact(sock, _PREFIX.size, None)
     header_len, payload_len = parse_prefix(prefix)
-    header = _recv_exact(sock, header_len)
-    payload = _recv_exact(sock, payload_len)
+    deadline = None if frame_timeout_s is None else time.monotonic() + frame_timeout_s
+    header = _recv_exact(sock, header_len, deadline)
+    payload = _recv_exact(sock, payload_len, deadline)
     return decode(prefix, header, payload)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
-            raise ConnectionClosed(f"peer closed the connection after {got} of {n} bytes")
-        got += k
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout(f"frame not complete in time ({len(buf)} of {n} bytes)")
+            sock.settimeout(left)
+        chunk = sock.recv(min(RECV_CHUNK, n - len(buf)))
+        if not chunk:
+            raise ConnectionClosed(f"peer closed the connection after {len(buf)} of {n} bytes")
+        buf += chunk
     return bytes(buf)

@@ -74,7 +74,7 @@ def test_crash_after_steps_and_reconnect_starts_fresh_server():
 def test_version_mismatch_refused():
     with SimRobot(TOY) as robot:
         with pytest.raises(RobotError, match="version"):
-            robot._request(wire.Message("hello", {"version": wire.VERSION + 1}), expect="spec")
+            robot._request(wire.Message("hello", {"version": wire.VERSION + 1, "token": robot._token}), expect="spec")
 
 
 def test_bad_env_config_fails_fast():

@@ -58,12 +58,37 @@ def test_bad_arrays_refused():
     with pytest.raises(wire.ProtocolError, match="whitelist"):
         wire.decode(*_frame({"type": "x", "arrays": [meta]}, b"\0" * 8))
     meta = {"name": "a", "dtype": "float32", "shape": [3], "nbytes": 12}
-    with pytest.raises(wire.ProtocolError, match="does not match"):
+    with pytest.raises(wire.ProtocolError, match="overrun"):
         wire.decode(*_frame({"type": "x", "arrays": [meta]}, b"\0" * 8))  # truncated payload
     with pytest.raises(wire.ProtocolError, match="trailing"):
         wire.decode(*_frame({"type": "x", "arrays": []}, b"\0" * 4))
     with pytest.raises(wire.ProtocolError, match="map"):
         wire.decode(*_frame([1, 2, 3]))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("meta, match", [
+    ({"name": "a", "dtype": "uint8", "shape": [2**32, 2**32], "nbytes": 0}, "non-negative ints"),
+    ({"name": "a", "dtype": "uint8", "shape": [2**20, 2**20, 2**20], "nbytes": 0}, "does not match"),  # product huge
+    ({"name": "a", "dtype": "uint8", "shape": [2**63 - 1], "nbytes": 0}, "non-negative ints"),
+    ({"name": "a", "dtype": "uint8", "shape": [-1], "nbytes": 0}, "non-negative ints"),
+    ({"name": "a", "dtype": "uint8", "shape": [True], "nbytes": 1}, "non-negative ints"),
+    ({"name": "a", "dtype": "uint8", "shape": [1], "nbytes": 1.0}, "must be an int"),
+    ({"name": ["a"], "dtype": "uint8", "shape": [1], "nbytes": 1}, "'name' must be a str"),
+    ({"name": "a", "dtype": ["uint8"], "shape": [1], "nbytes": 1}, "whitelist"),
+    ({"name": "a", "dtype": "uint8", "shape": "1", "nbytes": 1}, "non-negative ints"),
+    ("not a map", "must be a map"),
+])
+def test_hostile_array_entries_are_protocol_errors(meta, match):
+    """Well-formed msgpack with hostile field values: always a ProtocolError (the server answers it), never a
+    ValueError/TypeError/OverflowError from numpy that would take a server down."""
+    with pytest.raises(wire.ProtocolError, match=match):
+        wire.decode(*_frame({"type": "x", "arrays": [meta]}, b"\0"))
+
+
+def test_duplicate_array_names_refused():
+    meta = {"name": "a", "dtype": "uint8", "shape": [1], "nbytes": 1}
+    with pytest.raises(wire.ProtocolError, match="twice"):
+        wire.decode(*_frame({"type": "x", "arrays": [meta, meta]}, b"\0\0"))
 
 
 def test_extension_types_refused():
