@@ -165,3 +165,36 @@ def test_run_folder_resume_log_and_option_types(tmp_path):
     assert steps == [5, 10, 15, 20] and read_checkpoint(part)["step"] == 20 and payload["step"] == 20
     with pytest.raises(ValueError, match=r"training.steps='ten' must be int"):
         train(compose_cfg(store, tmp_path / "bad", "training.steps=ten"))
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """vmp-train killed with SIGKILL (no chance to save) after a checkpoint, then resume=true: the final parameters
+    equal an uninterrupted run's, and metrics.csv holds every logged step once."""
+    import signal
+    import time
+
+    store = make_store(tmp_path / "s.zarr")
+    common = ["task=lift", f"store={store}", "policy.d_model=32", "policy.n_layers=1", "policy.n_heads=2",
+              "training.batch_size=16", "training.warmup_steps=2", "training.val_ratio=0", "training.steps=400",
+              "training.ckpt_every=20", "training.log_every=20", "device=cpu"]
+    full = train(compose_cfg(store, tmp_path / "full", *common[1:], "training.val_ratio=0"))
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vmp.policies.train", *common, f"run_dir={run}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (ckpt.exists() and read_checkpoint(ckpt)["step"] >= 60):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = read_checkpoint(ckpt)["step"]
+    assert 60 <= killed_at < 400
+    resumed = train(compose_cfg(store, run, *common[1:], "resume=true"))
+    a, b = read_checkpoint(full), read_checkpoint(resumed)
+    for key, value in a["policy"].items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(b["policy"][key], value, rtol=1e-5, atol=1e-6, msg=f"parameter {key} differs")
+    with open(run / "metrics.csv", newline="") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == list(range(20, 401, 20))
