@@ -66,7 +66,8 @@ def _bare_robot(rcfg: DictConfig, task_cfg: Any):
             env = {"task": OmegaConf.to_container(task_cfg, resolve=True)}
         return SimRobot(env, faults=OmegaConf.to_container(rcfg.faults, resolve=True), timeout_s=float(rcfg.timeout_s),
                         start_timeout_s=float(rcfg.start_timeout_s), host=str(rcfg.host),
-                        status_file=rcfg.status_file, fault_seed=int(rcfg.fault_seed))
+                        status_file=rcfg.status_file, fault_seed=int(rcfg.fault_seed),
+                        server=OmegaConf.to_container(rcfg.server, resolve=True) if rcfg.get("server") else None)
     if rcfg.kind == "lerobot":
         from vmp.real.lerobot_robot import LeRobotRobot
 
