@@ -274,8 +274,8 @@ def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = run(cfg, out_dir)
-    except KeyError as exc:  # e.g. checkpoint keys vs robot keys: a configuration error, not a crash
-        log.error("refusing to start: %s", exc.args[0] if exc.args else exc)
+    except (KeyError, ValueError, FileNotFoundError) as exc:  # checkpoint vs robot keys, a stage-one or missing
+        log.error("refusing to start: %s", exc.args[0] if exc.args else exc)  # checkpoint: configuration errors
         sys.exit(2)
     print(f"vmp-deploy: {summary['successes']}/{summary['n_episodes']} successful "
           f"(rate {summary['success_rate']:.1%}); loop period p99 {summary['loop_period_p99_ms']} ms; "
