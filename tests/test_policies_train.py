@@ -179,7 +179,8 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
               "training.ckpt_every=20", "training.log_every=20", "device=cpu"]
     full = train(compose_cfg(store, tmp_path / "full", *common[1:], "training.val_ratio=0"))
     run = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the same thread count as this process, which runs the other two: float reductions then match bit for bit
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "vmp.policies.train", *common, f"run_dir={run}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = run / "checkpoints" / "latest.pt"
