@@ -19,6 +19,10 @@ def head_config(cfg: DictConfig):
         raise ValueError(f"policy.name={name!r} is not a head; choose one of {sorted(HEADS)}")
     fields = {k: v for k, v in OmegaConf.to_container(cfg.policy, resolve=True).items() if k != "name"}
     config_class = HEADS[name].config_class
+    if name == "carp_tokenizer" and "d_model" in fields:
+        raise ValueError("this carp_tokenizer checkpoint predates the tokenizer as a stage-one model (it carries an "
+                         "observation encoder): retrain it with vmp-train policy=carp_tokenizer (minutes on a CPU); "
+                         "CARP checkpoints trained on it still load")
     known = {f for f in config_class.__dataclass_fields__}
     unknown = sorted(set(fields) - known)
     if unknown:

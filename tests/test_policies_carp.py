@@ -337,3 +337,14 @@ def test_vmp_train_tokenizer_then_carp_then_load_without_tokenizer_file(tmp_path
     # one config switch: the same task and store train BESO
     beso = compose_cfg("policy=beso", f"store={store}")
     assert beso.policy.name == "beso" and beso.task == cfg.task
+
+
+def test_checkpoints_from_before_the_stage_one_tokenizer(tmp_path):
+    """A CARP config saved when tokenizer configs still carried an encoder width (d_model) builds; such a tokenizer
+    checkpoint itself is refused with what to do."""
+    cfg = toy_cfg("carp")
+    cfg.policy.tokenizer.d_model = 32
+    assert build_model(cfg, unit_normalizer()).name == "carp"
+    old_tok = toy_cfg("carp_tokenizer", d_model=32)
+    with pytest.raises(ValueError, match="predates the tokenizer as a stage-one model .* retrain it"):
+        build_model(old_tok, unit_normalizer())

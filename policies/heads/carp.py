@@ -154,7 +154,9 @@ class CARPConfig:
             raise ValueError(f"policy.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.self_correction <= 1.0:
             raise ValueError(f"policy.self_correction must be in [0, 1], got {self.self_correction}")
-        fields = {k: v for k, v in dict(self.tokenizer).items() if k != "name"}
+        # d_model: the unused encoder width that tokenizer configs carried before the tokenizer became a stage-one
+        # model; CARP checkpoints saved then still hold it in policy.tokenizer
+        fields = {k: v for k, v in dict(self.tokenizer).items() if k not in ("name", "d_model")}
         known = set(CARPTokenizerConfig.__dataclass_fields__)
         unknown = sorted(set(fields) - known)
         if unknown:
