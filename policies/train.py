@@ -224,6 +224,9 @@ def train(cfg: DictConfig) -> Path:
             log.info("resumed from %s at step %d", ckpt_path, step)
     elif cfg.resume and is_main:
         log.warning("resume=true but %s does not exist: starting from scratch", ckpt_path)
+    elif ckpt_path.exists() and not cfg.get("overwrite", False):
+        raise FileExistsError(f"run_dir {run_dir} already holds a checkpoint (step {read_checkpoint(ckpt_path)['step']}): "
+                              f"resume=true to continue it, overwrite=true to start afresh there, or another run_dir")
     model = DistributedDataParallel(policy) if world > 1 else policy
     n_params = sum(p.numel() for p in policy.parameters())
     if is_main:

@@ -124,7 +124,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             blend = str(cfg.blend_fallback)
         control_hz = float(cfg.robot.control_hz or spec.control_hz)
         settings.update(control_hz=control_hz, blend=blend)
-        max_ticks = int(cfg.max_ticks or (task_cfg.max_episode_steps if task_cfg is not None else cfg.robot.max_ticks))
+        task_limit = task_cfg.get("max_episode_steps") if task_cfg is not None else None
+        max_ticks = int(cfg.max_ticks or task_limit or cfg.robot.max_ticks)  # a task may not state its own limit
         exec_horizon = int(cfg.exec_horizon) if cfg.exec_horizon is not None else int(engine.n_action_steps)
         loop_cfg = LoopConfig(control_hz, exec_horizon, blend, float(cfg.ensemble_m), str(cfg.prefix_schedule),
                               float(cfg.epsilon_s), int(cfg.delay_window), max_ticks, bool(cfg.stop_on_success),

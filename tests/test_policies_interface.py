@@ -100,6 +100,15 @@ def test_tiny_image_checkpoint_deploys_through_the_daemon(tmp_path):
     assert summary["counters"]["chunks"] >= 2 * (20 // 4 - 1)  # chunks kept arriving every exec horizon
     with EpisodeStore.open(tmp_path / "rec.zarr") as store:
         assert store.n_episodes == 2 and store.episode(0)["camera_image"].shape == (20, IMG, IMG, 3)
+    # a checkpoint whose task states no max_episode_steps runs to the robot config's max_ticks
+    del cfg.task.max_episode_steps
+    save_checkpoint(ckpt, {"cfg": OmegaConf.to_yaml(cfg), "policy": policy.state_dict(), "ema": None, "step": 0})
+    with initialize_config_module(config_module="vmp.configs", version_base=None):
+        dcfg = compose("deploy", [f"checkpoint={ckpt}", "robot=toy", f"robot.env.kwargs.image_size={IMG}",
+                                  "metrics.enabled=false", "record.enabled=false", "n_episodes=1",
+                                  "robot.max_ticks=12", f"summary_path={tmp_path / 'summary2.json'}"])
+    summary = daemon.run(dcfg, tmp_path)
+    assert summary["error"] is None and summary["episodes"][0]["ticks"] == 12
 
 
 class ExtrasReachPolicy(ReachPolicy):

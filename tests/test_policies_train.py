@@ -199,3 +199,15 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     with open(run / "metrics.csv", newline="") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert steps == list(range(20, 401, 20))
+
+
+def test_rerunning_into_a_used_run_dir_is_refused(tmp_path):
+    """A second vmp-train into the same run_dir without resume=true would replace the only checkpoint and truncate
+    metrics.csv: refused naming the options; overwrite=true starts afresh on purpose."""
+    store = make_store(tmp_path / "s.zarr")
+    train(compose_cfg(store, tmp_path / "run", "training.steps=10", "training.log_every=5"))
+    with pytest.raises(FileExistsError, match=r"already holds a checkpoint \(step 10\): resume=true .* overwrite=true"):
+        train(compose_cfg(store, tmp_path / "run", "training.steps=4"))
+    assert read_checkpoint(tmp_path / "run")["step"] == 10  # untouched
+    train(compose_cfg(store, tmp_path / "run", "training.steps=4", "training.log_every=2", "overwrite=true"))
+    assert read_checkpoint(tmp_path / "run")["step"] == 4
