@@ -1,4 +1,4 @@
-"""vmp-bench: run one benchmark (each writes RESULTS.md-style JSON under results/) or regenerate the README tables.
+"""vmp-bench: run one benchmark (each writes a results record, JSON under results/) or regenerate the README tables.
 
     vmp-bench latency [--device cuda]     action-chunk latency per head and sampler
     vmp-bench sampler                     training data throughput (windows/s)

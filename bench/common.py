@@ -1,4 +1,4 @@
-"""What every benchmark shares: RESULTS.md records, percentiles, device names."""
+"""What every benchmark shares: results records, percentiles, device names."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def percentiles_ms(times_s: list[float]) -> dict[str, float]:
 
 def write_result(name: str, kind: str, task: str, obs: str, policy: str, variant: str, metrics: dict[str, Any],
                  device: str, command: str, budget: dict[str, Any] | None = None, out_dir: Path = RESULTS_DIR) -> Path:
-    """One measurement -> results/<name>.json in the RESULTS.md format (written atomically)."""
+    """One measurement -> results/<name>.json in the results-record format (written atomically)."""
     from vmp.policies.checkpoint import git_revision
 
     record = {

@@ -2,7 +2,7 @@
 
 A SimRobot process serves the toy task; the policy burns real CPU in the inference thread (matrix products
 standing in for a diffusion head's denoising steps), so the loop competes for the GIL as it would on a robot.
-Writes one RESULTS.md-style JSON per run::
+Writes one results record (JSON) per run::
 
     python -m vmp.bench.deploy --hz 50 --seconds 20 --out results/bench_deploy_cpu.json
 """
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-steps", type=int, default=10, help="MLP passes per chunk (stand-in for denoising steps)")
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--rt-priority", type=int, default=0, help="SCHED_FIFO priority of the loop thread (0 = normal)")
-    ap.add_argument("--policy-sleep-ms", type=float, default=0.0, help="extra sleep per chunk (DEPLOY.md test 3 uses 2 dt)")
+    ap.add_argument("--policy-sleep-ms", type=float, default=0.0, help="extra sleep per chunk (2 dt: a policy slower than a tick)")
     ap.add_argument("--seams", action="store_true", help="instead: replay latency sweep (simulated clock), seam metrics vs delay")
     ap.add_argument("--out", default="results/bench_deploy_cpu.json")
     args = ap.parse_args(argv)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def seam_sweep(args: argparse.Namespace, argv: list[str] | None) -> None:
-    """DEPLOY.md test 4 as a report: delays {0,1,2,4,6,8}*dt with lognormal jitter and 3x spikes, each blend mode,
+    """The latency sweep as a report: delays {0,1,2,4,6,8}*dt with lognormal jitter and 3x spikes, each blend mode,
     on expert episodes of the toy task replayed on a simulated clock (no wall clock: exactly reproducible)."""
     from vmp.real.replay import replay, seam_metrics
     from vmp.real.toy import ToyReachEnv

@@ -2,7 +2,8 @@
 
 All heads use the same encoder and comparable network sizes (the configs in configs/policy/), with freshly initialised
 weights: latency depends on the compute graph, not on the weights. Each setting: burn-in, then timed calls of the
-observation-window-to-chunk path every caller shares (`Policy.predict_window`; its host copy synchronises). Writes results/latency_<obs>_<head>_<variant>_<device>.json (RESULTS.md format).
+observation-window-to-chunk path every caller shares (`Policy.predict_window`; its host copy synchronises).
+Writes results/latency_<obs>_<head>_<variant>_<device>.json (results-record format).
 
 `--engine` times what `vmp-deploy` runs instead: `real.engine.InferenceEngine` (host arrays in and out; on CUDA bf16
 autocast and each head's chunk replayed from a CUDA graph), after its warm-up has captured the graphs.

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     for path in sorted(Path(args.results).glob("*.json")):
         record = json.loads(path.read_text())
         if not {"kind", "metrics", "task"} <= set(record):
-            raise ValueError(f"{path} is not a RESULTS.md record (needs kind, task, metrics)")
+            raise ValueError(f"{path} is not a results record (needs kind, task, metrics)")
         records.append(record)
     readme = Path(args.readme)
     text = readme.read_text()

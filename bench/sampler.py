@@ -1,6 +1,6 @@
 """Training-sampler throughput: windows per second through a DataLoader (results/bench_sampler.json).
 
-Default workload (issue 4): a 200-episode store (50 steps each) with two 84x84 RGB cameras plus low-dim
+Default workload: a 200-episode store (50 steps each) with two 84x84 RGB cameras plus low-dim
 state, windows of n_obs_steps=2 / horizon=16, batch 256, DataLoader with 2 workers, shuffled. The store is
 generated into a temporary directory (rendered-looking synthetic frames: flat colours, moving objects).
 
@@ -157,7 +157,7 @@ def measure_training_rate(batch_size: int = 256, n_steps: int = 5, encoder: str 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Measure with the default workload and write results/bench_sampler.json (RESULTS.md format)."""
+    """Measure with the default workload and write results/bench_sampler.json (results-record format)."""
     parser = argparse.ArgumentParser(prog="python -m vmp.bench.sampler", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=30)

@@ -215,7 +215,7 @@ class Policy(nn.Module, abc.ABC):
         step: the control step of the window's newest observation (the slow context is refreshed from it every
         ``context_every`` steps). prefix [L, A] / prefix_weights [L] reach heads with ``capabilities.prefix`` and
         are ignored by the others. forward: what runs the head (default `predict`; the deployment engine passes
-        its compiled version).
+        its own, with autocast and CUDA graphs).
         """
         obs, goal_batch = self.window_to_batch(window, goal, instruction)
         kwargs: dict[str, Any] = {}

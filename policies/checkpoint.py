@@ -91,10 +91,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: dict[str, Any] | None = None,
-               use_ema: bool = True):
+               use_ema: bool = True, policy_only: bool = False):
     """-> (head or stage-one model in eval mode with EMA weights when present, training cfg).
 
     overrides: inference-time head settings, e.g. {"sampler": "dpmpp_2m", "n_steps": 5, "guidance_weight": 1.5}.
+    policy_only: refuse a stage-one model (`refuse_stage_one`) before building it.
     """
     from diffusers.training_utils import EMAModel
 
@@ -102,6 +103,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: 
 
     payload = read_checkpoint(path)
     cfg: DictConfig = OmegaConf.create(payload["cfg"])
+    if policy_only:
+        refuse_stage_one(path, cfg)
     if payload.get("io") is not None:  # weights saved by one head never load under another's config
         check_same_io(payload["io"], model_io(cfg), f"{path}'s weights", "its config")
     for key, value in (overrides or {}).items():
@@ -119,14 +122,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: 
     return model.to(device).eval(), cfg
 
 
+def refuse_stage_one(path: str | Path, cfg: DictConfig) -> None:
+    """For callers that act (vmp-eval, vmp-deploy): a stage-one checkpoint is refused by name, before it is built."""
+    from vmp.policies.base import StageOneModel
+    from vmp.policies.heads import HEADS
+
+    head = HEADS.get(cfg.policy.name)
+    if isinstance(head, type) and issubclass(head, StageOneModel):
+        raise ValueError(f"{path} holds {cfg.policy.name!r}, a stage-one model that never acts; evaluate or deploy "
+                         f"the policy trained on it (e.g. vmp-train policy=carp policy.tokenizer_checkpoint={path})")
+
+
 def load_policy(path: str | Path, device: str | torch.device = "cpu", overrides: dict[str, Any] | None = None,
                 use_ema: bool = True):
     """`load_model` for callers that act (vmp-eval, vmp-deploy): a stage-one checkpoint is refused by name."""
-    from vmp.policies.base import Policy
-
-    model, cfg = load_model(path, device, overrides, use_ema)
-    if not isinstance(model, Policy):
-        raise ValueError(f"{path} holds {cfg.policy.name!r}, a stage-one model ({type(model).__name__}) that never acts; "
-                         f"evaluate or deploy the policy trained on it (e.g. vmp-train policy=carp "
-                         f"policy.tokenizer_checkpoint={path})")
-    return model, cfg
+    return load_model(path, device, overrides, use_ema, policy_only=True)

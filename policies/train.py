@@ -131,7 +131,7 @@ def train(cfg: DictConfig) -> Path:
     from tqdm import tqdm
 
     from vmp.data import EpisodeStore, Normalizer, SequenceDataset, SequenceSampler
-    from vmp.policies.build import build_model, normalizer_modes
+    from vmp.policies.build import build_model, head_config, normalizer_modes
     from vmp.policies.checkpoint import check_same_io, git_revision, model_io, read_checkpoint, save_checkpoint
 
     tcfg = cfg.training
@@ -154,18 +154,19 @@ def train(cfg: DictConfig) -> Path:
     from vmp.data.dataset import MixedSequenceDataset
     from vmp.policies.heads import HEADS
 
+    head_settings = head_config(cfg)  # an unknown head or setting is refused here, before the data is read
     store = EpisodeStore.open(cfg.store)
-    head_cls = HEADS.get(cfg.policy.name)
+    head_cls = HEADS[cfg.policy.name]
     reads_obs = getattr(head_cls, "reads_obs", True)  # an action tokenizer samples actions only
     obs_keys = list(cfg.task.shape_meta.obs.keys()) if reads_obs else []
     goal_keys = list(cfg.task.get("goal_keys") or [])
-    head_cfg = cfg.policy
     sampler_kwargs = dict(
-        keys=obs_keys, n_obs_steps=head_cfg.n_obs_steps, horizon=head_cfg.horizon, n_action_steps=head_cfg.n_action_steps,
+        keys=obs_keys, n_obs_steps=head_settings.n_obs_steps, horizon=head_settings.horizon,
+        n_action_steps=head_settings.n_action_steps,
         val_ratio=tcfg.val_ratio, seed=cfg.seed, goal_keys=goal_keys or None, goal_mode=tcfg.goal_mode,
         language=bool(cfg.task.get("language_conditioned", False)),
         # what else the head trains on: future frames, training-only targets, per-step text
-        **(head_cls.batch_requirements(head_cfg, cfg.task) if head_cls is not None else {}),
+        **head_cls.batch_requirements(head_settings, cfg.task),
     )
     train_set = SequenceDataset(SequenceSampler(store, split="train", **sampler_kwargs))
     stats_sampler = train_set.sampler

@@ -90,8 +90,7 @@ class InferenceEngine:
         cuda = self.device.type == "cuda"
         self.bf16 = cuda if bf16 == "auto" else bool(bf16)
         self.compiled = False if compile == "auto" else bool(compile)  # graphs give the win; compiling takes minutes
-        self.cuda_graphs = cuda if cuda_graphs == "auto" else bool(cuda_graphs)
-        self.cuda_graphs = self.cuda_graphs and cuda
+        self.cuda_graphs = cuda and (cuda_graphs == "auto" or bool(cuda_graphs))
         self.supports_prefix = policy.capabilities.prefix
         self._chunk_fn = policy.predict_action_chunk
         if self.compiled:
@@ -132,15 +131,13 @@ class InferenceEngine:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
             if self.policy.capabilities.extras:
                 return self.policy.predict(obs, goal, generator, **kwargs)
-            if not self.cuda_graphs:
-                return Prediction(self._chunk_fn(obs, goal, generator, **kwargs))
-            key = _signature(obs, goal, kwargs)
-            if key not in self._graphs:
-                self._graphs[key] = self._capture(obs, goal, kwargs)
-            graph = self._graphs[key]
-            if graph is None:
-                return Prediction(self._chunk_fn(obs, goal, generator, **kwargs))
-            return Prediction(graph(obs, goal, generator, **kwargs))
+            graph = None
+            if self.cuda_graphs:
+                key = _signature(obs, goal, kwargs)
+                if key not in self._graphs:
+                    self._graphs[key] = self._capture(obs, goal, kwargs)
+                graph = self._graphs[key]
+            return Prediction((graph or self._chunk_fn)(obs, goal, generator, **kwargs))
 
     def _capture(self, obs: dict[str, Any], goal: Any, kwargs: dict[str, Any]) -> CapturedChunk | None:
         noise_fn = getattr(self.policy, "sampling_noise_shape", None)

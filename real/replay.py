@@ -1,4 +1,4 @@
-"""Replay harness on a simulated clock (DEPLOY.md tests 1-3): recorded observations drive an engine; inference
+"""Replay harness on a simulated clock (the seam, invariant and latency tests): recorded observations drive an engine; inference
 "returns" after an injected delay; the same `ActionScheduler` as the live loop builds the plan. No wall clock,
 no threads: every mode sees the same observations, delays and seeds, so seam metrics compare modes fairly.
 """

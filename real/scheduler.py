@@ -1,6 +1,6 @@
 """The action plan: which action each control tick sends, how late chunks are trimmed, how seams are blended.
 
-Timing model (DEPLOY.md): tick k happens at t0 + k*dt. A chunk predicted from the observation taken at tick
+Timing model: tick k happens at t0 + k*dt. A chunk predicted from the observation taken at tick
 ``k_obs`` is the executable part of the policy's output (indices n_obs_steps-1 ...), so its action j is for tick
 ``k_obs + offset + j``. When it arrives, entries for ticks already sent, or due within ``epsilon_s``, are dropped.
 The measured delay delta = t_ready - t_obs gives d = ceil(delta/dt); planning uses d_hat = ceil(max(last W deltas)/dt).

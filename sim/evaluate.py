@@ -259,7 +259,7 @@ def refuse_all_errored(metrics: dict[str, Any], out_dir: str | Path) -> None:
 
 def results_record(metrics: dict, task: dict, policy: str, variant: str = "", budget: dict | None = None,
                    device: str | None = None, command: str | None = None) -> dict[str, Any]:
-    """A RESULTS.md-style record of an evaluation (kind "expert" for experts, else "success")."""
+    """A results record (the format the README describes) of an evaluation (kind "expert" for experts, else "success")."""
     keep = ("success_rate", "ci95_low", "ci95_high", "n_episodes", "episode_length_mean", "p50_ms", "p99_ms")
     return {
         "kind": "expert" if policy == "expert" else "success",
@@ -324,12 +324,9 @@ def main(cfg: DictConfig) -> None:
             check_same_io(model_io(train_cfg), model_io(OmegaConf.create({"policy": train_cfg.policy, "task": cfg.task})),
                           str(cfg.checkpoint), f"task={cfg.task.name}")
         policy_name = str(train_cfg.policy.get("name", "policy"))
-        from vmp.policies.base import StageOneModel
-        from vmp.policies.heads import HEADS
+        from vmp.policies.checkpoint import refuse_stage_one
 
-        if isinstance(HEADS.get(policy_name), type) and issubclass(HEADS[policy_name], StageOneModel):
-            raise ValueError(f"{cfg.checkpoint} holds {policy_name!r}, a stage-one model that never acts; evaluate the "
-                             f"policy trained on it (e.g. vmp-train policy=carp policy.tokenizer_checkpoint={cfg.checkpoint})")
+        refuse_stage_one(cfg.checkpoint, train_cfg)
         budget = dict(payload.get("budget") or {})
         make_policy = functools.partial(checkpoint_policy, str(cfg.checkpoint), str(cfg.device), overrides)
     else:

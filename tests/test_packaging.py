@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# ARCHITECTURE.md's top-level folders, each installed as `vmp.<folder>` (vmp/ itself as `vmp`).
+# The repository's top-level folders, each installed as `vmp.<folder>` (vmp/ itself as `vmp`).
 FOLDERS = {"vmp", "data", "sim", "policies", "real", "bench", "configs"}
 SKIP_DIRS = {"__pycache__", "tests"}
 

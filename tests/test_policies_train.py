@@ -152,8 +152,6 @@ def test_run_folder_resume_log_and_option_types(tmp_path):
         load_policy(tmp_path)
     # Pretend the run died after logging step 20 but with its last checkpoint at step 10: resume from there.
     payload = read_checkpoint(run)
-    from vmp.policies.checkpoint import save_checkpoint
-
     part = train(compose_cfg(store, tmp_path / "part", "training.steps=20", "training.ckpt_every=10",
                              "training.log_every=5", "training.stop_after=10"))
     with open(tmp_path / "part" / "metrics.csv", "a", newline="") as f:  # rows logged after the checkpoint

@@ -1,4 +1,4 @@
-"""Replay harness on a simulated clock (DEPLOY.md tests 1-4): seams, invariants, latency sweep.
+"""Replay harness on a simulated clock (seam, invariant and latency-sweep tests): seams, invariants, latency sweep.
 
 Recorded observations come from a store written here (expert episodes of the toy reaching task); every mode
 replays the same observations with the same policy seed and the same injected delays.

@@ -1,6 +1,6 @@
 """BESO: goal-conditioned score-based diffusion policy (Reuss et al., RSS 2023) on EDM preconditioning.
 
-Choices (see METHODS.md, BESO):
+Choices:
 - Denoiser D(a; sigma, c) = c_skip a + c_out F(c_in a, c_noise, c) with Karras et al.'s scalings, sigma_data = 0.5
   (actions are min-max normalized to [-1, 1]). The loss is written in F-space, MSE(F, (a - c_skip x) / c_out), which is
   exactly EDM's weighted loss lambda(sigma) ||D - a||^2 with lambda = 1 / c_out^2.
@@ -12,7 +12,7 @@ Choices (see METHODS.md, BESO):
   update written here over the same sigmas and preconditioning (diffusers has no EDM ancestral scheduler).
 - Goal dropout (p = 0.1) trains the goal-free policy in the same network; with a goal and guidance_weight w != 1 the
   sampler mixes F_uncond + w (F_cond - F_uncond) from one doubled batch.
-- `prefix` / `prefix_weights` inpaint the start of the chunk for real-time chunking (DEPLOY.md): at every step the
+- `prefix` / `prefix_weights` inpaint the start of the chunk for real-time chunking (vmp-deploy blend=prefix): at every step the
   denoised estimate is replaced by W*Y + (1-W)*D, expressed back as the F that yields it, so any scheduler applies it.
 """
 

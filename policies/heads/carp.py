@@ -1,4 +1,4 @@
-"""CARP: coarse-to-fine autoregressive policy (Gong et al., 2024), two heads (METHODS.md, CARP).
+"""CARP: coarse-to-fine autoregressive policy (Gong et al., 2024), two heads.
 
 - `carp_tokenizer` (stage 1): the multi-scale residual action tokenizer (`vmp.policies.nn.action_vq`), trained on the
   store's action chunks with reconstruction + VQ losses. A `StageOneModel`: `vmp-train` trains and checkpoints it like
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vmp.policies.base import Capabilities, ConditionalPolicy, StageOneModel
+from vmp.policies.base import ConditionalPolicy, StageOneModel
 from vmp.policies.nn.action_vq import MultiScaleActionVQ
 from vmp.policies.nn.transformer import AdaLNSelfAttnBlock, KVCache
 
