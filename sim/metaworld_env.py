@@ -122,6 +122,8 @@ class MetaWorldEnv(gym.Env):
         control_hz: int = 80,
         language: str | None = None,
         tasks: list[str] | None = None,
+        camera_fovy: float | None = None,
+        goal_marker_size: float | None = None,
         **unused: Any,
     ):
         if render_mode not in (None, "rgb_array"):
@@ -144,6 +146,11 @@ class MetaWorldEnv(gym.Env):
         self.image_size, self.render_size = int(image_size), int(render_size)
         self.render_mode, self.render_camera = render_mode, render_camera
         self.fast_render = bool(fast_render)
+        if camera_fovy is not None and not 5.0 <= float(camera_fovy) <= 120.0:
+            raise ValueError(f"Meta-World: env_kwargs.camera_fovy must be in [5, 120] degrees, got {camera_fovy}")
+        if goal_marker_size is not None and not 0.0 < float(goal_marker_size) <= 0.1:
+            raise ValueError(f"Meta-World: env_kwargs.goal_marker_size must be in (0, 0.1] m, got {goal_marker_size}")
+        self.camera_fovy, self.goal_marker_size = camera_fovy, goal_marker_size
         self._fixed_language = language if not self.multitask else None
         self.metadata = {**self.metadata, "render_fps": control_hz}
         self._envs: dict[str, Any] = {}
@@ -156,8 +163,24 @@ class MetaWorldEnv(gym.Env):
         if name not in self._envs:
             env = _build_task_env(name)
             set_fast_model_settings(env.model, self.fast_render)
+            self._adjust_view(env.model)
             self._envs[name] = env
         return self._envs[name]
+
+    def _adjust_view(self, model: mujoco.MjModel) -> None:
+        """Narrow the cameras' field of view and enlarge the goal marker: at 64 px the default view leaves the
+        objects a pixel or two wide and the goal (a 2 cm sphere) invisible, so an image-only policy could not see
+        where to go. Rendering only: sites and cameras take no part in the physics."""
+        if self.camera_fovy is not None:
+            for camera in {*self.cameras, self.render_camera}:
+                cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+                if cid < 0:
+                    raise KeyError(f"Meta-World: camera {camera!r} not in the model")
+                model.cam_fovy[cid] = float(self.camera_fovy)
+        if self.goal_marker_size is not None:
+            sid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+            if sid >= 0:
+                model.site_size[sid, 0] = float(self.goal_marker_size)
 
     @property
     def language(self) -> str:

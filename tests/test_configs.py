@@ -16,6 +16,7 @@ IMAGE_TWINS = {
     "blockpush_image": "blockpush",
     "metaworld_image": "metaworld",
     "mt50": "mt50_lowdim",
+    "metaworld_mt": "metaworld_mt_lowdim",
 }
 # What an image variant may set differently from its twin (dotted keys; shape_meta.obs is compared separately).
 IMAGE_SETTINGS = {"name", "obs_type", "store", "env_kwargs.cameras", "env_kwargs.image_size"}
