@@ -137,6 +137,9 @@ class SequenceSampler:
     Action-free episodes (`EpisodeStore.has_action` False: video for co-training) give windows with
     ``has_action`` False and ``action_is_pad`` all True, so a padding-masked action loss is exactly zero.
 
+    ``derived`` {key: [n_steps, *shape]}: arrays computed from the store beforehand (a head's `precompute`, e.g.
+    image latents), held in memory and sampled like low-dim keys under their own names.
+
     ``keys`` (the observation keys) default to every store key but the action and the ``train_keys``.
     ``split`` is "train", "val" (episodes drawn with ``val_ratio`` and ``seed``) or "all". ``cache_keys``
     also holds those (image) keys in memory; ``fast_reads=False`` forces zarr's reader for images.
@@ -161,6 +164,7 @@ class SequenceSampler:
         future_offsets: list[int] | None = None,
         train_keys: list[str] | None = None,
         text_keys: list[str] | None = None,
+        derived: dict[str, np.ndarray] | None = None,
     ):
         if not isinstance(store, EpisodeStore):
             store = EpisodeStore.open(store, mode="r")
@@ -175,8 +179,14 @@ class SequenceSampler:
             raise ValueError(f"goal_mode must be one of {GOAL_MODES}, got {goal_mode!r}")
         goal_keys, future_keys, train_keys = list(goal_keys or []), list(future_keys or []), list(train_keys or [])
         keys = [k for k in store.keys if k != ACTION_KEY and k not in train_keys] if keys is None else list(keys)
+        derived = dict(derived or {})
+        for k, arr in derived.items():
+            if k in store.schema:
+                raise ValueError(f"derived key {k!r} is already a key of store {store.path}")
+            if np.shape(arr)[:1] != (store.n_steps,):
+                raise ValueError(f"derived key {k!r} has {np.shape(arr)[:1]} rows, store {store.path} {store.n_steps} steps")
         for k in [*keys, *goal_keys, *future_keys, *train_keys, ACTION_KEY]:
-            if k not in store.schema:
+            if k not in store.schema and k not in derived:
                 raise KeyError(f"key {k!r} is not in store {store.path}; keys: {store.keys}")
         self.future_offsets = _future_offsets(future_offsets)
         if bool(future_keys) != bool(self.future_offsets.size):
@@ -199,8 +209,8 @@ class SequenceSampler:
         self._store: EpisodeStore | None = store
         self._path = Path(store.path)
         sampled = {*keys, *goal_keys, *future_keys, *train_keys, ACTION_KEY}
-        self.kinds = {k: store.kind(k) for k in sampled}
-        self.shapes = {k: store.schema[k].shape for k in sampled}
+        self.kinds = {k: LOW_DIM if k in derived else store.kind(k) for k in sampled}
+        self.shapes = {k: tuple(derived[k].shape[1:]) if k in derived else store.schema[k].shape for k in sampled}
         self.image_keys = [k for k in keys if self.kinds[k] != LOW_DIM]
 
         ends = store.episode_ends
@@ -224,7 +234,8 @@ class SequenceSampler:
             if k not in self.kinds:
                 raise KeyError(f"cache_keys entry {k!r} is not among the sampled keys {sorted(self.kinds)}")
         n = store.n_steps
-        self._cache = {k: store.array(k)[:n] for k in self.kinds if self.kinds[k] == LOW_DIM or k in (cache_keys or [])}
+        self._cache = {k: derived[k] if k in derived else store.array(k)[:n]
+                       for k in self.kinds if self.kinds[k] == LOW_DIM or k in (cache_keys or [])}
         self._images: dict[str, Any] | None = None
         self._episode_text = self._load_episode_text(store, text_keys, language)
         self._phase, self._phase_names = self._load_phase(store) if PHASE_KEY in text_keys else (None, None)

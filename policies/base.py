@@ -118,6 +118,9 @@ class Policy(nn.Module, abc.ABC):
         self._context_step: int | None = None
         self.last_extras: dict[str, Any] = {}
         self.inference_times_ms: list[float] = []
+        # False: heads that return images among their extras (PAD's future frames) skip decoding them; vmp-eval
+        # clears it for episodes without a video
+        self.decode_frames = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -133,6 +136,17 @@ class Policy(nn.Module, abc.ABC):
         """What this head trains on beyond observations and actions, as `SequenceSampler` settings: ``future_keys``
         and ``future_offsets`` (predicted frames), ``train_keys`` (training-only targets that reach the loss and never
         the policy at run time), ``text_keys`` (per-step text such as the expert's phase and reasoning)."""
+        return {}
+
+    @classmethod
+    def precompute(cls, config: Any, task: Any, store: Any) -> dict[str, np.ndarray]:
+        """Per-step arrays derived once from a store before training ({key: [n_steps, *shape]}, e.g. PAD's image
+        latents from its frozen autoencoder), sampled like in-memory low-dim keys under their own names."""
+        return {}
+
+    def checkpoint_settings(self) -> dict[str, Any]:
+        """Head settings fixed only when training builds the head from its inputs (e.g. the architecture of a
+        stage-one model it was given), recorded in the checkpoint's config so that it rebuilds without them."""
         return {}
 
     @abc.abstractmethod
@@ -259,6 +273,13 @@ class Policy(nn.Module, abc.ABC):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+
+def has_action_stats(normalizer) -> bool:
+    """False for `Normalizer.empty` (all statistics zero): the head is being rebuilt to load a checkpoint, whose state
+    dict holds what a stage-one model gave it, so the stage-one file is not read."""
+    stats = normalizer.stats("action")
+    return bool((stats["min"] != 0).any() or (stats["max"] != 0).any())
 
 
 def _first_row(value: Any) -> Any:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("vmp.train")
 
@@ -165,18 +165,24 @@ def train(cfg: DictConfig) -> Path:
         n_action_steps=head_settings.n_action_steps,
         val_ratio=tcfg.val_ratio, seed=cfg.seed, goal_keys=goal_keys or None, goal_mode=tcfg.goal_mode,
         language=bool(cfg.task.get("language_conditioned", False)),
-        # what else the head trains on: future frames, training-only targets, per-step text
-        **head_cls.batch_requirements(head_settings, cfg.task),
     )
-    train_set = SequenceDataset(SequenceSampler(store, split="train", **sampler_kwargs))
+    # what else the head trains on: future frames, training-only targets, per-step text (and which keys it reads)
+    sampler_kwargs.update(head_cls.batch_requirements(head_settings, cfg.task))
+    precompute = getattr(head_cls, "precompute", None)  # e.g. PAD's image latents, encoded once per store
+
+    def sampler(source, split: str):
+        derived = precompute(head_settings, cfg.task, source) if precompute is not None else None
+        return SequenceSampler(source, split=split, derived=derived or None, **sampler_kwargs)
+
+    train_set = SequenceDataset(sampler(store, "train"))
     stats_sampler = train_set.sampler
-    val_set = SequenceDataset(SequenceSampler(store, split="val", **sampler_kwargs)) if tcfg.val_ratio > 0 else None
+    val_set = SequenceDataset(sampler(store, "val")) if tcfg.val_ratio > 0 else None
     if cfg.get("mix"):  # further stores in the same run (e.g. action-free video), weighted against the main one
         members, weights = [train_set], [1.0]
         for i, entry in enumerate(cfg.mix):
             if entry.get("store") is None or entry.get("weight") is None:
                 raise ValueError(f"mix[{i}] must give `store` and `weight`, got {OmegaConf.to_container(entry)}")
-            members.append(SequenceDataset(SequenceSampler(str(entry.store), split="train", **sampler_kwargs)))
+            members.append(SequenceDataset(sampler(EpisodeStore.open(str(entry.store)), "train")))
             weights.append(float(entry.weight))
         train_set = MixedSequenceDataset(members, weights, seed=cfg.seed)
     if len(train_set) < tcfg.batch_size * world:
@@ -199,6 +205,11 @@ def train(cfg: DictConfig) -> Path:
     normalizer = Normalizer.from_store(store, modes, episodes={k: stats_sampler.stats_episodes(k) if k in stats_sampler.kinds
                                                             else stats_sampler.train_episodes for k in modes})
     policy = build_model(cfg, normalizer).to(device)
+    settings = policy.checkpoint_settings() if hasattr(policy, "checkpoint_settings") else {}
+    if settings:  # recorded in the checkpoint's config (e.g. PAD's autoencoder architecture)
+        with open_dict(cfg):
+            for key, value in settings.items():
+                cfg.policy[key] = value
     decay, no_decay = [], []
     for name, p in policy.named_parameters():
         if p.requires_grad:

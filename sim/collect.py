@@ -6,7 +6,8 @@ Episode i uses env seed ``seed + i``; finished episodes are appended in the main
 so a store is reproducible whatever the number of workers. Only successful episodes are kept unless
 ``keep_failed=true``; collection stops after ``n_episodes`` kept episodes (or ``max_attempts``).
 Each step stores the observation, the expert's action and its phase index (int16 ``phase``, names in the
-store attr ``phase_names``); each episode stores ``language`` and ``reasoning`` text.
+store attr ``phase_names``), plus any training-only keys the expert declares (``expert_extra_specs``); each
+episode stores ``language`` and ``reasoning`` text.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def _init_collect(task_cfg: dict, expert_kwargs: dict | None = None) -> _Collect
     return _CollectState(env, expert)
 
 
+def expert_extra_specs(expert: Any) -> dict[str, Any]:
+    """Training-only per-step keys an expert writes beside the observations: {key: KeySpec} from its optional
+    ``extra_specs()``; ``extras()`` then returns their values for the step of the last ``act``. None by default."""
+    specs = getattr(expert, "extra_specs", None)
+    return dict(specs()) if callable(specs) else {}
+
+
 def rollout_expert(env: Any, expert: Any, seed: int, action_noise: float = 0.0) -> dict[str, Any]:
     """One expert episode -> {"episode": {key: [T, ...]}, "text": {...}, "success", "length", "goal"}.
 
@@ -57,6 +65,8 @@ def rollout_expert(env: Any, expert: Any, seed: int, action_noise: float = 0.0) 
     expert.set_goal(goal)
     keys = list(obs)
     frames: dict[str, list] = {k: [] for k in keys}
+    extra_keys = list(expert_extra_specs(expert))
+    extras: dict[str, list] = {k: [] for k in extra_keys}
     actions, phases = [], []
     success = False
     while True:
@@ -67,6 +77,13 @@ def rollout_expert(env: Any, expert: Any, seed: int, action_noise: float = 0.0) 
             frames[k].append(obs[k])
         actions.append(action)
         phases.append(expert.phase)
+        if extra_keys:
+            step_extras = expert.extras()
+            missing = [k for k in extra_keys if k not in step_extras]
+            if missing:
+                raise KeyError(f"{type(expert).__name__}.extras() lacks key(s) {missing} its extra_specs() declares")
+            for k in extra_keys:
+                extras[k].append(step_extras[k])
         if action_noise > 0:
             space = env.action_space
             action = np.clip(action + noise_rng.normal(0.0, action_noise, size=action.shape), space.low, space.high)
@@ -74,7 +91,7 @@ def rollout_expert(env: Any, expert: Any, seed: int, action_noise: float = 0.0) 
         success = bool(info.get("success", False))
         if terminated or truncated:
             break
-    episode = {k: np.stack(v) for k, v in frames.items()}
+    episode = {k: np.stack(v) for k, v in (*frames.items(), *extras.items())}
     episode["action"] = np.stack(actions).astype(np.float32)
     episode["phase"] = np.asarray(phases, dtype=np.int16)
     text = {"language": info.get("language", ""), "reasoning": expert.reasoning(), "seed": int(seed)}
@@ -87,8 +104,9 @@ def _run_collect(state: _CollectState, job, action_noise: float = 0.0) -> dict[s
     return rollout_expert(state.env, state.expert, job.seed, action_noise)
 
 
-def store_schema(task_cfg: dict, phase_names: list[str]) -> dict:
-    """KeySpecs for a task's store: its shape_meta obs keys, ``action`` float32 [A] and int16 ``phase``."""
+def store_schema(task_cfg: dict, phase_names: list[str], extra_specs: dict | None = None) -> dict:
+    """KeySpecs for a task's store: its shape_meta obs keys, ``action`` float32 [A], int16 ``phase`` and the
+    expert's training-only ``extra_specs``."""
     from vmp.data import KeySpec
 
     schema = {}
@@ -104,6 +122,10 @@ def store_schema(task_cfg: dict, phase_names: list[str]) -> dict:
     adim = int(task_cfg["shape_meta"]["action"]["shape"][0])
     schema["action"] = KeySpec((adim,), "float32", task_cfg.get("action_meaning", f"float32 [{adim}] env action"))
     schema["phase"] = KeySpec((), "int16", "expert phase index into phase_names: " + ", ".join(phase_names))
+    clash = sorted(set(extra_specs or {}) & set(schema))
+    if clash:
+        raise ValueError(f"expert extra key(s) {clash} clash with the task's observation/action/phase keys")
+    schema.update(extra_specs or {})
     return schema
 
 
@@ -120,12 +142,16 @@ def collect(
     progress: bool = True,
     action_noise: float = 0.0,
     append: bool = False,
+    action_free: bool = False,
 ) -> dict[str, Any]:
     """Collect ``n_episodes`` expert episodes of ``task_cfg`` into a new store at ``out``; returns the summary.
 
     ``append=True`` continues the store at ``out`` (one killed mid-append included) until it holds ``n_episodes``:
     with the seeds an uninterrupted run would have tried next, so the result is the same store. Its task, settings
     and schema must match; the finished episodes are never touched.
+
+    ``action_free=True`` stores the episodes as video without actions (co-training data for heads that predict
+    frames, such as PAD): the expert still acts, its actions are dropped.
     """
     from tqdm import tqdm
 
@@ -141,8 +167,9 @@ def collect(
         raise KeyError(f"task {task.get('name')!r}: expert {task.get('expert')!r} unknown; known: {sorted(EXPERTS)}")
     max_attempts = int(max_attempts or 3 * n_episodes + 10)
     expert_kwargs = dict(task.get("expert_kwargs") or {})
-    # phase vocabulary without building an env
-    phase_names = list(make_expert(task["expert"], **expert_kwargs).phase_names)
+    # phase vocabulary and extra keys without building an env
+    probe = make_expert(task["expert"], **expert_kwargs)
+    phase_names = list(probe.phase_names)
     attrs = {
         "task": task["name"],
         "control_hz": int(task["control_hz"]),
@@ -154,7 +181,9 @@ def collect(
         "seed": int(seed),
         "action_noise": float(action_noise),
     }
-    schema = store_schema(task, phase_names)
+    if action_free:
+        attrs["action_free"] = True
+    schema = store_schema(task, phase_names, expert_extra_specs(probe))
     first_seed = seed
     if append and Path(out, "zarr.json").exists():
         store = EpisodeStore.open(out, mode="a")  # repairs what a killed append left behind
@@ -201,7 +230,10 @@ def collect(
                         continue
                     successes += int(r.value["success"])
                     if r.value["success"] or keep_failed:
-                        store.append_episode(r.value["episode"], r.value["text"])
+                        episode = r.value["episode"]
+                        if action_free:
+                            episode = {k: v for k, v in episode.items() if k != "action"}
+                        store.append_episode(episode, r.value["text"], action_free=action_free)
                         kept += 1
                         steps += r.value["length"]
                         bar.update(1)
@@ -263,6 +295,7 @@ def main(cfg: DictConfig) -> None:
         episode_timeout_s=float(cfg.episode_timeout_s),
         action_noise=float(cfg.action_noise),
         append=bool(cfg.append),
+        action_free=bool(cfg.action_free),
     )
     print(
         f"{summary['task']}: {summary['episodes']} episodes ({summary['steps']} steps) -> {summary['out']}; "

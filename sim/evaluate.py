@@ -85,6 +85,8 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False)
         policy.set_goal(info["goal"])
     if info.get("language"):
         policy.set_language(info["language"])
+    if hasattr(policy, "decode_frames"):
+        policy.decode_frames = record_video  # predicted frames are only drawn into videos
     times = getattr(policy, "inference_times_ms", None)
     n_times = len(times) if times is not None else 0
     panel = bool(getattr(getattr(policy, "capabilities", None), "extras", ()))  # a head that returns extras
@@ -94,6 +96,10 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False)
         return np.concatenate([frame, extras_panel(extras, frame.shape[1])], axis=0) if panel else frame
 
     frames = [frame_now({})] if record_video else None
+    # the real frames of the camera a head predicts, to set beside its predictions (heads that return future_frames
+    # name their camera and offsets: PAD)
+    camera, offsets = getattr(policy, "camera", None), getattr(policy, "future_offsets", None)
+    seen = [obs[camera]] if record_video and offsets and camera in obs else None
     texts: list[dict[str, Any]] = []
     futures: list[tuple[int, np.ndarray]] = []
     extras, last_text = {}, {}
@@ -117,15 +123,24 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False)
         success = success or bool(info.get("success", False))
         if frames is not None:
             frames.append(frame_now(extras))
+        if seen is not None:
+            seen.append(obs[camera])
         if terminated or truncated:
             break
     out = {"seed": seed, "success": success, "length": length, "return": total,
            "latencies_ms": list(times[n_times:]) if times is not None else []}
+    if info.get("task_name"):
+        out["task_name"] = info["task_name"]
+    if isinstance(info.get("metrics"), dict):  # episode metrics an env reports (e.g. SPL, collisions)
+        out["metrics"] = {k: float(v) for k, v in info["metrics"].items()}
     if texts:
         out["text"] = texts
     if frames is not None:
         out["frames"] = frames
         if futures:
+            if seen is not None:  # predicted (top) against real (bottom), the last frame standing in past the end
+                futures = [(step, np.concatenate([pred, np.stack([seen[min(step + o, len(seen) - 1)] for o in offsets])]))
+                           for step, pred in futures]
             out["future_frames"] = futures
     return out
 
@@ -156,7 +171,8 @@ def _run_eval(state: _EvalState, job) -> dict[str, Any]:
             grids = Path(state.video_dir) / f"episode{job.index:03d}_future_frames"
             grids.mkdir(parents=True, exist_ok=True)
             for step, future in futures:
-                imageio.imwrite(grids / f"step{step:04d}.png", image_grid(future))
+                rows = [future] if len(future) % 2 else np.split(future, 2)  # predicted row over real row
+                imageio.imwrite(grids / f"step{step:04d}.png", np.concatenate([image_grid(r) for r in rows]))
             res["future_frames_dir"] = str(grids)
     return res
 
@@ -231,6 +247,16 @@ def summarize(episodes: list[dict[str, Any]], task: dict) -> dict[str, Any]:
     lengths = np.array([e["length"] for e in episodes], dtype=float)
     lat = np.array([t for e in episodes for t in e["latencies_ms"]], dtype=float)
     per_episode = [{k: v for k, v in e.items() if k != "latencies_ms"} for e in episodes]
+    per_task: dict[str, dict[str, Any]] = {}
+    for e in episodes:
+        if e.get("task_name"):
+            row = per_task.setdefault(e["task_name"], {"n_episodes": 0, "successes": 0})
+            row["n_episodes"] += 1
+            row["successes"] += int(e["success"])
+    for row in per_task.values():
+        row["success_rate"] = row["successes"] / row["n_episodes"]
+    names = sorted({k for e in episodes for k in e.get("metrics", {})})
+    env_metrics = {k: float(np.mean([e["metrics"][k] for e in episodes if k in e.get("metrics", {})])) for k in names}
     return {
         "task": task["name"],
         "n_episodes": n,
@@ -245,6 +271,8 @@ def summarize(episodes: list[dict[str, Any]], task: dict) -> dict[str, Any]:
         "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
         "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
         "videos": [e["video"] for e in episodes if e.get("video")],
+        **({"per_task": dict(sorted(per_task.items()))} if per_task else {}),
+        **({"env_metrics": env_metrics} if env_metrics else {}),
         "per_episode": per_episode,
     }
 
@@ -267,7 +295,8 @@ def results_record(metrics: dict, task: dict, policy: str, variant: str = "", bu
         "obs": task.get("obs_type", "-"),
         "policy": policy,
         "variant": variant,
-        "metrics": {k: metrics[k] for k in keep if metrics.get(k) is not None},
+        "metrics": {**{k: metrics[k] for k in keep if metrics.get(k) is not None},
+                    **{k: metrics[k] for k in ("per_task", "env_metrics") if metrics.get(k)}},
         "budget": budget or {},
         "device": device or f"cpu ({os.environ.get('OMP_NUM_THREADS', os.cpu_count())} threads)",
         "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),

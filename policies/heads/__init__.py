@@ -1,10 +1,11 @@
 """One file per head; `HEADS` maps the config name (`policy.name`) to its class: a `Policy`, or a `StageOneModel`
-that a policy is built on (CARP's action tokenizer)."""
+that a policy is built on (CARP's action tokenizer, PAD's image autoencoder)."""
 
 from vmp.policies.heads.beso import BESOPolicy
 from vmp.policies.heads.carp import CARPPolicy, CARPTokenizer
 from vmp.policies.heads.ddpm import DDPMPolicy
+from vmp.policies.heads.pad import PADVAE, PADPolicy
 
-HEADS = {cls.name: cls for cls in (BESOPolicy, DDPMPolicy, CARPTokenizer, CARPPolicy)}
+HEADS = {cls.name: cls for cls in (BESOPolicy, DDPMPolicy, CARPTokenizer, CARPPolicy, PADVAE, PADPolicy)}
 
-__all__ = ["HEADS", "BESOPolicy", "CARPPolicy", "CARPTokenizer", "DDPMPolicy"]
+__all__ = ["HEADS", "BESOPolicy", "CARPPolicy", "CARPTokenizer", "DDPMPolicy", "PADVAE", "PADPolicy"]

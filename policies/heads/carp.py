@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vmp.policies.base import ConditionalPolicy, StageOneModel
+from vmp.policies.base import ConditionalPolicy, StageOneModel, has_action_stats
 from vmp.policies.nn.action_vq import MultiScaleActionVQ
 from vmp.policies.nn.transformer import AdaLNSelfAttnBlock, KVCache
 
@@ -261,7 +261,7 @@ class CARPPolicy(ConditionalPolicy):
         keeps an untrained tokenizer (tests only).
         """
         path = config.tokenizer_checkpoint
-        if not _has_action_stats(normalizer):
+        if not has_action_stats(normalizer):
             return
         if not path:
             log.warning("policy.tokenizer_checkpoint is null: CARP is built on an untrained tokenizer")
@@ -283,7 +283,7 @@ class CARPPolicy(ConditionalPolicy):
                                  f"set policy.tokenizer.{field}={theirs!r}")
         if tok.action_dim != self.action_dim:
             raise ValueError(f"{path} tokenizes {tok.action_dim}-D actions, this task has action_dim={self.action_dim}")
-        if _has_action_stats(normalizer):
+        if has_action_stats(normalizer):
             ours, theirs = normalizer.stats("action"), tok.normalizer.stats("action")
             if not all(torch.allclose(ours[s], theirs[s], rtol=1e-4, atol=1e-6) for s in ("scale", "offset")):
                 raise ValueError(f"{path} was trained with different action statistics (another store?) than this run")
@@ -387,9 +387,3 @@ class CARPPolicy(ConditionalPolicy):
         cond = self.condition(obs, goal)
         idx_list = self.generate_tokens(cond, generator)
         return self.normalizer.unnormalize("action", self.vq.decode_tokens(idx_list).clamp(-1.0, 1.0))
-
-
-def _has_action_stats(normalizer) -> bool:
-    """False for `Normalizer.empty` (all statistics zero: the head is being rebuilt to load a checkpoint)."""
-    stats = normalizer.stats("action")
-    return bool((stats["min"] != 0).any() or (stats["max"] != 0).any())
