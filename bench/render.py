@@ -22,11 +22,12 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# benchmark name -> (task config, obs key overrides for a single camera, camera list)
+# benchmark name -> (task config, obs key overrides for a single camera, camera list, low-dim twin or None)
 WORKLOADS: dict[str, dict[str, Any]] = {
     "lift": {"task": "lift_image", "cameras": ["agentview"], "lowdim": "lift"},
     "blockpush": {"task": "blockpush_image", "cameras": None, "lowdim": "blockpush"},
     "metaworld": {"task": "metaworld_image", "cameras": None, "lowdim": "metaworld"},
+    "pointnav": {"task": "pointnav", "cameras": None, "lowdim": None},  # a step renders RGB and depth
 }
 
 
@@ -67,14 +68,14 @@ def measure(name: str, n_steps: int) -> dict[str, Any]:
     cfg = _single_camera(load_task_cfg(w["task"]), w["cameras"])
     default = steps_per_second(cfg, n_steps, fast_render=False)
     fast = steps_per_second(cfg, n_steps, fast_render=True)
-    lowdim = steps_per_second(load_task_cfg(w["lowdim"]), n_steps)
+    lowdim = steps_per_second(load_task_cfg(w["lowdim"]), n_steps) if w["lowdim"] else None
     images = [k for k, v in cfg.shape_meta.obs.items() if v.get("type") == "rgb"]
     size = cfg.shape_meta.obs[images[0]].shape[0]
     return {
         "frames_per_s_default": round(default, 1),
         "frames_per_s_fast": round(fast, 1),
         "speedup": round(fast / default, 2),
-        "steps_per_s_lowdim": round(lowdim, 1),
+        "steps_per_s_lowdim": round(lowdim, 1) if lowdim is not None else None,
         "n_steps": n_steps,
         "cameras": len(images),
         "image_size": int(size),

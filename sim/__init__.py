@@ -18,6 +18,7 @@ _REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {
     "vmp/PickPlaceCan-v0": ("vmp.sim.robosuite_env:RobosuiteEnv", {"task": "PickPlaceCan"}),
     "vmp/NutAssemblySquare-v0": ("vmp.sim.robosuite_env:RobosuiteEnv", {"task": "NutAssemblySquare"}),
     "vmp/BlockPush-v0": ("vmp.sim.blockpush:BlockPushEnv", {}),
+    "vmp/PointNav-v0": ("vmp.sim.pointnav:PointNavEnv", {}),
     "vmp/MetaWorld-v0": ("vmp.sim.metaworld_env:MetaWorldEnv", {}),
     "vmp/MetaWorld-MT50-v0": ("vmp.sim.metaworld_env:MetaWorldEnv", {"multitask": True}),
 }

@@ -15,6 +15,7 @@ EXPERTS: dict[str, str] = {
     "square": "vmp.sim.experts.robosuite_experts:SquareExpert",
     "blockpush": "vmp.sim.experts.blockpush:BlockPushExpert",
     "metaworld": "vmp.sim.experts.metaworld:MetaWorldExpert",
+    "pointnav": "vmp.sim.experts.pointnav:PointNavExpert",
 }
 
 
