@@ -31,8 +31,12 @@ SETTINGS = [
     ("ddpm", "100-step ddpm", {"sampler": "ddpm", "n_steps": 100}),
     ("ddpm", "10-step ddim", {"sampler": "ddim", "n_steps": 10}),
     ("carp", "greedy kv-cache", {"tokenizer_checkpoint": None}),
+    ("pad", "10-step ddim", {"sampler": "ddim", "n_steps": 10}),
 ]
 TASKS = {"lowdim": ("lift", "lowdim"), "image": ("lift_image", "compact_cnn")}
+# Heads that run on other tasks than TASKS names (and only on these observation types): PAD reads one camera and an
+# instruction, so it is timed on language-conditioned multi-task Meta-World (64 px, one camera).
+HEAD_TASKS = {"pad": {"image": ("metaworld_mt", "compact_cnn")}}
 
 
 def build(task: str, encoder: str, head: str, overrides: dict, carp_tokenizer: str | None):
@@ -43,6 +47,10 @@ def build(task: str, encoder: str, head: str, overrides: dict, carp_tokenizer: s
     extra = [f"policy.{k}={'null' if v is None else v}" for k, v in overrides.items()]
     with initialize_config_module(config_module="vmp.configs", version_base=None):
         cfg = compose("train", overrides=[f"task={task}", f"policy={head}", f"encoder={encoder}", *extra])
+    if head == "pad":  # an untrained autoencoder of the stage-one architecture: latency does not depend on weights
+        from vmp.policies.heads.pad import PADVAEConfig
+
+        cfg.policy.vae_arch = PADVAEConfig().architecture()
     return build_policy(cfg), cfg
 
 
@@ -98,11 +106,13 @@ def measure(policy, device: str, repeats: int, burn_in: int = 5) -> list[float]:
     """Seconds per `Policy.predict_window` call (observation window in, chunk out: what `vmp-eval` runs). Its host
     copy of the chunk synchronises the device."""
     policy = policy.to(device).eval()
+    policy.decode_frames = False  # the chunk, not the decoding of predicted frames for display
     window = example_window(policy)
+    instruction = "push the puck to the goal" if policy.needs_instruction else None
     times = []
     for i in range(burn_in + repeats):
         start = time.perf_counter()
-        policy.predict_window(window)
+        policy.predict_window(window, instruction=instruction)
         if i >= burn_in:
             times.append(time.perf_counter() - start)
     return times
@@ -126,8 +136,10 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{flag}: unknown {unknown}; choose from {sorted(known)}")
     rows = []
     for obs in args.obs:
-        task, encoder = TASKS[obs]
         for head, variant, overrides in SETTINGS:
+            task, encoder = HEAD_TASKS[head].get(obs, (None, None)) if head in HEAD_TASKS else TASKS[obs]
+            if task is None:
+                continue
             if head not in HEADS:
                 log.warning("head %s is not registered: skipped", head)
                 continue

@@ -22,29 +22,53 @@ def _budget(b: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in b.items()) or "-"
 
 
+def _env_metrics(m: dict) -> str:
+    """Episode metrics an env reports (SPL, collisions, ...), averaged over episodes."""
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in sorted((m.get("env_metrics") or {}).items())) or "-"
+
+
+def _per_task(records: list[dict]) -> list[str]:
+    """One row per multi-task record: success per task (episodes per task in the header)."""
+    rows = [r for r in records if r["metrics"].get("per_task")]
+    if not rows:
+        return []
+    tasks = sorted({t for r in rows for t in r["metrics"]["per_task"]})
+    short = [t.removesuffix("-v3") for t in tasks]
+    out = ["#### Success per task", "",
+           "| task set | policy | variant | " + " | ".join(short) + " |", "|---|---|---|" + "---|" * len(tasks)]
+    for r in sorted(rows, key=lambda r: (r["task"], r["policy"], r["variant"])):
+        per = r["metrics"]["per_task"]
+        cells = [f"{_fmt(per[t]['success_rate'])} ({per[t]['n_episodes']})" if t in per else "-" for t in tasks]
+        out.append(f"| {r['task']} | {r['policy']} | {r['variant']} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def tables(records: list[dict]) -> str:
     out = []
     success = [r for r in records if r["kind"] == "success"]
     if success:
         out += ["### Policy success (vmp-eval, fixed seeds)", "",
-                "| task | obs | policy | variant | success | 95% CI | episodes | budget | device | command |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+                "| task | obs | policy | variant | success | 95% CI | episodes | env metrics | budget | device | command |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(success, key=lambda r: (r["task"], r["obs"], r["policy"], r["variant"])):
             m = r["metrics"]
             out.append(f"| {r['task']} | {r['obs']} | {r['policy']} | {r['variant']} | {_fmt(m['success_rate'])} | "
-                       f"{_fmt(m.get('ci95_low'))}–{_fmt(m.get('ci95_high'))} | {m.get('n_episodes')} | {_budget(r.get('budget') or {})} | "
-                       f"{r['device']} | `{r['command']}` |")
+                       f"{_fmt(m.get('ci95_low'))}–{_fmt(m.get('ci95_high'))} | {m.get('n_episodes')} | {_env_metrics(m)} | "
+                       f"{_budget(r.get('budget') or {})} | {r['device']} | `{r['command']}` |")
         out.append("")
+        out += _per_task(success)
     expert = [r for r in records if r["kind"] == "expert"]
     if expert:
         out += ["### Scripted / privileged experts", "",
                 "Each row: `vmp-eval policy=expert task=<task> n_episodes=50 results_json=...` (Meta-World tasks: "
                 "`task=metaworld task.env_kwargs.task_name=<name>`); the exact command is in the row's JSON file.", "",
-                "| task | obs | success | 95% CI | episodes | mean length |", "|---|---|---|---|---|---|"]
+                "| task | obs | variant | success | 95% CI | episodes | mean length | env metrics |",
+                "|---|---|---|---|---|---|---|---|"]
         for r in sorted(expert, key=lambda r: r["task"]):
             m = r["metrics"]
-            out.append(f"| {r['task']} | {r['obs']} | {_fmt(m['success_rate'])} | {_fmt(m.get('ci95_low'))}–{_fmt(m.get('ci95_high'))} | "
-                       f"{m.get('n_episodes')} | {_fmt(m.get('episode_length_mean', '-'), 0)} |")
+            out.append(f"| {r['task']} | {r['obs']} | {r.get('variant') or '-'} | {_fmt(m['success_rate'])} | "
+                       f"{_fmt(m.get('ci95_low'))}–{_fmt(m.get('ci95_high'))} | {m.get('n_episodes')} | "
+                       f"{_fmt(m.get('episode_length_mean', '-'), 0)} | {_env_metrics(m)} |")
         out.append("")
     latency = [r for r in records if r["kind"] == "latency"]
     if latency:
@@ -58,7 +82,7 @@ def tables(records: list[dict]) -> str:
         out += ["### Throughput and timing", "", "| kind | task | obs | what | metrics | device | command |", "|---|---|---|---|---|---|---|"]
         for r in sorted(other, key=lambda r: (r["kind"], r["task"])):
             metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in r["metrics"].items()
-                                if isinstance(v, (int, float)) and not k.startswith("host_"))
+                                if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("host_"))
             out.append(f"| {r['kind']} | {r['task']} | {r['obs']} | {r['policy']} {r['variant']} | {metrics} | {r['device']} | `{r['command']}` |")
         out.append("")
     return "\n".join(out) if out else "_No measurements recorded yet._\n"
