@@ -64,7 +64,7 @@ class Capabilities:
 # The named extras a head may return beside its chunk, batched like it ([B, ...] / B strings).
 EXTRAS = {
     "future_frames": "uint8 [B, F, H, W, 3]: predicted future camera frames",
-    "candidates": "float32 [B, N, horizon, D]: sampled candidate trajectories",
+    "candidates": "float32 [B, N, T, D]: sampled candidate trajectories (T, D the head's: NavDP's K waypoints x, y)",
     "candidate_scores": "float32 [B, N]: a critic's score per candidate (the chosen one is the chunk)",
     "reasoning": "B strings: generated reasoning text",
 }

@@ -71,7 +71,8 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False)
 
     Extras a head returns with a chunk (`Policy.last_extras`) are kept: text (reasoning) in ``text`` as
     [{step, name, text}] whenever it changes; in a video episode, a panel under each frame draws the latest extras
-    and predicted future frames are kept per chunk as ``future_frames`` [(step, [F, H, W, 3])].
+    and predicted future frames are kept per chunk as ``future_frames`` [(step, [F, H, W, 3])]; ``candidates`` (with
+    ``candidate_scores``) go to the env's ``show_candidates`` when it has one, for its own rendering (PointNav's map).
     """
     from vmp.sim.experts.base import Expert
     from vmp.sim.render import extras_panel
@@ -117,6 +118,9 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False)
                     last_text[name] = value
             if record_video and "future_frames" in extras:
                 futures.append((length, np.asarray(extras["future_frames"], np.uint8)))
+            show = getattr(getattr(env, "unwrapped", env), "show_candidates", None)
+            if record_video and show is not None and "candidates" in extras:
+                show(extras["candidates"], extras.get("candidate_scores"))  # the env draws them from this pose on
         obs, reward, terminated, truncated, info = env.step(action)
         total += float(reward)
         length += 1

@@ -383,6 +383,7 @@ class PointNavEnv(gym.Env):
         self._renderer: mujoco.Renderer | None = None
         self._map_cache: dict[int, np.ndarray] = {}
         self._last_rgb: np.ndarray | None = None
+        self._shown: tuple[np.ndarray, np.ndarray | None] | None = None  # candidates drawn by render(), world frame
 
     # ---- scene ----
     def _load_scene(self, seed: int) -> None:
@@ -482,6 +483,7 @@ class PointNavEnv(gym.Env):
         self.path_length, self._collisions = 0.0, 0
         self._success = self._collision = False
         self.trail = [self.pose[:2].copy()]
+        self._shown = None
         self._set_pose()
         return self._obs(), self._info()
 
@@ -574,11 +576,17 @@ class PointNavEnv(gym.Env):
         cv2.line(img, centre, head, (250, 200, 40), 2, cv2.LINE_AA)
         return img
 
+    def show_candidates(self, candidates: np.ndarray, scores: np.ndarray | None = None) -> None:
+        """Draw a planner's robot-frame trajectories [N, K, 2], coloured by ``scores`` [N], in the ``render()`` frames
+        that follow: fixed in the world where the robot stands now, until the next call or reset."""
+        self._shown = (robot_to_world(candidates, self.pose), None if scores is None else np.asarray(scores))
+
     def render(self) -> np.ndarray | None:
-        """The top-down map, with the last camera image beside it when the observation has one."""
+        """The top-down map (with the trajectories of ``show_candidates``), the last camera image beside it when the
+        observation has one."""
         if self.render_mode != "rgb_array":
             return None
-        img = self.render_topdown(self.render_size)
+        img = self.render_topdown(self.render_size, *(self._shown or ()), frame="world")
         if self._last_rgb is None:
             return img
         view = cv2.resize(self._last_rgb, (self.render_size, self.render_size), interpolation=cv2.INTER_NEAREST)
