@@ -58,7 +58,9 @@ def _init_eval(task_cfg: dict, make_policy: Callable[[], Any], render: bool, vid
                max_episode_steps: int | None) -> _EvalState:
     from vmp.sim import make
 
-    env = make(task_cfg, render_mode="rgb_array" if render else None, max_episode_steps=max_episode_steps)
+    # a task may evaluate on other env settings than it trains on (pointnav: held-out scenes)
+    env = make(task_cfg, render_mode="rgb_array" if render else None, max_episode_steps=max_episode_steps,
+               **dict(task_cfg.get("eval_env_kwargs") or {}))
     policy = make_policy()
     bind = getattr(policy, "bind_env", None)
     if callable(bind):

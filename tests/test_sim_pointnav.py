@@ -172,3 +172,19 @@ def test_collect_writes_training_keys(tmp_path):
         assert ep["nav_path"].shape == (t, 24, 2) and ep["nav_path"].dtype == np.float32
         assert ep["critic_paths"].shape == (t, N_CANDIDATES, 24, 2) and ep["critic_scores"].shape == (t, N_CANDIDATES)
         assert store.attrs["phase_names"] == ["turn", "drive", "arrive"]
+
+
+def test_evaluation_runs_on_held_out_scenes():
+    """vmp-eval builds the env with the task's eval_env_kwargs: pointnav policies are judged on unseen scenes."""
+    import functools
+
+    from vmp.sim import _plain, load_task_cfg
+    from vmp.sim.evaluate import _init_eval, expert_policy
+
+    task = _plain(load_task_cfg("pointnav"))
+    assert task["env_kwargs"]["scene_split"] == "train"
+    state = _init_eval(task, functools.partial(expert_policy, task), False, None, None)
+    try:
+        assert state.env.unwrapped.scene_split == "heldout"
+    finally:
+        state.env.close()
