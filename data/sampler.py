@@ -60,15 +60,15 @@ class FrameReader:
     """Reads whole frames of a one-frame-per-chunk image array straight from its chunk files.
 
     zarr's general read path costs ~0.2 ms per call, ~25x the cost of reading and Blosc-decoding one
-    84x84 frame, so the hot path reads ``<array>/c/<t>/0/0[/0]`` itself. Only used for arrays this
-    module can decode exactly (local directory, default chunk keys, bytes + Blosc codecs, one frame per
-    chunk); `FrameReader.for_array` returns None otherwise and the sampler reads through zarr.
+    84x84 frame, so the hot path reads ``<array>/c.<t>.0.0[.0]`` (stores written before: ``c/<t>/0/0[/0]``)
+    itself. Only used for arrays this module can decode exactly (local directory, default chunk keys, bytes + Blosc
+    codecs, one frame per chunk); `FrameReader.for_array` returns None otherwise and the sampler reads through zarr.
     """
 
-    def __init__(self, directory: Path, frame_shape: tuple, dtype: np.dtype, fill_value: Any):
+    def __init__(self, directory: Path, frame_shape: tuple, dtype: np.dtype, fill_value: Any, separator: str = "."):
         self.directory, self.frame_shape, self.dtype = directory, frame_shape, np.dtype(dtype)
-        self.fill_value = fill_value
-        self.suffix = "/".join(["0"] * len(frame_shape))
+        self.fill_value, self.separator = fill_value, separator
+        self.suffix = separator.join(["0"] * len(frame_shape))
         self.frame_bytes = int(np.prod(frame_shape)) * self.dtype.itemsize
 
     @classmethod
@@ -83,18 +83,18 @@ class FrameReader:
         endian = codecs[0].endian
         if endian is not None and getattr(endian, "value", endian) != sys.byteorder:
             return None
-        if getattr(enc, "name", None) != "default" or getattr(enc, "separator", None) != "/":
+        if getattr(enc, "name", None) != "default" or getattr(enc, "separator", None) not in (".", "/"):
             return None
         if tuple(arr.chunks) != (1, *arr.shape[1:]):
             return None
         directory = Path(store_path) / "data" / key
-        reader = cls(directory, tuple(arr.shape[1:]), np.dtype(arr.dtype), meta.fill_value)
+        reader = cls(directory, tuple(arr.shape[1:]), np.dtype(arr.dtype), meta.fill_value, enc.separator)
         if arr.shape[0] and not os.path.exists(reader._chunk_path(0)):
             return None
         return reader
 
     def _chunk_path(self, t: int) -> str:
-        return f"{self.directory}/c/{t}/{self.suffix}"
+        return f"{self.directory}/c{self.separator}{t}{self.separator}{self.suffix}"
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Frames ``rows`` (1-D int array) -> [len(rows), *frame_shape]."""

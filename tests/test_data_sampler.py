@@ -393,3 +393,21 @@ def test_text_keys_clear_errors(tmp_path, store):
         w.append_episode(synthetic_episode(schema, 0, 4), text={"reasoning": ["reach", "grasp"]})
     with pytest.raises(ValueError, match="episode 0's 'reasoning' text is a list, expected a string"):
         SequenceSampler(tmp_path / "l.zarr", keys=["state"], text_keys=["reasoning"])
+
+
+def test_frame_reader_reads_both_chunk_key_layouts(tmp_path):
+    """New stores name frame chunks c.<t>.0.0.0 in one folder; stores written before, c/<t>/0/0/0: both read fast."""
+    import zarr
+
+    from vmp.data.sampler import FrameReader
+
+    frames = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    for separator in (".", "/"):
+        root = zarr.open_group(tmp_path / separator.replace(".", "dot").replace("/", "slash"), mode="w")
+        arr = root.create_group("data").create_array(
+            "cam_image", shape=frames.shape, dtype="uint8", chunks=(1, 8, 8, 3), fill_value=0,
+            compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=3), chunk_key_encoding={"name": "default", "separator": separator})
+        arr[:] = frames
+        reader = FrameReader.for_array(root.store.root, "cam_image", arr)
+        assert reader is not None and reader.separator == separator
+        assert np.array_equal(reader.read(np.array([4, 0, 2])), frames[[4, 0, 2]])
