@@ -1,6 +1,6 @@
-"""Health and latency metrics: counters, gauges and sample summaries, served on loopback in Prometheus text
-format (``GET /metrics``) and summarised at exit. Thread-safe: the control loop and the inference worker write,
-the HTTP thread reads.
+"""Health and latency metrics: counters, gauges and sample summaries, exposed through prometheus-client (its
+registry and text exposition) on loopback (``GET /metrics``) and summarised at exit. Thread-safe: the control loop
+and the inference worker write, the HTTP thread reads.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import threading
 from typing import Any
 
 import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -31,6 +33,9 @@ class Metrics:
         self._samples: dict[str, collections.deque] = {}
         self._sums: dict[str, tuple[float, int]] = {}
         self._help: dict[str, str] = {}
+        # Its own registry (not prometheus-client's global one): several daemons or tests in one process stay apart.
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
 
     def _check(self, name: str, help: str | None) -> None:
         if not _NAME.match(name):
@@ -73,24 +78,30 @@ class Metrics:
                                           "max": float(a.max()) if a.size else math.nan}
             return out
 
-    def prometheus(self) -> str:
-        """The text exposition format (version 0.0.4)."""
-        lines = []
+    def collect(self):
+        """prometheus-client's collector protocol: the current values as metric families (summaries with quantiles
+        over the last ``window`` samples, as the client's own Summary does not keep)."""
         with self._lock:
             for name, v in sorted(self._counters.items()):
-                full = f"{self.prefix}_{name}_total"
-                lines += [f"# HELP {full} {self._help.get(name, name)}", f"# TYPE {full} counter", f"{full} {v:g}"]
+                family = CounterMetricFamily(f"{self.prefix}_{name}", self._help.get(name, name))
+                family.add_metric([], v)
+                yield family
             for name, v in sorted(self._gauges.items()):
-                full = f"{self.prefix}_{name}"
-                lines += [f"# HELP {full} {self._help.get(name, name)}", f"# TYPE {full} gauge", f"{full} {v:g}"]
+                yield GaugeMetricFamily(f"{self.prefix}_{name}", self._help.get(name, name), value=v)
             for name, dq in sorted(self._samples.items()):
                 full = f"{self.prefix}_{name}"
                 a = np.asarray(dq, dtype=np.float64)
-                lines += [f"# HELP {full} {self._help.get(name, name)}", f"# TYPE {full} summary"]
-                lines += [f'{full}{{quantile="{q}"}} {_q(a, q):g}' for q in QUANTILES]
-                s, n = self._sums[name]
-                lines += [f"{full}_sum {s:g}", f"{full}_count {n}"]
-        return "\n".join(lines) + "\n"
+                family = Metric(full, self._help.get(name, name), "summary")
+                for q in QUANTILES:
+                    family.add_sample(full, {"quantile": str(q)}, _q(a, q))
+                total, count = self._sums[name]
+                family.add_sample(f"{full}_sum", {}, total)
+                family.add_sample(f"{full}_count", {}, count)
+                yield family
+
+    def prometheus(self) -> str:
+        """The text exposition format, as prometheus-client writes it."""
+        return generate_latest(self.registry).decode()
 
 
 def _q(a: np.ndarray, q: float) -> float:
@@ -139,7 +150,7 @@ def _handler(metrics: Metrics, timeout_s: float):
                 return
             body = metrics.prometheus().encode()
             self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -24,6 +24,13 @@ def test_prometheus_text_and_summary():
     assert s["counters"]["dropped_frames"] == 2 and s["summaries"]["loop_period_seconds"]["count"] == 3
     with pytest.raises(ValueError, match="Prometheus"):
         m.inc("bad name")
+    # a Prometheus scraper reads it back: prometheus-client's own parser
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["t_dropped_frames"].type == "counter" and families["t_dropped_frames"].samples[0].value == 2
+    quantiles = {s.labels.get("quantile"): s.value for s in families["t_loop_period_seconds"].samples}
+    assert quantiles["0.99"] == pytest.approx(0.0298) and families["t_tick"].samples[0].value == 7
 
 
 def test_http_endpoint():
