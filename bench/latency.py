@@ -54,17 +54,21 @@ def build(task: str, encoder: str, head: str, overrides: dict, carp_tokenizer: s
     return build_policy(cfg), cfg
 
 
-def example_window(policy, seed: int = 0) -> dict:
-    """A random observation window as an env gives it (images HWC uint8), for any head."""
+def sliding_windows(policy, seed: int = 0):
+    """Observation windows as a control loop sees them: each one new random step, the older ones shared with the
+    window before (so run-time caches of frame features do what they do on a robot, no more)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    window = {}
-    for key, shape in policy.obs_shapes.items():
-        full = (policy.n_obs_steps, *shape)
-        window[key] = (rng.integers(0, 256, full, dtype=np.uint8) if policy.obs_kinds[key] == "rgb"
-                       else rng.standard_normal(full).astype(np.float32))
-    return window
+
+    def step() -> dict:
+        return {key: (rng.integers(0, 256, shape, dtype=np.uint8) if policy.obs_kinds[key] == "rgb"
+                      else rng.standard_normal(shape).astype(np.float32)) for key, shape in policy.obs_shapes.items()}
+
+    steps = [step() for _ in range(policy.n_obs_steps)]
+    while True:
+        yield {key: np.stack([s[key] for s in steps]) for key in policy.obs_shapes}
+        steps = [*steps[1:], step()]
 
 
 def measure_engine(policy, device: str, repeats: int) -> tuple[list[float], str, dict]:
@@ -74,10 +78,11 @@ def measure_engine(policy, device: str, repeats: int) -> tuple[list[float], str,
     from vmp.real.engine import InferenceEngine
 
     engine = InferenceEngine(policy, device=device)
-    window = example_window(policy)
+    windows = sliding_windows(policy)
+    window = next(windows)
     engine.warmup(window, n=3)
     for _ in range(repeats):
-        engine.infer(window)
+        engine.infer(next(windows))
     extra = {"graphs_captured": engine.captured}
     if engine.bf16:
         extra["bf16_max_abs_diff"] = bf16_deviation(policy, window)
@@ -107,10 +112,11 @@ def measure(policy, device: str, repeats: int, burn_in: int = 5) -> list[float]:
     copy of the chunk synchronises the device."""
     policy = policy.to(device).eval()
     policy.decode_frames = False  # the chunk, not the decoding of predicted frames for display
-    window = example_window(policy)
+    windows = sliding_windows(policy)
     instruction = "push the puck to the goal" if policy.needs_instruction else None
     times = []
     for i in range(burn_in + repeats):
+        window = next(windows)
         start = time.perf_counter()
         policy.predict_window(window, instruction=instruction)
         if i >= burn_in:
