@@ -392,14 +392,6 @@ class ConditionalPolicy(Policy, abc.ABC):
         """DistributedDataParallel calls forward: it is the training loss."""
         return self.compute_loss(batch)
 
-    def reset(self) -> None:
-        super().reset()
-        self.encoder.clear_frame_cache()
-
-    def train(self, mode: bool = True):
-        self.encoder.clear_frame_cache()  # cached features belong to the weights they were computed with
-        return super().train(mode)
-
     def prefix_target(self, prefix: torch.Tensor, prefix_weights: torch.Tensor | None, batch: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Real-time chunking's prefix as sampler targets: (Y [B, horizon, A] normalized, W [1, horizon, 1]), with

@@ -11,8 +11,6 @@ episode's instruction one more (`vmp.policies.nn.text`). Which keys feed which b
 
 from __future__ import annotations
 
-import collections
-import hashlib
 from typing import Any
 
 import torch
@@ -130,9 +128,6 @@ class ObsEncoder(nn.Module):
         self.text = make_text_encoder(text_encoder, d_model) if language else None
         self.step_emb = nn.Parameter(torch.zeros(1, n_obs_steps, 1, d_model))
         nn.init.normal_(self.step_emb, std=0.02)
-        # features of recently seen frames at run time (see _encode_frames); 0 disables
-        self.frame_cache_size = 4 * n_obs_steps * max(len(self.image_keys), 1)
-        self._frame_cache: collections.OrderedDict = collections.OrderedDict()
 
     @property
     def tokens_per_step(self) -> int:
@@ -174,33 +169,8 @@ class ObsEncoder(nn.Module):
             tokens.append(self.lowdim(flat)[:, :, None])
         for key, net in self.images.items():
             images = obs[key]
-            tokens.append(self._encode_frames(key, net, images.reshape(b * t, *images.shape[2:])).reshape(b, t, net.n_tokens, -1))
+            tokens.append(net(images.reshape(b * t, *images.shape[2:])).reshape(b, t, net.n_tokens, -1))
         return torch.cat(tokens, dim=2) + self.step_emb
-
-    def _encode_frames(self, key: str, net: nn.Module, frames: torch.Tensor) -> torch.Tensor:
-        """Frames [N, C, H, W] -> tokens [N, n_tokens, D]. At run time on the CPU each distinct frame is encoded once:
-        a window of n_obs_steps frames shares all but its newest with the previous call's, so step-by-step control
-        would otherwise re-encode every frame n_obs_steps times. In training (random crops) and on a GPU (where
-        hashing frames would stall the device, and the engine replays graphs) every frame is encoded."""
-        if self.training or frames.device.type != "cpu" or self.frame_cache_size == 0:
-            return net(frames)
-        digests = [hashlib.blake2b(f.numpy().tobytes(), digest_size=16).digest() for f in frames]
-        cache = self._frame_cache
-        unique = list({d: i for i, d in enumerate(digests) if (key, d) not in cache}.values())  # one row per new frame
-        if unique:
-            new = net(frames[unique])
-            for row, i in enumerate(unique):
-                cache[(key, digests[i])] = new[row]
-        out = torch.stack([cache[(key, d)] for d in digests])
-        for d in digests:
-            cache.move_to_end((key, d))
-        while len(cache) > self.frame_cache_size:
-            cache.popitem(last=False)
-        return out
-
-    def clear_frame_cache(self) -> None:
-        """Forget cached frame features (every episode start; after the weights change)."""
-        self._frame_cache.clear()
 
     def _flat_goal(self, goal: dict[str, torch.Tensor]) -> torch.Tensor:
         """goal {key: [B, *shape]} -> [B, goal_dim], keys in sorted order."""

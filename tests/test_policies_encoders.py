@@ -160,27 +160,3 @@ def test_goal_in_lowdim_feeds_the_goal_to_every_step():
     assert torch.equal(plain(obs, goal_a), plain(obs, goal_b))
     with pytest.raises(ValueError, match="goal_in_lowdim needs a task with goal_keys"):
         ObsEncoder(meta, n_obs_steps=2, d_model=16, goal_in_lowdim=True)
-
-
-def test_each_frame_is_encoded_once_at_run_time_and_cached_tokens_equal_fresh_ones():
-    """Step-by-step control slides the window one frame per call: only the new frame goes through the CNN, and the
-    tokens equal those of an encoder without the cache; training (random crops) never uses it."""
-    meta = {"obs": {"cam_image": {"shape": [32, 32, 3], "type": "rgb"}, "state": {"shape": [3], "type": "low_dim"}},
-            "action": {"shape": [2]}}
-    torch.manual_seed(0)
-    cached = ObsEncoder(meta, n_obs_steps=2, d_model=16, backbone_kwargs={"channels": 8, "n_layers": 2}).eval()
-    fresh = ObsEncoder(meta, n_obs_steps=2, d_model=16, backbone_kwargs={"channels": 8, "n_layers": 2}).eval()
-    fresh.load_state_dict(cached.state_dict())
-    fresh.frame_cache_size = 0
-    encoded = []
-    cached.images["cam_image"].backbone.register_forward_hook(lambda m, inp, out: encoded.append(inp[0].shape[0]))
-    frames = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    with torch.no_grad():
-        for t in range(1, 6):
-            obs = {"cam_image": frames[t - 1 : t + 1][None], "state": torch.randn(1, 2, 3)}
-            assert torch.allclose(cached(obs), fresh(obs), atol=1e-5, rtol=1e-5)  # batch size changes conv kernels
-    assert encoded == [2, 1, 1, 1, 1]
-    cached.train()
-    with torch.no_grad():
-        cached({"cam_image": frames[:2][None], "state": torch.zeros(1, 2, 3)})
-    assert encoded[-1] == 2  # training encodes every frame
