@@ -3,6 +3,11 @@
 A store's schema maps each key to a `KeySpec` (the shape of ONE step, its dtype and a free-text meaning).
 Images are uint8 HWC (keys ending in ``_image``), depth maps float32/uint16 HW (keys ending in ``_depth``),
 actions float32 [A] under ``action``; everything else is low-dim.
+
+One key convention for every path into a store, so data deploys on the robot that made it with no overrides:
+a camera named ``<cam>`` is ``<cam>_image``; a robot's joint/state vector (LeRobot's ``observation.state``, the
+scalar features of a LeRobot robot in their driver order) is ``state``; the command is ``action``. The LeRobot
+importer, `vmp-record` and the LeRobot robot adapter all follow it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 SCHEMA_VERSION = 1
 
 ACTION_KEY = "action"
+STATE_KEY = "state"  # a robot's proprioceptive vector (joint positions, ...), in the driver's feature order
 LANGUAGE_KEY = "language"  # the per-episode text holding the instruction, and the obs key it travels under
 PHASE_KEY = "phase"
 REASONING_KEY = "reasoning"  # the per-episode text holding the expert's phases in order

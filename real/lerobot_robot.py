@@ -2,8 +2,9 @@
 
 LeRobot robots speak flat dicts: ``get_observation() -> {"shoulder_pan.pos": float, ..., "wrist": HxWx3 uint8}``
 and ``send_action({"shoulder_pan.pos": float, ...}) -> what was really sent``. We pack the scalar features into
-vectors (``obs_groups``: {our key: [feature names]}, default all scalars in one ``joint_pos``), cameras into
-``<name>_image``, and actions into one vector in ``action_features`` order.
+vectors (``obs_groups``: {our key: [feature names]}, default all scalars in one ``state``, as LeRobot's own
+recorder stores ``observation.state`` and `vmp-data import-lerobot` imports it), cameras into ``<name>_image``, and
+actions into one vector in ``action_features`` order.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from vmp.data.schema import STATE_KEY
 from vmp.real.robot import Observation, RobotConnectionError, RobotError, RobotSpec
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ class LeRobotRobot:
         feats = driver.observation_features
         scalars = [k for k, v in feats.items() if not isinstance(v, tuple)]
         self.cameras = {f"{k}_image": k for k, v in feats.items() if isinstance(v, tuple)}
-        self.obs_groups = {k: list(v) for k, v in (obs_groups or {"joint_pos": scalars}).items()}
+        self.obs_groups = {k: list(v) for k, v in (obs_groups or {STATE_KEY: scalars}).items()}
         unknown = sorted({f for names in self.obs_groups.values() for f in names} - set(scalars))
         if unknown:
             raise KeyError(f"obs_groups name LeRobot features {unknown} the robot does not have (it has {scalars})")
@@ -122,10 +124,16 @@ class LeRobotRobot:
         return np.asarray([sent.get(n, a) for n, a in zip(self.action_names, action)], np.float32)
 
     def stop(self) -> None:
-        """Position-controlled arms stop by holding where they are: command the measured position."""
-        joints = self._read().get("joint_pos")
-        if joints is not None and len(joints) == len(self.action_names):
-            self.act(joints)
+        """Position-controlled arms stop by holding where they are: command the measured position of every action
+        feature (read by name, whatever the observation groups)."""
+        try:
+            raw = self.driver.get_observation()
+        except (OSError, ConnectionError) as exc:
+            raise RobotConnectionError(f"LeRobot read failed: {exc}") from exc
+        if all(name in raw for name in self.action_names):
+            self.act(np.asarray([raw[name] for name in self.action_names], np.float32))
+        else:
+            log.warning("stop: the robot does not report its action features %s: no hold command sent", self.action_names)
 
     def disconnect(self) -> None:
         if getattr(self.driver, "is_connected", False):

@@ -41,15 +41,23 @@ def test_adapter_maps_dicts_and_stops_by_holding_position():
     arm = FakeArm()
     with LeRobotRobot(arm, control_hz=30, action_low=-2, action_high=2) as robot:
         spec = robot.spec
-        assert spec.obs == {"joint_pos": ((3,), "float32"), "wrist_image": ((4, 6, 3), "uint8")}
+        assert spec.obs == {"state": ((3,), "float32"), "wrist_image": ((4, 6, 3), "uint8")}
         obs = robot.reset()
-        assert np.allclose(obs.data["joint_pos"], [0, 1, 2]) and obs.data["wrist_image"].shape == (4, 6, 3)
+        assert np.allclose(obs.data["state"], [0, 1, 2]) and obs.data["wrist_image"].shape == (4, 6, 3)
         sent = robot.act(np.array([0.5, 1.0, 2.0], np.float32))
         assert np.allclose(sent, [0.5, 1.0, 1.5])  # what the driver really sent
         with pytest.raises(Exception, match="dims"):
             robot.act(np.zeros(2, np.float32))
     assert arm.sent[-1] == {"j0.pos": 0.5, "j1.pos": 1.0, "j2.pos": 2.0}  # stop held the measured position
     assert not arm.is_connected
+
+
+def test_stop_holds_position_whatever_the_obs_groups():
+    arm = FakeArm()
+    with LeRobotRobot(arm, 30, -2, 2, obs_groups={"arm": ["j0.pos", "j1.pos"], "grip": ["j2.pos"]}) as robot:
+        robot.act(np.array([0.25, 0.5, 0.75], np.float32))
+        n_sent = len(arm.sent)
+    assert len(arm.sent) == n_sent + 1 and arm.sent[-1] == {"j0.pos": 0.25, "j1.pos": 0.5, "j2.pos": 0.75}
 
 
 def test_unknown_obs_group_features_refused():
