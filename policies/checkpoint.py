@@ -77,6 +77,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` (every command's default): the GPU when there is one, else the CPU; otherwise as torch reads it."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = resolve_checkpoint(path)
     try:
@@ -119,7 +126,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: 
         ema = EMAModel(model.parameters())
         ema.load_state_dict(payload["ema"])
         ema.copy_to(model.parameters())
-    return model.to(device).eval(), cfg
+    return model.to(resolve_device(device)).eval(), cfg
 
 
 def refuse_stage_one(path: str | Path, cfg: DictConfig) -> None:

@@ -156,3 +156,62 @@ class CameraRobot:
         finally:
             for cam in self.cameras.values():
                 cam.close()
+
+
+class ResizingRobot:
+    """A `Robot` whose camera frames are resized to ``sizes`` {key: (H, W)}: a policy trained at a smaller size than
+    the camera's (the task's shape_meta) sees its own size. Wraps a robot connected or not."""
+
+    def __init__(self, robot: Any, sizes: dict[str, tuple[int, int]]):
+        self.robot, self.sizes = robot, {k: (int(h), int(w)) for k, (h, w) in sizes.items()}
+        self.spec = self._resized(robot.spec) if getattr(robot, "spec", None) is not None else None
+
+    def _resized(self, spec: Any) -> Any:
+        import dataclasses
+
+        obs = dict(spec.obs)
+        for key, (h, w) in self.sizes.items():
+            shape, dtype = obs[key]
+            obs[key] = ((h, w, *shape[2:]), dtype)
+        return dataclasses.replace(spec, obs=obs)
+
+    def _resize(self, obs: Any) -> Any:
+        from vmp.data.images import resize_frames
+        from vmp.data.schema import DEPTH, RGB
+
+        obs.data = {**obs.data, **{k: resize_frames(obs.data[k], size, DEPTH if k.endswith("_depth") else RGB)
+                                   for k, size in self.sizes.items()}}
+        return obs
+
+    def connect(self) -> Any:
+        self.spec = self._resized(self.robot.connect())
+        return self.spec
+
+    def reset(self, seed: int | None = None) -> Any:
+        return self._resize(self.robot.reset(seed))
+
+    def observe(self) -> Any:
+        return self._resize(self.robot.observe())
+
+    def act(self, action: np.ndarray) -> np.ndarray:
+        return self.robot.act(action)
+
+    def stop(self) -> None:
+        self.robot.stop()
+
+    def disconnect(self) -> None:
+        self.robot.disconnect()
+
+
+def camera_resizes(policy_shapes: dict[str, tuple[int, ...]], robot_obs: dict[str, tuple[tuple[int, ...], str]]
+                   ) -> dict[str, tuple[int, int]]:
+    """{camera key: the policy's (H, W)} for the robot's frames that differ from the policy's only in height and
+    width (the rest, a missing key or other channels, is for `InferenceEngine.check_robot_keys` to refuse)."""
+    out = {}
+    for key, want in policy_shapes.items():
+        if not (key.endswith("_image") or key.endswith("_depth")) or key not in robot_obs:
+            continue
+        have = tuple(robot_obs[key][0])
+        if len(have) == len(want) and have[2:] == tuple(want[2:]) and have[:2] != tuple(want[:2]):
+            out[key] = (int(want[0]), int(want[1]))
+    return out

@@ -72,7 +72,19 @@ def _bare_robot(rcfg: DictConfig, task_cfg: Any):
         from vmp.real.lerobot_robot import LeRobotRobot
 
         return LeRobotRobot.from_config(rcfg)
-    raise ValueError(f"robot.kind must be 'sim' or 'lerobot', got {rcfg.kind!r}")
+    if rcfg.kind == "custom":
+        return custom_robot(rcfg)
+    raise ValueError(f"robot.kind must be 'sim', 'lerobot' or 'custom', got {rcfg.kind!r}")
+
+
+def custom_robot(rcfg: DictConfig):
+    """robot.kind=custom: your own class implementing the `Robot` protocol, ``robot.target: "module:Class"``,
+    built with ``robot.kwargs``."""
+    from vmp.real.robot import import_function
+
+    cls = import_function(rcfg.get("target"), "robot.target")
+    kwargs = OmegaConf.to_container(rcfg.kwargs, resolve=True) if rcfg.get("kwargs") else {}
+    return cls(**kwargs)
 
 
 def build_safety(rcfg: DictConfig, spec: Any):
@@ -90,7 +102,9 @@ def build_safety(rcfg: DictConfig, spec: Any):
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """The daemon, callable from tests. Returns the summary dict (also written to JSON)."""
     from vmp.real.loop import ControlLoop, InferenceError, LoopConfig
+    from vmp.real.camera import ResizingRobot, camera_resizes
     from vmp.real.metrics import Metrics, MetricsServer
+    from vmp.real.operator import build_operator
     from vmp.real.recorder import EpisodeRecorder
     from vmp.real.robot import RobotConnectionError
 
@@ -116,6 +130,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     recorder = loop = server = None
     try:
         spec = robot.connect()
+        resizes = camera_resizes(engine.obs_shapes, spec.obs)
+        if resizes:  # the camera gives more pixels than the policy trained on
+            log.info("resizing camera frames to the checkpoint's size: %s", resizes)
+            robot = ResizingRobot(robot, resizes)
+            spec = robot.spec
         engine.check_robot_keys(spec.obs)
         blend = str(cfg.blend)
         if blend == "prefix" and not engine.supports_prefix:
@@ -123,7 +142,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                         policy_name, cfg.blend_fallback)
             blend = str(cfg.blend_fallback)
         control_hz = float(cfg.robot.control_hz or spec.control_hz)
-        settings.update(control_hz=control_hz, blend=blend)
+        settings.update(control_hz=control_hz, blend=blend, device=str(engine.device))
         task_limit = task_cfg.get("max_episode_steps") if task_cfg is not None else None
         max_ticks = int(cfg.max_ticks or task_limit or cfg.robot.max_ticks)  # a task may not state its own limit
         exec_horizon = int(cfg.exec_horizon) if cfg.exec_horizon is not None else int(engine.n_action_steps)
@@ -139,7 +158,14 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         engine.instruction = str(instruction) if instruction else None
         text = {"language": engine.instruction} if engine.instruction else {}
         engine.warmup(engine.example_window(), n=int(cfg.engine.warmup))
-        loop = ControlLoop(robot, engine, build_safety(cfg.robot, spec), loop_cfg, metrics, recorder, text=text)
+        operator = build_operator(cfg.operator, str(cfg.robot.kind))
+        judge = None
+        if operator is not None and cfg.operator.mark_success:
+            def judge(result: Any) -> bool:
+                return operator.choose(f"episode seed {result.seed} ended ({result.reason}, {result.ticks} ticks): "
+                                       "did it succeed?", {"y": "success", "n": "failure"}) == "y"
+        loop = ControlLoop(robot, engine, build_safety(cfg.robot, spec), loop_cfg, metrics, recorder, text=text,
+                           judge=judge, end_requested=operator.stop_requested if operator is not None else None)
         loop_ref["loop"] = loop
         if stop_requested["signal"]:
             loop.stop_event.set()
@@ -155,6 +181,12 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             if loop.stop_event.is_set():
                 break
             seed = int(cfg.seed) + i
+            if operator is not None and cfg.operator.reset_pause:
+                try:
+                    operator.wait(f"episode {i + 1}/{cfg.n_episodes} (seed {seed}): reset the scene, then go on")
+                except EOFError as exc:
+                    log.error("%s: stopping", exc)
+                    break
             try:
                 res = loop.run_episode(seed)
             except RobotConnectionError as exc:
@@ -229,8 +261,10 @@ def _summary(cfg: DictConfig, results: list[dict], metrics: Any, engine: Any, si
     def ms(name: str, q: str) -> float | None:
         return s[name][q] * 1e3 if name in s else None
 
+    marked = sorted({r.get("marked_by", "robot") for r in results})
     return {
         "n_episodes": n, "successes": succ, "success_rate": succ / n if n else 0.0, "seed": int(cfg.seed),
+        "success_marked_by": marked[0] if len(marked) == 1 else marked,
         "episodes": results, "stopped_by_signal": sig, "error": error,
         "loop_period_p50_ms": ms("loop_period_seconds", "p50"), "loop_period_p99_ms": ms("loop_period_seconds", "p99"),
         "tick_lateness_p99_ms": ms("tick_lateness_seconds", "p99"),
@@ -253,7 +287,7 @@ def _write_results(cfg: DictConfig, summary: dict, task_cfg: Any, policy_name: s
            "variant": f"vmp-deploy robot={cfg.robot.kind} {summary.get('control_hz', 0):g} Hz blend={blend}"
                       f"{f' ({cfg.prefix_schedule})' if blend == 'prefix' else ''} s={cfg.exec_horizon or 'n_action_steps'}",
            "metrics": {"success_rate": summary["success_rate"], "ci95_low": lo, "ci95_high": hi, "n_episodes": n},
-           "device": str(cfg.device), "command": "vmp-deploy " + " ".join(sys.argv[1:]),
+           "device": summary.get("device", str(cfg.device)), "command": "vmp-deploy " + " ".join(sys.argv[1:]),
            "git_rev": _git_rev(), "date": datetime.date.today().isoformat()}
     Path(cfg.results_json).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.results_json).write_text(json.dumps(rec, indent=2))

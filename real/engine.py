@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from vmp.policies.base import Prediction
+from vmp.policies.checkpoint import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,9 @@ class InferenceEngine:
     """policy: a `vmp.policies.base.Policy` (its ``obs_shapes`` say which keys and per-step shapes it consumes);
     ``instruction``: the text a language-conditioned policy follows (ignored by the others)."""
 
-    def __init__(self, policy: Any, device: str = "cpu", bf16: str | bool = "auto", compile: str | bool = "auto",
+    def __init__(self, policy: Any, device: str = "auto", bf16: str | bool = "auto", compile: str | bool = "auto",
                  cuda_graphs: str | bool = "auto", seed: int = 0):
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.policy = policy.to(self.device).eval()
         self.obs_shapes = dict(policy.obs_shapes)
         self.n_obs_steps, self.horizon = policy.n_obs_steps, policy.horizon

@@ -134,9 +134,10 @@ class EpisodeResult:
     seed: int | None
     success: bool
     ticks: int
-    reason: str  # success | done | max_ticks | watchdog | signal | robot_disconnected | inference_error
+    reason: str  # success | done | max_ticks | operator | watchdog | signal | robot_disconnected | inference_error
     counters: dict[str, Any]
     episode_index: int | None = None
+    marked_by: str = "robot"  # who judged success: the robot (simulation) or the operator
 
 
 class ControlLoop:
@@ -144,8 +145,12 @@ class ControlLoop:
     safely (signal handlers set it)."""
 
     def __init__(self, robot: Any, engine: Any, safety: SafetyLayer, cfg: LoopConfig, metrics: Metrics | None = None,
-                 recorder: EpisodeRecorder | None = None, clock: RealClock | None = None, text: dict | None = None):
+                 recorder: EpisodeRecorder | None = None, clock: RealClock | None = None, text: dict | None = None,
+                 judge: Callable[[EpisodeResult], bool] | None = None,
+                 end_requested: Callable[[], bool] | None = None):
         self.robot, self.engine, self.safety, self.cfg = robot, engine, safety, cfg
+        self.judge = judge  # after the robot stopped: the episode's success (an operator's mark), recorded with it
+        self.end_requested = end_requested  # polled every tick: the operator ends the episode (reason "operator")
         self.metrics = metrics or Metrics()
         self.recorder, self.text = recorder, dict(text or {})
         self.clock = clock or RealClock()
@@ -269,6 +274,9 @@ class ControlLoop:
                 if self.stop_event.is_set():
                     reason = "signal"
                     break
+                if self.end_requested is not None and self.end_requested():
+                    reason = "operator"
+                    break
                 if self.worker.error is not None:
                     reason, error = "inference_error", InferenceError(f"inference failed: {self.worker.error!r}")
                     break
@@ -319,10 +327,18 @@ class ControlLoop:
             counters = dict(self.scheduler.counters)
             counters.update({f"safety_{n}": v for n, v in self.safety.counters.items()})
             result = EpisodeResult(seed, success, k, reason, counters)
+            if self.judge is not None and reason != "signal":
+                try:
+                    result.success = success = bool(self.judge(result))
+                    result.marked_by = "operator"
+                except (EOFError, ValueError) as exc:  # nobody left to ask: keep the robot's verdict, end the run
+                    log.error("no success mark for this episode: %s; stopping after it", exc)
+                    self.stop_event.set()
             if self.recorder is not None:
                 texts = {name: [{"tick": t, "text": v} for t, v in items] for name, items in self._texts.items()}
                 result.episode_index = self.recorder.append(buf, {**self.text, **texts, "outcome": reason,
-                                                                 "success": success, "seed": seed})
+                                                                 "success": success, "success_marked_by": result.marked_by,
+                                                                 "seed": seed})
             m.inc("episodes", help="episodes run")
             if success:
                 m.inc("successes", help="episodes that reached the task's success")

@@ -9,6 +9,7 @@ so leaving a ``with`` block always stops and disconnects.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -94,3 +95,14 @@ class Robot(Protocol):
     def stop(self) -> None: ...
 
     def disconnect(self) -> None: ...
+
+
+def import_function(target: str, what: str) -> Any:
+    """``"module:attr"`` -> the attribute, or a ValueError naming ``what``."""
+    module, _, name = str(target or "").partition(":")
+    if not module or not name:
+        raise ValueError(f"{what} must be 'module:name', got {target!r}")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"{what} {target!r} cannot be imported: {exc}") from exc

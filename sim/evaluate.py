@@ -379,11 +379,12 @@ def main(cfg: DictConfig) -> None:
     if cfg.results_json:
         from vmp.sim import _plain
 
-        device = cfg.device if cfg.device != "cpu" else None
-        if device and device.startswith("cuda"):
-            import torch
+        import torch
 
-            device = torch.cuda.get_device_name(0)
+        from vmp.policies.checkpoint import resolve_device
+
+        resolved = resolve_device(str(cfg.device))
+        device = torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else None
         rec = results_record(metrics, _plain(task_cfg), policy_name, variant=variant, budget=budget, device=device)
         Path(cfg.results_json).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.results_json).write_text(json.dumps(rec, indent=2) + "\n")
