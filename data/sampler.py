@@ -31,6 +31,7 @@ import numpy as np
 import zarr.codecs
 import zarr.storage
 
+from .images import resize_frames
 from .schema import ACTION_KEY, LANGUAGE_KEY, PHASE_KEY, REASONING_KEY
 from .store import LOW_DIM, EpisodeStore
 
@@ -141,6 +142,8 @@ class SequenceSampler:
     image latents), held in memory and sampled like low-dim keys under their own names.
 
     ``keys`` (the observation keys) default to every store key but the action and the ``train_keys``.
+    ``image_sizes`` {key: (H, W)}: camera keys whose frames are resized to that size as they are read (a store
+    recorded at the camera's resolution trains at the task's size); their ``shapes`` say the resized size.
     ``split`` is "train", "val" (episodes drawn with ``val_ratio`` and ``seed``) or "all". ``cache_keys``
     also holds those (image) keys in memory; ``fast_reads=False`` forces zarr's reader for images.
     """
@@ -165,6 +168,7 @@ class SequenceSampler:
         train_keys: list[str] | None = None,
         text_keys: list[str] | None = None,
         derived: dict[str, np.ndarray] | None = None,
+        image_sizes: dict[str, tuple[int, int]] | None = None,
     ):
         if not isinstance(store, EpisodeStore):
             store = EpisodeStore.open(store, mode="r")
@@ -212,6 +216,15 @@ class SequenceSampler:
         self.kinds = {k: LOW_DIM if k in derived else store.kind(k) for k in sampled}
         self.shapes = {k: tuple(derived[k].shape[1:]) if k in derived else store.schema[k].shape for k in sampled}
         self.image_keys = [k for k in keys if self.kinds[k] != LOW_DIM]
+        self.image_sizes = {}
+        for k, size in (image_sizes or {}).items():
+            if k not in self.kinds or self.kinds[k] == LOW_DIM:
+                raise KeyError(f"image_sizes names {k!r}, which is not a sampled camera key of {store.path} "
+                               f"(camera keys: {sorted(k for k in self.kinds if self.kinds[k] != LOW_DIM)})")
+            size = (int(size[0]), int(size[1]))
+            if size != tuple(self.shapes[k][:2]):
+                self.image_sizes[k] = size
+                self.shapes[k] = (*size, *self.shapes[k][2:])
 
         ends = store.episode_ends
         self.episode_starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
@@ -236,6 +249,9 @@ class SequenceSampler:
         n = store.n_steps
         self._cache = {k: derived[k] if k in derived else store.array(k)[:n]
                        for k in self.kinds if self.kinds[k] == LOW_DIM or k in (cache_keys or [])}
+        for k, size in self.image_sizes.items():
+            if k in self._cache:
+                self._cache[k] = resize_frames(self._cache[k], size, self.kinds[k])
         self._images: dict[str, Any] | None = None
         self._episode_text = self._load_episode_text(store, text_keys, language)
         self._phase, self._phase_names = self._load_phase(store) if PHASE_KEY in text_keys else (None, None)
@@ -339,7 +355,7 @@ class SequenceSampler:
         if key in self._cache:
             return self._cache[key][rows]
         if rows.size == 0:
-            return np.empty((*rows.shape, *self._store_shape(key)), dtype=self._arrays()[key].dtype)
+            return np.empty((*rows.shape, *self.shapes.get(key, self._store_shape(key))), dtype=self._arrays()[key].dtype)
         uniq, inv = np.unique(rows, return_inverse=True)
         arr = self._arrays()[key]
         if isinstance(arr, FrameReader):
@@ -348,6 +364,8 @@ class SequenceSampler:
             block = arr[int(uniq[0]):int(uniq[-1]) + 1]
         else:
             block = arr.get_orthogonal_selection((uniq,))
+        if key in self.image_sizes:
+            block = resize_frames(block, self.image_sizes[key], self.kinds[key])
         return block[inv.reshape(rows.shape)]
 
     def _store_shape(self, key: str) -> tuple:
@@ -422,6 +440,8 @@ class SequenceSampler:
                 lo, hi = int(obs_rows[0]), int(obs_rows[-1]) + 1
                 arr = self._arrays()[k]
                 block = arr.read(np.arange(lo, hi)) if isinstance(arr, FrameReader) else arr[lo:hi]
+                if k in self.image_sizes:
+                    block = resize_frames(block, self.image_sizes[k], self.kinds[k])
                 obs[k] = block[obs_rows - lo]
         if self.language:
             obs[LANGUAGE_KEY] = self._episode_text[LANGUAGE_KEY][ep]

@@ -48,7 +48,7 @@ class MetricsLog:
 
     STANDARD = ["step", "loss", "lr", "samples_per_s", "val_loss", "success_rate"]
 
-    def __init__(self, path: Path, resume_step: int = 0):
+    def __init__(self, path: Path, resume_step: int = 0, tensorboard: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.columns: list[str] | None = None
         if resume_step > 0 and path.exists() and path.stat().st_size > 0:
@@ -63,15 +63,28 @@ class MetricsLog:
         self.fh = open(path, "a" if self.columns else "w", newline="")
         self.writer = csv.writer(self.fh)
 
+        self.tensorboard = None
+        if tensorboard:  # the same scalars for TensorBoard (tensorboard --logdir RUN_DIR/tensorboard)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"), purge_step=resume_step or None)
+
     def write(self, row: dict[str, Any]) -> None:
         if self.columns is None:
             self.columns = self.STANDARD + sorted(set(row) - set(self.STANDARD))
             self.writer.writerow(self.columns)
         self.writer.writerow(["" if row.get(c) is None else row.get(c, "") for c in self.columns])
         self.fh.flush()
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key != "step" and value is not None:
+                    self.tensorboard.add_scalar(key, float(value), int(row["step"]))
+            self.tensorboard.flush()
 
     def close(self) -> None:
         self.fh.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def _raise_interrupt(signum, frame):
@@ -91,12 +104,19 @@ def to_device(batch: Any, device) -> Any:
     return batch
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def task_image_sizes(task: DictConfig, store) -> dict[str, tuple[int, int]]:
+    """{camera key: (H, W)} of the task's shape_meta: the sampler resizes a store's frames of another size to it.
+    Channels (or a camera the store lacks) cannot be made to match: refused by name."""
+    sizes = {}
+    for key, meta in task.shape_meta.obs.items():
+        if meta.get("type") not in ("rgb", "depth") or key not in store.schema:
+            continue
+        want, have = tuple(meta.shape), store.schema[key].shape
+        if len(want) != len(have) or want[2:] != have[2:]:
+            raise ValueError(f"task.shape_meta.obs.{key}.shape {list(want)} and store {store.path}'s {list(have)} differ "
+                             f"beyond height and width (only those are resized)")
+        sizes[key] = (int(want[0]), int(want[1]))
+    return sizes
 
 
 def check_training_types(training: DictConfig) -> None:
@@ -132,7 +152,7 @@ def train(cfg: DictConfig) -> Path:
 
     from vmp.data import EpisodeStore, Normalizer, SequenceDataset, SequenceSampler
     from vmp.policies.build import build_model, head_config, normalizer_modes
-    from vmp.policies.checkpoint import check_same_io, git_revision, model_io, read_checkpoint, save_checkpoint
+    from vmp.policies.checkpoint import check_same_io, git_revision, model_io, read_checkpoint, resolve_device, save_checkpoint
 
     tcfg = cfg.training
     check_training_types(tcfg)
@@ -166,6 +186,7 @@ def train(cfg: DictConfig) -> Path:
         val_ratio=tcfg.val_ratio, seed=cfg.seed, goal_keys=goal_keys or None, goal_mode=tcfg.goal_mode,
         language=bool(cfg.task.get("language_conditioned", False)),
     )
+    sampler_kwargs["image_sizes"] = task_image_sizes(cfg.task, store) if reads_obs else None
     # what else the head trains on: future frames, training-only targets, per-step text (and which keys it reads)
     sampler_kwargs.update(head_cls.batch_requirements(head_settings, cfg.task))
     precompute = getattr(head_cls, "precompute", None)  # e.g. PAD's image latents, encoded once per store
@@ -222,6 +243,10 @@ def train(cfg: DictConfig) -> Path:
     ema = EMAModel(policy.parameters(), decay=tcfg.ema_decay, use_ema_warmup=True, power=tcfg.ema_power)
     ema.to(device)
     step, train_minutes, run_start = 0, 0.0, time.perf_counter()
+    # best.pt: the checkpoint with the best periodic-evaluation success (when training.eval_every > 0), else the
+    # lowest validation loss; kept beside latest.pt (and step_N.pt every training.keep_every steps)
+    best_metric = "success_rate" if tcfg.eval_every > 0 else "val_loss"
+    best: dict[str, Any] = {"metric": best_metric, "value": None, "step": None}
     if cfg.resume and ckpt_path.exists():
         payload = read_checkpoint(ckpt_path, map_location=device)
         check_same_io(model_io(OmegaConf.create(payload["cfg"])), model_io(cfg), str(ckpt_path), "this run's config")
@@ -231,6 +256,7 @@ def train(cfg: DictConfig) -> Path:
         ema.load_state_dict(payload["ema"])
         ema.to(device)
         step = int(payload["step"])
+        best.update(payload.get("best") or {})
         train_minutes = float(payload.get("budget", {}).get("train_minutes", 0.0))
         if is_main:
             log.info("resumed from %s at step %d", ckpt_path, step)
@@ -239,6 +265,12 @@ def train(cfg: DictConfig) -> Path:
     elif ckpt_path.exists() and not cfg.get("overwrite", False):
         raise FileExistsError(f"run_dir {run_dir} already holds a checkpoint (step {read_checkpoint(ckpt_path)['step']}): "
                               f"resume=true to continue it, overwrite=true to start afresh there, or another run_dir")
+    elif cfg.get("overwrite", False) and is_main:  # afresh: nothing of the old run may pass for this one's
+        import shutil
+
+        for old in [*ckpt_path.parent.glob("best.pt"), *ckpt_path.parent.glob("step_*.pt")]:
+            old.unlink()
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
     model = DistributedDataParallel(policy) if world > 1 else policy
     n_params = sum(p.numel() for p in policy.parameters())
     if is_main:
@@ -247,7 +279,7 @@ def train(cfg: DictConfig) -> Path:
 
     def checkpoint(at_step: int) -> None:
         if is_main:
-            save_checkpoint(ckpt_path, {
+            save_checkpoint(ckpt_path, {"best": best,
                 "cfg": OmegaConf.to_yaml(cfg), "io": model_io(cfg), "policy": policy.state_dict(), "ema": ema.state_dict(),
                 "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(), "step": at_step,
                 "git_rev": git_revision(),
@@ -274,7 +306,7 @@ def train(cfg: DictConfig) -> Path:
         policy.train()
         return sum(losses) / max(len(losses), 1)
 
-    metrics_log = MetricsLog(run_dir / "metrics.csv", resume_step=step) if is_main else None
+    metrics_log = MetricsLog(run_dir / "metrics.csv", resume_step=step, tensorboard=bool(tcfg.tensorboard)) if is_main else None
 
     epoch, batch_in_epoch = divmod(step, batches_per_epoch)
     data_iter = iter(loader(epoch, batch_in_epoch))
@@ -321,10 +353,22 @@ def train(cfg: DictConfig) -> Path:
             if val_set is not None and (step % tcfg.val_every == 0 or step == steps):
                 row["val_loss"] = validate()
                 log.info("step %d val_loss %.4f", step, row["val_loss"])
-            if step % tcfg.ckpt_every == 0 or step == stop_at:
+            evaluate = tcfg.eval_every > 0 and (step % tcfg.eval_every == 0 or step == steps)
+            improved = best_metric == "val_loss" and "val_loss" in row and _better(row["val_loss"], best["value"], lower=True)
+            if improved:
+                best.update(value=row["val_loss"], step=step)
+            keep = tcfg.keep_every > 0 and step % tcfg.keep_every == 0
+            if step % tcfg.ckpt_every == 0 or step == stop_at or improved or keep or evaluate:
                 checkpoint(step)
-            if tcfg.eval_every > 0 and (step % tcfg.eval_every == 0 or step == steps):
+            if evaluate:
                 row["success_rate"] = evaluate_checkpoint(cfg, ckpt_path, step)
+                if _better(row["success_rate"], best["value"], lower=False):
+                    best.update(value=row["success_rate"], step=step)
+                    improved = True
+            if improved:
+                keep_copy(ckpt_path, ckpt_path.with_name("best.pt"))
+            if keep:
+                keep_copy(ckpt_path, ckpt_path.with_name(f"step_{step:07d}.pt"))
             if row:
                 metrics_log.write({"step": step, **row})
         if world > 1:
@@ -344,6 +388,24 @@ def train(cfg: DictConfig) -> Path:
     if is_main:
         log.info("done: %d steps, checkpoint %s", step, ckpt_path)
     return ckpt_path
+
+
+def _better(value: float, best: float | None, lower: bool) -> bool:
+    return best is None or (value < best if lower else value > best)
+
+
+def keep_copy(src: Path, dst: Path) -> None:
+    """``dst`` becomes ``src``'s content, atomically: a hard link (no extra disk) where the file system allows,
+    else a copy. latest.pt is later replaced by rename, so the link keeps this version."""
+    import shutil
+
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
 
 
 def evaluate_checkpoint(cfg: DictConfig, ckpt_path: Path, step: int) -> float:

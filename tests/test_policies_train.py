@@ -209,3 +209,24 @@ def test_rerunning_into_a_used_run_dir_is_refused(tmp_path):
     assert read_checkpoint(tmp_path / "run")["step"] == 10  # untouched
     train(compose_cfg(store, tmp_path / "run", "training.steps=4", "training.log_every=2", "overwrite=true"))
     assert read_checkpoint(tmp_path / "run")["step"] == 4
+
+
+def test_best_and_interval_checkpoints_beside_latest(tmp_path):
+    """best.pt is the step of lowest validation loss; step_N.pt every keep_every steps; TensorBoard scalars beside
+    metrics.csv; overwrite=true leaves nothing of the old run behind."""
+    store = make_store(tmp_path / "s.zarr")
+    run = tmp_path / "run"
+    train(compose_cfg(store, run, "training.steps=12", "training.val_every=3", "training.ckpt_every=100",
+                      "training.keep_every=4", "training.log_every=3"))
+    ckpts = run / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*.pt")) == ["step_0000004.pt", "step_0000008.pt", "step_0000012.pt"]
+    assert read_checkpoint(ckpts / "step_0000008.pt")["step"] == 8
+    with open(run / "metrics.csv") as f:
+        val = {int(r["step"]): float(r["val_loss"]) for r in csv.DictReader(f) if r["val_loss"]}
+    assert sorted(val) == [3, 6, 9, 12]
+    best_step = min(val, key=val.get)
+    best = read_checkpoint(ckpts / "best.pt")
+    assert best["step"] == best_step and best["best"]["value"] == pytest.approx(val[best_step])
+    assert any((run / "tensorboard").iterdir())
+    train(compose_cfg(store, run, "training.steps=2", "overwrite=true", "training.val_every=1000"))
+    assert not list(ckpts.glob("step_*.pt")) and read_checkpoint(ckpts / "best.pt")["step"] == 2  # the new run's
