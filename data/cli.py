@@ -5,6 +5,10 @@
     vmp-data validate PATH             structural checks; exit code 1 with the problems listed
     vmp-data import-robomimic IN OUT   robomimic HDF5 -> store
     vmp-data import-lerobot IN OUT     LeRobot dataset -> store (needs `pip install vmp[lerobot]`)
+    vmp-data task --from-store STORE   write the task config vmp-train reads (shape_meta, control rate, episode
+                                       length, key meanings) from the store's own schema:
+                                       vmp_configs/task/<name>.yaml, trained with
+                                       vmp-train --config-dir vmp_configs task=<name> ...
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .schema import ACTION_KEY, SCHEMA_VERSION
+from .schema import ACTION_KEY, DEPTH, LANGUAGE_KEY, LOW_DIM, PHASE_KEY, RGB, SCHEMA_VERSION
 from .store import EpisodeStore, _committed_count, disk_usage
 
 log = logging.getLogger(__name__)
@@ -103,6 +107,79 @@ def validate_store(path: str | Path) -> list[str]:
     return problems
 
 
+# Keys vmp's own recorders add for bookkeeping: never observations.
+BOOKKEEPING_KEYS = ("tick_time", "policy_action", "command_status", PHASE_KEY)
+
+
+def task_config(store: EpisodeStore, name: str, obs_keys: list[str] | None = None,
+                image_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The task config (a dict, written as YAML) that trains on ``store``: every key but the action and
+    bookkeeping is an observation unless ``obs_keys`` says which; camera keys at ``image_size`` (H, W) when given
+    (the sampler resizes at training time, vmp-deploy resizes the robot's frames)."""
+    from .schema import key_kind
+
+    candidates = [k for k in store.schema if k != ACTION_KEY and k not in BOOKKEEPING_KEYS]
+    keys = candidates if obs_keys is None else list(obs_keys)
+    unknown = sorted(set(keys) - set(candidates))
+    if unknown:
+        raise KeyError(f"--obs-keys {unknown} are not observation keys of {store.path}; choose from {candidates}")
+    if not keys:
+        raise ValueError(f"{store.path} has no observation keys (keys: {sorted(store.schema)})")
+    if ACTION_KEY not in store.schema or not store.has_action.any():
+        raise ValueError(f"{store.path} has no episodes with actions: nothing to train a policy on")
+    obs, kinds = {}, {}
+    for key in keys:
+        spec = store.schema[key]
+        kind = key_kind(key, spec)
+        shape = list(spec.shape)
+        if kind != LOW_DIM and image_size is not None:
+            shape = [int(image_size[0]), int(image_size[1]), *shape[2:]]
+        if kind == LOW_DIM and len(shape) != 1:
+            raise ValueError(f"{store.path}: low-dim key {key!r} has shape {shape}; observations are vectors [D], "
+                             f"images <cam>_image [H, W, C] uint8, depth <cam>_depth [H, W]")
+        obs[key] = {"shape": shape, "type": {RGB: "rgb", DEPTH: "depth"}.get(kind, "low_dim")}
+        kinds[kind] = True
+    texts = [store.episode_text(i).get(LANGUAGE_KEY) for i in range(store.n_episodes)]
+    instructions = sorted({t for t in texts if t})
+    lengths = store.episode_lengths
+    control_hz = store.attrs.get("control_hz")
+    if not control_hz:
+        raise ValueError(f"{store.path}: root attrs lack control_hz (the rate the demonstrations were recorded at)")
+    obs_type = "rgbd" if DEPTH in kinds else "image" if RGB in kinds else "lowdim"
+    return {
+        "name": name,
+        "store": str(store.path),
+        "obs_type": obs_type,
+        "control_hz": float(control_hz),
+        # the recorder's limit, else 1.5 x the longest demonstration
+        "max_episode_steps": int(store.attrs.get("max_episode_steps") or int(np.ceil(1.5 * lengths.max()))),
+        "action_meaning": store.schema[ACTION_KEY].meaning,
+        "key_meanings": {k: store.schema[k].meaning for k in keys},
+        "language": instructions[0] if len(instructions) == 1 else None,
+        "language_conditioned": len(instructions) > 1,
+        "goal_keys": [],
+        "shape_meta": {"obs": obs, "action": {"shape": list(store.schema[ACTION_KEY].shape)}},
+    }
+
+
+def write_task_config(config: dict[str, Any], out_dir: Path, source: str, overwrite: bool = False) -> Path:
+    """``out_dir/task/<name>.yaml``, atomically; an existing file only with ``overwrite``."""
+    import os
+
+    import yaml
+
+    path = Path(out_dir) / "task" / f"{config['name']}.yaml"
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: --overwrite to replace it, or --name another")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"# Written by `vmp-data task --from-store {source}` from the store's schema; edit freely.\n"
+              f"# Train: vmp-train --config-dir {out_dir} task={config['name']} policy=... encoder=...\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
 def _print_info(info: dict[str, Any]) -> None:
     print(f"{info['path']}  [{info['format']}]")
     print(f"  task: {info['task']}   control_hz: {info['control_hz']}")
@@ -146,6 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("input", help="local dataset root (holding meta/info.json)")
     p.add_argument("output")
     p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("task", help="write the task config for training on a store (from its schema)")
+    p.add_argument("--from-store", required=True, dest="store", help="the store (e.g. written by vmp-record)")
+    p.add_argument("--name", default=None, help="task name (default: the store's file name)")
+    p.add_argument("--out", default="vmp_configs", help="config folder: the task goes to OUT/task/NAME.yaml")
+    p.add_argument("--obs-keys", nargs="+", default=None, help="observation keys (default: all but action/bookkeeping)")
+    p.add_argument("--image-size", nargs=2, type=int, default=None, metavar=("H", "W"),
+                   help="train camera keys at this size (frames are resized when read; vmp-deploy resizes the robot's)")
+    p.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -181,6 +266,21 @@ def main(argv: list[str] | None = None) -> int:
         store = import_lerobot(args.input, args.output, overwrite=args.overwrite)
         print(f"imported {store.n_episodes} episodes ({store.n_steps} steps) into {args.output}")
         store.close()
+        return 0
+    if args.cmd == "task":
+        try:
+            store = EpisodeStore.open(args.store, mode="r")
+            name = args.name or Path(args.store).name.removesuffix(".zarr")
+            config = task_config(store, name, args.obs_keys, args.image_size)
+            path = write_task_config(config, Path(args.out), args.store, args.overwrite)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"vmp-data task: {e.args[0] if e.args else e}", file=sys.stderr)
+            return 1
+        print(f"wrote {path}: {len(config['shape_meta']['obs'])} observation key(s) "
+              f"{sorted(config['shape_meta']['obs'])}, action {config['shape_meta']['action']['shape']}, "
+              f"{config['control_hz']:g} Hz, max_episode_steps {config['max_episode_steps']}\n"
+              f"train with: vmp-train --config-dir {args.out} task={name} policy=beso encoder="
+              f"{'lowdim' if config['obs_type'] == 'lowdim' else 'compact_cnn'}")
         return 0
     return 2  # unreachable: argparse enforces the subcommand
 

@@ -55,3 +55,8 @@ class ToyReachEnv(gym.Env):
         self._t += 1
         success = bool(np.linalg.norm(self._pos - self._target) < self.tol)
         return self._obs(), float(success), success, self._t >= self.max_episode_steps, {"success": success}
+
+
+def reach_teleop(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """A scripted stand-in for a person teleoperating `ToyReachEnv`: full speed towards the target, slowing near it."""
+    return np.clip(4.0 * (np.asarray(obs["target"]) - np.asarray(obs["pos"])), -1.0, 1.0).astype(np.float32)

@@ -1,0 +1,185 @@
+"""``vmp-record``: teleoperated demonstrations into a store, one episode at a time, with an operator in the loop.
+
+    vmp-record robot=so101 teleop=so101_leader out=stores/my_task.zarr n_episodes=50 instruction="put the cube in the bowl"
+    vmp-record robot=toy teleop=toy_scripted out=stores/toy.zarr n_episodes=10 operator.kind=none
+
+Per episode: the operator resets the scene and starts; the teleoperator drives the robot at its control rate
+(through the robot config's safety limits) until the episode ends (the operator's Enter on a terminal, a simulated
+task's success, or ``max_steps``); the robot stops; the operator saves, discards (next seed) or re-records (same
+seed) it, and marks success. Saved episodes hold the robot's observation keys (camera frames resized to
+``image_size`` when set), ``action`` (the command sent) and ``tick_time``; their text the instruction, success
+and who judged it. The store is appended episode by episode (crash-safe): a new run adds to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+log = logging.getLogger("vmp.real.record")
+
+CHOICES = {"s": "save", "d": "discard", "r": "re-record"}
+
+
+def store_schema(spec: Any) -> dict[str, Any]:
+    from vmp.data import KeySpec
+
+    schema = {key: KeySpec(shape, dtype, f"robot observation {key}") for key, (shape, dtype) in spec.obs.items()}
+    schema["action"] = KeySpec((spec.action_dim,), "float32", "command sent to the robot (after the safety limits)")
+    schema["tick_time"] = KeySpec((1,), "float64", "seconds since the episode's first tick")
+    return schema
+
+
+def open_store(path: Path, schema: dict[str, Any], attrs: dict[str, Any]):
+    """A new store, or the existing one at ``path`` when its keys and shapes are this robot's."""
+    from vmp.data import EpisodeStore
+
+    if not path.exists():
+        return EpisodeStore.create(path, schema, attrs)
+    store = EpisodeStore.open(path, mode="a")
+    theirs = {k: (s.shape, s.dtype) for k, s in store.schema.items()}
+    ours = {k: (s.shape, s.dtype) for k, s in schema.items()}
+    if theirs != ours:
+        store.close()
+        raise ValueError(f"out={path} holds keys {theirs}, this robot records {ours}: choose another out path")
+    log.info("appending to %s (%d episodes there)", path, store.n_episodes)
+    return store
+
+
+def record_episode(robot: Any, teleop: Any, safety: Any, operator: Any, seed: int, control_hz: float,
+                   max_steps: int, stop_on_success: bool) -> tuple[dict[str, np.ndarray], bool, str]:
+    """One teleoperated episode -> (arrays, the robot's success flag, why it ended). The robot is stopped on return."""
+    dt = 1.0 / control_hz
+    rows: dict[str, list] = {}
+    success, reason = False, "max_steps"
+    obs = robot.reset(seed)
+    t0 = time.monotonic()
+    safety.reset(t0)
+    try:
+        for k in range(max_steps):
+            time.sleep(max(0.0, t0 + k * dt - time.monotonic()))
+            if k > 0:
+                obs = robot.observe()
+            if obs.success:
+                success = True
+                if stop_on_success:
+                    reason = "success"
+                    break
+            if obs.done:
+                reason = "done"
+                break
+            if teleop.end_requested() or (operator is not None and not teleop.reads_terminal and operator.stop_requested()):
+                reason = "operator"
+                break
+            command, status = safety.filter(teleop.action(obs), time.monotonic())
+            if status == "stop":
+                reason = "watchdog"
+                break
+            sent = robot.act(command)
+            for key, value in obs.data.items():
+                rows.setdefault(key, []).append(np.asarray(value))
+            rows.setdefault("action", []).append(np.asarray(sent, np.float32))
+            rows.setdefault("tick_time", []).append(np.array([time.monotonic() - t0]))
+    finally:
+        robot.stop()
+    return {key: np.stack(values) for key, values in rows.items()}, success, reason
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The recording session, callable from tests -> a summary (also printed)."""
+    from vmp.real.camera import ResizingRobot
+    from vmp.real.daemon import build_robot, build_safety
+    from vmp.real.operator import build_operator
+    from vmp.real.teleop import build_teleop
+
+    if int(cfg.n_episodes) < 1:
+        raise ValueError(f"n_episodes must be >= 1, got {cfg.n_episodes}")
+    robot = build_robot(cfg.robot, None)
+    teleop = build_teleop(cfg.teleop)
+    operator = build_operator(cfg.operator, str(cfg.robot.kind))
+    out = Path(cfg.out)
+    saved, attempts, seed_index = [], 0, 0
+    store = None
+    try:
+        spec = robot.connect()
+        if cfg.image_size is not None:
+            size = (int(cfg.image_size[0]), int(cfg.image_size[1]))
+            cams = [k for k in spec.obs if k.endswith("_image") or k.endswith("_depth")]
+            if not cams:
+                raise ValueError(f"image_size={list(size)} but the robot has no camera keys (keys: {sorted(spec.obs)})")
+            robot = ResizingRobot(robot, {k: size for k in cams})
+            spec = robot.spec
+        teleop.connect(robot)
+        control_hz = float(cfg.robot.control_hz or spec.control_hz)
+        max_steps = int(cfg.max_steps or cfg.robot.max_ticks)
+        task = str(cfg.task_name or out.stem)
+        store = open_store(out, store_schema(spec), {"task": task, "control_hz": control_hz, "robot": spec.name,
+                                                         "recorded_by": "vmp-record", "max_episode_steps": max_steps})
+        safety = build_safety(cfg.robot, spec)
+        log.info("recording %d episodes of %s on %s at %.0f Hz into %s (teleop %s)", cfg.n_episodes, task, spec.name,
+                 control_hz, out, cfg.teleop.kind)
+        while len(saved) < int(cfg.n_episodes):
+            seed = int(cfg.seed) + seed_index
+            label = f"episode {len(saved) + 1}/{cfg.n_episodes} (seed {seed})"
+            if operator is not None:
+                operator.wait(f"{label}: reset the scene, then start")
+            arrays, robot_success, reason = record_episode(robot, teleop, safety, operator, seed, control_hz,
+                                                           max_steps, bool(cfg.stop_on_success))
+            attempts += 1
+            n = len(arrays.get("action", ()))
+            choice = "s"
+            if operator is not None:
+                choice = operator.choose(f"{label} ended ({reason}, {n} steps): keep it?", CHOICES)
+            if choice == "r":
+                log.info("%s: re-recording", label)
+                continue
+            seed_index += 1
+            if choice == "d" or n == 0:
+                log.info("%s: discarded%s", label, " (no steps)" if n == 0 and choice != "d" else "")
+                continue
+            success, marked_by = robot_success, "robot"
+            if operator is not None and cfg.operator.mark_success:
+                success = operator.choose(f"{label}: did it succeed?", {"y": "success", "n": "failure"}) == "y"
+                marked_by = "operator"
+            text = {"success": success, "success_marked_by": marked_by, "seed": seed, "outcome": reason}
+            if cfg.instruction:
+                text["language"] = str(cfg.instruction)
+            index = store.append_episode(arrays, text=text)
+            saved.append({"index": index, "seed": seed, "steps": n, "success": success, "marked_by": marked_by})
+            log.info("%s: saved as episode %d (%d steps, %s)", label, index, n, "success" if success else "failure")
+    finally:
+        teleop.disconnect()
+        try:
+            robot.disconnect()
+        except OSError as exc:
+            log.warning("disconnect: %s", exc)
+        if store is not None:
+            store.close()
+    summary = {"out": str(out), "saved": len(saved), "attempts": attempts,
+               "successes": sum(int(e["success"]) for e in saved), "episodes": saved}
+    return summary
+
+
+@hydra.main(config_path="pkg://vmp.configs", config_name="record", version_base=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        summary = run(cfg)
+    except (KeyError, ValueError, FileNotFoundError, ImportError) as exc:
+        log.error("vmp-record: %s", exc.args[0] if exc.args else exc)
+        sys.exit(2)
+    except EOFError as exc:
+        log.error("vmp-record: %s (episodes saved so far are in the store)", exc)
+        sys.exit(1)
+    print(f"vmp-record: saved {summary['saved']} episode(s) of {summary['attempts']} attempt(s) into {summary['out']}; "
+          f"{summary['successes']} marked successful. Next: vmp-data task --from-store {summary['out']}")
+
+
+if __name__ == "__main__":
+    main()
