@@ -73,3 +73,43 @@ class NoPrefixReachPolicy(ReachPolicy):
                              generator: torch.Generator | None = None) -> torch.Tensor:
         return super().predict_action_chunk(obs, goal, generator)
 
+
+
+class FakeLeRobotArm:
+    """Duck-typed like a LeRobot robot driver (observation_features, action_features, get_observation, send_action)
+    with joints ``<name>.pos`` and cameras ``<cam>`` [H, W, 3]: the LeRobot adapter's tests, without hardware."""
+
+    def __init__(self, joints: list[str], cameras: dict[str, list[int]] | None = None):
+        self.q = {f"{j}.pos": 0.0 for j in joints}
+        self.camera_shapes = {name: tuple(shape) for name, shape in (cameras or {}).items()}
+        self.is_connected = False
+        self.sent: list[dict[str, float]] = []
+
+    @property
+    def observation_features(self) -> dict:
+        return {**{k: float for k in self.q}, **self.camera_shapes}
+
+    @property
+    def action_features(self) -> dict:
+        return {k: float for k in self.q}
+
+    def connect(self) -> None:
+        self.is_connected = True
+
+    def disconnect(self) -> None:
+        self.is_connected = False
+
+    def get_observation(self) -> dict:
+        return {**self.q, **{name: np.full(shape, 100, np.uint8) for name, shape in self.camera_shapes.items()}}
+
+    def send_action(self, action: dict) -> dict:
+        self.sent.append(dict(action))
+        self.q.update(action)
+        return dict(action)
+
+
+def fake_lerobot_robot(joints: list[str], cameras: dict[str, list[int]] | None = None, control_hz: float = 10.0):
+    """robot.kind=custom target for tests: the LeRobot adapter around a `FakeLeRobotArm`, default observation groups."""
+    from vmp.real.lerobot_robot import LeRobotRobot
+
+    return LeRobotRobot(FakeLeRobotArm(joints, cameras), control_hz, -10.0, 10.0)

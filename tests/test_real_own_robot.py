@@ -196,3 +196,70 @@ def test_frames_resized_at_training_and_deployment(tmp_path):
     robot = ResizingRobot(Cam(), sizes)
     assert robot.spec.obs["top_image"] == ((12, 16, 3), "uint8")
     np.testing.assert_array_equal(robot.observe().data["top_image"], img[0])  # the same pixels as training saw
+
+
+def deploy_imported(store_path, tmp_path, joints, cameras):
+    """Train a tiny policy on an imported store through the generated task, then deploy it on the LeRobot adapter
+    (default settings: no obs_groups) -> the daemon's summary."""
+    from vmp.policies.train import train
+    from vmp.real.daemon import run
+
+    config = task_config(EpisodeStore.open(store_path), "imported")
+    write_task_config(config, tmp_path / "vmp_configs", str(store_path))
+    run_dir = tmp_path / "run"
+    with initialize_config_module(config_module="vmp.configs", version_base=None):
+        cfg = compose("train", [f"hydra.searchpath=[file://{tmp_path / 'vmp_configs'}]", "task=imported", "policy=beso",
+                                "encoder=compact_cnn", "policy.d_model=32", "policy.n_layers=1", "policy.horizon=4",
+                                "policy.n_obs_steps=1", "policy.n_action_steps=2", "training.steps=2",
+                                "training.batch_size=4", "training.val_ratio=0", f"run_dir={run_dir}"])
+        train(cfg)
+        dcfg = compose("deploy", ["robot=custom", "robot.target=vmp.real.testing:fake_lerobot_robot",
+                                  f"+robot.kwargs.joints={joints}", f"+robot.kwargs.cameras={cameras}",
+                                  f"checkpoint={run_dir}", "n_episodes=1", "max_ticks=5", "metrics.enabled=false",
+                                  "operator.kind=scripted", "operator.answers=[y]", f"record.path={tmp_path / 'rec.zarr'}"])
+    return run(dcfg, tmp_path)
+
+
+def test_store_in_the_importers_keys_deploys_on_the_lerobot_adapter(tmp_path):
+    """What `vmp-data import-lerobot` writes (observation.state -> state, observation.images.top -> top_image) trains
+    and deploys on a LeRobot robot with the same features, no overrides (the LeRobot-environment test imports a real
+    LeRobot data set instead)."""
+    from vmp.data.convert.lerobot import store_key
+
+    state, top = store_key("observation.state"), store_key("observation.images.top")
+    store = EpisodeStore.create(tmp_path / "imported.zarr", {state: KeySpec((2,), "float32"),
+                                                             top: KeySpec((32, 32, 3), "uint8"),
+                                                             "action": KeySpec((2,), "float32")},
+                                {"task": "tiny", "control_hz": 10.0})
+    rng = np.random.default_rng(0)
+    for n in (6, 4):
+        store.append_episode({state: rng.normal(size=(n, 2)), top: np.full((n, 32, 32, 3), 40, np.uint8),
+                              "action": rng.normal(size=(n, 2))}, text={"language": "tiny"})
+    summary = deploy_imported(tmp_path / "imported.zarr", tmp_path, "[a,b]", "{top: [32,32,3]}")
+    assert summary["error"] is None and summary["n_episodes"] == 1 and summary["successes"] == 1
+
+
+@pytest.mark.lerobot
+def test_imported_lerobot_dataset_deploys_on_the_matching_lerobot_robot(tmp_path):
+    pytest.importorskip("lerobot")
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from vmp.data.convert.lerobot import import_lerobot
+
+    features = {
+        "observation.state": {"dtype": "float32", "shape": (2,), "names": ["a.pos", "b.pos"]},
+        "observation.images.top": {"dtype": "video", "shape": (32, 32, 3), "names": ["height", "width", "channels"]},
+        "action": {"dtype": "float32", "shape": (2,), "names": ["a.pos", "b.pos"]},
+    }
+    ds = LeRobotDataset.create("local/tiny", fps=10, features=features, root=tmp_path / "tiny", use_videos=True)
+    rng = np.random.default_rng(0)
+    for n in (6, 4):
+        for _ in range(n):
+            s = rng.normal(size=2).astype(np.float32)
+            ds.add_frame({"observation.state": s, "action": s, "task": "tiny",
+                          "observation.images.top": np.full((32, 32, 3), 40, np.uint8)})
+        ds.save_episode()
+    ds.finalize()
+    import_lerobot(tmp_path / "tiny", tmp_path / "imported.zarr", repo_id="local/tiny").close()
+    summary = deploy_imported(tmp_path / "imported.zarr", tmp_path, "[a,b]", "{top: [32,32,3]}")
+    assert summary["error"] is None and summary["n_episodes"] == 1 and summary["successes"] == 1
