@@ -158,8 +158,18 @@ class SimRobot:
         return obs
 
     def reset(self, seed: int | None = None) -> Observation:
+        """Start an episode. A link the server dropped while the robot sat idle (an operator resetting the scene for
+        longer than the server's ``idle_timeout_s``) is re-established here, where nothing is in motion."""
         self._last_obs = None
-        return self._to_obs(self._request(wire.Message("reset", {"seed": seed}), expect="obs"))
+        msg = wire.Message("reset", {"seed": seed})
+        try:
+            return self._to_obs(self._request(msg, expect="obs"))
+        except RobotConnectionError:
+            if not self.alive:
+                raise
+            log.warning("SimRobot link dropped while idle: reconnecting before the episode")
+            self.connect()
+            return self._to_obs(self._request(msg, expect="obs"))
 
     def observe(self) -> Observation:
         return self._to_obs(self._request(wire.Message("observe"), expect="obs"))

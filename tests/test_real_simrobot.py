@@ -80,3 +80,17 @@ def test_version_mismatch_refused():
 def test_bad_env_config_fails_fast():
     with pytest.raises(RobotConnectionError, match="exited during start"):
         SimRobot({"target": "vmp.real.toy:NoSuchEnv"}, start_timeout_s=30).connect()
+
+
+def test_reset_reconnects_after_the_server_dropped_an_idle_link():
+    """An operator's pause longer than the server's idle timeout: the next episode's reset re-establishes the link;
+    a request in the middle of an episode still fails loudly."""
+    import time
+
+    with SimRobot(TOY, server={"idle_timeout_s": 0.3}) as robot:
+        first = robot.reset(seed=3)
+        time.sleep(1.0)  # the server drops the silent client
+        with pytest.raises(RobotConnectionError):
+            robot.observe()
+        again = robot.reset(seed=3)
+        assert np.array_equal(first.data["pos"], again.data["pos"]) and robot.alive
