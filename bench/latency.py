@@ -32,25 +32,41 @@ SETTINGS = [
     ("ddpm", "10-step ddim", {"sampler": "ddim", "n_steps": 10}),
     ("carp", "greedy kv-cache", {"tokenizer_checkpoint": None}),
     ("pad", "10-step ddim", {"sampler": "ddim", "n_steps": 10}),
+    ("navdp", "16 samples, 10-step ddpm, critic", {"n_samples": 16, "n_steps": 10, "selection": "critic"}),
+    # Diffusion-VLA's control step with its reasoning cached, and with a reasoning step (greedy, KV cache) every call
+    ("divla", "10-step ddim, reasoning cached", {"sampler": "ddim", "n_steps": 10, "reasoning_every": 1000000}),
+    ("divla", "10-step ddim with a reasoning step", {"sampler": "ddim", "n_steps": 10, "reasoning_every": 0}),
 ]
-TASKS = {"lowdim": ("lift", "lowdim"), "image": ("lift_image", "compact_cnn")}
+TASKS = {"lowdim": ("lift", "lowdim", ()), "image": ("lift_image", "compact_cnn", ())}
 # Heads that run on other tasks than TASKS names (and only on these observation types): PAD reads one camera and an
-# instruction, so it is timed on language-conditioned multi-task Meta-World (64 px, one camera).
-HEAD_TASKS = {"pad": {"image": ("metaworld_mt", "compact_cnn")}}
+# instruction, so it is timed on language-conditioned multi-task Meta-World (64 px, one camera); NavDP on pointnav's
+# 64 px RGB-D + goal, one full planning step (N paths in one batch, the critic, the pick).
+# Diffusion-VLA reads the instruction too: multi-task Meta-World, from its 39-d state or its 64 px camera.
+HEAD_TASKS = {"pad": {"image": ("metaworld_mt", "compact_cnn", ())},
+              "navdp": {"rgbd": ("pointnav", "compact_cnn", ("encoder.image_output=tokens",))},
+              "divla": {"lowdim": ("metaworld_mt_lowdim", "lowdim", ()),
+                        "image": ("metaworld_mt", "compact_cnn", ("encoder.image_output=tokens",))}}
+OBS_TYPES = sorted({*TASKS, *(obs for tasks in HEAD_TASKS.values() for obs in tasks)})
 
 
-def build(task: str, encoder: str, head: str, overrides: dict, carp_tokenizer: str | None):
+def build(task: str, encoder: str, head: str, overrides: dict, extra_overrides=()):
     from hydra import compose, initialize_config_module
 
     from vmp.policies.build import build_policy
 
     extra = [f"policy.{k}={'null' if v is None else v}" for k, v in overrides.items()]
     with initialize_config_module(config_module="vmp.configs", version_base=None):
-        cfg = compose("train", overrides=[f"task={task}", f"policy={head}", f"encoder={encoder}", *extra])
+        cfg = compose("train", overrides=[f"task={task}", f"policy={head}", f"encoder={encoder}", *extra,
+                                          *extra_overrides])
     if head == "pad":  # an untrained autoencoder of the stage-one architecture: latency does not depend on weights
         from vmp.policies.heads.pad import PADVAEConfig
 
         cfg.policy.vae_arch = PADVAEConfig().architecture()
+    if head == "divla":  # a tokenizer on the expert's phase names; an untrained model writes its longest reasoning
+        from vmp.policies.nn.reasoning import train_tokenizer
+
+        cfg.policy.tokenizer = train_tokenizer(["reach the object", "grasp the object", "move toward the goal"],
+                                               int(cfg.policy.vocab_size))
     return build_policy(cfg), cfg
 
 
@@ -129,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="vmp-bench latency", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--obs", nargs="+", default=["lowdim", "image"], choices=sorted(TASKS))
+    parser.add_argument("--obs", nargs="+", default=OBS_TYPES, choices=OBS_TYPES)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--heads", nargs="+", default=None, help="only these heads (default: every registered one)")
     parser.add_argument("--variants", nargs="+", default=None, help='only these variants, e.g. "3-step euler"')
@@ -143,15 +159,15 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for obs in args.obs:
         for head, variant, overrides in SETTINGS:
-            task, encoder = HEAD_TASKS[head].get(obs, (None, None)) if head in HEAD_TASKS else TASKS[obs]
-            if task is None:
+            setting = HEAD_TASKS[head].get(obs) if head in HEAD_TASKS else TASKS.get(obs)
+            if setting is None:
                 continue
             if head not in HEADS:
                 log.warning("head %s is not registered: skipped", head)
                 continue
             if (args.heads and head not in args.heads) or (args.variants and variant not in args.variants):
                 continue
-            policy, cfg = build(task, encoder, head, overrides, None)
+            policy, cfg = build(*setting[:2], head, overrides, setting[2])
             command = f"vmp-bench latency --device {args.device} --obs {obs} --repeats {args.repeats}"
             slug = variant.replace(" ", "-")
             if args.engine:

@@ -139,6 +139,12 @@ class Policy(nn.Module, abc.ABC):
         return {}
 
     @classmethod
+    def prepare_settings(cls, config: Any, task: Any, store: Any) -> dict[str, Any]:
+        """Head settings learned from the training store before the head is built (e.g. Diffusion-VLA's subword
+        tokenizer, trained on the store's annotations): merged into ``policy.*`` and kept in the checkpoint."""
+        return {}
+
+    @classmethod
     def precompute(cls, config: Any, task: Any, store: Any) -> dict[str, np.ndarray]:
         """Per-step arrays derived once from a store before training ({key: [n_steps, *shape]}, e.g. PAD's image
         latents from its frozen autoencoder), sampled like in-memory low-dim keys under their own names."""

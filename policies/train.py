@@ -177,6 +177,13 @@ def train(cfg: DictConfig) -> Path:
     head_settings = head_config(cfg)  # an unknown head or setting is refused here, before the data is read
     store = EpisodeStore.open(cfg.store)
     head_cls = HEADS[cfg.policy.name]
+    prepare = getattr(head_cls, "prepare_settings", None)  # settings learned from the store (a tokenizer, ...)
+    learned = prepare(head_settings, cfg.task, store) if prepare is not None else {}
+    if learned:
+        with open_dict(cfg):
+            for key, value in learned.items():
+                cfg.policy[key] = value
+        head_settings = head_config(cfg)
     reads_obs = getattr(head_cls, "reads_obs", True)  # an action tokenizer samples actions only
     obs_keys = list(cfg.task.shape_meta.obs.keys()) if reads_obs else []
     goal_keys = list(cfg.task.get("goal_keys") or [])

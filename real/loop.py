@@ -188,6 +188,7 @@ class ControlLoop:
                 if not self._texts.get(name) or self._texts[name][-1][1] != value:
                     self._texts.setdefault(name, []).append((tick, value))
                     log.info("tick %d %s: %s", tick, name, value)
+                    self.metrics.inc(f"{name}_changes", help=f"times the policy's {name} text changed")
             else:
                 log.debug("tick %d %s: %s %s", tick, name, getattr(value, "dtype", type(value).__name__),
                           getattr(value, "shape", ""))

@@ -49,6 +49,7 @@ class _EvalState:
     policy: Any
     video_dir: str | None
     fps: int
+    annotator: Any = None  # the task's expert, run beside a reasoning policy to judge its reasoning
 
     def close(self) -> None:
         self.env.close()
@@ -65,16 +66,26 @@ def _init_eval(task_cfg: dict, make_policy: Callable[[], Any], render: bool, vid
     bind = getattr(policy, "bind_env", None)
     if callable(bind):
         bind(env)  # privileged experts read the env's state
-    return _EvalState(env, policy, video_dir, int(task_cfg.get("control_hz", 20)))
+    annotator = None
+    if "reasoning" in getattr(getattr(policy, "capabilities", None), "extras", ()) and task_cfg.get("expert"):
+        from vmp.sim.experts import make_expert
+
+        annotator = make_expert(task_cfg["expert"], env=env, **dict(task_cfg.get("expert_kwargs") or {}))
+    return _EvalState(env, policy, video_dir, int(task_cfg.get("control_hz", 20)), annotator)
 
 
-def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False) -> dict[str, Any]:
+def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False, annotator: Any = None
+                   ) -> dict[str, Any]:
     """One episode of ``policy`` in ``env`` -> {success, length, return, latencies_ms, frames?, text?, future_frames?}.
 
     Extras a head returns with a chunk (`Policy.last_extras`) are kept: text (reasoning) in ``text`` as
     [{step, name, text}] whenever it changes; in a video episode, a panel under each frame draws the latest extras
     and predicted future frames are kept per chunk as ``future_frames`` [(step, [F, H, W, 3])]; ``candidates`` (with
     ``candidate_scores``) go to the env's ``show_candidates`` when it has one, for its own rendering (PointNav's map).
+
+    ``annotator``: the task's expert, bound to the env and stepped beside the policy (its actions unused) only to
+    track its phase; each chunk's ``reasoning`` is compared with the phase name the expert gives the same state, and
+    the episode's ``metrics["reasoning_accuracy"]`` is the fraction of chunks whose reasoning matched.
     """
     from vmp.sim.experts.base import Expert
     from vmp.sim.render import extras_panel
@@ -84,6 +95,11 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False)
         policy.reset(seed=seed)
     else:
         policy.reset()
+    if annotator is not None:
+        annotator.reset(seed=seed)
+        annotator.set_goal(info.get("goal"))
+        annotator.set_language(info.get("language"))
+    judged = [0, 0]  # chunks with reasoning, and those matching the expert's phase
     if info.get("goal") is not None:
         policy.set_goal(info["goal"])
     if info.get("language"):
@@ -108,12 +124,17 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False)
     extras, last_text = {}, {}
     total, length, success = 0.0, 0, False
     while True:
+        if annotator is not None:
+            annotator.act(obs)  # the expert's phase for this state
         action = np.asarray(policy.select_action(obs))
         if not np.isfinite(action).all():
             raise FloatingPointError(f"non-finite action at step {length} of seed {seed}: {action}")
         new = getattr(policy, "last_extras", None) or {}
         if new is not extras:  # a new chunk came with extras
             extras = new
+            if annotator is not None and isinstance(extras.get("reasoning"), str):
+                judged[0] += 1
+                judged[1] += int(extras["reasoning"].strip() == annotator.phase_names[annotator.phase])
             for name, value in extras.items():
                 if isinstance(value, str) and last_text.get(name) != value:
                     texts.append({"step": length, "name": name, "text": value})
@@ -139,6 +160,8 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False)
         out["task_name"] = info["task_name"]
     if isinstance(info.get("metrics"), dict):  # episode metrics an env reports (e.g. SPL, collisions)
         out["metrics"] = {k: float(v) for k, v in info["metrics"].items()}
+    if judged[0]:
+        out.setdefault("metrics", {})["reasoning_accuracy"] = judged[1] / judged[0]
     if texts:
         out["text"] = texts
     if frames is not None:
@@ -164,7 +187,7 @@ def _frame(env: Any, obs: dict[str, np.ndarray]) -> np.ndarray:
 def _run_eval(state: _EvalState, job) -> dict[str, Any]:
     from vmp.sim.render import image_grid, write_video
 
-    res = rollout_policy(state.env, state.policy, job.seed, record_video=job.record_video)
+    res = rollout_policy(state.env, state.policy, job.seed, record_video=job.record_video, annotator=state.annotator)
     frames = res.pop("frames", None)
     futures = res.pop("future_frames", None)
     if frames is not None and state.video_dir is not None:

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from vmp.policies.nn.film import FiLM
+
 
 class MLP(nn.Sequential):
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, n_layers: int = 2):
@@ -52,6 +54,7 @@ class TransformerDenoiser(nn.Module):
         n_heads: int = 4,
         dropout: float = 0.0,
         noise_embed_scale: float = 1.0,
+        film_dim: int = 0,
     ):
         super().__init__()
         self.horizon, self.n_cond_tokens = horizon, n_cond_tokens
@@ -63,15 +66,25 @@ class TransformerDenoiser(nn.Module):
             d_model, n_heads, dim_feedforward=4 * d_model, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
         )
         self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        # film_dim > 0: a vector [B, film_dim] scales and shifts every layer's output (Diffusion-VLA's reasoning)
+        self.films = nn.ModuleList(FiLM(film_dim, d_model) for _ in range(n_layers)) if film_dim else None
         self.norm = nn.LayerNorm(d_model)
         self.action_out = nn.Linear(d_model, action_dim)
 
-    def forward(self, x_BHA: torch.Tensor, noise_B: torch.Tensor, cond_BND: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BHA: torch.Tensor, noise_B: torch.Tensor, cond_BND: torch.Tensor,
+                film_BC: torch.Tensor | None = None) -> torch.Tensor:
         if cond_BND.shape[1] != self.n_cond_tokens or x_BHA.shape[1] != self.horizon:
             raise ValueError(
                 f"expected {self.n_cond_tokens} conditioning tokens and horizon {self.horizon}, "
                 f"got cond {tuple(cond_BND.shape)} and x {tuple(x_BHA.shape)}"
             )
         tokens = torch.cat([self.noise_embed(noise_B)[:, None], cond_BND, self.action_in(x_BHA)], dim=1) + self.pos_emb
-        out = self.transformer(tokens)
+        if (film_BC is None) != (self.films is None):
+            raise ValueError("film_BC goes with film_dim > 0 (and only then)")
+        if self.films is None:
+            out = self.transformer(tokens)
+        else:
+            out = tokens
+            for layer, film in zip(self.transformer.layers, self.films):
+                out = film(layer(out), film_BC)
         return self.action_out(self.norm(out[:, -self.horizon :]))

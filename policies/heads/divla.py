@@ -1,0 +1,154 @@
+"""Diffusion-VLA (Wen et al. 2024): an autoregressive reasoning model whose output is injected into a diffusion
+action head.
+
+The shared observation encoder turns the images, proprioception and instruction into a token prefix; the `Backbone`
+(a small prefix-LM transformer trained from scratch) maps it to hidden states and writes the reasoning, here the
+expert's phase annotation at the newest observation ("grasp the object"), with a subword tokenizer trained on the
+store's annotations. The reasoning is embedded and injected into every layer of the action head's transformer
+denoiser through FiLM; the denoiser also attends to the backbone's hidden states. One loss trains both:
+``reasoning_weight`` x next-token cross-entropy + ``action_weight`` x the DDPM loss on the chunk.
+
+At run time the reasoning is regenerated every ``reasoning_every`` control steps and cached in between (the policy's
+slow context), and returned with every chunk (`Prediction.extras["reasoning"]`), so `vmp-eval` captions its videos
+with it and `vmp-deploy` logs it. ``inject_reasoning=false`` is the ablation: no FiLM, the same backbone and losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vmp.data.schema import LANGUAGE_KEY, PHASE_KEY
+from vmp.policies.base import Capabilities, ConditionalPolicy, DiffusionHeadConfig, Prediction
+from vmp.policies.nn import DDPMDiffusion, TransformerDenoiser
+from vmp.policies.nn.reasoning import ReasoningEmbedding, ScratchBackbone, TextTokenizer, train_tokenizer
+
+
+@dataclasses.dataclass
+class DiVLAConfig(DiffusionHeadConfig):
+    backbone_layers: int = 4
+    backbone_heads: int = 4
+    inject_reasoning: bool = True   # false: the ablation without FiLM injection
+    reasoning_weight: float = 1.0
+    action_weight: float = 1.0
+    max_reasoning_tokens: int = 12  # reasoning text is cut to this many subword tokens
+    vocab_size: int = 256           # of the tokenizer trained on the store's annotations
+    tokenizer: str | None = None    # its JSON: filled in by training (prepare_settings), kept in the checkpoint
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    # inference-time settings
+    sampler: str = "ddim"           # ddpm | ddim
+    n_steps: int = 10
+    reasoning_every: int = 8        # control steps between reasoning refreshes (0: at every chunk)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"policy.sampler must be ddpm or ddim, got {self.sampler!r}")
+        if not 1 <= self.n_steps <= self.num_train_timesteps:
+            raise ValueError(f"policy.n_steps must be in [1, {self.num_train_timesteps}], got {self.n_steps}")
+        if self.reasoning_every < 0:
+            raise ValueError(f"policy.reasoning_every must be >= 0, got {self.reasoning_every}")
+        if self.max_reasoning_tokens < 1:
+            raise ValueError(f"policy.max_reasoning_tokens must be >= 1, got {self.max_reasoning_tokens}")
+
+
+def annotation_corpus(store: Any) -> list[str]:
+    """What the tokenizer learns its subwords from: the phase names and every episode's reasoning and instruction."""
+    texts = list(store.phase_names or [])
+    for i in range(store.n_episodes):
+        text = store.episode_text(i)
+        texts += [str(text[k]) for k in ("reasoning", LANGUAGE_KEY) if text.get(k)]
+    return texts
+
+
+class DiVLAPolicy(ConditionalPolicy):
+    name = "divla"
+    config_class = DiVLAConfig
+    capabilities = Capabilities(extras=("reasoning",), context=True)
+
+    def __init__(self, config: DiVLAConfig, encoder, normalizer, action_dim: int):
+        super().__init__(config, encoder, normalizer, action_dim)
+        if not config.tokenizer:
+            raise ValueError("the divla head needs policy.tokenizer (the JSON vmp-train writes from the store's "
+                             "annotations); train it with vmp-train policy=divla, or load a checkpoint")
+        self.tokenizer = TextTokenizer(config.tokenizer, config.max_reasoning_tokens)
+        vocab = self.tokenizer.vocab_size
+        self.backbone = ScratchBackbone(config.d_model, config.backbone_layers, config.backbone_heads, vocab,
+                                        encoder.n_tokens, config.max_reasoning_tokens, config.dropout)
+        self.reasoning_embedding = ReasoningEmbedding(vocab, config.d_model) if config.inject_reasoning else None
+        self.denoiser = TransformerDenoiser(action_dim, config.horizon, encoder.n_tokens, config.d_model,
+                                            config.n_layers, config.n_heads, config.dropout,
+                                            film_dim=config.d_model if config.inject_reasoning else 0)
+        self.diffusion = DDPMDiffusion(config.num_train_timesteps, config.beta_schedule, "epsilon", clip_sample=True)
+        self.context_every = config.reasoning_every
+        self._reasoning: tuple[torch.Tensor, list[str]] | None = None  # cached (ids [B, L], texts)
+
+    @classmethod
+    def batch_requirements(cls, config: DiVLAConfig, task: Any) -> dict[str, Any]:
+        return {"text_keys": [PHASE_KEY]}
+
+    @classmethod
+    def prepare_settings(cls, config: DiVLAConfig, task: Any, store: Any) -> dict[str, Any]:
+        """The subword tokenizer, trained on the store's annotations unless the config already carries one."""
+        if PHASE_KEY not in store.schema or not store.phase_names:
+            raise ValueError(f"the divla head learns to write the expert's phase annotations: store {store.path} has "
+                             f"no 'phase' key (collect it with vmp-collect, whose experts annotate phases)")
+        if config.tokenizer:
+            return {}
+        return {"tokenizer": train_tokenizer(annotation_corpus(store), config.vocab_size)}
+
+    def reset(self) -> None:
+        super().reset()
+        self._reasoning = None
+
+    def _film(self, ids_BL: torch.Tensor) -> torch.Tensor | None:
+        return self.reasoning_embedding(ids_BL) if self.reasoning_embedding is not None else None
+
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        actions, cond = self.training_inputs(batch)
+        ids = self.tokenizer.encode(batch["text"][PHASE_KEY], actions.device)  # [B, L + 2]
+        hidden, logits = self.backbone(cond, ids[:, :-1])
+        reasoning_loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), ignore_index=self.tokenizer.pad_id)
+        film = self._film(ids[:, 1:])  # the annotation (teacher forcing) is what training injects
+        is_pad = batch.get("action_is_pad")
+        has_action = batch.get("has_action")
+        mask = None if is_pad is None else ~is_pad
+        if has_action is not None:
+            mask = (torch.ones_like(actions[..., 0], dtype=torch.bool) if mask is None else mask) & has_action[:, None]
+        action_loss = self.diffusion.loss(lambda x, t: self.denoiser(x, t, hidden, film), actions, mask)
+        loss = self.config.reasoning_weight * reasoning_loss + self.config.action_weight * action_loss
+        return {"loss": loss, "reasoning_loss": reasoning_loss.detach(), "action_loss": action_loss.detach()}
+
+    @torch.no_grad()
+    def refresh_context(self, obs: dict[str, torch.Tensor], goal: dict[str, torch.Tensor] | None) -> None:
+        """Write the reasoning for this observation (greedy, KV cache) and keep it until the next refresh."""
+        _, ids = self.backbone.generate(self.condition(obs, goal), self.config.max_reasoning_tokens + 1,
+                                        self.tokenizer.bos_id, self.tokenizer.eos_id, self.tokenizer.pad_id)
+        self._reasoning = (ids, self.tokenizer.decode(ids))
+
+    @torch.no_grad()
+    def reason(self, obs: dict[str, torch.Tensor], goal: dict[str, torch.Tensor] | None = None) -> list[str]:
+        """The reasoning text for a batch (B strings), as generated at run time."""
+        self.refresh_context(obs, goal)
+        return self._reasoning[1]
+
+    @torch.no_grad()
+    def predict(self, obs, goal=None, generator: torch.Generator | None = None, **kwargs: Any) -> Prediction:
+        cond = self.condition(obs, goal)
+        b = cond.shape[0]
+        # the cached reasoning serves only the control loop that refreshes it (`predict_window`, every
+        # reasoning_every steps); any other call reasons afresh about its own observations
+        if self._reasoning is None or self._context_step is None or self.context_every == 0 \
+                or self._reasoning[0].shape[0] != b:
+            self.refresh_context(obs, goal)
+        ids, texts = self._reasoning
+        hidden, film = self.backbone.encode(cond), self._film(ids)
+        x = self.diffusion.sample(lambda x, t: self.denoiser(x, t, hidden, film), (b, self.horizon, self.action_dim),
+                                  self.config.n_steps, self.config.sampler, generator=generator, device=cond.device)
+        return Prediction(self.normalizer.unnormalize("action", x.clamp(-1.0, 1.0)), {"reasoning": list(texts)})
+
+    def predict_action_chunk(self, obs, goal=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.predict(obs, goal, generator).actions

@@ -1,0 +1,172 @@
+"""Diffusion-VLA's reasoning model: a subword tokenizer trained on the annotation corpus, the `Backbone` interface
+(observation tokens -> hidden states; reasoning text generated greedily with a KV cache) and its from-scratch default.
+
+The tokenizer is a WordPiece model trained with Hugging Face `tokenizers` on the experts' phase and reasoning text
+and the instructions; its JSON travels in the checkpoint's config, so a checkpoint decodes without the store.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vmp.policies.nn.transformer import AdaLNSelfAttnBlock, KVCache
+
+PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
+SPECIAL = (PAD, BOS, EOS, UNK)  # ids 0..3 in this order
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 256) -> str:
+    """A lower-casing WordPiece tokenizer trained on ``texts`` -> its JSON (what the checkpoint keeps)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    corpus = [t for t in texts if t and t.strip()]
+    if not corpus:
+        raise ValueError("no annotation text to train the reasoning tokenizer on (the store's phase/reasoning/language)")
+    tok = Tokenizer(models.WordPiece(unk_token=UNK))
+    tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()])
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL)))
+    return tok.to_str()
+
+
+class TextTokenizer:
+    """Text <-> fixed-length id rows [BOS, tokens..., EOS, PAD...] of ``max_len`` + 2."""
+
+    def __init__(self, json_str: str, max_len: int):
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_str(json_str)
+        self.max_len = max_len
+        ids = [self.tok.token_to_id(s) for s in SPECIAL]
+        if ids != [0, 1, 2, 3]:
+            raise ValueError(f"reasoning tokenizer: special tokens {SPECIAL} must have ids 0..3, got {ids}")
+        self.pad_id, self.bos_id, self.eos_id, self.unk_id = ids
+        self.vocab_size = self.tok.get_vocab_size()
+
+    def encode(self, texts: list[str], device: torch.device | str = "cpu") -> torch.Tensor:
+        """B strings -> long [B, max_len + 2]; text beyond max_len tokens is cut (its EOS kept)."""
+        rows = []
+        for text in texts:
+            ids = self.tok.encode(text or "").ids[: self.max_len]
+            row = [self.bos_id, *ids, self.eos_id]
+            rows.append(row + [self.pad_id] * (self.max_len + 2 - len(row)))
+        return torch.tensor(rows, dtype=torch.long, device=device)
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        """long [B, L] (generated tokens, no BOS) -> B strings, each up to its first EOS."""
+        out = []
+        for row in ids.tolist():
+            if self.eos_id in row:
+                row = row[: row.index(self.eos_id)]
+            out.append(self.tok.decode([i for i in row if i > self.unk_id]))
+        return out
+
+
+class Backbone(nn.Module, abc.ABC):
+    """Observation tokens (images, proprioception and the instruction, as the shared encoder gives them) -> hidden
+    states for the action head, and reasoning text as token ids, generated token by token with a KV cache."""
+
+    width: int
+
+    @abc.abstractmethod
+    def forward(self, prefix_BND: torch.Tensor, reasoning_in_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing: (hidden states of the prefix [B, N, W], next-token logits [B, L, V] for the reasoning)."""
+
+    @abc.abstractmethod
+    def encode(self, prefix_BND: torch.Tensor) -> torch.Tensor:
+        """Hidden states of the prefix alone [B, N, W] (the action step between reasoning refreshes)."""
+
+    @abc.abstractmethod
+    def generate(self, prefix_BND: torch.Tensor, max_new_tokens: int, bos_id: int, eos_id: int, pad_id: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy decoding -> (hidden states of the prefix [B, N, W], generated ids [B, max_new_tokens], PAD after
+        each row's EOS)."""
+
+
+class ScratchBackbone(Backbone):
+    """A small prefix-LM transformer trained from scratch: the observation prefix attends to itself in both directions,
+    the reasoning tokens causally to the prefix and to the tokens before them."""
+
+    def __init__(self, width: int, n_layers: int, n_heads: int, vocab_size: int, n_prefix: int, max_len: int,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.width, self.n_prefix, self.max_len = width, n_prefix, max_len
+        self.token_emb = nn.Embedding(vocab_size, width)
+        self.prefix_pos = nn.Parameter(torch.zeros(1, n_prefix, width))
+        self.text_pos = nn.Parameter(torch.zeros(1, max_len + 2, width))
+        nn.init.normal_(self.prefix_pos, std=0.02)
+        nn.init.normal_(self.text_pos, std=0.02)
+        self.blocks = nn.ModuleList(AdaLNSelfAttnBlock(width, n_heads, 4.0, dropout) for _ in range(n_layers))
+        self.cond = nn.Parameter(torch.zeros(1, width))  # the blocks' adaLN input: one learned vector
+        self.norm = nn.LayerNorm(width)
+        self.lm_head = nn.Linear(width, vocab_size)
+
+    def _run(self, x_BSW: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+        c = self.cond.expand(x_BSW.shape[0], -1)
+        for i, block in enumerate(self.blocks):
+            x_BSW = block(x_BSW, c, mask, cache, i)
+        return self.norm(x_BSW)
+
+    def _prefix(self, prefix_BND: torch.Tensor) -> torch.Tensor:
+        if prefix_BND.shape[1:] != (self.n_prefix, self.width):
+            raise ValueError(f"expected prefix [B, {self.n_prefix}, {self.width}], got {tuple(prefix_BND.shape)}")
+        return prefix_BND + self.prefix_pos
+
+    def forward(self, prefix_BND: torch.Tensor, reasoning_in_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, length = self.n_prefix, reasoning_in_BL.shape[1]
+        x = torch.cat([self._prefix(prefix_BND), self.token_emb(reasoning_in_BL) + self.text_pos[:, :length]], dim=1)
+        s = n + length
+        q = torch.arange(s, device=x.device)[:, None]
+        k = torch.arange(s, device=x.device)[None, :]
+        mask = (k < n) | ((q >= n) & (k <= q))  # prefix-LM: the prefix never sees the reasoning
+        out = self._run(x, mask, None)
+        return out[:, :n], self.lm_head(out[:, n:])
+
+    def encode(self, prefix_BND: torch.Tensor) -> torch.Tensor:
+        return self._run(self._prefix(prefix_BND), None, None)
+
+    @torch.no_grad()
+    def generate(self, prefix_BND: torch.Tensor, max_new_tokens: int, bos_id: int, eos_id: int, pad_id: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        if max_new_tokens > self.max_len + 1:
+            raise ValueError(f"max_new_tokens {max_new_tokens} exceeds the {self.max_len + 1} positions trained")
+        cache = KVCache(len(self.blocks))
+        hidden = self._run(self._prefix(prefix_BND), None, cache)  # the prefix attends to itself only
+        b = prefix_BND.shape[0]
+        token = torch.full((b, 1), bos_id, dtype=torch.long, device=prefix_BND.device)
+        done = torch.zeros(b, dtype=torch.bool, device=prefix_BND.device)
+        out = []
+        for i in range(max_new_tokens):  # one new token per step; keys and values of the past come from the cache
+            h = self._run(self.token_emb(token) + self.text_pos[:, i:i + 1], None, cache)
+            nxt = self.lm_head(h[:, -1]).argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            out.append(nxt)
+            done |= nxt == eos_id
+            if bool(done.all()):
+                break
+            token = nxt[:, None]
+        ids = torch.stack(out, dim=1)
+        if ids.shape[1] < max_new_tokens:
+            ids = F.pad(ids, (0, max_new_tokens - ids.shape[1]), value=pad_id)
+        return hidden, ids
+
+
+class ReasoningEmbedding(nn.Module):
+    """Reasoning ids [B, L] -> one vector [B, W]: the mean of its token embeddings (padding and specials excluded)
+    through an MLP; what FiLM injects into every layer of the action head."""
+
+    def __init__(self, vocab_size: int, width: int, n_special: int = len(SPECIAL)):
+        super().__init__()
+        self.n_special = n_special
+        self.emb = nn.Embedding(vocab_size, width)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, ids_BL: torch.Tensor) -> torch.Tensor:
+        keep = (ids_BL >= self.n_special).float()[..., None]
+        mean = (self.emb(ids_BL) * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+        return self.mlp(mean)

@@ -1,0 +1,148 @@
+"""Diffusion-VLA: FiLM injection acts exactly through the reasoning, greedy generation reproduces memorised
+annotations, and vmp-train builds the tokenizer from a store's annotations into a self-contained checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_module
+
+from vmp.data import EpisodeStore, KeySpec, Normalizer
+from vmp.policies.encoders import ObsEncoder
+from vmp.policies.heads.divla import DiVLAConfig, DiVLAPolicy
+from vmp.policies.nn.reasoning import TextTokenizer, train_tokenizer
+
+PHASES = ["reach the object", "grasp the object", "move toward the goal"]
+SHAPE_META = {"obs": {"state": {"shape": [4], "type": "low_dim"}}, "action": {"shape": [2]}}
+
+
+def make_policy(inject: bool = True, **kw) -> DiVLAPolicy:
+    torch.manual_seed(0)
+    config = DiVLAConfig(n_obs_steps=1, horizon=4, n_action_steps=2, d_model=32, n_layers=2, n_heads=2, dropout=0.0,
+                         backbone_layers=2, backbone_heads=2, inject_reasoning=inject, n_steps=4,
+                         tokenizer=train_tokenizer(PHASES * 3, vocab_size=64), **kw)
+    encoder = ObsEncoder(SHAPE_META, 1, d_model=32, backbone="compact_cnn")
+    normalizer = Normalizer.empty({"state": (4,), "action": (2,)}, {"state": "meanstd", "action": "minmax"})
+    normalizer.set_stats("action", min=-np.ones(2), max=np.ones(2), mean=np.zeros(2), std=np.ones(2))
+    return DiVLAPolicy(config, encoder, normalizer, action_dim=2).eval()
+
+
+def test_tokenizer_round_trips_annotations():
+    tok = TextTokenizer(train_tokenizer(PHASES, vocab_size=64), max_len=8)
+    ids = tok.encode(PHASES)
+    assert ids.shape == (3, 10) and (ids[:, 0] == tok.bos_id).all()
+    assert tok.decode(ids[:, 1:]) == PHASES
+
+
+def test_film_injection_changes_actions_only_through_the_reasoning():
+    policy = make_policy()
+    for film in policy.denoiser.films:  # a trained FiLM: away from its identity initialisation
+        torch.nn.init.normal_(film.proj.weight, std=0.5)
+    obs = {"state": torch.randn(1, 1, 4)}
+    tok = policy.tokenizer
+
+    def chunk(text: str, p=policy) -> torch.Tensor:
+        p._reasoning, p._context_step = (tok.encode([text])[:, 1:], [text]), 0  # as the control loop caches it
+        return p.predict(obs, generator=torch.Generator().manual_seed(3)).actions
+
+    grasp, move = chunk("grasp the object"), chunk("move toward the goal")
+    assert not torch.allclose(grasp, move, atol=1e-4)  # other reasoning, other actions
+    assert torch.equal(grasp, chunk("grasp the object"))  # same reasoning and noise, same actions
+    ablated = make_policy(inject=False)
+    assert torch.equal(chunk("grasp the object", ablated), chunk("move toward the goal", ablated))
+
+
+def test_greedy_generation_reproduces_memorised_annotations():
+    policy = make_policy().train()
+    states = torch.randn(3, 1, 4) * 2
+    batch = {"obs": {"state": states}, "action": torch.rand(3, 4, 2) * 2 - 1,
+             "action_is_pad": torch.zeros(3, 4, dtype=torch.bool), "text": {"phase": PHASES}}
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    for _ in range(150):
+        losses = policy.compute_loss(batch)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    assert losses["reasoning_loss"] < 0.05
+    policy.eval()
+    assert policy.reason({"state": states}) == PHASES
+
+
+def test_train_builds_the_tokenizer_from_the_store_and_the_checkpoint_stands_alone(tmp_path):
+    from vmp.policies.checkpoint import load_policy
+    from vmp.policies.train import train
+
+    store = EpisodeStore.create(tmp_path / "s.zarr", {"state": KeySpec((4,), "float32"), "action": KeySpec((2,), "float32"),
+                                                      "phase": KeySpec((), "int16")},
+                                {"task": "t", "control_hz": 10, "phase_names": PHASES})
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        phase = np.repeat(np.arange(3, dtype=np.int16), 8)
+        store.append_episode({"state": rng.normal(size=(24, 4)), "action": rng.uniform(-1, 1, (24, 2)), "phase": phase},
+                             text={"reasoning": ", ".join(PHASES), "language": "push the block"})
+    (tmp_path / "cfg" / "task").mkdir(parents=True)
+    (tmp_path / "cfg" / "task" / "phased.yaml").write_text(yaml.safe_dump(
+        {"name": "phased", "store": str(tmp_path / "s.zarr"), "obs_type": "lowdim", "control_hz": 10,
+         "goal_keys": [], "shape_meta": SHAPE_META}))
+    run = tmp_path / "run"
+    with initialize_config_module(config_module="vmp.configs", version_base=None):
+        cfg = compose("train", [f"hydra.searchpath=[file://{tmp_path / 'cfg'}]", "task=phased", "policy=divla",
+                                "encoder=lowdim", "policy.d_model=32", "policy.n_layers=1", "policy.backbone_layers=1",
+                                "policy.n_heads=2", "policy.backbone_heads=2", "policy.horizon=4", "policy.n_obs_steps=1",
+                                "policy.n_action_steps=2", "policy.vocab_size=64", "training.steps=4",
+                                "training.batch_size=8", f"run_dir={run}"])
+    train(cfg)
+    store.close()
+    (tmp_path / "s.zarr").rename(tmp_path / "gone.zarr")  # the checkpoint needs neither the store nor its texts
+    policy, loaded = load_policy(run)
+    assert '"goal":' in loaded.policy.tokenizer and policy.context_every == 8  # the subwords of its annotations
+    pred = policy.predict_window({"state": np.zeros((1, 4), np.float32)}, step=0)
+    assert pred.actions.shape == (4, 2) and isinstance(pred.extras["reasoning"], str)
+
+
+def test_store_without_phases_is_refused_by_name(tmp_path):
+    store = EpisodeStore.create(tmp_path / "s.zarr", {"state": KeySpec((4,), "float32"), "action": KeySpec((2,), "float32")},
+                                {"task": "t", "control_hz": 10})
+    with pytest.raises(ValueError, match="no 'phase' key"):
+        DiVLAPolicy.prepare_settings(DiVLAConfig(), None, store)
+
+
+def test_evaluation_scores_reasoning_against_the_experts_phase():
+    """vmp-eval steps the task's expert beside a reasoning policy (its actions unused) and scores each chunk's
+    reasoning against the expert's phase for the same state."""
+    from vmp.policies.base import Capabilities
+    from vmp.sim import load_task_cfg, make
+    from vmp.sim.evaluate import rollout_policy
+    from vmp.sim.experts import make_expert
+
+    task = load_task_cfg("metaworld_mt_lowdim")
+    env = make(task, max_episode_steps=40)
+    annotator = make_expert(task.expert, env=env)
+
+    class Talker:
+        capabilities = Capabilities(extras=("reasoning",))
+
+        def __init__(self, say):
+            self.say, self.last_extras, self.t = say, {}, 0
+
+        def reset(self):
+            self.t = 0
+
+        def set_goal(self, goal):
+            pass
+
+        def set_language(self, text):
+            pass
+
+        def select_action(self, obs):
+            if self.t % 4 == 0:  # a new chunk every 4 steps, with its reasoning
+                self.last_extras = {"reasoning": self.say()}
+            self.t += 1
+            return np.zeros(4, np.float32)
+
+    oracle = rollout_policy(env, Talker(lambda: annotator.phase_names[annotator.phase]), 100000, annotator=annotator)
+    wrong = rollout_policy(env, Talker(lambda: "fly to the moon"), 100000, annotator=annotator)
+    assert oracle["metrics"]["reasoning_accuracy"] == 1.0 and wrong["metrics"]["reasoning_accuracy"] == 0.0
+    env.close()
