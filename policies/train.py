@@ -193,9 +193,10 @@ def train(cfg: DictConfig) -> Path:
         val_ratio=tcfg.val_ratio, seed=cfg.seed, goal_keys=goal_keys or None, goal_mode=tcfg.goal_mode,
         language=bool(cfg.task.get("language_conditioned", False)),
     )
-    sampler_kwargs["image_sizes"] = task_image_sizes(cfg.task, store) if reads_obs else None
     # what else the head trains on: future frames, training-only targets, per-step text (and which keys it reads)
     sampler_kwargs.update(head_cls.batch_requirements(head_settings, cfg.task))
+    sampled = {*sampler_kwargs["keys"], *goal_keys, *(sampler_kwargs.get("future_keys") or [])}
+    sampler_kwargs["image_sizes"] = {k: v for k, v in task_image_sizes(cfg.task, store).items() if k in sampled}
     precompute = getattr(head_cls, "precompute", None)  # e.g. PAD's image latents, encoded once per store
 
     def sampler(source, split: str):

@@ -146,3 +146,34 @@ def test_evaluation_scores_reasoning_against_the_experts_phase():
     wrong = rollout_policy(env, Talker(lambda: "fly to the moon"), 100000, annotator=annotator)
     assert oracle["metrics"]["reasoning_accuracy"] == 1.0 and wrong["metrics"]["reasoning_accuracy"] == 0.0
     env.close()
+
+
+TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64, "vocab_size": 50}
+
+
+def test_hugging_face_backbone_runs_forward_and_generate_and_rebuilds_from_its_checkpoint_config(tmp_path):
+    pytest.importorskip("transformers")
+    from vmp.policies.nn.reasoning import HFBackbone
+
+    policy = make_policy(backbone="hf", backbone_config=dict(TINY_LLAMA))
+    assert isinstance(policy.backbone, HFBackbone)
+    batch = {"obs": {"state": torch.randn(3, 1, 4)}, "action": torch.rand(3, 4, 2) * 2 - 1,
+             "action_is_pad": torch.zeros(3, 4, dtype=torch.bool), "text": {"phase": PHASES}}
+    losses = policy.train().compute_loss(batch)
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"]) and policy.backbone.proj_in.weight.grad.abs().sum() > 0
+    policy.eval()
+    texts = policy.reason({"state": torch.randn(2, 1, 4)})  # greedy decoding through the model's KV cache
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    pred = policy.predict({"state": torch.randn(2, 1, 4)})
+    assert pred.actions.shape == (2, 4, 2) and len(pred.extras["reasoning"]) == 2
+    arch = policy.checkpoint_settings()["backbone_config"]
+    assert arch["model_type"] == "llama" and arch["vocab_size"] == policy.tokenizer.vocab_size
+    rebuilt = make_policy(backbone="hf", backbone_config=arch)  # what a checkpoint does, without any directory
+    rebuilt.load_state_dict(policy.state_dict())
+    policy.backbone.lm.save_pretrained(tmp_path / "lm")  # a model directory on disk, as a user would have one
+    from_dir = make_policy(backbone="hf", backbone_path=str(tmp_path / "lm"))
+    assert torch.equal(from_dir.backbone.lm.get_input_embeddings().weight, policy.backbone.lm.get_input_embeddings().weight)
+    with pytest.raises(ValueError, match="exactly one of"):
+        make_policy(backbone="hf")

@@ -24,12 +24,15 @@ import torch.nn.functional as F
 from vmp.data.schema import LANGUAGE_KEY, PHASE_KEY
 from vmp.policies.base import Capabilities, ConditionalPolicy, DiffusionHeadConfig, Prediction
 from vmp.policies.nn import DDPMDiffusion, TransformerDenoiser
-from vmp.policies.nn.reasoning import ReasoningEmbedding, ScratchBackbone, TextTokenizer, train_tokenizer
+from vmp.policies.nn.reasoning import HFBackbone, ReasoningEmbedding, ScratchBackbone, TextTokenizer, train_tokenizer
 
 
 @dataclasses.dataclass
 class DiVLAConfig(DiffusionHeadConfig):
-    backbone_layers: int = 4
+    backbone: str = "scratch"       # scratch | hf (a Hugging Face decoder LM: pip install 'vmp[vla]')
+    backbone_path: str | None = None    # hf: a model directory on disk (never downloaded)
+    backbone_config: dict | None = None  # hf: a config dict instead (random init; what a checkpoint records)
+    backbone_layers: int = 4        # scratch
     backbone_heads: int = 4
     inject_reasoning: bool = True   # false: the ablation without FiLM injection
     reasoning_weight: float = 1.0
@@ -51,6 +54,8 @@ class DiVLAConfig(DiffusionHeadConfig):
             raise ValueError(f"policy.n_steps must be in [1, {self.num_train_timesteps}], got {self.n_steps}")
         if self.reasoning_every < 0:
             raise ValueError(f"policy.reasoning_every must be >= 0, got {self.reasoning_every}")
+        if self.backbone not in ("scratch", "hf"):
+            raise ValueError(f"policy.backbone must be scratch or hf, got {self.backbone!r}")
         if self.max_reasoning_tokens < 1:
             raise ValueError(f"policy.max_reasoning_tokens must be >= 1, got {self.max_reasoning_tokens}")
 
@@ -76,8 +81,13 @@ class DiVLAPolicy(ConditionalPolicy):
                              "annotations); train it with vmp-train policy=divla, or load a checkpoint")
         self.tokenizer = TextTokenizer(config.tokenizer, config.max_reasoning_tokens)
         vocab = self.tokenizer.vocab_size
-        self.backbone = ScratchBackbone(config.d_model, config.backbone_layers, config.backbone_heads, vocab,
-                                        encoder.n_tokens, config.max_reasoning_tokens, config.dropout)
+        if config.backbone == "hf":
+            arch = dict(config.backbone_config) if config.backbone_config else None
+            self.backbone = HFBackbone(config.d_model, vocab, encoder.n_tokens,
+                                       path=None if arch else config.backbone_path, config=arch)
+        else:
+            self.backbone = ScratchBackbone(config.d_model, config.backbone_layers, config.backbone_heads, vocab,
+                                            encoder.n_tokens, config.max_reasoning_tokens, config.dropout)
         self.reasoning_embedding = ReasoningEmbedding(vocab, config.d_model) if config.inject_reasoning else None
         self.denoiser = TransformerDenoiser(action_dim, config.horizon, encoder.n_tokens, config.d_model,
                                             config.n_layers, config.n_heads, config.dropout,
@@ -99,6 +109,10 @@ class DiVLAPolicy(ConditionalPolicy):
         if config.tokenizer:
             return {}
         return {"tokenizer": train_tokenizer(annotation_corpus(store), config.vocab_size)}
+
+    def checkpoint_settings(self) -> dict[str, Any]:
+        """A Hugging Face backbone's architecture, so the checkpoint rebuilds it without the model directory."""
+        return {"backbone_config": self.backbone.architecture()} if isinstance(self.backbone, HFBackbone) else {}
 
     def reset(self) -> None:
         super().reset()

@@ -170,3 +170,80 @@ class ReasoningEmbedding(nn.Module):
         keep = (ids_BL >= self.n_special).float()[..., None]
         mean = (self.emb(ids_BL) * keep).sum(1) / keep.sum(1).clamp(min=1.0)
         return self.mlp(mean)
+
+
+class HFBackbone(Backbone):
+    """A Hugging Face decoder language model (`transformers`, an optional extra) behind the same interface: the
+    observation tokens enter as input embeddings through a linear projector (as LLaVA-style VLMs feed their vision
+    features), the reasoning is generated with the model's own KV cache (``past_key_values``), and its last hidden
+    states are projected back for the action head. The reasoning vocabulary is the annotation tokenizer's: the
+    model's token embeddings and output layer are resized to it; its transformer layers keep their weights.
+
+    ``path``: a model directory on disk (never downloaded); or ``config``: a config dict (``model_type`` + sizes)
+    for a randomly initialised model, which is also how a checkpoint rebuilds it (`architecture`)."""
+
+    def __init__(self, width: int, vocab_size: int, n_prefix: int, path: str | None = None, config: dict | None = None):
+        super().__init__()
+        try:
+            import transformers
+        except ImportError as exc:
+            raise ImportError("policy.backbone=hf needs transformers: pip install 'vmp[vla]'") from exc
+        if (path is None) == (config is None):
+            raise ValueError("policy.backbone=hf needs exactly one of policy.backbone_path (a model directory on disk) "
+                             "and policy.backbone_config (a config dict)")
+        if path is not None:
+            self.lm = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        else:
+            config = dict(config)
+            model_type = config.pop("model_type", None)
+            if model_type is None:
+                raise ValueError("policy.backbone_config needs model_type (e.g. llama, qwen2)")
+            self.lm = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(model_type, **config))
+        self.lm.resize_token_embeddings(vocab_size)
+        self.width, self.n_prefix = width, n_prefix
+        hidden = self.lm.config.hidden_size
+        self.proj_in = nn.Linear(width, hidden)
+        self.proj_out = nn.Linear(hidden, width)
+
+    def architecture(self) -> dict:
+        """The model's config as a dict (what rebuilds it without the directory)."""
+        return {k: v for k, v in self.lm.config.to_diff_dict().items() if not k.startswith("_")}
+
+    def _embed_prefix(self, prefix_BND: torch.Tensor) -> torch.Tensor:
+        if prefix_BND.shape[1:] != (self.n_prefix, self.width):
+            raise ValueError(f"expected prefix [B, {self.n_prefix}, {self.width}], got {tuple(prefix_BND.shape)}")
+        return self.proj_in(prefix_BND)
+
+    def forward(self, prefix_BND: torch.Tensor, reasoning_in_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds = torch.cat([self._embed_prefix(prefix_BND), self.lm.get_input_embeddings()(reasoning_in_BL)], dim=1)
+        out = self.lm(inputs_embeds=embeds, output_hidden_states=True)
+        n = self.n_prefix
+        return self.proj_out(out.hidden_states[-1][:, :n]), out.logits[:, n:]
+
+    def encode(self, prefix_BND: torch.Tensor) -> torch.Tensor:
+        out = self.lm(inputs_embeds=self._embed_prefix(prefix_BND), output_hidden_states=True)
+        return self.proj_out(out.hidden_states[-1])
+
+    @torch.no_grad()
+    def generate(self, prefix_BND: torch.Tensor, max_new_tokens: int, bos_id: int, eos_id: int, pad_id: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.lm(inputs_embeds=self._embed_prefix(prefix_BND), output_hidden_states=True, use_cache=True)
+        hidden, past = self.proj_out(out.hidden_states[-1]), out.past_key_values
+        b = prefix_BND.shape[0]
+        token = torch.full((b, 1), bos_id, dtype=torch.long, device=prefix_BND.device)
+        done = torch.zeros(b, dtype=torch.bool, device=prefix_BND.device)
+        ids = []
+        for _ in range(max_new_tokens):
+            out = self.lm(input_ids=token, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            nxt = out.logits[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+            ids.append(nxt)
+            done |= nxt == eos_id
+            if bool(done.all()):
+                break
+            token = nxt[:, None]
+        ids_BL = torch.stack(ids, dim=1)
+        if ids_BL.shape[1] < max_new_tokens:
+            ids_BL = F.pad(ids_BL, (0, max_new_tokens - ids_BL.shape[1]), value=pad_id)
+        return hidden, ids_BL
