@@ -276,6 +276,20 @@ class Policy(nn.Module, abc.ABC):
         self._step += 1
         return self._action_queue.popleft()
 
+    def prefix_target(self, prefix: torch.Tensor, prefix_weights: torch.Tensor | None, batch: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real-time chunking's prefix as sampler targets: (Y [B, horizon, A] normalized, W [1, horizon, 1]), with
+        prefix [B, L, A] in raw units and prefix_weights [L] in [0, 1] (zero past L). Heads with
+        ``capabilities.prefix`` own a ``normalizer`` with the action's statistics."""
+        if prefix_weights is None or prefix_weights.shape[0] != prefix.shape[1]:
+            raise ValueError("prefix_weights must be given with prefix, one weight per prefix step")
+        device, length = self.device, prefix.shape[1]
+        target_y = torch.zeros(batch, self.horizon, self.action_dim, device=device)
+        target_y[:, :length] = self.normalizer.normalize("action", prefix.to(device))
+        target_w = torch.zeros(1, self.horizon, 1, device=device)
+        target_w[0, :length, 0] = prefix_weights.to(device)
+        return target_y, target_w
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -397,19 +411,6 @@ class ConditionalPolicy(Policy, abc.ABC):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """DistributedDataParallel calls forward: it is the training loss."""
         return self.compute_loss(batch)
-
-    def prefix_target(self, prefix: torch.Tensor, prefix_weights: torch.Tensor | None, batch: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Real-time chunking's prefix as sampler targets: (Y [B, horizon, A] normalized, W [1, horizon, 1]), with
-        prefix [B, L, A] in raw units and prefix_weights [L] in [0, 1] (zero past L)."""
-        if prefix_weights is None or prefix_weights.shape[0] != prefix.shape[1]:
-            raise ValueError("prefix_weights must be given with prefix, one weight per prefix step")
-        device, length = self.device, prefix.shape[1]
-        target_y = torch.zeros(batch, self.horizon, self.action_dim, device=device)
-        target_y[:, :length] = self.normalizer.normalize("action", prefix.to(device))
-        target_w = torch.zeros(1, self.horizon, 1, device=device)
-        target_w[0, :length, 0] = prefix_weights.to(device)
-        return target_y, target_w
 
     @staticmethod
     def masked_mse(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None) -> torch.Tensor:

@@ -159,3 +159,15 @@ def test_latent_cache_is_reused_and_keyed_by_store_size(tmp_path, monkeypatch, v
     grown = EpisodeStore.open(path)
     assert latent_cache_path(grown, "cam_image", str(vae_dir)) != cache
     assert cached_latents(grown, "cam_image", str(vae_dir)).shape == (13, 4, 8, 8)
+
+
+def test_prefix_is_inpainted_into_the_action_part_only(vae_dir):
+    """Real-time chunking: the chunk starts with the given prefix where its weight is 1; images stay free."""
+    policy = small_pad(vae_dir).eval()
+    window = {"cam_image": np.zeros((1, 16, 16, 3), np.uint8), "eef_pos": np.zeros((1, 3), np.float32)}
+    prefix = np.array([[0.5, -0.25], [0.1, 0.2]], np.float32)
+    pred = policy.predict_window(window, instruction=INSTRUCTIONS[0], prefix=prefix,
+                                 prefix_weights=np.array([1.0, 1.0], np.float32), generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(pred.actions[:2], prefix, atol=1e-5)
+    free = policy.predict_window(window, instruction=INSTRUCTIONS[0], generator=torch.Generator().manual_seed(0))
+    assert not np.allclose(free.actions[:2], prefix, atol=1e-2)

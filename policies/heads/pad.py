@@ -219,7 +219,7 @@ class PADConfig:
 class PADPolicy(Policy):
     name = "pad"
     config_class = PADConfig
-    capabilities = Capabilities(instruction=True, extras=("future_frames",))
+    capabilities = Capabilities(prefix=True, instruction=True, extras=("future_frames",))
     own_encoder = True  # built from shape_meta: images go through its VAE, not the shared ObsEncoder
 
     def __init__(self, config: PADConfig, shape_meta: dict[str, Any], normalizer, action_dim: int):
@@ -405,12 +405,21 @@ class PADPolicy(Policy):
         return self.compute_loss(batch)
 
     # ---- sampling ----
-    def _sample(self, obs: dict[str, Any], generator: torch.Generator | None) -> torch.Tensor:
+    def _sample(self, obs: dict[str, Any], generator: torch.Generator | None, prefix: torch.Tensor | None = None,
+                prefix_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Joint sample [B, future latents + actions]. prefix [B, L, A] / prefix_weights [L]: real-time chunking's
+        prefix, inpainted into the action part at every step (the future images are left free)."""
         context, cond = self._context(obs)
         b = context.shape[0]
-        n = self.n_future * int(np.prod(self.latent_shape)) + self.horizon * self.action_dim
-        return self.diffusion.sample(lambda x, t: self._denoise(x, t, context, cond), (b, n), self.config.n_steps,
-                                     self.config.sampler, generator=generator, device=context.device)
+        n_img = self.n_future * int(np.prod(self.latent_shape))
+        known = weights = None
+        if prefix is not None:
+            y, w = self.prefix_target(prefix, prefix_weights, b)
+            known = torch.cat([torch.zeros(b, n_img, device=y.device), y.reshape(b, -1)], dim=1)
+            weights = torch.cat([torch.zeros(1, n_img, device=y.device), w.expand(1, -1, self.action_dim).reshape(1, -1)], dim=1)
+        return self.diffusion.sample(lambda x, t: self._denoise(x, t, context, cond), (b, n_img + self.horizon * self.action_dim),
+                                     self.config.n_steps, self.config.sampler, generator=generator, device=context.device,
+                                     known=known, known_weights=weights)
 
     def _actions(self, x: torch.Tensor) -> torch.Tensor:
         n_img = self.n_future * int(np.prod(self.latent_shape))
@@ -418,14 +427,15 @@ class PADPolicy(Policy):
         return self.normalizer.unnormalize("action", actions.clamp(-1.0, 1.0))
 
     @torch.no_grad()
-    def predict_action_chunk(self, obs, goal=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def predict_action_chunk(self, obs, goal=None, generator: torch.Generator | None = None,
+                             prefix: torch.Tensor | None = None, prefix_weights: torch.Tensor | None = None) -> torch.Tensor:
         """obs {key: [B, n_obs_steps, ...]} + obs["language"] -> actions [B, horizon, action_dim] (unnormalized)."""
-        return self._actions(self._sample(obs, generator))
+        return self._actions(self._sample(obs, generator, prefix, prefix_weights))
 
     @torch.no_grad()
     def predict(self, obs, goal=None, generator: torch.Generator | None = None, **kwargs: Any) -> Prediction:
         """The chunk plus the predicted future frames, decoded by the VAE (``future_frames`` uint8 [B, F, H, W, 3])."""
-        x = self._sample(obs, generator)
+        x = self._sample(obs, generator, kwargs.get("prefix"), kwargs.get("prefix_weights"))
         extras = {}
         if self.n_future and self.decode_frames:
             n_img = self.n_future * int(np.prod(self.latent_shape))
