@@ -62,6 +62,7 @@ def record_episode(robot: Any, teleop: Any, safety: Any, operator: Any, seed: in
     obs = robot.reset(seed)
     t0 = time.monotonic()
     safety.reset(t0)
+    teleop.start_episode()
     try:
         for k in range(max_steps):
             time.sleep(max(0.0, t0 + k * dt - time.monotonic()))
@@ -88,6 +89,7 @@ def record_episode(robot: Any, teleop: Any, safety: Any, operator: Any, seed: in
             rows.setdefault("action", []).append(np.asarray(sent, np.float32))
             rows.setdefault("tick_time", []).append(np.array([time.monotonic() - t0]))
     finally:
+        teleop.end_episode()
         robot.stop()
     return {key: np.stack(values) for key, values in rows.items()}, success, reason
 

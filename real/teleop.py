@@ -1,6 +1,7 @@
 """Teleoperators for `vmp-record`: what a person (or a stand-in for one) commands the robot to do, tick by tick.
 
     teleop.connect(robot)            once, after the robot connected (its spec says the action size)
+    teleop.start_episode() / teleop.end_episode()   around each episode
     teleop.action(obs) -> [A]        every tick: the command for this observation
     teleop.end_requested() -> bool   the person asked to end the episode (a teleoperator reading the terminal)
     teleop.disconnect()
@@ -49,6 +50,12 @@ class ScriptedTeleop:
     def end_requested(self) -> bool:
         return False
 
+    def start_episode(self) -> None:
+        pass
+
+    def end_episode(self) -> None:
+        pass
+
     def disconnect(self) -> None:
         pass
 
@@ -77,12 +84,6 @@ class KeyboardTeleop:
             raise ValueError(f"teleop.bindings name action dims {bad}; the robot has {self.action_dim}")
         if self.stream is None:
             self.stream = sys.stdin
-            if sys.stdin.isatty():  # keys arrive one by one, without Enter and without echo
-                import termios
-                import tty
-
-                self._saved_tty = termios.tcgetattr(sys.stdin)
-                tty.setcbreak(sys.stdin.fileno())
         print("keyboard teleop: " + ", ".join(f"{k}: dim {d} {'+' if s > 0 else '-'}" for k, (d, s) in
                                               self.bindings.items()) + "; Enter ends the episode", file=sys.stderr)
 
@@ -120,12 +121,27 @@ class KeyboardTeleop:
         end, self._end = self._end, False
         return end
 
-    def disconnect(self) -> None:
+    def start_episode(self) -> None:
+        """On a terminal, keys arrive one by one during the episode (no Enter, no echo); the operator's answers
+        between episodes are typed as usual."""
+        self.pressed.clear()
+        self._end = False
+        if self.stream is sys.stdin and sys.stdin.isatty() and self._saved_tty is None:
+            import termios
+            import tty
+
+            self._saved_tty = termios.tcgetattr(sys.stdin)
+            tty.setcbreak(sys.stdin.fileno())
+
+    def end_episode(self) -> None:
         if self._saved_tty is not None:
             import termios
 
             termios.tcsetattr(sys.stdin, termios.TCSADRAIN, self._saved_tty)
             self._saved_tty = None
+
+    def disconnect(self) -> None:
+        self.end_episode()
 
 
 class LeRobotTeleop:
@@ -180,6 +196,12 @@ class LeRobotTeleop:
 
     def end_requested(self) -> bool:
         return False
+
+    def start_episode(self) -> None:
+        pass
+
+    def end_episode(self) -> None:
+        pass
 
     def disconnect(self) -> None:
         if getattr(self.driver, "is_connected", False):
