@@ -169,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             policy, cfg = build(*setting[:2], head, overrides, setting[2])
             command = f"vmp-bench latency --device {args.device} --obs {obs} --repeats {args.repeats}"
-            slug = variant.replace(" ", "-")
+            if args.heads and not args.engine:
+                command += f" --heads {head}"
+            slug = variant.replace(",", "").replace(" ", "-")
             if args.engine:
                 command += f" --heads {head} --variants '{variant}' --engine"
                 slug += "_engine"
