@@ -67,6 +67,25 @@ class TextTokenizer:
         return out
 
 
+def greedy_decode(next_logits, batch: int, max_new_tokens: int, bos_id: int, eos_id: int, pad_id: int,
+                  device: torch.device) -> torch.Tensor:
+    """Greedy decoding from BOS: ``next_logits(token [B, 1], position) -> [B, V]`` feeds one token and returns the
+    logits of the next (the caller's KV cache holds the past) -> ids [B, max_new_tokens], PAD after each row's EOS."""
+    token = torch.full((batch, 1), bos_id, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    out = []
+    for i in range(max_new_tokens):
+        nxt = next_logits(token, i).argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
+        out.append(nxt)
+        done |= nxt == eos_id
+        if bool(done.all()):
+            break
+        token = nxt[:, None]
+    ids = torch.stack(out, dim=1)
+    return F.pad(ids, (0, max_new_tokens - ids.shape[1]), value=pad_id) if ids.shape[1] < max_new_tokens else ids
+
+
 class Backbone(nn.Module, abc.ABC):
     """Observation tokens (images, proprioception and the instruction, as the shared encoder gives them) -> hidden
     states for the action head, and reasoning text as token ids, generated token by token with a KV cache."""
@@ -137,23 +156,12 @@ class ScratchBackbone(Backbone):
             raise ValueError(f"max_new_tokens {max_new_tokens} exceeds the {self.max_len + 1} positions trained")
         cache = KVCache(len(self.blocks))
         hidden = self._run(self._prefix(prefix_BND), None, cache)  # the prefix attends to itself only
-        b = prefix_BND.shape[0]
-        token = torch.full((b, 1), bos_id, dtype=torch.long, device=prefix_BND.device)
-        done = torch.zeros(b, dtype=torch.bool, device=prefix_BND.device)
-        out = []
-        for i in range(max_new_tokens):  # one new token per step; keys and values of the past come from the cache
-            h = self._run(self.token_emb(token) + self.text_pos[:, i:i + 1], None, cache)
-            nxt = self.lm_head(h[:, -1]).argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-            out.append(nxt)
-            done |= nxt == eos_id
-            if bool(done.all()):
-                break
-            token = nxt[:, None]
-        ids = torch.stack(out, dim=1)
-        if ids.shape[1] < max_new_tokens:
-            ids = F.pad(ids, (0, max_new_tokens - ids.shape[1]), value=pad_id)
-        return hidden, ids
+        # one new token per step; keys and values of the past come from the cache
+        def next_logits(token: torch.Tensor, i: int) -> torch.Tensor:
+            return self.lm_head(self._run(self.token_emb(token) + self.text_pos[:, i:i + 1], None, cache)[:, -1])
+
+        return hidden, greedy_decode(next_logits, prefix_BND.shape[0], max_new_tokens, bos_id, eos_id, pad_id,
+                                     prefix_BND.device)
 
 
 class ReasoningEmbedding(nn.Module):
@@ -228,22 +236,12 @@ class HFBackbone(Backbone):
     def generate(self, prefix_BND: torch.Tensor, max_new_tokens: int, bos_id: int, eos_id: int, pad_id: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.lm(inputs_embeds=self._embed_prefix(prefix_BND), output_hidden_states=True, use_cache=True)
-        hidden, past = self.proj_out(out.hidden_states[-1]), out.past_key_values
-        b = prefix_BND.shape[0]
-        token = torch.full((b, 1), bos_id, dtype=torch.long, device=prefix_BND.device)
-        done = torch.zeros(b, dtype=torch.bool, device=prefix_BND.device)
-        ids = []
-        for _ in range(max_new_tokens):
-            out = self.lm(input_ids=token, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            nxt = out.logits[:, -1].argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
-            ids.append(nxt)
-            done |= nxt == eos_id
-            if bool(done.all()):
-                break
-            token = nxt[:, None]
-        ids_BL = torch.stack(ids, dim=1)
-        if ids_BL.shape[1] < max_new_tokens:
-            ids_BL = F.pad(ids_BL, (0, max_new_tokens - ids_BL.shape[1]), value=pad_id)
-        return hidden, ids_BL
+        hidden, state = self.proj_out(out.hidden_states[-1]), {"past": out.past_key_values}
+
+        def next_logits(token: torch.Tensor, i: int) -> torch.Tensor:
+            step = self.lm(input_ids=token, past_key_values=state["past"], use_cache=True)
+            state["past"] = step.past_key_values
+            return step.logits[:, -1]
+
+        return hidden, greedy_decode(next_logits, prefix_BND.shape[0], max_new_tokens, bos_id, eos_id, pad_id,
+                                     prefix_BND.device)
