@@ -159,13 +159,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         text = {"language": engine.instruction} if engine.instruction else {}
         engine.warmup(engine.example_window(), n=int(cfg.engine.warmup))
         operator = build_operator(cfg.operator, str(cfg.robot.kind))
-        judge = None
-        if operator is not None and cfg.operator.mark_success:
-            def judge(result: Any) -> bool:
-                return operator.choose(f"episode seed {result.seed} ended ({result.reason}, {result.ticks} ticks): "
-                                       "did it succeed?", {"y": "success", "n": "failure"}) == "y"
+        def judge(result: Any) -> bool:  # the operator marks success: a real robot cannot tell
+            return operator.choose(f"episode seed {result.seed} ended ({result.reason}, {result.ticks} ticks): "
+                                   "did it succeed?", {"y": "success", "n": "failure"}) == "y"
+
         loop = ControlLoop(robot, engine, build_safety(cfg.robot, spec), loop_cfg, metrics, recorder, text=text,
-                           judge=judge, end_requested=operator.stop_requested if operator is not None else None)
+                           judge=judge if operator is not None and cfg.operator.mark_success else None,
+                           end_requested=operator.stop_requested if operator is not None else None)
         loop_ref["loop"] = loop
         if stop_requested["signal"]:
             loop.stop_event.set()

@@ -21,27 +21,32 @@ from vmp.real.robot import Observation, RobotConnectionError, RobotError, RobotS
 log = logging.getLogger(__name__)
 
 
-def robot_config_class(robot_type: str):
-    """LeRobot's config class for a robot type (e.g. "so101_follower"). LeRobot registers a type only when the module
-    defining it has been imported, and module names do not always match types (so101_follower lives in
-    `lerobot.robots.so_follower` in 0.4), so import the robot modules until the type is known."""
+def registered_config_class(package: Any, base: Any, kind: str, what: str):
+    """LeRobot's config class of ``kind`` under ``base`` (RobotConfig, TeleoperatorConfig). LeRobot registers a kind
+    only when the module defining it has been imported, and module names do not always match kinds (so101_follower
+    lives in `lerobot.robots.so_follower` in 0.4), so import ``package``'s modules until the kind is known."""
     import importlib
     import pkgutil
 
+    for module in [kind] + [m.name for m in pkgutil.iter_modules(package.__path__)]:
+        if kind in base.get_known_choices():
+            break
+        try:
+            importlib.import_module(f"{package.__name__}.{module}")
+        except ImportError:
+            continue  # an optional SDK is missing, or no module of that name
+    try:
+        return base.get_choice_class(kind)
+    except KeyError as exc:
+        raise KeyError(f"LeRobot knows no {what} type {kind!r}; known: {sorted(base.get_known_choices())}") from exc
+
+
+def robot_config_class(robot_type: str):
+    """LeRobot's config class for a robot type (e.g. "so101_follower")."""
     import lerobot.robots
     from lerobot.robots import RobotConfig
 
-    for module in [robot_type] + [m.name for m in pkgutil.iter_modules(lerobot.robots.__path__)]:
-        if robot_type in RobotConfig.get_known_choices():
-            break
-        try:
-            importlib.import_module(f"lerobot.robots.{module}")
-        except ImportError:
-            continue  # a robot whose optional SDK is missing, or no module of that name
-    try:
-        return RobotConfig.get_choice_class(robot_type)
-    except KeyError as exc:
-        raise KeyError(f"LeRobot knows no robot type {robot_type!r}; known: {sorted(RobotConfig.get_known_choices())}") from exc
+    return registered_config_class(lerobot.robots, RobotConfig, robot_type, "robot")
 
 
 class LeRobotRobot:

@@ -13,7 +13,6 @@ Kinds: ``lerobot`` (a LeRobot teleoperator: leader arm, keyboard, gamepad; `pip 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import select
 import sys
@@ -29,23 +28,10 @@ log = logging.getLogger(__name__)
 TELEOP_KINDS = ("scripted", "keyboard", "lerobot")
 
 
-class ScriptedTeleop:
-    """``fn(observation dict) -> action``, e.g. a proportional controller towards a known target."""
+class Teleop:
+    """Defaults of the interface above: no terminal, no end request, nothing to do around episodes or at the end."""
 
     reads_terminal = False
-
-    def __init__(self, fn: Callable[[dict[str, np.ndarray]], np.ndarray]):
-        self.fn = fn
-        self.action_dim = 0
-
-    def connect(self, robot: Any) -> None:
-        self.action_dim = robot.spec.action_dim
-
-    def action(self, obs: Any) -> np.ndarray:
-        action = np.asarray(self.fn(obs.data), np.float32).reshape(-1)
-        if action.shape[0] != self.action_dim:
-            raise ValueError(f"teleop.target returned {action.shape[0]} action dims, the robot takes {self.action_dim}")
-        return action
 
     def end_requested(self) -> bool:
         return False
@@ -60,7 +46,24 @@ class ScriptedTeleop:
         pass
 
 
-class KeyboardTeleop:
+class ScriptedTeleop(Teleop):
+    """``fn(observation dict) -> action``, e.g. a proportional controller towards a known target."""
+
+    def __init__(self, fn: Callable[[dict[str, np.ndarray]], np.ndarray]):
+        self.fn = fn
+        self.action_dim = 0
+
+    def connect(self, robot: Any) -> None:
+        self.action_dim = robot.spec.action_dim
+
+    def action(self, obs: Any) -> np.ndarray:
+        action = np.asarray(self.fn(obs.data), np.float32).reshape(-1)
+        if action.shape[0] != self.action_dim:
+            raise ValueError(f"teleop.target returned {action.shape[0]} action dims, the robot takes {self.action_dim}")
+        return action
+
+
+class KeyboardTeleop(Teleop):
     """Terminal keys nudge action dimensions: ``bindings`` {key: [dim, sign]}; a key press commands ``sign * scale``
     on its dimension for ``hold_s`` (terminals repeat a held key, so holding it keeps it moving). Enter ends the
     episode. The other dimensions command ``rest`` (zero: no motion, for delta or velocity actions)."""
@@ -144,11 +147,9 @@ class KeyboardTeleop:
         self.end_episode()
 
 
-class LeRobotTeleop:
+class LeRobotTeleop(Teleop):
     """A LeRobot teleoperator (``get_action() -> {feature: value}``): its features are matched by name to the
     robot's action features (a LeRobot robot's ``action_names``), else taken in the teleoperator's own order."""
-
-    reads_terminal = False
 
     def __init__(self, driver: Any):
         self.driver = driver
@@ -162,19 +163,12 @@ class LeRobotTeleop:
             raise ImportError("teleop.kind=lerobot needs LeRobot: pip install 'vmp[lerobot]'") from exc
         from omegaconf import OmegaConf
 
-        kind = str(tcfg.lerobot.type)
-        for module in [kind, *(m for m in _lerobot_teleop_modules())]:
-            if kind in TeleoperatorConfig.get_known_choices():
-                break
-            try:
-                importlib.import_module(f"lerobot.teleoperators.{module}")
-            except ImportError:
-                continue
-        try:
-            config_cls = TeleoperatorConfig.get_choice_class(kind)
-        except KeyError as exc:
-            raise KeyError(f"LeRobot knows no teleoperator type {kind!r}; known: "
-                           f"{sorted(TeleoperatorConfig.get_known_choices())}") from exc
+        import lerobot.teleoperators
+
+        from vmp.real.lerobot_robot import registered_config_class
+
+        config_cls = registered_config_class(lerobot.teleoperators, TeleoperatorConfig, str(tcfg.lerobot.type),
+                                             "teleoperator")
         kwargs = OmegaConf.to_container(tcfg.lerobot.kwargs, resolve=True) or {}
         return cls(make_teleoperator_from_config(config_cls(**kwargs)))
 
@@ -194,29 +188,12 @@ class LeRobotTeleop:
         values = self.driver.get_action()
         return np.asarray([values[n] for n in self.names], np.float32)
 
-    def end_requested(self) -> bool:
-        return False
-
-    def start_episode(self) -> None:
-        pass
-
-    def end_episode(self) -> None:
-        pass
-
     def disconnect(self) -> None:
         if getattr(self.driver, "is_connected", False):
             self.driver.disconnect()
 
 
-def _lerobot_teleop_modules() -> list[str]:
-    import pkgutil
-
-    import lerobot.teleoperators
-
-    return [m.name for m in pkgutil.iter_modules(lerobot.teleoperators.__path__)]
-
-
-def build_teleop(tcfg: Any) -> ScriptedTeleop | KeyboardTeleop | LeRobotTeleop:
+def build_teleop(tcfg: Any) -> Teleop:
     from omegaconf import OmegaConf
 
     kind = str(tcfg.kind)
