@@ -1,16 +1,22 @@
 """vmp-train: one training loop for every head (hydra app over configs/train.yaml).
 
-Exact resume: every step reseeds torch from (seed, step, rank) and the data order of epoch e is a permutation seeded
-by (seed, e), so a run resumed from a checkpoint at step N replays steps N+1... exactly as an uninterrupted run would;
-the checkpoint holds model, EMA, optimizer and LR schedule. Multi-process: `torchrun --nproc_per_node=K -m
-vmp.policies.train ...` (DistributedDataParallel; gloo on CPU, nccl on GPU); rank 0 logs and writes checkpoints.
+Exact resume: every micro-batch reseeds torch from (seed, step, its index in the step) and the data order of epoch e
+is a permutation seeded by (seed, e), so a run resumed from a checkpoint at step N replays steps N+1... exactly as an
+uninterrupted run would; the checkpoint holds model, EMA, optimizer and LR schedule.
+
+Multi-process and multi-node: `torchrun --nnodes N --nproc-per-node G -m vmp.policies.train ...`
+(DistributedDataParallel; gloo on CPU, nccl on GPU); rank 0 logs and writes checkpoints. ``training.batch_size`` is
+the effective batch of one optimizer step across all processes; ``training.micro_batch_size`` sets what one process
+computes at once, the rest is gradient accumulation. Data order and seeds depend on neither, so a run resumed under
+another world size continues the same run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import sys
 import logging
+import sys
 import os
 import signal
 import time
@@ -24,21 +30,44 @@ log = logging.getLogger("vmp.train")
 
 
 class EpochSampler:
-    """Indices of epoch e: a permutation seeded by (seed, e), split across ranks, starting at `start` (resume)."""
+    """This rank's indices for epoch e, independent of the number of processes.
 
-    def __init__(self, n: int, seed: int, epoch: int, rank: int = 0, world: int = 1, start: int = 0):
+    The epoch's order is a permutation seeded by (seed, e); global batch b is ``perm[b*B:(b+1)*B]`` whatever the world
+    size, cut into micro-batches of ``micro`` that are dealt out in order: rank r takes micro-batches r*A ... r*A+A-1
+    (A = B / (world * micro), the gradient-accumulation steps). So step s trains on the same samples, in the same
+    micro-batches, on one process or many: a run can resume under another world size. Starts at global batch
+    ``start_batch`` (resume); the epoch's incomplete last batch is dropped.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, batch_size: int, rank: int = 0, world: int = 1,
+                 start_batch: int = 0):
         import torch
 
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         perm = torch.randperm(n, generator=g)
-        per_rank = n // world
-        self.indices = perm[rank * per_rank : (rank + 1) * per_rank][start:].tolist()
+        n_batches = n // batch_size
+        per_rank = batch_size // world
+        self.indices = perm[: n_batches * batch_size].view(n_batches, world, per_rank)[start_batch:, rank].flatten().tolist()
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def accumulation_steps(batch_size: int, micro_batch_size: int | None, world: int) -> tuple[int, int]:
+    """(micro-batch size, accumulation steps) that make one optimizer step see ``batch_size`` samples across
+    ``world`` processes; a batch that does not split evenly is refused naming the options."""
+    if batch_size % world:
+        raise ValueError(f"training.batch_size={batch_size} (the effective batch of one optimizer step) must split "
+                         f"evenly across {world} processes")
+    per_rank = batch_size // world
+    micro = per_rank if micro_batch_size is None else int(micro_batch_size)
+    if micro < 1 or per_rank % micro:
+        raise ValueError(f"training.micro_batch_size={micro_batch_size} must divide training.batch_size / processes = "
+                         f"{batch_size} / {world} = {per_rank}")
+    return micro, per_rank // micro
 
 
 class MetricsLog:
@@ -92,8 +121,10 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def step_seed(seed: int, step: int, rank: int) -> int:
-    return (seed * 1_000_003 + step * 101 + rank) % (2**63)
+def step_seed(seed: int, step: int, micro_batch: int) -> int:
+    """The torch seed of one micro-batch of one step (its global index, whatever rank computes it): noise and
+    dropout draws do not depend on how the batch is split across processes."""
+    return (seed * 1_000_003 + step * 101 + micro_batch) % (2**63)
 
 
 def to_device(batch: Any, device) -> Any:
@@ -165,6 +196,10 @@ def train(cfg: DictConfig) -> Path:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     is_main = rank == 0
+    micro, accumulate = accumulation_steps(int(tcfg.batch_size), tcfg.micro_batch_size, world)
+    if tcfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"training.precision={tcfg.precision!r} must be fp32 or bf16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.precision == "bf16")
     steps = 20 if tcfg.debug else int(tcfg.steps)
     stop_at = min(steps, int(tcfg.stop_after)) if tcfg.get("stop_after") else steps
     run_dir = Path(cfg.run_dir)
@@ -214,14 +249,14 @@ def train(cfg: DictConfig) -> Path:
             members.append(SequenceDataset(sampler(EpisodeStore.open(str(entry.store)), "train")))
             weights.append(float(entry.weight))
         train_set = MixedSequenceDataset(members, weights, seed=cfg.seed)
-    if len(train_set) < tcfg.batch_size * world:
-        raise ValueError(f"{cfg.store}: {len(train_set)} training windows, fewer than one batch of {tcfg.batch_size} x {world} ranks")
-    batches_per_epoch = len(train_set) // (tcfg.batch_size * world)
+    if len(train_set) < tcfg.batch_size:
+        raise ValueError(f"{cfg.store}: {len(train_set)} training windows, fewer than one batch of {tcfg.batch_size}")
+    batches_per_epoch = len(train_set) // tcfg.batch_size
 
     def loader(epoch: int, start_batch: int = 0):
-        sampler = EpochSampler(len(train_set), cfg.seed, epoch, rank, world, start_batch * tcfg.batch_size)
+        sampler = EpochSampler(len(train_set), cfg.seed, epoch, tcfg.batch_size, rank, world, start_batch)
         return torch.utils.data.DataLoader(
-            train_set, batch_size=tcfg.batch_size, sampler=sampler, drop_last=True, num_workers=tcfg.num_workers,
+            train_set, batch_size=micro, sampler=sampler, drop_last=True, num_workers=tcfg.num_workers,
             pin_memory=device.type == "cuda", persistent_workers=False,
             generator=torch.Generator().manual_seed(cfg.seed + epoch),
         )
@@ -282,8 +317,9 @@ def train(cfg: DictConfig) -> Path:
     model = DistributedDataParallel(policy) if world > 1 else policy
     n_params = sum(p.numel() for p in policy.parameters())
     if is_main:
-        log.info("%s head, %.2fM parameters, %d train windows (%d val), device %s, %d rank(s)",
-                 cfg.policy.name, n_params / 1e6, len(train_set), len(val_set) if val_set else 0, device, world)
+        log.info("%s head, %.2fM parameters, %d train windows (%d val), device %s, %d process(es), batch %d = %d x %d "
+                 "micro-batch(es) of %d, %s", cfg.policy.name, n_params / 1e6, len(train_set),
+                 len(val_set) if val_set else 0, device, world, tcfg.batch_size, world, accumulate, micro, tcfg.precision)
 
     def checkpoint(at_step: int) -> None:
         if is_main:
@@ -291,7 +327,7 @@ def train(cfg: DictConfig) -> Path:
                 "cfg": OmegaConf.to_yaml(cfg), "io": model_io(cfg), "policy": policy.state_dict(), "ema": ema.state_dict(),
                 "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(), "step": at_step,
                 "git_rev": git_revision(),
-                "budget": {"train_steps": at_step, "batch_size": int(tcfg.batch_size) * world,
+                "budget": {"train_steps": at_step, "batch_size": int(tcfg.batch_size), "processes": world,
                            "train_minutes": round(train_minutes + (time.perf_counter() - run_start) / 60, 2),
                            "device": f"cpu ({torch.get_num_threads()} threads)" if device.type == "cpu"
                            else torch.cuda.get_device_name(device),
@@ -325,27 +361,37 @@ def train(cfg: DictConfig) -> Path:
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if is_main else None
     try:
         while step < stop_at:
-            try:
-                batch = next(data_iter)
-            except StopIteration:
-                epoch += 1
-                data_iter = iter(loader(epoch))
-                continue
-            torch.manual_seed(step_seed(cfg.seed, step, rank))
-            losses = model(to_device(batch, device))
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower training.lr or check the store")
+            micro_batches = []
+            while len(micro_batches) < accumulate:
+                try:
+                    micro_batches.append(next(data_iter))
+                except StopIteration:  # an epoch holds whole steps, so only reached between steps
+                    epoch += 1
+                    data_iter = iter(loader(epoch))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            step_losses: dict[str, float] = {}
+            for a, batch in enumerate(micro_batches):
+                torch.manual_seed(step_seed(cfg.seed, step, rank * accumulate + a))
+                # gradients are all-reduced once per step, on its last micro-batch
+                sync = contextlib.nullcontext() if world == 1 or a == accumulate - 1 else model.no_sync()
+                with sync:
+                    with autocast:
+                        losses = model(to_device(batch, device))
+                    loss = losses["loss"]
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower training.lr or check the store")
+                    (loss / accumulate).backward()
+                for key, value in losses.items():
+                    value = float(value.detach() if torch.is_tensor(value) else value)
+                    step_losses[key] = step_losses.get(key, 0.0) + value / accumulate
             if tcfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), tcfg.grad_clip)
             optimizer.step()
             lr_schedule.step()
             ema.step(policy.parameters())
             step += 1
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
+            for key, value in step_losses.items():
+                sums[key] = sums.get(key, 0.0) + value
             n_sum += 1
             if not is_main:
                 continue
@@ -353,7 +399,7 @@ def train(cfg: DictConfig) -> Path:
             row = {}
             if step % tcfg.log_every == 0 or step == stop_at:
                 now = time.perf_counter()
-                rate = (step - last_step) * tcfg.batch_size * world / max(now - last_time, 1e-9)
+                rate = (step - last_step) * tcfg.batch_size / max(now - last_time, 1e-9)
                 row = {key: value / n_sum for key, value in sums.items()}
                 row.update(lr=lr_schedule.get_last_lr()[0], samples_per_s=rate)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{rate:.0f}")
