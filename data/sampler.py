@@ -211,7 +211,7 @@ class SequenceSampler:
         self.split, self.seed, self.val_ratio = split, seed, val_ratio
         self.fast_reads = fast_reads
         self._store: EpisodeStore | None = store
-        self._path = Path(store.path)
+        self._path, self._storage_options = store.path, store.storage_options
         sampled = {*keys, *goal_keys, *future_keys, *train_keys, ACTION_KEY}
         self.kinds = {k: LOW_DIM if k in derived else store.kind(k) for k in sampled}
         self.shapes = {k: tuple(derived[k].shape[1:]) if k in derived else store.schema[k].shape for k in sampled}
@@ -342,7 +342,7 @@ class SequenceSampler:
         """zarr handles for image keys, reopened after pickling (DataLoader workers)."""
         if self._images is None:
             if self._store is None:
-                self._store = EpisodeStore.open(self._path, mode="r")
+                self._store = EpisodeStore.open(self._path, mode="r", storage_options=self._storage_options)
             self._images = {}
             for k in self.kinds:
                 if k not in self._cache:

@@ -20,6 +20,12 @@ yet written) reads as a non-increasing tail, which is ignored as well.
 
 diffusion_policy replay buffers (zarr v2, ``data/<key>`` + ``meta/episode_ends``, no schema attrs) open
 read-only; their schema is inferred from array shapes and dtypes and reported in ``inferred``.
+
+Stores at fsspec URLs (``s3://``, ``gs://``, ``https://``, ...) open read-only through zarr's ``FsspecStore`` behind
+its ``CacheStore``: every file read once is kept in a local zarr store under ``$VMP_CACHE/stores`` (default
+``~/.cache/vmp/stores``), so later epochs and runs read the local copy. The cache folder is named by a fingerprint of
+the URL and the store's root and ``episode_ends`` metadata, which every append changes: an appended store gets a
+fresh cache rather than stale chunks. A cache folder may be deleted at any time.
 """
 
 from __future__ import annotations
@@ -112,10 +118,58 @@ def _infer_spec(key: str, arr: zarr.Array) -> tuple[KeySpec, str]:
     return KeySpec(shape, dtype, meaning), kind
 
 
-class EpisodeStore:
-    """A store of demonstration episodes; open read-only (default) or for appending (``mode="a"``)."""
+def _file_stem(path: Path | str) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1].split(".")[0]
 
-    def __init__(self, root: zarr.Group, path: Path, mode: str, lock: _AppendLock | None = None):
+
+def is_url(path: str | os.PathLike) -> bool:
+    """A store location fsspec resolves (``s3://bucket/x.zarr``) rather than a local path."""
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def store_cache_root() -> Path:
+    return Path(os.environ.get("VMP_CACHE") or Path.home() / ".cache" / "vmp") / "stores"
+
+
+def _open_remote(url: str, storage_options: Mapping[str, Any] | None) -> tuple[zarr.abc.store.Store, Path]:
+    """A read-only zarr store for ``url`` with a local chunk cache; -> (store, its cache folder)."""
+    import hashlib
+
+    import fsspec
+    from zarr.experimental.cache_store import CacheStore
+
+    options = dict(storage_options or {})
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **options)
+    except (ImportError, ValueError) as e:
+        raise ImportError(f"store {url}: fsspec cannot open this URL ({e}); install its file system package "
+                          f"(s3fs for s3://, gcsfs for gs://)") from e
+    digest = hashlib.sha256(url.encode())
+    found = False
+    for meta in ("zarr.json", "meta/episode_ends/zarr.json", ".zattrs", ".zgroup", "meta/episode_ends/.zarray"):
+        try:
+            digest.update(meta.encode() + fs.cat_file(f"{root.rstrip('/')}/{meta}"))
+            found = True
+        except FileNotFoundError:
+            continue
+    if not found:
+        raise FileNotFoundError(f"store {url} does not exist (no zarr.json or .zgroup there)")
+    cache_dir = store_cache_root() / digest.hexdigest()[:20]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / "SOURCE").write_text(url + "\n")
+    remote = zarr.storage.FsspecStore.from_url(url, storage_options=options, read_only=True)
+    return CacheStore(remote, cache_store=zarr.storage.LocalStore(cache_dir)), cache_dir
+
+
+class EpisodeStore:
+    """A store of demonstration episodes; open read-only (default) or for appending (``mode="a"``).
+
+    ``path`` is a local Path, or the URL string of a remote store (``storage_options`` then holds what fsspec was
+    given to open it: credentials, endpoint)."""
+
+    storage_options: dict[str, Any] | None = None
+
+    def __init__(self, root: zarr.Group, path: Path | str, mode: str, lock: _AppendLock | None = None):
         self._root, self.path, self.mode, self._lock = root, path, mode, lock
         self.inferred: list[str] = []
         root_attrs = dict(root.attrs)
@@ -138,7 +192,7 @@ class EpisodeStore:
         self._meta: zarr.Group = root["meta"]
         if self.legacy:
             self._schema, self._kinds = self._infer_schema(root_attrs)
-            self._attrs = {**root_attrs, "vmp_schema_version": 0, "task": root_attrs.get("task", path.name.split(".")[0]),
+            self._attrs = {**root_attrs, "vmp_schema_version": 0, "task": root_attrs.get("task", _file_stem(path)),
                            "control_hz": root_attrs.get("control_hz"),
                            "schema": {k: s.to_json() for k, s in self._schema.items()}}
         else:
@@ -208,14 +262,28 @@ class EpisodeStore:
             raise
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r") -> EpisodeStore:
+    def open(cls, path: str | os.PathLike, mode: str = "r", storage_options: Mapping[str, Any] | None = None
+             ) -> EpisodeStore:
         """Open an existing store: ``"r"`` read-only (default, no lock) or ``"a"`` to append (takes the lock).
 
-        Also opens diffusion_policy replay buffers (zarr v2 directories or ``.zarr.zip`` files) read-only.
+        Also opens diffusion_policy replay buffers (zarr v2 directories or ``.zarr.zip`` files) read-only, and stores
+        at fsspec URLs read-only with a local chunk cache (``storage_options``: fsspec's, e.g. credentials or
+        ``{"client_kwargs": {"endpoint_url": ...}}`` for an S3-compatible server).
         """
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
-        path = Path(path)
+        if is_url(path):
+            if mode != "r":
+                raise ValueError(f"store {path}: stores at URLs open read-only (append to a local store, then upload it)")
+            zstore, cache_dir = _open_remote(str(path), storage_options)
+            try:
+                root = zarr.open_group(zstore, mode="r")
+            except (zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError) as e:
+                raise ValueError(f"{path} is not a zarr store (no zarr group metadata found): {e}") from e
+            store = cls(root, str(path), "r")
+            store.storage_options, store.cache_dir = dict(storage_options or {}), cache_dir
+            return store
+        path = Path(str(path).removeprefix("file://"))
         if not path.exists():
             raise FileNotFoundError(f"store {path} does not exist")
         if path.is_file():
@@ -437,18 +505,20 @@ class EpisodeStore:
         if ACTION_KEY not in schema:
             raise ValueError(f"{self.path}: diffusion_policy store has no data/action array; keys {sorted(schema)}")
         if "task" not in root_attrs:
-            self.inferred.append(f"task inferred from the file name as {self.path.name.split('.')[0]!r}")
+            self.inferred.append(f"task inferred from the file name as {_file_stem(self.path)!r}")
         if "control_hz" not in root_attrs:
             self.inferred.append("control_hz unknown (not stored)")
         return schema, kinds
 
 
 def disk_usage(path: str | os.PathLike) -> int:
-    """Bytes on disk under ``path`` (a directory store or a zip file)."""
+    """Bytes on disk under ``path`` (a directory store or a zip file; 0 for a URL: nothing of it is on this disk)."""
+    if is_url(path):
+        return 0
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-__all__ = ["EpisodeStore", "StoreLockedError", "SchemaVersionError", "disk_usage", "RGB", "DEPTH", "LOW_DIM"]
+__all__ = ["EpisodeStore", "StoreLockedError", "SchemaVersionError", "disk_usage", "is_url", "RGB", "DEPTH", "LOW_DIM"]

@@ -474,10 +474,13 @@ def latent_cache_path(store: Any, camera: str, vae_path: str) -> Path:
 
         vae_file = resolve_checkpoint(vae_file)
     stat = vae_file.stat() if vae_file.is_file() else (vae_file / "config.json").stat()
-    key = hashlib.sha1(repr((str(Path(store.path).resolve()), store.n_steps, store.n_episodes, camera,
+    from vmp.data.store import is_url
+
+    where = str(store.path) if is_url(store.path) else str(Path(store.path).resolve())
+    key = hashlib.sha1(repr((where, store.n_steps, store.n_episodes, camera,
                              str(vae_file.resolve()), stat.st_size, stat.st_mtime_ns)).encode()).hexdigest()[:16]
     cache_dir = Path(os.environ.get("VMP_CACHE", Path.home() / ".cache" / "vmp")) / "latents"
-    return cache_dir / f"{Path(store.path).stem}-{camera}-{key}.npy"
+    return cache_dir / f"{Path(str(store.path)).stem}-{camera}-{key}.npy"
 
 
 def cached_latents(store: Any, camera: str, vae_path: str, batch_size: int = 256) -> np.ndarray:
