@@ -21,7 +21,7 @@ from typing import Any
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ def collect(
     action_noise: float = 0.0,
     append: bool = False,
     action_free: bool = False,
+    launcher: Any = None,
 ) -> dict[str, Any]:
     """Collect ``n_episodes`` expert episodes of ``task_cfg`` into a new store at ``out``; returns the summary.
 
@@ -152,13 +153,16 @@ def collect(
 
     ``action_free=True`` stores the episodes as video without actions (co-training data for heads that predict
     frames, such as PAD): the expert still acts, its actions are dropped.
+
+    ``launcher``: where the experts run (`vmp.sim.workers.make_pool`: local processes by default, or Ray actors);
+    episodes come back in any order and this process alone appends them, in seed order.
     """
     from tqdm import tqdm
 
     from vmp.data import EpisodeStore
     from vmp.sim import _plain
     from vmp.sim.experts import EXPERTS, make_expert
-    from vmp.sim.workers import EpisodePool, Job
+    from vmp.sim.workers import Job, make_pool
 
     task = _plain(task_cfg)
     if n_episodes < 1:
@@ -209,9 +213,9 @@ def collect(
             submitted += 1
 
     bar = tqdm(total=n_episodes, desc=f"collect {task['name']}", unit="ep", disable=not progress)
-    pool = EpisodePool(
-        functools.partial(_init_collect, task, expert_kwargs), functools.partial(_run_collect, action_noise=float(action_noise)),
-        n_workers, episode_timeout_s=episode_timeout_s
+    pool = make_pool(
+        launcher, functools.partial(_init_collect, task, expert_kwargs),
+        functools.partial(_run_collect, action_noise=float(action_noise)), n_workers, episode_timeout_s=episode_timeout_s
     )
     try:
         with store, pool:
@@ -296,6 +300,7 @@ def main(cfg: DictConfig) -> None:
         action_noise=float(cfg.action_noise),
         append=bool(cfg.append),
         action_free=bool(cfg.action_free),
+        launcher=OmegaConf.to_container(cfg.launcher, resolve=True) if cfg.get("launcher") is not None else None,
     )
     print(
         f"{summary['task']}: {summary['episodes']} episodes ({summary['steps']} steps) -> {summary['out']}; "

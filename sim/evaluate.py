@@ -3,7 +3,7 @@
     vmp-eval checkpoint=runs/x/checkpoint.pt n_episodes=50
     vmp-eval policy=expert task=lift n_episodes=50 results_json=results/expert_lift.json
 
-Episode i uses env seed ``seed + i``. ``run_evaluation`` is the one runner that ``vmp-eval``, the training
+Episode i uses env seed ``seed + i``, which also seeds the policy's sampling. ``run_evaluation`` is the one runner that ``vmp-eval``, the training
 loop's periodic evaluation and the demo all call. A crashed or stuck worker's episode is reported and
 counted as a failure; a non-finite action stops the evaluation with an error.
 """
@@ -50,13 +50,14 @@ class _EvalState:
     video_dir: str | None
     fps: int
     annotator: Any = None  # the task's expert, run beside a reasoning policy to judge its reasoning
+    first_seed: int = 0  # the evaluation's base seed: episode k of it has seed first_seed + k
 
     def close(self) -> None:
         self.env.close()
 
 
 def _init_eval(task_cfg: dict, make_policy: Callable[[], Any], render: bool, video_dir: str | None,
-               max_episode_steps: int | None) -> _EvalState:
+               max_episode_steps: int | None, first_seed: int = 0) -> _EvalState:
     from vmp.sim import make
 
     # a task may evaluate on other env settings than it trains on (pointnav: held-out scenes)
@@ -71,7 +72,7 @@ def _init_eval(task_cfg: dict, make_policy: Callable[[], Any], render: bool, vid
         from vmp.sim.experts import make_expert
 
         annotator = make_expert(task_cfg["expert"], env=env, **dict(task_cfg.get("expert_kwargs") or {}))
-    return _EvalState(env, policy, video_dir, int(task_cfg.get("control_hz", 20)), annotator)
+    return _EvalState(env, policy, video_dir, int(task_cfg.get("control_hz", 20)), annotator, first_seed)
 
 
 def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False, annotator: Any = None
@@ -94,7 +95,10 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False,
     if isinstance(policy, Expert):
         policy.reset(seed=seed)
     else:
-        policy.reset()
+        import torch
+
+        torch.manual_seed(seed)  # the policy's sampling too is the seed's: outcomes do not depend on which worker ran
+        policy.reset()           # which episodes before (any number of workers, local or Ray)
     if annotator is not None:
         annotator.reset(seed=seed)
         annotator.set_goal(info.get("goal"))
@@ -191,19 +195,32 @@ def _run_eval(state: _EvalState, job) -> dict[str, Any]:
     frames = res.pop("frames", None)
     futures = res.pop("future_frames", None)
     if frames is not None and state.video_dir is not None:
-        path = Path(state.video_dir) / f"episode{job.index:03d}_seed{job.seed}.mp4"
+        episode = job.seed - state.first_seed
+        path = Path(state.video_dir) / f"episode{episode:03d}_seed{job.seed}.mp4"
         write_video(path, frames, fps=state.fps)
         res["video"] = str(path)
         if futures:  # one PNG per chunk: the future the head predicted from that step
             import imageio.v2 as imageio
 
-            grids = Path(state.video_dir) / f"episode{job.index:03d}_future_frames"
+            grids = Path(state.video_dir) / f"episode{episode:03d}_future_frames"
             grids.mkdir(parents=True, exist_ok=True)
             for step, future in futures:
                 rows = [future] if len(future) % 2 else np.split(future, 2)  # predicted row over real row
                 imageio.imwrite(grids / f"step{step:04d}.png", np.concatenate([image_grid(r) for r in rows]))
             res["future_frames_dir"] = str(grids)
     return res
+
+
+@dataclasses.dataclass
+class EvalCell:
+    """One evaluation of a sweep: a policy on a task from a base seed (episode i: env seed ``seed + i``), its
+    ``metrics.json`` and videos under ``out_dir``."""
+
+    name: str
+    task: dict
+    make_policy: Callable[[], Any]
+    seed: int
+    out_dir: Path | None = None
 
 
 def run_evaluation(
@@ -217,33 +234,58 @@ def run_evaluation(
     max_episode_steps: int | None = None,
     episode_timeout_s: float = 900.0,
     progress: bool = True,
+    launcher: Any = None,
 ) -> dict[str, Any]:
     """Evaluate the policy ``make_policy()`` builds (once per worker; it must be picklable) on ``task_cfg``.
 
     The policy-like object needs ``reset()``, ``set_goal(goal | None)``, ``set_language(text)``, ``select_action(obs) -> [A]``, and
     optionally ``inference_times_ms`` (latency) and ``bind_env(env)`` (privileged experts).
+    ``launcher``: where the episodes run (`vmp.sim.workers.make_pool`; None: local worker processes).
     Returns the metrics dict, also written to ``out_dir/metrics.json`` when ``out_dir`` is given.
     """
+    from vmp.sim import _plain
+
+    cell = EvalCell(_plain(task_cfg)["name"], _plain(task_cfg), make_policy, seed, Path(out_dir) if out_dir else None)
+    return evaluate_cells([cell], n_episodes, n_workers, n_videos, max_episode_steps, episode_timeout_s, progress,
+                          launcher)[0]
+
+
+def evaluate_cells(
+    cells: list[EvalCell],
+    n_episodes: int,
+    n_workers: int = 2,
+    n_videos: int = 3,
+    max_episode_steps: int | None = None,
+    episode_timeout_s: float = 900.0,
+    progress: bool = True,
+    launcher: Any = None,
+) -> list[dict[str, Any]]:
+    """Every cell's episodes in one pool (a sweep keeps all workers busy across cells; each worker builds a cell's
+    env and policy on its first episode of it and keeps the latest ones); -> each cell's metrics, in order."""
     from tqdm import tqdm
 
-    from vmp.sim import _plain
-    from vmp.sim.workers import EpisodePool, Job
+    from vmp.sim.workers import Job, make_pool
 
-    task = _plain(task_cfg)
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
-    out_path = Path(out_dir) if out_dir is not None else None
-    n_videos = min(int(n_videos), n_episodes) if out_path is not None else 0
-    video_dir = str(out_path / "videos") if n_videos > 0 else None
-    render = n_videos > 0  # one renderer per worker, used only by the episodes that get a video
-    jobs = [Job(i, seed + i, record_video=i < n_videos) for i in range(n_episodes)]
-    init = functools.partial(_init_eval, task, make_policy, render, video_dir, max_episode_steps)
-    episodes: list[dict[str, Any] | None] = [None] * n_episodes
+    inits, jobs = {}, []
+    for c, cell in enumerate(cells):
+        videos = min(int(n_videos), n_episodes) if cell.out_dir is not None else 0
+        video_dir = str(cell.out_dir / "videos") if videos > 0 else None
+        # one renderer per worker and cell, used only by the episodes that get a video
+        inits[c] = functools.partial(_init_eval, cell.task, cell.make_policy, videos > 0, video_dir, max_episode_steps,
+                                     cell.seed)
+        jobs += [Job(c * n_episodes + i, cell.seed + i, record_video=i < videos, key=c) for i in range(n_episodes)]
+    init = inits[0] if len(cells) == 1 else inits
+    if len(cells) == 1:
+        jobs = [dataclasses.replace(job, key=None) for job in jobs]
+    episodes: list[dict[str, Any] | None] = [None] * len(jobs)
     start = time.perf_counter()
     n_ok = 0
-    bar = tqdm(total=n_episodes, desc=f"eval {task['name']}", unit="ep", disable=not progress)
+    bar = tqdm(total=len(jobs), desc=f"eval {cells[0].task['name'] if len(cells) == 1 else f'{len(cells)} cells'}",
+               unit="ep", disable=not progress)
     try:
-        with EpisodePool(init, _run_eval, n_workers, episode_timeout_s=episode_timeout_s) as pool:
+        with make_pool(launcher, init, _run_eval, n_workers, episode_timeout_s=episode_timeout_s) as pool:
             for res in pool.run(jobs):
                 if res.fatal:
                     raise FloatingPointError(f"episode {res.job.index} (seed {res.job.seed}): {res.error}")
@@ -254,18 +296,24 @@ def run_evaluation(
                 else:
                     ep = res.value
                     n_ok += int(ep["success"])
+                if episodes[res.job.index] is not None:
+                    raise RuntimeError(f"episode {res.job.index} came back twice")
                 episodes[res.job.index] = ep
                 bar.update(1)
                 bar.set_postfix(success=f"{n_ok}/{bar.n}")
     finally:
         bar.close()
-    metrics = summarize(episodes, task)  # type: ignore[arg-type]
-    metrics["seconds"] = round(time.perf_counter() - start, 2)
-    if out_path is not None:
-        out_path.mkdir(parents=True, exist_ok=True)
-        (out_path / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        log.info("wrote %s", out_path / "metrics.json")
-    return metrics
+    seconds = round(time.perf_counter() - start, 2)
+    out = []
+    for c, cell in enumerate(cells):
+        metrics = summarize(episodes[c * n_episodes:(c + 1) * n_episodes], cell.task)  # type: ignore[arg-type]
+        metrics["seconds"] = seconds
+        if cell.out_dir is not None:
+            cell.out_dir.mkdir(parents=True, exist_ok=True)
+            (cell.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            log.info("wrote %s", cell.out_dir / "metrics.json")
+        out.append(metrics)
+    return out
 
 
 def summarize(episodes: list[dict[str, Any]], task: dict) -> dict[str, Any]:
@@ -359,34 +407,107 @@ def checkpoint_policy(path: str, device: str = "cpu", overrides: dict | None = N
     return policy
 
 
+def load_checkpoint_cell(checkpoint: str, task_cfg: Any, device: str, overrides: dict | None
+                         ) -> tuple[Any, Callable[[], Any], str, dict]:
+    """A checkpoint to evaluate -> (task config: the given one, or the checkpoint's training task; a picklable policy
+    factory; head name; training budget). A task whose observations the checkpoint does not fit, and a stage-one
+    model (not a policy), are refused naming the checkpoint."""
+    from vmp.policies.checkpoint import check_same_io, model_io, read_checkpoint, refuse_stage_one
+
+    payload = read_checkpoint(checkpoint)
+    train_cfg = OmegaConf.create(payload["cfg"])
+    if task_cfg is not None:  # another task than the one trained on: its observations must fit
+        check_same_io(model_io(train_cfg), model_io(OmegaConf.create({"policy": train_cfg.policy, "task": task_cfg})),
+                      str(checkpoint), f"task={task_cfg.name}")
+    refuse_stage_one(checkpoint, train_cfg)
+    make_policy = functools.partial(checkpoint_policy, str(checkpoint), str(device), overrides)
+    return (task_cfg if task_cfg is not None else train_cfg.task), make_policy, str(train_cfg.policy.get("name", "policy")), \
+        dict(payload.get("budget") or {})
+
+
+SWEEP_KEYS = ("checkpoints", "tasks", "seeds")
+
+
+def run_sweep(cfg: DictConfig, launcher: Any, overrides: dict | None) -> list[dict[str, Any]]:
+    """``vmp-eval sweep=...``: every checkpoint x task x seed, all episodes in one pool; writes each cell's
+    metrics.json under out_dir/<cell>/ and the table of all in out_dir/sweep.json and sweep.md; -> the rows."""
+    from hydra import compose
+
+    from vmp.sim import _plain
+
+    spec = cfg.sweep
+    if isinstance(spec, str):
+        if not Path(spec).is_file():
+            raise FileNotFoundError(f"sweep={spec}: no such file (a YAML with checkpoints, tasks, seeds)")
+        spec = OmegaConf.load(spec)
+    spec = OmegaConf.to_container(spec, resolve=True) if not isinstance(spec, dict) else spec
+    unknown = sorted(set(spec) - set(SWEEP_KEYS))
+    if unknown or not spec.get("checkpoints"):
+        raise ValueError(f"sweep must give `checkpoints` (a list) and may give `tasks` and `seeds`; got keys "
+                         f"{sorted(spec)}" + (f" ({unknown} unknown)" if unknown else ""))
+    if cfg.results_json:
+        raise ValueError("results_json records one evaluation; a sweep writes out_dir/sweep.json")
+    out_dir = Path(cfg.out_dir or f"outputs/sweep/{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}")
+    seeds = [int(x) for x in (spec.get("seeds") or [cfg.seed])]
+    tasks = {name: compose(config_name="eval", overrides=[f"task={name}"]).task for name in spec.get("tasks") or []}
+    cells, rows = [], []
+    for checkpoint in spec["checkpoints"]:
+        label = _checkpoint_label(str(checkpoint))
+        for task_name in list(tasks) or [None]:
+            task_cfg, make_policy, head, _ = load_checkpoint_cell(str(checkpoint), tasks.get(task_name), str(cfg.device),
+                                                                  overrides)
+            task = _plain(task_cfg)
+            for seed in seeds:
+                name = f"{label}__{task['name']}__seed{seed}"
+                cells.append(EvalCell(name, task, make_policy, seed, out_dir / name))
+                rows.append({"checkpoint": str(checkpoint), "head": head, "task": task["name"], "seed": seed})
+    if len({c.name for c in cells}) != len(cells):
+        raise ValueError(f"sweep: checkpoints {spec['checkpoints']} repeat a run name; give each once")
+    results = evaluate_cells(cells, int(cfg.n_episodes), int(cfg.n_workers), int(cfg.n_videos), cfg.max_episode_steps,
+                             float(cfg.episode_timeout_s), launcher=launcher)
+    for row, cell, metrics in zip(rows, cells, results):
+        row.update({k: metrics[k] for k in ("success_rate", "ci95_low", "ci95_high", "n_episodes", "n_errors")},
+                   metrics=str(cell.out_dir / "metrics.json"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sweep.json").write_text(json.dumps({"n_episodes": int(cfg.n_episodes), "rows": rows}, indent=2) + "\n")
+    lines = ["| checkpoint | task | seed | success | 95% interval | episodes | errors |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['checkpoint']} | {r['task']} | {r['seed']} | {r['success_rate']:.2f} | "
+              f"{r['ci95_low']:.2f}–{r['ci95_high']:.2f} | {r['n_episodes']} | {r['n_errors']} |" for r in rows]
+    (out_dir / "sweep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"{len(cells)} evaluations of {cfg.n_episodes} episodes; {out_dir}/sweep.json")
+    return rows
+
+
+def _checkpoint_label(path: str) -> str:
+    """A sweep cell's name for a checkpoint: its run folder, plus the file's stem unless it is latest.pt."""
+    p = Path(path)
+    if p.is_dir():
+        return p.name
+    run = p.parent.parent.name if p.parent.name == "checkpoints" else p.parent.name
+    return run if p.stem == "latest" else f"{run}-{p.stem}"
+
+
 @hydra.main(config_path="pkg://vmp.configs", config_name="eval", version_base=None)
 def main(cfg: DictConfig) -> None:
     """CLI entry point (hydra app)."""
+    overrides = OmegaConf.to_container(cfg.overrides, resolve=True) if cfg.get("overrides") else None
+    launcher = OmegaConf.to_container(cfg.launcher, resolve=True) if cfg.get("launcher") is not None else None
+    if cfg.get("sweep") is not None:
+        if cfg.get("policy") is not None or cfg.checkpoint or cfg.get("task") is not None:
+            raise ValueError("sweep=... names its checkpoints and tasks itself: leave out checkpoint=, task= and policy=")
+        run_sweep(cfg, launcher, overrides)
+        return
     # `policy` is hydra's policy group: `policy=expert` selects configs/policy/expert.yaml; none = checkpoint.
     mode = "expert" if cfg.get("policy") is not None and cfg.policy.get("name") == "expert" else "checkpoint"
     if cfg.get("policy") is not None and mode != "expert":
         raise ValueError(f"vmp-eval: policy must be 'expert' or left out (a checkpoint), got {cfg.policy.get('name')!r}")
-    overrides = OmegaConf.to_container(cfg.overrides, resolve=True) if cfg.get("overrides") else None
     budget, variant, policy_name = {}, cfg.get("variant") or "", "expert"
     if mode == "checkpoint":
         if not cfg.checkpoint:
             raise ValueError("policy=checkpoint needs checkpoint=<path to a vmp-train checkpoint>")
-        from vmp.policies.checkpoint import read_checkpoint
-
-        payload = read_checkpoint(cfg.checkpoint)
-        train_cfg = OmegaConf.create(payload["cfg"])
-        task_cfg = cfg.task if cfg.get("task") is not None else train_cfg.task
-        if cfg.get("task") is not None:  # another task than the one trained on: its observations must fit
-            from vmp.policies.checkpoint import check_same_io, model_io
-
-            check_same_io(model_io(train_cfg), model_io(OmegaConf.create({"policy": train_cfg.policy, "task": cfg.task})),
-                          str(cfg.checkpoint), f"task={cfg.task.name}")
-        policy_name = str(train_cfg.policy.get("name", "policy"))
-        from vmp.policies.checkpoint import refuse_stage_one
-
-        refuse_stage_one(cfg.checkpoint, train_cfg)
-        budget = dict(payload.get("budget") or {})
-        make_policy = functools.partial(checkpoint_policy, str(cfg.checkpoint), str(cfg.device), overrides)
+        task_cfg, make_policy, policy_name, budget = load_checkpoint_cell(str(cfg.checkpoint), cfg.get("task"),
+                                                                         str(cfg.device), overrides)
     else:
         if cfg.get("task") is None:
             raise ValueError("policy=expert needs task=<name>")
@@ -396,7 +517,7 @@ def main(cfg: DictConfig) -> None:
     metrics = run_evaluation(
         task_cfg, make_policy, n_episodes=int(cfg.n_episodes), seed=int(cfg.seed), n_workers=int(cfg.n_workers),
         out_dir=out_dir, n_videos=int(cfg.n_videos), max_episode_steps=cfg.max_episode_steps,
-        episode_timeout_s=float(cfg.episode_timeout_s),
+        episode_timeout_s=float(cfg.episode_timeout_s), launcher=launcher,
     )
     refuse_all_errored(metrics, out_dir)
     if cfg.results_json:

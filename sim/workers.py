@@ -1,5 +1,6 @@
 """A small process pool for episodes: each worker builds its state once (env, policy, renderer) and runs
-episodes handed to it one at a time.
+episodes handed to it one at a time. `make_pool` picks it (``launcher=local``, the default) or the Ray pool
+(``launcher=ray``, `vmp.sim.ray_pool`), which has the same interface.
 
 Why not ``multiprocessing.Pool``: a worker that segfaults or hangs there stalls the pool. Here every job
 goes to one named worker, the parent watches each worker's liveness and per-episode deadline, and a dead
@@ -25,11 +26,46 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One episode: its index in the run, its env seed, and whether to record a video."""
+    """One episode: its index in the run, its env seed, whether to record a video, and which worker state runs it
+    (``key``: None for a pool of one init function; a sweep's cell index when the pool has one per cell)."""
 
     index: int
     seed: int
     record_video: bool = False
+    key: Any = None
+
+
+InitFn = Callable[[], Any]
+
+
+class WorkerStates:
+    """The states one worker keeps between episodes: one init function, or one per job key (a sweep's cells), each
+    built on its first job. At most ``keep`` are held; the least recently used is closed to make room."""
+
+    def __init__(self, init: InitFn | dict[Any, InitFn], keep: int = 2):
+        self.init, self.keep = init, keep
+        self.states: dict[Any, Any] = {}
+
+    def get(self, key: Any = None) -> Any:
+        if key in self.states:
+            self.states[key] = self.states.pop(key)  # most recently used last
+            return self.states[key]
+        while len(self.states) >= self.keep:
+            _close(self.states.pop(next(iter(self.states))))
+        make = self.init if callable(self.init) else self.init[key]
+        self.states[key] = make()
+        return self.states[key]
+
+    def close(self) -> None:
+        for state in self.states.values():
+            _close(state)
+        self.states.clear()
+
+
+def _close(state: Any) -> None:
+    close = getattr(state, "close", None)
+    if callable(close):
+        close()
 
 
 @dataclasses.dataclass
@@ -40,13 +76,26 @@ class JobResult:
     fatal: bool = False  # an error that must stop the run (e.g. a non-finite action)
 
 
-def _worker_main(worker_id: int, init_fn: Callable[[], Any], run_fn: Callable[[Any, Job], Any], jobs, conn) -> None:
+def run_one(states: WorkerStates, run_fn: Callable[[Any, Job], Any], job: Job) -> JobResult:
+    """One job in a worker: a non-finite action (FloatingPointError) is fatal to the run, other exceptions fail the
+    episode only. A state that fails to build fails its jobs the same way."""
+    try:
+        return JobResult(job, value=run_fn(states.get(job.key), job))
+    except FloatingPointError:
+        return JobResult(job, error=traceback.format_exc(), fatal=True)
+    except Exception:
+        return JobResult(job, error=traceback.format_exc())
+
+
+def _worker_main(worker_id: int, init: InitFn | dict[Any, InitFn], run_fn: Callable[[Any, Job], Any], jobs, conn) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     logging.basicConfig(level=logging.WARNING)
+    states = WorkerStates(init)
     try:
         import vmp  # noqa: F401  (MUJOCO_GL before any MuJoCo import)
 
-        state = init_fn()
+        if callable(init):
+            states.get(None)  # one state: built before any job, so a failure stops the run at once
     except BaseException:
         conn.send(("init_error", worker_id, None, traceback.format_exc()))
         return
@@ -57,19 +106,11 @@ def _worker_main(worker_id: int, init_fn: Callable[[], Any], run_fn: Callable[[A
             if job is None:
                 break
             conn.send(("start", worker_id, job.index, None))
-            try:
-                value = run_fn(state, job)
-            except FloatingPointError:
-                conn.send(("fatal", worker_id, job.index, traceback.format_exc()))
-                continue
-            except Exception:
-                conn.send(("error", worker_id, job.index, traceback.format_exc()))
-                continue
-            conn.send(("done", worker_id, job.index, value))
+            res = run_one(states, run_fn, job)
+            kind = "done" if res.error is None else "fatal" if res.fatal else "error"
+            conn.send((kind, worker_id, job.index, res.value if res.error is None else res.error))
     finally:
-        close = getattr(state, "close", None)
-        if callable(close):
-            close()
+        states.close()
 
 
 class _Worker:
@@ -94,13 +135,14 @@ class _Worker:
 class EpisodePool:
     """Run jobs across ``n_workers`` spawned processes; ``n_workers=0`` runs them in this process.
 
-    ``init_fn() -> state`` runs once per worker; ``run_fn(state, job) -> value`` once per job. Both must be
-    picklable (module-level functions or ``functools.partial`` of them).
+    ``init_fn() -> state`` runs once per worker (or a dict {job key: init function}, each run on a worker's first job
+    of that key); ``run_fn(state, job) -> value`` once per job. Both must be picklable (module-level functions or
+    ``functools.partial`` of them).
     """
 
     def __init__(
         self,
-        init_fn: Callable[[], Any],
+        init_fn: InitFn | dict[Any, InitFn],
         run_fn: Callable[[Any, Job], Any],
         n_workers: int,
         episode_timeout_s: float = 900.0,
@@ -114,7 +156,7 @@ class EpisodePool:
         self._ctx = mp.get_context("spawn")
         self._workers: dict[int, _Worker] = {}
         self._next_id = 0
-        self._local_state: Any = None
+        self._local_states: WorkerStates | None = None
 
     # ---- lifecycle ----
     def __enter__(self) -> "EpisodePool":
@@ -143,11 +185,9 @@ class EpisodePool:
             w.proc.join(timeout=max(0.0, deadline - time.monotonic()))
             w.kill()
         self._workers.clear()
-        if self._local_state is not None:
-            close = getattr(self._local_state, "close", None)
-            if callable(close):
-                close()
-            self._local_state = None
+        if self._local_states is not None:
+            self._local_states.close()
+            self._local_states = None
 
     # ---- running ----
     def run(self, jobs: Iterator[Job] | list[Job]) -> Iterator[JobResult]:
@@ -235,16 +275,32 @@ class EpisodePool:
             yield JobResult(job, error=error)
 
     def _run_local(self, jobs: Iterator[Job]) -> Iterator[JobResult]:
-        if self._local_state is None:
-            self._local_state = self.init_fn()
+        if self._local_states is None:
+            self._local_states = WorkerStates(self.init_fn)
+            if callable(self.init_fn):
+                self._local_states.get(None)
         for job in jobs:
-            try:
-                value = self.run_fn(self._local_state, job)
-            except FloatingPointError:
-                yield JobResult(job, error=traceback.format_exc(), fatal=True)
-                continue
-            except Exception:
-                log.exception("episode %d (seed %d) failed", job.index, job.seed)
-                yield JobResult(job, error=traceback.format_exc())
-                continue
-            yield JobResult(job, value=value)
+            yield run_one(self._local_states, self.run_fn, job)
+
+
+LAUNCHERS = ("local", "ray")
+
+
+def make_pool(launcher: Any, init_fn: InitFn | dict[Any, InitFn], run_fn: Callable[[Any, Job], Any], n_workers: int,
+              episode_timeout_s: float = 900.0):
+    """The episode pool a ``launcher`` config names: ``{name: local}`` (None too) this machine's spawned processes,
+    ``{name: ray, address, cpus_per_worker, max_retries}`` actors on a Ray cluster."""
+    options = dict(launcher or {"name": "local"})
+    name = options.pop("name", "local")
+    if name == "local":
+        if options:
+            raise ValueError(f"launcher=local takes no options, got {sorted(options)}")
+        return EpisodePool(init_fn, run_fn, n_workers, episode_timeout_s=episode_timeout_s)
+    if name == "ray":
+        from vmp.sim.ray_pool import RayEpisodePool
+
+        unknown = sorted(set(options) - {"address", "cpus_per_worker", "max_retries"})
+        if unknown:
+            raise ValueError(f"launcher=ray: unknown option(s) {unknown}; known: address, cpus_per_worker, max_retries")
+        return RayEpisodePool(init_fn, run_fn, n_workers, episode_timeout_s=episode_timeout_s, **options)
+    raise ValueError(f"launcher.name={name!r} is not a launcher; choose from {list(LAUNCHERS)}")
