@@ -4,6 +4,7 @@
     vmp-bench sampler                     training data throughput (windows/s)
     vmp-bench render                      simulation frames per second, default vs fast render settings
     vmp-bench deploy                      control-loop jitter and observation-to-action latency
+    vmp-bench scaleout                    episodes/min on Ray vs local workers; training data from S3 vs disk
     vmp-bench report                      rewrite README.md's results tables from results/*.json
 """
 
@@ -14,7 +15,7 @@ import logging
 import sys
 
 COMMANDS = {"latency": "vmp.bench.latency", "sampler": "vmp.bench.sampler", "render": "vmp.bench.render",
-            "deploy": "vmp.bench.deploy", "report": "vmp.bench.report"}
+            "deploy": "vmp.bench.deploy", "scaleout": "vmp.bench.scaleout", "report": "vmp.bench.report"}
 
 
 def main() -> None:

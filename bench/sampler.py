@@ -67,7 +67,7 @@ def build_bench_store(path: str | os.PathLike, n_episodes: int = 200, episode_le
 def measure_sampler(store_path: str | os.PathLike | None = None, batch_size: int = 256, num_workers: int = 2,
                     n_batches: int = 30, warmup_batches: int = 3, n_obs_steps: int = 2, horizon: int = 16,
                     n_action_steps: int = 8, n_episodes: int = 200, episode_len: int = 50, image_size: int = 84,
-                    seed: int = 0, fast_reads: bool = True) -> dict[str, Any]:
+                    seed: int = 0, fast_reads: bool = True, storage_options: dict | None = None) -> dict[str, Any]:
     """Windows/s of ``SequenceDataset`` through ``DataLoader(batch_size, num_workers, shuffle=True)``.
 
     Builds the default store in a temporary directory when ``store_path`` is None. Returns the metrics
@@ -84,7 +84,7 @@ def measure_sampler(store_path: str | os.PathLike | None = None, batch_size: int
             t = time.perf_counter()
             store_path = build_bench_store(Path(tmp) / "bench.zarr", n_episodes, episode_len, image_size, seed=seed)
             built_s = time.perf_counter() - t
-        store = EpisodeStore.open(store_path)
+        store = EpisodeStore.open(store_path, storage_options=storage_options)
         image_keys = [k for k in store.keys if store.kind(k) != "low_dim"]
         obs_keys = [k for k in store.keys if k != "action"]
         sampler = SequenceSampler(store, keys=obs_keys, n_obs_steps=n_obs_steps, horizon=horizon,

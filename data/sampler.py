@@ -33,7 +33,7 @@ import zarr.storage
 
 from .images import resize_frames
 from .schema import ACTION_KEY, LANGUAGE_KEY, PHASE_KEY, REASONING_KEY
-from .store import LOW_DIM, EpisodeStore
+from .store import LOW_DIM, EpisodeStore, is_url
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +253,7 @@ class SequenceSampler:
             if k in self._cache:
                 self._cache[k] = resize_frames(self._cache[k], size, self.kinds[k])
         self._images: dict[str, Any] | None = None
+        self._opened_in = os.getpid()
         self._episode_text = self._load_episode_text(store, text_keys, language)
         self._phase, self._phase_names = self._load_phase(store) if PHASE_KEY in text_keys else (None, None)
         self._final_goal = {k: self._read_rows(k, self.episode_starts + self.episode_lengths - 1) for k in goal_keys} \
@@ -340,9 +341,14 @@ class SequenceSampler:
     # ------------------------------------------------------------------ reading
     def _arrays(self) -> dict[str, Any]:
         """zarr handles for image keys, reopened after pickling (DataLoader workers)."""
+        if self._images is not None and self._opened_in != os.getpid() and is_url(self._path):
+            # a forked DataLoader worker: a remote store's client (its event loop, its connections) belongs to the
+            # parent process and cannot be used here; reopen it
+            self._store, self._images = None, None
         if self._images is None:
             if self._store is None:
                 self._store = EpisodeStore.open(self._path, mode="r", storage_options=self._storage_options)
+            self._opened_in = os.getpid()
             self._images = {}
             for k in self.kinds:
                 if k not in self._cache:

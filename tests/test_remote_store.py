@@ -64,7 +64,7 @@ def test_s3_store_trains_like_its_local_copy(s3, tmp_path, monkeypatch):
     common = ["training.steps=6", "training.val_ratio=0.2", "training.ckpt_every=6"]
     from_local = read_checkpoint(train(compose_cfg(local, tmp_path / "local", *common)))
     from_s3 = read_checkpoint(train(compose_cfg(url, tmp_path / "s3", *common,
-                                                f"+store_options.client_kwargs.endpoint_url={endpoint}")))
+                                                f"store_options={{client_kwargs: {{endpoint_url: \"{endpoint}\"}}}}")))
     for key, value in from_local["policy"].items():
         if isinstance(value, torch.Tensor):
             torch.testing.assert_close(from_s3["policy"][key], value, rtol=0, atol=0, msg=f"{key} differs")
@@ -87,6 +87,18 @@ def test_s3_image_frames_come_through_the_cache(s3, tmp_path, monkeypatch):
     all_rows = np.arange(len(first))
     first.sample_batch(all_rows)  # reads every frame once: the cache holds them
     np.testing.assert_array_equal(first.sample_batch(np.arange(10))["obs"]["agentview_image"], want["obs"]["agentview_image"])
+    # forked DataLoader workers reopen the remote store (the parent's S3 client is bound to the parent's event loop)
+    from torch.utils.data import DataLoader
+
+    from vmp.data import SequenceDataset
+
+    def frames(sampler, workers):
+        loader = DataLoader(SequenceDataset(sampler), batch_size=5, num_workers=workers, shuffle=False)
+        return np.concatenate([b["obs"]["agentview_image"].numpy() for b in loader])
+
+    fresh = SequenceSampler(EpisodeStore.open(upload(fs, local, "img2.zarr"), storage_options=options), **kwargs)
+    fresh.sample_batch(np.arange(2))  # opened here, most frames not yet fetched: the workers fetch them from S3
+    np.testing.assert_array_equal(frames(fresh, 2), frames(SequenceSampler(local, **kwargs), 0))
     fs.rm(f"stores/img.zarr/data/agentview_image", recursive=True)  # the remote frames are gone
     again = SequenceSampler(EpisodeStore.open(url, storage_options=options), **kwargs)
     np.testing.assert_array_equal(again.sample_batch(np.arange(10))["obs"]["agentview_image"], want["obs"]["agentview_image"])

@@ -79,7 +79,7 @@ def test_ray_sweep_matches_local_seed_for_seed(local_ray, checkpoint, tmp_path):
     outcomes = {}
     for name in ("local", "ray"):
         with initialize_config_module(config_module="vmp.configs", version_base=None):
-            cfg = compose("eval", overrides=[f"+sweep={{checkpoints: [{checkpoint}], seeds: [100, 200]}}", "n_episodes=3",
+            cfg = compose("eval", overrides=[f"sweep={{checkpoints: [{checkpoint}], seeds: [100, 200]}}", "n_episodes=3",
                                              "n_workers=2", "n_videos=0", "max_episode_steps=25", "device=cpu",
                                              f"out_dir={tmp_path / name}", f"launcher={name}"])
         rows = run_sweep(cfg, RAY if name == "ray" else {"name": "local"}, None)
