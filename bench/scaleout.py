@@ -7,7 +7,7 @@
   local chunk cache, first pass (cache empty) and second pass, against the same store on local disk; with the rate the
   BESO image model consumes windows, to tell whether training would be data-bound.
 
-    vmp-bench scaleout [--what eval collect store] [--workers 1 2 4] [--episodes 8]
+    vmp-bench scaleout [--what eval collect store] [--workers 1 2 4] [--episodes 24]
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 RAY = {"name": "ray", "address": None, "cpus_per_worker": 1, "max_retries": 2}
 
 
-def _rates(run, workers: list[int], n_episodes: int) -> list[dict[str, Any]]:
-    """run(launcher, n_workers) once per launcher and worker count -> rows of episodes/min."""
+def _rates(run, workers: list[int], n_episodes: int) -> dict[str, Any]:
+    """run(launcher, n_workers) once per launcher and worker count -> {"<launcher>_<n>w_episodes_per_min": ...,
+    "rows": [...]}."""
     rows = []
     for name, launcher in (("local", {"name": "local"}), ("ray", RAY)):
         for n in workers:
@@ -38,7 +39,7 @@ def _rates(run, workers: list[int], n_episodes: int) -> list[dict[str, Any]]:
             rows.append({"launcher": name, "workers": n, "episodes": n_episodes, "seconds": round(seconds, 2),
                          "episodes_per_min": round(60 * n_episodes / seconds, 1)})
             log.info("%s x %d: %.1f episodes/min", name, n, rows[-1]["episodes_per_min"])
-    return rows
+    return {**{f"{r['launcher']}_{r['workers']}w_episodes_per_min": r["episodes_per_min"] for r in rows}, "rows": rows}
 
 
 def bench_eval(workers: list[int], n_episodes: int) -> dict[str, Any]:
@@ -49,9 +50,9 @@ def bench_eval(workers: list[int], n_episodes: int) -> dict[str, Any]:
 
     task = load_task_cfg("lift")
     make_policy = functools.partial(expert_policy, task)
-    return {"rows": _rates(lambda launcher, n: run_evaluation(task, make_policy, n_episodes=n_episodes, n_workers=n,
-                                                               n_videos=0, progress=False, launcher=launcher),
-                           workers, n_episodes)}
+    return _rates(lambda launcher, n: run_evaluation(task, make_policy, n_episodes=n_episodes, n_workers=n,
+                                                      n_videos=0, progress=False, launcher=launcher),
+                  workers, n_episodes)
 
 
 def bench_collect(workers: list[int], n_episodes: int) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def bench_collect(workers: list[int], n_episodes: int) -> dict[str, Any]:
         def run(launcher, n):
             collect(task, n_episodes=n_episodes, out=Path(tmp) / f"{launcher['name']}{n}.zarr", n_workers=n,
                     progress=False, launcher=launcher, max_attempts=3 * n_episodes)
-        return {"rows": _rates(run, workers, n_episodes)}
+        return _rates(run, workers, n_episodes)
 
 
 def bench_store(n_batches: int = 10) -> dict[str, Any]:
@@ -98,9 +99,9 @@ def bench_store(n_batches: int = 10) -> dict[str, Any]:
         finally:
             server.stop()
     train = measure_training_rate(batch_size=256)
-    out = {name: {k: m[k] for k in ("windows_per_s", "batch", "num_workers", "n_batches", "fast_reads")}
-           for name, m in rows.items()}
-    out.update(upload_s=round(upload_s, 2), **train,
+    out: dict[str, Any] = {f"{name}_windows_per_s": m["windows_per_s"] for name, m in rows.items()}
+    out.update(train_windows_per_s=train["train_windows_per_s"], upload_s=round(upload_s, 2), batch=256, num_workers=2,
+               n_batches=n_batches, train_encoder=train["train_encoder"],
                data_bound={name: m["windows_per_s"] < train["train_windows_per_s"] for name, m in rows.items()})
     return out
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--what", nargs="+", default=["eval", "collect", "store"], choices=["eval", "collect", "store"])
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2, 4])
-    parser.add_argument("--episodes", type=int, default=8)
+    parser.add_argument("--episodes", type=int, default=24)
     args = parser.parse_args(argv)
     command = " ".join(["vmp-bench scaleout", *(sys.argv[2:] if argv is None else argv)]).strip()
     device = f"cpu ({os.cpu_count()} cores)"

@@ -341,7 +341,7 @@ class SequenceSampler:
     # ------------------------------------------------------------------ reading
     def _arrays(self) -> dict[str, Any]:
         """zarr handles for image keys, reopened after pickling (DataLoader workers)."""
-        if self._images is not None and self._opened_in != os.getpid() and is_url(self._path):
+        if self._opened_in != os.getpid() and is_url(self._path):
             # a forked DataLoader worker: a remote store's client (its event loop, its connections) belongs to the
             # parent process and cannot be used here; reopen it
             self._store, self._images = None, None

@@ -125,14 +125,24 @@ def test_batch_split_and_data_order_do_not_depend_on_world_size():
         accumulation_steps(15, None, 2)
 
 
-def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
+def test_gradient_accumulation_and_bf16(tmp_path):
     """Batch 16 in micro-batches of 4: four forward/backward passes per optimizer step; the step count and the
-    effective batch the checkpoint records are the optimizer's. A precision other than fp32/bf16 is refused by name."""
+    effective batch the checkpoint records are the optimizer's. bf16 autocast (here on the CPU) computes the same
+    losses as fp32 to bf16's precision. A precision other than fp32/bf16 is refused by name."""
     store = make_store(tmp_path / "s.zarr")
-    ckpt = train(compose_cfg(store, tmp_path / "acc", "training.steps=4", "training.micro_batch_size=4",
-                             "training.val_ratio=0"))
-    payload = read_checkpoint(ckpt)
-    assert payload["step"] == 4 and payload["budget"]["batch_size"] == 16
+    common = ["training.steps=5", "training.micro_batch_size=4", "training.val_ratio=0", "training.log_every=1"]
+    payload = read_checkpoint(train(compose_cfg(store, tmp_path / "fp32", *common)))
+    assert payload["step"] == 5 and payload["budget"]["batch_size"] == 16
+    train(compose_cfg(store, tmp_path / "bf16", *common, "training.precision=bf16"))
+
+    def losses(run):
+        with open(tmp_path / run / "metrics.csv", newline="") as f:
+            return [float(r["loss"]) for r in csv.DictReader(f)]
+
+    fp32, bf16 = losses("fp32"), losses("bf16")
+    assert len(fp32) == len(bf16) == 5
+    assert fp32[0] == pytest.approx(bf16[0], rel=0.05)  # the same first step (same data, noise and weights)
+    assert bf16 != fp32  # autocast did run in bf16
     with pytest.raises(ValueError, match="training.precision='fp16' must be fp32 or bf16"):
         train(compose_cfg(store, tmp_path / "bad", "training.steps=2", "training.precision=fp16"))
 

@@ -96,9 +96,12 @@ def test_s3_image_frames_come_through_the_cache(s3, tmp_path, monkeypatch):
         loader = DataLoader(SequenceDataset(sampler), batch_size=5, num_workers=workers, shuffle=False)
         return np.concatenate([b["obs"]["agentview_image"].numpy() for b in loader])
 
-    fresh = SequenceSampler(EpisodeStore.open(upload(fs, local, "img2.zarr"), storage_options=options), **kwargs)
-    fresh.sample_batch(np.arange(2))  # opened here, most frames not yet fetched: the workers fetch them from S3
-    np.testing.assert_array_equal(frames(fresh, 2), frames(SequenceSampler(local, **kwargs), 0))
+    for read_first in (True, False):  # opened here (and read from, or not), frames fetched from S3 by the workers
+        fresh = SequenceSampler(EpisodeStore.open(upload(fs, local, f"img-{read_first}.zarr"), storage_options=options),
+                                **kwargs)
+        if read_first:
+            fresh.sample_batch(np.arange(2))
+        np.testing.assert_array_equal(frames(fresh, 2), frames(SequenceSampler(local, **kwargs), 0))
     fs.rm(f"stores/img.zarr/data/agentview_image", recursive=True)  # the remote frames are gone
     again = SequenceSampler(EpisodeStore.open(url, storage_options=options), **kwargs)
     np.testing.assert_array_equal(again.sample_batch(np.arange(10))["obs"]["agentview_image"], want["obs"]["agentview_image"])
