@@ -3,9 +3,10 @@
 - eval: `run_evaluation` episodes per minute of the Lift expert with launcher=local and launcher=ray at 1, 2 and 4
   workers (a local Ray, started once before the measurements; actor start-up is inside the timing, as a user sees it);
 - collect: `collect` episodes per minute of the Lift expert, the same way (one writer appending to a fresh store);
-- store: training-data windows/s from a store served by an S3-compatible server (moto's, on this machine) through the
-  local chunk cache, first pass (cache empty) and second pass, against the same store on local disk; with the rate the
-  BESO image model consumes windows, to tell whether training would be data-bound.
+- store: training-data windows/s from a store served by an S3-compatible server (moto's, on this machine): read
+  chunk by chunk through the local cache (first pass, cache empty; second pass, cached), and after `prefetch` (what
+  vmp-train does first), against the same store on local disk; with the rate the BESO image model consumes windows,
+  to tell whether training would be data-bound.
 
     vmp-bench scaleout [--what eval collect store] [--workers 1 2 4] [--episodes 24]
 """
@@ -74,6 +75,7 @@ def bench_store(n_batches: int = 10) -> dict[str, Any]:
     from moto.server import ThreadedMotoServer
 
     from vmp.bench.sampler import build_bench_store, measure_sampler, measure_training_rate
+    from vmp.data import EpisodeStore
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
     with tempfile.TemporaryDirectory(prefix="vmp_bench_store_") as tmp:
@@ -93,14 +95,20 @@ def bench_store(n_batches: int = 10) -> dict[str, Any]:
             fs.put(str(local), "bench/bench.zarr", recursive=True)
             upload_s = time.perf_counter() - start
             common = dict(n_batches=n_batches, n_episodes=100, num_workers=2)
+            url = "s3://bench/bench.zarr"
             rows = {"local_disk": measure_sampler(local, **common),
-                    "s3_first_pass": measure_sampler("s3://bench/bench.zarr", storage_options=options, **common),
-                    "s3_cached": measure_sampler("s3://bench/bench.zarr", storage_options=options, **common)}
+                    "s3_first_pass": measure_sampler(url, storage_options=options, **common),
+                    "s3_cached": measure_sampler(url, storage_options=options, **common)}
+            start = time.perf_counter()
+            EpisodeStore.open(url, storage_options=options).prefetch()  # what vmp-train does before its first step
+            prefetch_s = time.perf_counter() - start
+            rows["s3_prefetched"] = measure_sampler(url, storage_options=options, **common)
         finally:
             server.stop()
     train = measure_training_rate(batch_size=256)
     out: dict[str, Any] = {f"{name}_windows_per_s": m["windows_per_s"] for name, m in rows.items()}
-    out.update(train_windows_per_s=train["train_windows_per_s"], upload_s=round(upload_s, 2), batch=256, num_workers=2,
+    out.update(train_windows_per_s=train["train_windows_per_s"], upload_s=round(upload_s, 2),
+               prefetch_s=round(prefetch_s, 2), batch=256, num_workers=2,
                n_batches=n_batches, train_encoder=train["train_encoder"],
                data_bound={name: m["windows_per_s"] < train["train_windows_per_s"] for name, m in rows.items()})
     return out
@@ -126,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
             if what == "store":
                 metrics = bench_store()
                 variant = ("sampler windows/s, 100 episodes x 50 steps, 2 x 84 px cameras, batch 256, 2 DataLoader "
-                           "workers: local disk vs moto S3 on this machine through the local chunk cache")
+                           "workers: local disk vs moto S3 on this machine, chunk by chunk through the cache and "
+                           "after prefetch")
                 write_result("bench_scaleout_store", "throughput", "-", "image", "-", variant, metrics, device, command)
                 continue
             metrics = (bench_eval if what == "eval" else bench_collect)(args.workers, args.episodes)

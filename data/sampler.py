@@ -73,9 +73,10 @@ class FrameReader:
         self.frame_bytes = int(np.prod(frame_shape)) * self.dtype.itemsize
 
     @classmethod
-    def for_array(cls, store_path: Path, key: str, arr: Any) -> FrameReader | None:
+    def for_array(cls, store_path: Path | None, key: str, arr: Any) -> FrameReader | None:
+        """``store_path``: the folder holding every file of the store (`EpisodeStore.local_path`), or None."""
         meta = getattr(arr, "metadata", None)
-        if getattr(meta, "zarr_format", None) != 3 or not isinstance(arr.store, zarr.storage.LocalStore):
+        if store_path is None or getattr(meta, "zarr_format", None) != 3:
             return None
         codecs, enc = meta.codecs, meta.chunk_key_encoding
         if len(codecs) != 2 or not isinstance(codecs[0], zarr.codecs.BytesCodec) \
@@ -353,7 +354,8 @@ class SequenceSampler:
             for k in self.kinds:
                 if k not in self._cache:
                     arr = self._store.array(k)
-                    self._images[k] = (FrameReader.for_array(self._store.path, k, arr) if self.fast_reads else None) or arr
+                    reader = FrameReader.for_array(self._store.local_path, k, arr) if self.fast_reads else None
+                    self._images[k] = reader or arr
         return self._images
 
     def _read_rows(self, key: str, rows: np.ndarray) -> np.ndarray:

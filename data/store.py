@@ -161,13 +161,17 @@ def _open_remote(url: str, storage_options: Mapping[str, Any] | None) -> tuple[z
     return CacheStore(remote, cache_store=zarr.storage.LocalStore(cache_dir)), cache_dir
 
 
+COMPLETE = "COMPLETE"  # marker in a remote store's cache folder: every file of the store is there
+
+
 class EpisodeStore:
     """A store of demonstration episodes; open read-only (default) or for appending (``mode="a"``).
 
     ``path`` is a local Path, or the URL string of a remote store (``storage_options`` then holds what fsspec was
-    given to open it: credentials, endpoint)."""
+    given to open it: credentials, endpoint; ``cache_dir`` its local chunk cache)."""
 
     storage_options: dict[str, Any] | None = None
+    cache_dir: Path | None = None
 
     def __init__(self, root: zarr.Group, path: Path | str, mode: str, lock: _AppendLock | None = None):
         self._root, self.path, self.mode, self._lock = root, path, mode, lock
@@ -313,6 +317,43 @@ class EpisodeStore:
         except BaseException:
             lock.release()
             raise
+
+    @property
+    def local_path(self) -> Path | None:
+        """Where every file of this store lies on this machine: its own folder, or a remote store's cache once
+        `prefetch` completed it (readers may then bypass zarr for speed); None while chunks are still remote."""
+        if self.cache_dir is None:
+            return self.path if isinstance(self.path, Path) and self.path.is_dir() else None
+        return self.cache_dir if (self.cache_dir / COMPLETE).exists() else None
+
+    def prefetch(self) -> Path | None:
+        """Download every file of a remote store into its cache at once (many requests in flight), so that training
+        never waits on the network; files already cached are kept. Each file lands by rename (a crash leaves no
+        partial chunk). -> the cache folder; None for a local store."""
+        import tempfile
+
+        import fsspec
+
+        if self.cache_dir is None:
+            return None
+        if (self.cache_dir / COMPLETE).exists():
+            return self.cache_dir
+        fs, root = fsspec.core.url_to_fs(str(self.path), **(self.storage_options or {}))
+        root = root.rstrip("/")
+        remote = [f for f in fs.find(root) if not (self.cache_dir / f[len(root) + 1:]).exists()]
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix=".fetch-") as tmp:
+            local = [os.path.join(tmp, f[len(root) + 1:]) for f in remote]
+            for parent in {os.path.dirname(x) for x in local}:
+                os.makedirs(parent, exist_ok=True)
+            if remote:
+                fs.get(remote, local)
+            for f, x in zip(remote, local):
+                dest = self.cache_dir / f[len(root) + 1:]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(x, dest)
+        (self.cache_dir / COMPLETE).write_text(f"{len(remote)} files fetched\n")
+        log.info("prefetched %s into %s (%d files)", self.path, self.cache_dir, len(remote))
+        return self.cache_dir
 
     # ------------------------------------------------------------------ properties
     @property

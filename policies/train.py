@@ -212,6 +212,8 @@ def train(cfg: DictConfig) -> Path:
     head_settings = head_config(cfg)  # an unknown head or setting is refused here, before the data is read
     store_options = OmegaConf.to_container(cfg.store_options, resolve=True) if cfg.get("store_options") else None
     store = EpisodeStore.open(cfg.store, storage_options=store_options)
+    if cfg.get("store_prefetch", True):
+        store.prefetch()  # a URL store: all of it into the local cache first, so no step waits on the network
     head_cls = HEADS[cfg.policy.name]
     prepare = getattr(head_cls, "prepare_settings", None)  # settings learned from the store (a tokenizer, ...)
     learned = prepare(head_settings, cfg.task, store) if prepare is not None else {}
@@ -247,8 +249,10 @@ def train(cfg: DictConfig) -> Path:
         for i, entry in enumerate(cfg.mix):
             if entry.get("store") is None or entry.get("weight") is None:
                 raise ValueError(f"mix[{i}] must give `store` and `weight`, got {OmegaConf.to_container(entry)}")
-            members.append(SequenceDataset(sampler(EpisodeStore.open(str(entry.store), storage_options=store_options),
-                                                     "train")))
+            member = EpisodeStore.open(str(entry.store), storage_options=store_options)
+            if cfg.get("store_prefetch", True):
+                member.prefetch()
+            members.append(SequenceDataset(sampler(member, "train")))
             weights.append(float(entry.weight))
         train_set = MixedSequenceDataset(members, weights, seed=cfg.seed)
     if len(train_set) < tcfg.batch_size:

@@ -73,9 +73,17 @@ def test_s3_store_trains_like_its_local_copy(s3, tmp_path, monkeypatch):
     assert cached, "nothing was cached locally"
 
 
+def remote_reader(sampler):
+    from vmp.data.sampler import FrameReader
+
+    reader = sampler._arrays()["agentview_image"]
+    return reader if isinstance(reader, FrameReader) else None
+
+
 def test_s3_image_frames_come_through_the_cache(s3, tmp_path, monkeypatch):
     """Image frames (one chunk each) read from S3 once, then from the local cache: the second reader gets the same
-    frames with the server stopped answering (its files deleted)."""
+    frames with the server's copy deleted. `prefetch` completes the cache at once, and readers then take the fast
+    path over its files. Forked DataLoader workers reopen the remote store."""
     endpoint, fs = s3
     monkeypatch.setenv("VMP_CACHE", str(tmp_path / "cache"))
     local = make_store(tmp_path / "img.zarr", [12, 9], random_images=True).path
@@ -102,6 +110,13 @@ def test_s3_image_frames_come_through_the_cache(s3, tmp_path, monkeypatch):
         if read_first:
             fresh.sample_batch(np.arange(2))
         np.testing.assert_array_equal(frames(fresh, 2), frames(SequenceSampler(local, **kwargs), 0))
+    assert remote_reader(first) is None  # chunks still come through zarr's cache
+    store = EpisodeStore.open(url, storage_options=options)
+    assert store.local_path is None and store.prefetch() == store.cache_dir == store.local_path
+    prefetched = SequenceSampler(store, **kwargs)
+    assert remote_reader(prefetched) is not None  # complete in the cache: frames read straight from its files
+    np.testing.assert_array_equal(prefetched.sample_batch(np.arange(10))["obs"]["agentview_image"],
+                                  want["obs"]["agentview_image"])
     fs.rm(f"stores/img.zarr/data/agentview_image", recursive=True)  # the remote frames are gone
     again = SequenceSampler(EpisodeStore.open(url, storage_options=options), **kwargs)
     np.testing.assert_array_equal(again.sample_batch(np.arange(10))["obs"]["agentview_image"], want["obs"]["agentview_image"])
