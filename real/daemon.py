@@ -25,7 +25,28 @@ log = logging.getLogger("vmp.real.daemon")
 
 
 def build_engine(cfg: DictConfig):
-    """-> (InferenceEngine, task cfg or None, policy name)."""
+    """-> (engine, task cfg or None, policy name). ``engine.process=true``: the engine runs in a process of its own
+    (`ProcessEngine`), so this one, the control loop's, runs no model code."""
+    if cfg.engine.get("process", False):
+        import functools
+
+        from vmp.real.inference_process import ProcessEngine
+
+        task_cfg = None
+        if cfg.checkpoint:
+            from vmp.policies.checkpoint import read_checkpoint
+
+            train_cfg = OmegaConf.create(read_checkpoint(str(cfg.checkpoint))["cfg"])
+            from vmp.policies.checkpoint import refuse_stage_one
+
+            refuse_stage_one(str(cfg.checkpoint), train_cfg)
+            task_cfg = train_cfg.task
+        elif cfg.policy is None:
+            raise ValueError("vmp-deploy needs checkpoint=PATH (or a `policy` node: a Policy built directly)")
+        keep = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+                for k in ("checkpoint", "policy", "device", "seed", "engine")}
+        engine = ProcessEngine(functools.partial(_engine_in_this_process, keep))
+        return engine, task_cfg, engine.name
     from vmp.real.engine import InferenceEngine
 
     kw = dict(bf16=cfg.engine.bf16, compile=cfg.engine.compile, cuda_graphs=cfg.engine.cuda_graphs, seed=int(cfg.seed))
@@ -36,6 +57,12 @@ def build_engine(cfg: DictConfig):
         raise ValueError("vmp-deploy needs checkpoint=PATH (or a `policy` node: a Policy built directly)")
     policy = hydra.utils.instantiate(cfg.policy)
     return InferenceEngine(policy, device=cfg.device, **kw), None, getattr(policy, "name", "policy")
+
+
+def _engine_in_this_process(settings: dict[str, Any]):
+    """The inference process's builder: the same engine, built here."""
+    cfg = OmegaConf.create({**settings, "engine": {**settings["engine"], "process": False}})
+    return build_engine(cfg)[0]
 
 
 def build_robot(rcfg: DictConfig, task_cfg: Any):
@@ -227,6 +254,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         for s, h in previous.items():
             signal.signal(s, h)
         summary = {**_summary(cfg, results, metrics, engine, stop_requested["signal"], exit_error), **settings}
+        engine.close()
         path = Path(cfg.summary_path) if cfg.summary_path else out_dir / "deploy_summary.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary, indent=2, default=float))

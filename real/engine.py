@@ -77,6 +77,21 @@ def _signature(obs: dict[str, Any], goal: dict[str, Any] | None, kwargs: dict[st
     return sig(obs), sig(goal), sig(kwargs)
 
 
+def check_robot_keys(obs_shapes: dict[str, tuple[int, ...]], robot_obs: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    """Refuse a robot whose observation keys/shapes do not cover the policy's, naming them."""
+    missing = sorted(set(obs_shapes) - set(robot_obs))
+    wrong = sorted(k for k in obs_shapes if k in robot_obs and tuple(robot_obs[k][0]) != tuple(obs_shapes[k]))
+    if missing or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if wrong:
+            parts.append("shape mismatch " + ", ".join(f"{k}: checkpoint {tuple(obs_shapes[k])} vs robot "
+                                                      f"{tuple(robot_obs[k][0])}" for k in wrong))
+        raise KeyError(f"checkpoint observation keys do not match the robot: {'; '.join(parts)} "
+                       f"(checkpoint keys {sorted(obs_shapes)}, robot keys {sorted(robot_obs)})")
+
+
 class InferenceEngine:
     """policy: a `vmp.policies.base.Policy` (its ``obs_shapes`` say which keys and per-step shapes it consumes);
     ``instruction``: the text a language-conditioned policy follows (ignored by the others)."""
@@ -110,17 +125,16 @@ class InferenceEngine:
         return cls(policy, device=device, **kwargs), cfg
 
     def check_robot_keys(self, robot_obs: dict[str, tuple[tuple[int, ...], str]]) -> None:
-        """Refuse a robot whose observation keys/shapes do not cover the policy's, naming them."""
-        missing = sorted(set(self.obs_shapes) - set(robot_obs))
-        wrong = sorted(k for k in self.obs_shapes if k in robot_obs and tuple(robot_obs[k][0]) != self.obs_shapes[k])
-        if missing or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if wrong:
-                parts.append("shape mismatch " + ", ".join(f"{k}: checkpoint {self.obs_shapes[k]} vs robot {tuple(robot_obs[k][0])}" for k in wrong))
-            raise KeyError(f"checkpoint observation keys do not match the robot: {'; '.join(parts)} "
-                           f"(checkpoint keys {sorted(self.obs_shapes)}, robot keys {sorted(robot_obs)})")
+        check_robot_keys(self.obs_shapes, robot_obs)
+
+    def start_worker(self, on_chunk: Any, clock: Any):
+        """The control loop's asynchronous inference: a thread of this process running `infer`."""
+        from vmp.real.loop import InferenceWorker
+
+        return InferenceWorker(self, on_chunk, clock)
+
+    def close(self) -> None:
+        """Nothing to release (`ProcessEngine.close` stops its process)."""
 
     def reset(self) -> None:
         """Every episode start: the policy forgets its per-episode state (history, context)."""

@@ -134,7 +134,8 @@ class EpisodeResult:
     seed: int | None
     success: bool
     ticks: int
-    reason: str  # success | done | max_ticks | operator | watchdog | signal | robot_disconnected | inference_error
+    # success | done | max_ticks | operator | watchdog | signal | robot_disconnected | inference_error | inference_stalled
+    reason: str
     counters: dict[str, Any]
     episode_index: int | None = None
     marked_by: str = "robot"  # who judged success: the robot (simulation) or the operator
@@ -159,7 +160,7 @@ class ControlLoop:
                                          cfg.ensemble_m, cfg.prefix_schedule, cfg.epsilon_s, cfg.delay_window)
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
-        self.worker = InferenceWorker(engine, self._on_chunk, self.clock)
+        self.worker = engine.start_worker(self._on_chunk, self.clock)  # a thread, or the engine's own process
         self._chunk_id = 0
         self._episode = 0
         self._last_warn = -math.inf
@@ -279,7 +280,7 @@ class ControlLoop:
                     reason = "operator"
                     break
                 if self.worker.error is not None:
-                    reason, error = "inference_error", InferenceError(f"inference failed: {self.worker.error!r}")
+                    reason, error = "inference_error", InferenceError(f"inference failed: {self.worker.error}")
                     break
                 if k > 0:
                     obs = self.robot.observe()
@@ -306,6 +307,10 @@ class ControlLoop:
                 command, status = self.safety.filter(action, now)
                 if status == "stop":
                     reason = "watchdog"
+                    if not self.worker.idle:  # no command for watchdog_s because no chunk came: a fault to report
+                        reason = "inference_stalled"
+                        error = InferenceError(f"inference stalled: no action chunk within the watchdog's "
+                                               f"{self.safety.watchdog_s:g} s (tick {k})")
                     break
                 if status == "hold":
                     m.inc("holds", help="ticks that held the previous command (no planned action)")
@@ -319,6 +324,8 @@ class ControlLoop:
         except RobotConnectionError as exc:
             reason, error = "robot_disconnected", exc
             log.error("robot link lost at tick %d: %s", k, exc)
+        except InferenceError as exc:  # a blocking call to an inference process that died or failed
+            reason, error = "inference_error", exc
         finally:
             self._stop_robot(reason)
             self.worker.wait_idle(cfg.drain_timeout_s)

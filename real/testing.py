@@ -8,6 +8,8 @@ them exactly as a guided sampler's output would (W*Y + (1-W)*own).
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
@@ -27,12 +29,16 @@ class ReachPolicy(Policy):
 
     def __init__(self, n_obs_steps: int = 2, horizon: int = 16, n_action_steps: int | None = None, gain: float = 4.0,
                  offset_scale: float = 0.3, delay_s: float = 0.0, stall: dict[int, float] | None = None, seed: int = 0,
-                 nan_at: int | None = None, obs_shapes: dict[str, tuple[int, ...]] | None = None):
+                 nan_at: int | None = None, obs_shapes: dict[str, tuple[int, ...]] | None = None,
+                 fault: str | None = None, fault_at_step: int = 0):
         n_action_steps = min(8, horizon - n_obs_steps + 1) if n_action_steps is None else n_action_steps
         super().__init__(n_obs_steps, horizon, n_action_steps, 2, obs_shapes=obs_shapes or REACH_OBS_SHAPES)
         self.gain, self.offset_scale, self.delay_s = gain, offset_scale, delay_s
         self.stall = dict(stall or {})
         self.nan_at = nan_at
+        if fault not in (None, "die", "stall", "nan"):
+            raise ValueError(f"fault must be die, stall or nan, got {fault!r}")
+        self.fault, self.fault_at_step = fault, fault_at_step  # at the first chunk for control step >= fault_at_step
         self.calls = 0
         self.rng = np.random.default_rng(seed)
         self._dummy = torch.nn.Parameter(torch.zeros(1))
@@ -61,6 +67,20 @@ class ReachPolicy(Policy):
             w = prefix_weights.view(1, L, 1).to(out.dtype)
             out[:, :L] = torch.where(w == 1, prefix.to(out.dtype), w * prefix.to(out.dtype) + (1 - w) * out[:, :L])
         return out
+
+
+    def predict_window(self, window: dict[str, Any], *args: Any, step: int = 0, **kwargs: Any) -> Any:
+        """Deployment faults by control step (warm-up calls are step 0): the process dies (SIGKILL), the call never
+        returns (an hour's sleep), or the chunk is NaN."""
+        if self.fault is not None and self.fault_at_step > 0 and step >= self.fault_at_step:
+            fault, self.fault = self.fault, None
+            if fault == "die":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if fault == "stall":
+                time.sleep(3600)
+            if fault == "nan":
+                self.nan_at = self.calls
+        return super().predict_window(window, *args, step=step, **kwargs)
 
 
 class NoPrefixReachPolicy(ReachPolicy):

@@ -106,3 +106,50 @@ def test_busy_metrics_port_refused_by_name_and_no_results_written(tmp_path):
         with pytest.raises(KeyError, match=rf"metrics.port={port} .* another vmp-deploy"):
             daemon.run(cfg, tmp_path)
     assert not (tmp_path / "r.json").exists()  # nothing was measured, so no results record
+
+
+FAULT_STEP = 24  # the chunk requested at control step 24 (chunks every 8 steps)
+
+
+def _fault_policy(fault):
+    return f"policy={{_target_:vmp.real.testing.ReachPolicy,seed:0,fault:'{fault}',fault_at_step:{FAULT_STEP}}}"
+
+
+def test_killed_inference_process_stops_robot_next_tick_and_exits_nonzero(tmp_path):
+    """The inference process is SIGKILLed mid-episode: the control process (which runs no model code) stops the
+    robot at its next tick, records the episode up to there, and vmp-deploy exits 1 naming the fault."""
+    status = tmp_path / "status.json"
+    cmd = [sys.executable, "-m", "vmp.real.daemon", _fault_policy("die"), "robot=toy", "metrics.port=0",
+           "robot.env.kwargs.tol=0.0", "max_ticks=400", f"robot.status_file={status}",
+           f"record.path={tmp_path / 'rec.zarr'}", f"summary_path={tmp_path / 'summary.json'}",
+           f"hydra.run.dir={tmp_path / 'out'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "the inference process died (killed by signal 9)" in proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert "the inference process died (killed by signal 9)" in summary["error"]
+    episode = summary["episodes"][0]
+    assert episode["reason"] == "inference_error"
+    assert FAULT_STEP <= episode["ticks"] <= FAULT_STEP + 2  # stopped within one control period of the death
+    assert json.loads(status.read_text())["state"] == "stopped"
+    with EpisodeStore.open(tmp_path / "rec.zarr") as store:
+        assert store.n_episodes == 1 and store.episode_text(0)["outcome"] == "inference_error"
+        assert len(store.episode(0)["action"]) == episode["ticks"]
+
+
+@pytest.mark.parametrize("fault, message", [("nan", "non-finite action chunk (the chunk for tick 24)"),
+                                            ("stall", "inference stalled: no action chunk within the watchdog's 0.5 s")])
+def test_inference_process_nan_or_stall_stops_robot_and_names_the_fault(tmp_path, fault, message):
+    status = tmp_path / "status.json"
+    cfg = _cfg(tmp_path, _fault_policy(fault), "robot.env.kwargs.tol=0.0", "max_ticks=400", f"robot.status_file={status}")
+    summary = daemon.run(cfg, tmp_path)
+    assert message in summary["error"]
+    episode = summary["episodes"][0]
+    assert episode["reason"] == ("inference_error" if fault == "nan" else "inference_stalled")
+    if fault == "nan":
+        assert FAULT_STEP <= episode["ticks"] <= FAULT_STEP + 2
+    else:  # held the plan's rest, then the watchdog's 0.5 s (25 ticks at 50 Hz), then stopped
+        assert FAULT_STEP + 20 <= episode["ticks"] <= FAULT_STEP + 16 + 25 + 2
+    assert json.loads(status.read_text())["state"] == "stopped"
+    with EpisodeStore.open(tmp_path / "rec.zarr") as store:
+        assert store.n_episodes == 1 and len(store.episode(0)["action"]) == episode["ticks"]

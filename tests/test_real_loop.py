@@ -52,10 +52,11 @@ def test_watchdog_stops_robot_on_long_stall(tmp_path):
     with SimRobot(toy(), status_file=str(status)) as robot:
         loop = make_loop(robot, policy, watchdog_s=0.3, max_ticks=200)
         try:
-            res = loop.run_episode(seed=0)
+            with pytest.raises(InferenceError, match=r"inference stalled: no action chunk within the watchdog's 0.3 s") as info:
+                loop.run_episode(seed=0)
         finally:
             loop.close()
-    assert res.reason == "watchdog" and res.ticks < 200
+    assert info.value.result.reason == "inference_stalled" and info.value.result.ticks < 200
     assert json.loads(status.read_text())["state"] == "stopped"
 
 
