@@ -54,6 +54,18 @@ def test_film_injection_changes_actions_only_through_the_reasoning():
     assert torch.equal(chunk("grasp the object", ablated), chunk("move toward the goal", ablated))
 
 
+def test_real_time_chunking_prefix_is_kept_where_its_weight_is_one():
+    policy = make_policy()
+    window = {"state": np.zeros((1, 4), np.float32)}
+    prefix = np.array([[0.5, -0.25]], np.float32)
+    pred = policy.predict_window(window, prefix=prefix, prefix_weights=np.ones(1, np.float32),
+                                 generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(pred.actions[:1], prefix, atol=1e-5)
+    assert isinstance(pred.extras["reasoning"], str)
+    free = policy.predict_window(window, generator=torch.Generator().manual_seed(0))
+    assert not np.allclose(free.actions[:1], prefix, atol=1e-2)
+
+
 def test_greedy_generation_reproduces_memorised_annotations():
     policy = make_policy().train()
     states = torch.randn(3, 1, 4) * 2

@@ -72,7 +72,7 @@ def annotation_corpus(store: Any) -> list[str]:
 class DiVLAPolicy(ConditionalPolicy):
     name = "divla"
     config_class = DiVLAConfig
-    capabilities = Capabilities(extras=("reasoning",), context=True)
+    capabilities = Capabilities(prefix=True, extras=("reasoning",), context=True)
 
     def __init__(self, config: DiVLAConfig, encoder, normalizer, action_dim: int):
         super().__init__(config, encoder, normalizer, action_dim)
@@ -150,7 +150,10 @@ class DiVLAPolicy(ConditionalPolicy):
         return self._reasoning[1]
 
     @torch.no_grad()
-    def predict(self, obs, goal=None, generator: torch.Generator | None = None, **kwargs: Any) -> Prediction:
+    def predict(self, obs, goal=None, generator: torch.Generator | None = None, prefix: torch.Tensor | None = None,
+                prefix_weights: torch.Tensor | None = None, **kwargs: Any) -> Prediction:
+        """The chunk and its ``reasoning``; ``prefix`` [B, L, A] / ``prefix_weights`` [L]: real-time chunking's prefix,
+        inpainted at every denoising step as in the DDPM head."""
         cond = self.condition(obs, goal)
         b = cond.shape[0]
         # the cached reasoning serves only the control loop that refreshes it (`predict_window`, every
@@ -160,9 +163,12 @@ class DiVLAPolicy(ConditionalPolicy):
             self.refresh_context(obs, goal)
         ids, texts = self._reasoning
         hidden, film = self.backbone.encode(cond), self._film(ids)
+        known, weights = self.prefix_target(prefix, prefix_weights, b) if prefix is not None else (None, None)
         x = self.diffusion.sample(lambda x, t: self.denoiser(x, t, hidden, film), (b, self.horizon, self.action_dim),
-                                  self.config.n_steps, self.config.sampler, generator=generator, device=cond.device)
+                                  self.config.n_steps, self.config.sampler, generator=generator, device=cond.device,
+                                  known=known, known_weights=weights)
         return Prediction(self.normalizer.unnormalize("action", x.clamp(-1.0, 1.0)), {"reasoning": list(texts)})
 
-    def predict_action_chunk(self, obs, goal=None, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.predict(obs, goal, generator).actions
+    def predict_action_chunk(self, obs, goal=None, generator: torch.Generator | None = None,
+                             prefix: torch.Tensor | None = None, prefix_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return self.predict(obs, goal, generator, prefix=prefix, prefix_weights=prefix_weights).actions
