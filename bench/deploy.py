@@ -1,10 +1,14 @@
 """Benchmark the deployment loop: tick jitter and observation-to-action latency at a fixed rate, on this machine.
 
-A SimRobot process serves the toy task; the policy burns real CPU in the inference thread (matrix products
-standing in for a diffusion head's denoising steps), so the loop competes for the GIL as it would on a robot.
+A SimRobot process serves the toy task; the policy burns real CPU (matrix products standing in for a diffusion
+head's denoising steps) in an inference thread of the loop's process (``--thread``, where it competes for the GIL) or
+in a process of its own (the daemon's default). ``--servo-hz`` streams set-points between ticks and reports their
+jitter. ``--load`` runs, for the whole measurement, a `vmp-train` process and a process running a real checkpoint's
+inference back to back, at normal priority: both cores busy, as on a robot computer that trains beside its loop.
 Writes one results record (JSON) per run::
 
     python -m vmp.bench.deploy --hz 50 --seconds 20 --out results/bench_deploy_cpu.json
+    python -m vmp.bench.deploy --hz 50 --servo-hz 200 --load --out results/bench_deploy_cpu_load_servo.json
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 import torch
 
 from vmp.real.engine import InferenceEngine
-from vmp.real.loop import ControlLoop, LoopConfig
+from vmp.real.loop import ControlLoop, LoopConfig, RealClock
 from vmp.real.safety import SafetyLayer
 from vmp.real.sim_robot import SimRobot
 from vmp.real.testing import ReachPolicy
@@ -54,18 +58,33 @@ def device_name() -> str:
     return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
 
 
+def busy_engine(n_steps: int, width: int, policy_sleep_s: float) -> InferenceEngine:
+    """The benchmark's engine (module level: the inference process builds it from this)."""
+    torch.set_num_threads(1)
+    policy = BusyReachPolicy(n_steps=n_steps, width=width, n_obs_steps=2, horizon=16, seed=0, delay_s=policy_sleep_s)
+    return InferenceEngine(policy)
+
+
 def run(hz: float, seconds: float, switch_interval_s: float, blend: str, n_steps: int, width: int, rt_priority: int = 0,
-        policy_sleep_s: float = 0.0) -> dict:
+        policy_sleep_s: float = 0.0, process: bool = True, servo_hz: float | None = None, spin_s: float = 0.002) -> dict:
+    import functools
+
+    from vmp.real.inference_process import ProcessEngine
+    from vmp.real.testing import StreamingRobot
+
     sys.setswitchinterval(switch_interval_s)
     ticks = int(seconds * hz)
     env = {"target": "vmp.real.toy:ToyReachEnv", "kwargs": {"tol": 0.0, "max_episode_steps": ticks + 10}, "control_hz": hz}
-    policy = BusyReachPolicy(n_steps=n_steps, width=width, n_obs_steps=2, horizon=16, seed=0, delay_s=policy_sleep_s)
-    engine = InferenceEngine(policy)
+    build = functools.partial(busy_engine, n_steps, width, policy_sleep_s)
+    engine = ProcessEngine(build) if process else build()
     engine.warmup(engine.example_window(), n=3)
-    with SimRobot(env) as robot:
-        safety = SafetyLayer(robot.spec.action_low, robot.spec.action_high, max_delta=0.5, watchdog_s=1.0, hold="zero")
+    per_tick = int(round(servo_hz / hz)) if servo_hz else 1
+    with SimRobot(env) as sim:
+        robot = StreamingRobot(sim, per_tick) if servo_hz else sim
+        safety = SafetyLayer(sim.spec.action_low, sim.spec.action_high, max_delta=0.5, watchdog_s=1.0, hold="zero")
         loop = ControlLoop(robot, engine, safety, LoopConfig(hz, exec_horizon=8, blend=blend, max_ticks=ticks,
-                                                             stop_on_success=False, rt_priority=rt_priority))
+                                                             stop_on_success=False, rt_priority=rt_priority,
+                                                             servo_hz=servo_hz), clock=RealClock(spin_s))
         try:
             # burn-in episode (imports, caches, first allocations), then the measured one
             loop.cfg.max_ticks = int(hz)
@@ -77,6 +96,7 @@ def run(hz: float, seconds: float, switch_interval_s: float, blend: str, n_steps
             res = loop.run_episode(seed=1)
         finally:
             loop.close()
+            engine.close()
     m = loop.metrics
     dt = 1.0 / hz
     period = m.samples("loop_period_seconds")
@@ -88,14 +108,59 @@ def run(hz: float, seconds: float, switch_interval_s: float, blend: str, n_steps
     def q(a, p):
         return float(np.percentile(a, p) * 1e3) if a.size else float("nan")
 
-    return {
+    servo = {}
+    if servo_hz:
+        servo_jitter = np.abs(m.samples("servo_period_seconds") - 1.0 / servo_hz)
+        servo = {"servo_hz": servo_hz, "servo_jitter_p50_ms": q(servo_jitter, 50), "servo_jitter_p99_ms": q(servo_jitter, 99),
+                 "servo_jitter_max_ms": float(servo_jitter.max() * 1e3), "n_setpoints": int(servo_jitter.size + 1)}
+    return {**servo,
         "jitter_p50_ms": q(jitter, 50), "jitter_p99_ms": q(jitter, 99), "jitter_max_ms": float(jitter.max() * 1e3),
         "lateness_p99_ms": q(late, 99), "obs_to_action_p50_ms": q(o2a, 50), "obs_to_action_p99_ms": q(o2a, 99),
         "inference_p50_ms": q(inf, 50), "inference_p99_ms": q(inf, 99), "control_hz": hz, "n_ticks": int(res.ticks),
         "missed_ticks": m.counter("missed_ticks"), "overruns": m.counter("overruns"),
         "holds": int(res.counters.get("safety_hold", 0)), "switch_interval_ms": switch_interval_s * 1e3,
-        "rt_priority": rt_priority,
+        "rt_priority": rt_priority, "inference": "process" if process else "thread",
     }
+
+
+class Load:
+    """Both cores busy for the measurement: a `vmp-train` run (a small BESO on a synthetic Lift store) and a process
+    running a checkpoint's inference back to back; both at normal priority, killed on exit."""
+
+    def __init__(self, checkpoint: str | None):
+        import subprocess
+        import tempfile
+
+        from vmp.data.testing import make_learnable_lift_store
+
+        self.tmp = tempfile.TemporaryDirectory(prefix="vmp_bench_load_")
+        store = make_learnable_lift_store(Path(self.tmp.name) / "s.zarr", n_episodes=40)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self.procs = [subprocess.Popen(
+            [sys.executable, "-m", "vmp.policies.train", "task=lift", f"store={store}", f"run_dir={self.tmp.name}/run",
+             "training.steps=1000000", "training.batch_size=256", "training.val_ratio=0", "training.ckpt_every=1000000",
+             "training.tensorboard=false"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        if checkpoint:
+            self.procs.append(subprocess.Popen([sys.executable, "-m", "vmp.bench.deploy", "--inference-load", checkpoint],
+                                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.checkpoint = checkpoint
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+        self.tmp.cleanup()
+
+
+def inference_load(checkpoint: str) -> None:
+    """Run a checkpoint's inference on zero observations until killed (the load process)."""
+    from vmp.real.engine import InferenceEngine as Engine
+
+    torch.set_num_threads(1)
+    engine, _ = Engine.from_checkpoint(checkpoint, device="cpu")
+    window = engine.example_window()
+    while True:
+        engine.infer(window)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,19 +174,48 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rt-priority", type=int, default=0, help="SCHED_FIFO priority of the loop thread (0 = normal)")
     ap.add_argument("--policy-sleep-ms", type=float, default=0.0, help="extra sleep per chunk (2 dt: a policy slower than a tick)")
     ap.add_argument("--seams", action="store_true", help="instead: replay latency sweep (simulated clock), seam metrics vs delay")
+    ap.add_argument("--spin-ms", type=float, default=2.0, help="the loop's clock spins this long before each deadline")
+    ap.add_argument("--thread", action="store_true", help="inference in a thread of the loop's process (not its own)")
+    ap.add_argument("--servo-hz", type=float, default=None, help="stream set-points at this rate between ticks")
+    ap.add_argument("--load", action="store_true", help="a vmp-train run and a checkpoint's inference load the cores")
+    ap.add_argument("--load-checkpoint", default="runs/lift_image-beso-dart",
+                    help="the checkpoint whose inference loads the CPU with --load (skipped if missing)")
+    ap.add_argument("--inference-load", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default="results/bench_deploy_cpu.json")
     args = ap.parse_args(argv)
+    if args.inference_load:
+        return inference_load(args.inference_load)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.seams:
         return seam_sweep(args, argv)
-    metrics = run(args.hz, args.seconds, args.switch_interval_ms / 1e3, args.blend, args.n_steps, args.width, args.rt_priority,
-                  args.policy_sleep_ms / 1e3)
+    load = None
+    if args.load:
+        checkpoint = args.load_checkpoint if Path(args.load_checkpoint).exists() else None
+        if checkpoint is None:
+            log.warning("--load-checkpoint %s not found: the load is vmp-train alone", args.load_checkpoint)
+        load = Load(checkpoint)
+        import time
+
+        time.sleep(20)  # both load processes past their start-up, training and inferring
+    try:
+        metrics = run(args.hz, args.seconds, args.switch_interval_ms / 1e3, args.blend, args.n_steps, args.width,
+                      args.rt_priority, args.policy_sleep_ms / 1e3, process=not args.thread, servo_hz=args.servo_hz,
+                      spin_s=args.spin_ms / 1e3)
+        if load is not None:
+            metrics["load_1m_after"] = round(os.getloadavg()[0], 2)
+    finally:
+        if load is not None:
+            load.close()
     rec = {
         "kind": "jitter", "task": "-", "obs": "-", "policy": "synthetic",
         "variant": f"{args.hz:g} Hz, blend={args.blend}, SimRobot(toy) over loopback, {args.n_steps}x MLP{args.width} per chunk, "
-                   f"GIL switch {args.switch_interval_ms:g} ms" + (f", SCHED_FIFO {args.rt_priority}" if args.rt_priority else "")
-                   + (f", policy sleeps {args.policy_sleep_ms:g} ms" if args.policy_sleep_ms else ""),
+                   + ("inference thread, " if args.thread else "inference process, ")
+                   + f"GIL switch {args.switch_interval_ms:g} ms" + (f", SCHED_FIFO {args.rt_priority}" if args.rt_priority else "")
+                   + (f", policy sleeps {args.policy_sleep_ms:g} ms" if args.policy_sleep_ms else "")
+                   + (f", {args.servo_hz:g} Hz set-points" if args.servo_hz else "")
+                   + (f", under load (vmp-train + {Path(load.checkpoint).name if load.checkpoint else 'no'} inference)"
+                      if load is not None else ""),
         "metrics": metrics, "budget": {"seconds": args.seconds}, "device": device_name(),
         "command": "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:]),
         "git_rev": _git_rev(), "date": datetime.date.today().isoformat(),

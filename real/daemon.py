@@ -175,7 +175,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         exec_horizon = int(cfg.exec_horizon) if cfg.exec_horizon is not None else int(engine.n_action_steps)
         loop_cfg = LoopConfig(control_hz, exec_horizon, blend, float(cfg.ensemble_m), str(cfg.prefix_schedule),
                               float(cfg.epsilon_s), int(cfg.delay_window), max_ticks, bool(cfg.stop_on_success),
-                              float(cfg.warn_late_frac), rt_priority=int(cfg.rt_priority))
+                              float(cfg.warn_late_frac), rt_priority=int(cfg.rt_priority),
+                              servo_hz=float(cfg.servo_hz) if cfg.get("servo_hz") else None)
         task_name = str(task_cfg.name) if task_cfg is not None else spec.name
         if cfg.record.enabled:
             recorder = EpisodeRecorder(cfg.record.path, spec, {"task": task_name, "control_hz": control_hz, "robot": spec.name,

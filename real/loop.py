@@ -127,6 +127,7 @@ class LoopConfig:
     warn_late_frac: float = 0.5  # a tick later than this fraction of dt counts as an overrun
     drain_timeout_s: float = 5.0
     rt_priority: int = 0  # > 0: run the loop thread SCHED_FIFO at this priority (Linux; needs CAP_SYS_NICE)
+    servo_hz: float | None = None  # stream interpolated set-points at this rate (a multiple of control_hz) via robot.servo
 
 
 @dataclasses.dataclass
@@ -156,6 +157,16 @@ class ControlLoop:
         self.recorder, self.text = recorder, dict(text or {})
         self.clock = clock or RealClock()
         self.dt = 1.0 / cfg.control_hz
+        self.servo_steps = 1  # set-points per tick: > 1 streams them through robot.servo
+        if cfg.servo_hz:
+            ratio = float(cfg.servo_hz) / cfg.control_hz
+            if ratio < 2 or abs(ratio - round(ratio)) > 1e-6:
+                raise ValueError(f"servo_hz={cfg.servo_hz:g} must be a whole multiple (>= 2) of the control rate "
+                                 f"{cfg.control_hz:g} Hz")
+            if not callable(getattr(robot, "servo", None)):
+                raise ValueError(f"servo_hz={cfg.servo_hz:g}: robot {type(robot).__name__} has no servo(setpoint) method; "
+                                 f"set-point streaming needs a driver that takes a stream (leave servo_hz null)")
+            self.servo_steps = int(round(ratio))
         self.scheduler = ActionScheduler(self.dt, engine.horizon, engine.n_obs_steps, cfg.exec_horizon, cfg.blend,
                                          cfg.ensemble_m, cfg.prefix_schedule, cfg.epsilon_s, cfg.delay_window)
         self.lock = threading.Lock()
@@ -166,6 +177,7 @@ class ControlLoop:
         self._last_warn = -math.inf
         self._texts: dict[str, list[tuple[int, str]]] = {}  # text extras of this episode: name -> [(tick, text)]
         self.last_episode: EpisodeBuffer | None = None
+        self._last_servo: float | None = None
 
     # called from the worker thread
     def _on_chunk(self, pred: Any, req: Request, now: float) -> None:
@@ -253,6 +265,7 @@ class ControlLoop:
                 self._chunk_id += 1
                 self.scheduler.add_chunk(Chunk(first[self.engine.n_obs_steps - 1:], 0, t0, t0 - self.dt, self._chunk_id), t0 - self.dt)
             self.safety.reset(t0)
+            self._last_servo = None
             prev_t = None
             while True:
                 deadline = t0 + k * self.dt
@@ -314,8 +327,11 @@ class ControlLoop:
                     break
                 if status == "hold":
                     m.inc("holds", help="ticks that held the previous command (no planned action)")
-                self.robot.act(command)
-                m.observe("obs_to_action_seconds", self.clock.now() - now, "tick start (observe) to command delivered")
+                if self.servo_steps > 1:
+                    self._stream(command, deadline, now)
+                else:
+                    self.robot.act(command)
+                    m.observe("obs_to_action_seconds", self.clock.now() - now, "tick start (observe) to command delivered")
                 with self.lock:
                     self.scheduler.mark_sent(k, command)
                 buf.add(obs.data, command, action if action is not None else command, deadline - t0, status)
@@ -354,6 +370,23 @@ class ControlLoop:
             error.result = result  # type: ignore[attr-defined]
             raise error
         return result
+
+    def _stream(self, command: np.ndarray, deadline: float, tick_start: float) -> None:
+        """This tick's command as ``servo_steps`` set-points evenly spaced over the period, interpolated linearly from
+        the previous set-point (the last one is the command itself), each through the safety layer."""
+        m, n = self.metrics, self.servo_steps
+        start = self.safety.last_setpoint.copy()
+        for j in range(n):
+            if j:
+                self.clock.sleep_until(deadline + j * self.dt / n)
+            t = self.clock.now()
+            sent = self.safety.setpoint(start + (j + 1) / n * (command - start), n)
+            self.robot.servo(sent)
+            if j == 0:
+                m.observe("obs_to_action_seconds", self.clock.now() - tick_start, "tick start (observe) to command delivered")
+            if self._last_servo is not None:
+                m.observe("servo_period_seconds", t - self._last_servo, "time between consecutive set-points")
+            self._last_servo = t
 
     def _stop_robot(self, reason: str) -> None:
         try:

@@ -4,6 +4,7 @@ Whatever the policy or the scheduler produce, the command sent satisfies ``low <
 ``|a_k - a_{k-1}| <= max_delta`` (per tick, per dimension). A missing or non-finite action holds: ``last`` repeats
 the previous command (position control); ``zero`` sends zeros except ``keep_dims`` (delta/velocity control, where
 repeating would keep moving; e.g. keep the gripper). No fresh action for ``watchdog_s`` latches a stop.
+Streamed set-points (`setpoint`, between ticks) pass the same bounds, with the rate limit shared out among them.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class SafetyLayer:
         """New episode at time ``now``; ``initial`` is the command the robot holds now (default: zeros, clamped)."""
         init = np.zeros(self.action_dim, np.float32) if initial is None else np.asarray(initial, np.float32)
         self.last = np.clip(init, self.low, self.high)
+        self.last_setpoint = self.last.copy()
         self.last_fresh = now
         self.stopped = False
         self.counters.clear()
@@ -90,3 +92,17 @@ class SafetyLayer:
             self.counters["clamped"] += 1
         self.last = clipped.astype(np.float32)
         return self.last.copy(), status
+
+    def setpoint(self, target: np.ndarray, per_tick: int) -> np.ndarray:
+        """One set-point of a stream of ``per_tick`` per control tick -> what may be sent: within low/high, at most
+        max_delta / per_tick from the previous set-point, and the previous one again if ``target`` is not finite."""
+        target = np.asarray(target, np.float32).reshape(-1)
+        if not np.isfinite(target).all():
+            self.counters["nonfinite_setpoint"] += 1
+            return self.last_setpoint.copy()
+        sp = np.clip(target, self.low, self.high)
+        if self.max_delta is not None:
+            step = self.max_delta / per_tick
+            sp = np.clip(np.clip(sp, self.last_setpoint - step, self.last_setpoint + step), self.low, self.high)
+        self.last_setpoint = sp.astype(np.float32)
+        return self.last_setpoint.copy()

@@ -133,3 +133,24 @@ def fake_lerobot_robot(joints: list[str], cameras: dict[str, list[int]] | None =
     from vmp.real.lerobot_robot import LeRobotRobot
 
     return LeRobotRobot(FakeLeRobotArm(joints, cameras), control_hz, -10.0, 10.0)
+
+
+class StreamingRobot:
+    """A robot whose driver takes a set-point stream, over any robot: ``servo`` records each set-point with its time
+    and hands every ``per_tick``-th one to the inner robot's ``act`` (the simulation steps at the control rate, as a
+    real arm's controller would track the stream)."""
+
+    def __init__(self, inner: Any, per_tick: int):
+        self.inner, self.per_tick = inner, per_tick
+        self.setpoints: list[tuple[float, np.ndarray]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def servo(self, setpoint: np.ndarray) -> None:
+        self.setpoints.append((time.monotonic(), np.asarray(setpoint, np.float32).copy()))
+        if len(self.setpoints) % self.per_tick == 0:
+            self.inner.act(setpoint)
+
+    def act(self, action: np.ndarray) -> Any:
+        raise AssertionError("a streaming robot is driven through servo()")

@@ -121,3 +121,36 @@ def test_policy_failure_stops_robot_and_raises(tmp_path):
         finally:
             loop.close()
         assert json.loads(status.read_text())["state"] == "stopped"
+
+
+def test_setpoints_stream_between_ticks_within_the_safety_limits():
+    """50 Hz control, 200 Hz set-points: four per tick, interpolated from the previous set-point to the tick's
+    command (the last of the four is the command), each within bounds and a quarter of the per-tick rate limit."""
+    import numpy as np
+
+    from vmp.real.testing import StreamingRobot
+
+    policy = ReachPolicy(n_obs_steps=2, horizon=16, offset_scale=0.05, seed=0)
+    with SimRobot(toy(tol=0.05, steps=300)) as sim:
+        robot = StreamingRobot(sim, per_tick=4)
+        engine = InferenceEngine(policy)
+        safety = SafetyLayer([-0.5] * 2, [0.5] * 2, max_delta=0.2, watchdog_s=1.0, hold="zero")
+        cfg = LoopConfig(control_hz=50, exec_horizon=8, blend="none", max_ticks=300, servo_hz=200)
+        loop = ControlLoop(robot, engine, safety, cfg)
+        try:
+            res = loop.run_episode(seed=0)
+        finally:
+            loop.close()
+        commands = loop.last_episode.arrays()["action"]
+    assert res.success, res
+    points = np.stack([p for _, p in robot.setpoints])
+    assert len(points) == 4 * res.ticks
+    np.testing.assert_allclose(points[3::4], commands[: res.ticks], atol=1e-6)  # each tick ends on its command
+    assert points.min() >= -0.5 and points.max() <= 0.5
+    steps = np.abs(np.diff(np.concatenate([np.zeros((1, 2), np.float32), points]), axis=0))
+    assert steps.max() <= 0.2 / 4 + 1e-6
+    assert loop.metrics.samples("servo_period_seconds").size == len(points) - 1
+    with pytest.raises(ValueError, match=r"servo_hz=120 must be a whole multiple \(>= 2\) of the control rate 50 Hz"):
+        ControlLoop(robot, engine, safety, LoopConfig(control_hz=50, servo_hz=120))
+    with pytest.raises(ValueError, match="robot SimRobot has no servo"):
+        ControlLoop(sim, engine, safety, LoopConfig(control_hz=50, servo_hz=200))
