@@ -128,6 +128,11 @@ class ObsEncoder(nn.Module):
         self.text = make_text_encoder(text_encoder, d_model) if language else None
         self.step_emb = nn.Parameter(torch.zeros(1, n_obs_steps, 1, d_model))
         nn.init.normal_(self.step_emb, std=0.02)
+        # Deployment: with n_obs_steps > 1 every frame is in n_obs_steps consecutive windows. `cache_frames` (set by
+        # the inference engine on its eager path) keeps each camera's features per frame, keyed by the frame's bytes,
+        # so a frame is encoded once. Eval mode, batch 1 only: in eval the encoding of a frame depends on nothing else.
+        self.cache_frames = False
+        self._frame_features: dict[str, dict[bytes, torch.Tensor]] = {}
 
     @property
     def tokens_per_step(self) -> int:
@@ -169,8 +174,25 @@ class ObsEncoder(nn.Module):
             tokens.append(self.lowdim(flat)[:, :, None])
         for key, net in self.images.items():
             images = obs[key]
-            tokens.append(net(images.reshape(b * t, *images.shape[2:])).reshape(b, t, net.n_tokens, -1))
+            if self.cache_frames and not self.training and b == 1:
+                tokens.append(self._cached_features(key, net, images[0])[None])
+            else:
+                tokens.append(net(images.reshape(b * t, *images.shape[2:])).reshape(b, t, net.n_tokens, -1))
         return torch.cat(tokens, dim=2) + self.step_emb
+
+    def _cached_features(self, key: str, net: nn.Module, frames: torch.Tensor) -> torch.Tensor:
+        """frames [T, *shape] of one window -> features [T, n_tokens, D], encoding only frames not seen in the last
+        window (the cache keeps this window's frames)."""
+        import hashlib
+
+        cache = self._frame_features.get(key, {})
+        keys = [hashlib.blake2b(f.detach().cpu().numpy().tobytes(), digest_size=16).digest() for f in frames]
+        new = [i for i, k in enumerate(keys) if k not in cache]
+        if new:
+            encoded = net(frames[new])
+            cache = {**cache, **{keys[i]: encoded[j] for j, i in enumerate(new)}}
+        self._frame_features[key] = {k: cache[k] for k in keys}
+        return torch.stack([cache[k] for k in keys])
 
     def _flat_goal(self, goal: dict[str, torch.Tensor]) -> torch.Tensor:
         """goal {key: [B, *shape]} -> [B, goal_dim], keys in sorted order."""

@@ -42,3 +42,44 @@ def test_robot_key_check_names_keys():
     eng.check_robot_keys({"pos": ((2,), "float32"), "object": ((10,), "float32"), "extra": ((1,), "float32")})
     with pytest.raises(KeyError, match=r"missing keys \['object'\]"):
         eng.check_robot_keys({"pos": ((2,), "float32")})
+
+
+def test_each_camera_frame_is_encoded_once_and_cached_chunks_match_uncached():
+    """n_obs_steps=2: each frame is in two consecutive windows. The engine's encoder keeps per-frame features, so a
+    window with one new frame runs the image backbone on that frame alone, and the chunks equal those computed with
+    every frame encoded afresh (same noise)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from vmp.data import Normalizer
+    from vmp.policies.build import build_policy
+
+    cfg = OmegaConf.create({
+        "task": {"name": "toy", "goal_keys": [], "shape_meta": {"obs": {"cam_image": {"shape": [16, 16, 3], "type": "rgb"},
+                                                                         "state": {"shape": [2], "type": "low_dim"}},
+                                                                 "action": {"shape": [2]}}},
+        "policy": {"name": "beso", "n_obs_steps": 2, "horizon": 8, "n_action_steps": 4, "d_model": 32, "n_layers": 1,
+                   "n_heads": 2, "dropout": 0.0},
+        "encoder": {"backbone": "compact_cnn", "backbone_kwargs": {}, "n_keypoints": 8, "crop_ratio": 0.9,
+                    "lowdim_hidden": 32},
+    })
+
+    def policy():
+        torch.manual_seed(0)
+        normalizer = Normalizer.empty({"action": (2,), "state": (2,)}, {"action": "minmax", "state": "meanstd"})
+        for key in normalizer.keys:
+            normalizer.set_stats(key, min=[-1.0, -1.0], max=[1.0, 1.0], mean=[0.0, 0.0], std=[1.0, 1.0])
+        return build_policy(cfg, normalizer)
+
+    cached, plain = InferenceEngine(policy()), InferenceEngine(policy())
+    plain.policy.encoder.cache_frames = False
+    assert cached.policy.encoder.cache_frames
+    frames = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    encoded = []
+    backbone = cached.policy.encoder.images["cam_image"]
+    backbone.register_forward_hook(lambda module, inputs, output: encoded.append(inputs[0].shape[0]))
+    for t in range(1, 6):
+        window = {"cam_image": frames[t - 1:t + 1], "state": np.full((2, 2), 0.1 * t, np.float32)}
+        a, b = cached.infer(window).actions, plain.infer(window).actions
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert encoded == [2, 1, 1, 1, 1]  # the first window's two frames, then one new frame per window
