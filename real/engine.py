@@ -77,6 +77,13 @@ def _signature(obs: dict[str, Any], goal: dict[str, Any] | None, kwargs: dict[st
     return sig(obs), sig(goal), sig(kwargs)
 
 
+def latency_percentiles(latencies_ms: list[float]) -> dict[str, float]:
+    a = np.asarray(latencies_ms)
+    if not a.size:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "n": 0}
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "n": int(a.size)}
+
+
 def check_robot_keys(obs_shapes: dict[str, tuple[int, ...]], robot_obs: dict[str, tuple[tuple[int, ...], str]]) -> None:
     """Refuse a robot whose observation keys/shapes do not cover the policy's, naming them."""
     missing = sorted(set(obs_shapes) - set(robot_obs))
@@ -206,10 +213,7 @@ class InferenceEngine:
         self.latencies_ms.clear()
 
     def latency_percentiles(self) -> dict[str, float]:
-        a = np.asarray(self.latencies_ms)
-        if not a.size:
-            return {"p50_ms": float("nan"), "p99_ms": float("nan"), "n": 0}
-        return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "n": int(a.size)}
+        return latency_percentiles(self.latencies_ms)
 
     def example_window(self) -> dict[str, np.ndarray]:
         """A zero observation window of the right shapes (for warm-up). Images uint8, the rest float32."""

@@ -186,10 +186,9 @@ class ProcessEngine:
 
     def latency_percentiles(self) -> dict[str, float]:
         """Request-to-chunk times seen from this process (shared-memory and pipe hand-over included)."""
-        a = np.asarray(self.latencies_ms)
-        if not a.size:
-            return {"p50_ms": float("nan"), "p99_ms": float("nan"), "n": 0}
-        return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "n": int(a.size)}
+        from vmp.real.engine import latency_percentiles
+
+        return latency_percentiles(self.latencies_ms)
 
     def infer(self, obs_window: dict[str, np.ndarray], goal: dict[str, np.ndarray] | None = None,
               prefix: np.ndarray | None = None, prefix_weights: np.ndarray | None = None, step: int = 0) -> Prediction:
@@ -223,14 +222,8 @@ class ProcessEngine:
         self._send(header, goal)
 
     def wait_idle(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
         with self._cv:
-            while self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(left)
-            return True
+            return self._cv.wait_for(lambda: not self._busy, timeout)
 
     def close(self) -> None:
         """Stop the inference process and free the shared blocks (a process stuck in a request is killed)."""

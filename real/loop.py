@@ -78,14 +78,8 @@ class InferenceWorker:
             self._cv.notify()
 
     def wait_idle(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
         with self._cv:
-            while self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(left)
-            return True
+            return self._cv.wait_for(lambda: not self._busy, timeout)
 
     def _run(self) -> None:
         while True:
