@@ -28,13 +28,9 @@ test-lerobot:
 	.venv-lerobot/bin/python -m pip install -q -e ".[dev,lerobot]"
 	.venv-lerobot/bin/python -m pytest -q tests -m lerobot
 
-# The CPU benchmarks (each writes its results/*.json), then the README tables regenerated from results/.
+# The CPU benchmarks (each writes its results/*.json), then the README tables and plots regenerated from results/.
 bench: $(BIN)/.installed
-	$(BIN)/vmp-bench latency
-	$(BIN)/vmp-bench sampler
-	$(BIN)/vmp-bench render
-	$(BIN)/vmp-bench deploy
-	$(BIN)/vmp-bench report
+	$(BIN)/vmp-bench suite=quick
 
 clean:
 	rm -rf $(VENV) .venv-lerobot stores outputs runs

@@ -5,7 +5,8 @@
     vmp-bench render                      simulation frames per second, default vs fast render settings
     vmp-bench deploy                      control-loop jitter and observation-to-action latency
     vmp-bench scaleout                    episodes/min on Ray vs local workers; training data from S3 vs disk
-    vmp-bench report                      rewrite README.md's results tables from results/*.json
+    vmp-bench report                      rewrite README.md's results tables and plots from results/*.json
+    vmp-bench suite=quick | suite=full    all of the above in one command (quick: ~10 min on 2 CPU cores), then report
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import logging
 import sys
 
 COMMANDS = {"latency": "vmp.bench.latency", "sampler": "vmp.bench.sampler", "render": "vmp.bench.render",
-            "deploy": "vmp.bench.deploy", "scaleout": "vmp.bench.scaleout", "report": "vmp.bench.report"}
+            "deploy": "vmp.bench.deploy", "scaleout": "vmp.bench.scaleout", "report": "vmp.bench.report",
+            "suite": "vmp.bench.suite"}
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if len(sys.argv) >= 2 and sys.argv[1].startswith("suite="):  # hydra-style spelling: vmp-bench suite=quick
+        sys.argv[1:2] = ["suite", sys.argv[1].split("=", 1)[1]]
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help") or sys.argv[1] not in COMMANDS:
         print(__doc__)
         if len(sys.argv) >= 2 and sys.argv[1] not in ("-h", "--help"):

@@ -1,6 +1,6 @@
-"""Regenerate the README's results tables from results/*.json (the only source of quoted figures).
+"""Regenerate the README's results tables and plots from results/*.json (the only source of quoted figures).
 
-    vmp-bench report            # rewrites the block between the results markers in README.md
+    vmp-bench report            # rewrites the block between the results markers in README.md, and docs/plots/*.png
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vmp-bench report", description="Regenerate README tables from results/*.json")
     parser.add_argument("--results", default="results")
     parser.add_argument("--readme", default="README.md")
+    parser.add_argument("--plots", default="docs/plots", help="where the PNG plots go (relative to the README)")
     args = parser.parse_args(argv)
     records = []
     for path in sorted(Path(args.results).glob("*.json")):
@@ -105,7 +106,11 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"{readme} has no '{BEGIN}' ... '{END}' block to fill")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{tables(records)}\n{END}{tail}")
+    from vmp.bench.plots import write_plots
+
+    plots = write_plots(records, readme.parent / args.plots)
+    figures = "\n".join(f"![{p.stem.replace('_', ' ')}]({p.relative_to(readme.parent).as_posix()})" for p in plots)
+    readme.write_text(f"{head}{BEGIN}\n{figures}\n\n{tables(records)}\n{END}{tail}")
     print(f"{readme}: {len(records)} records from {args.results}/")
 
 

@@ -122,20 +122,23 @@ def measure_sampler(store_path: str | os.PathLike | None = None, batch_size: int
     }
 
 
-def measure_training_rate(batch_size: int = 256, n_steps: int = 5, encoder: str = "compact_cnn") -> dict[str, Any]:
-    """Training windows/s of the BESO image policy (lift_image: two 84 px cameras + state) on this machine's CPU:
-    forward, backward and AdamW step on in-memory batches, so it is the rate the model could consume data."""
+def measure_training_rate(batch_size: int = 256, n_steps: int = 5, encoder: str = "compact_cnn", head: str = "beso",
+                          task: str = "lift_image") -> dict[str, Any]:
+    """Training windows/s of a head (default: the BESO image policy, lift_image: two 84 px cameras + state) on this
+    machine's CPU: forward, backward and AdamW step on in-memory batches, so it is the rate the model could consume
+    data."""
     import torch
     from hydra import compose, initialize_config_module
 
     from vmp.policies.build import build_policy
 
     with initialize_config_module(config_module="vmp.configs", version_base=None):
-        cfg = compose("train", overrides=["task=lift_image", "policy=beso", f"encoder={encoder}"])
+        cfg = compose("train", overrides=[f"task={task}", f"policy={head}", f"encoder={encoder}"])
     policy = build_policy(cfg).train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4)
     t_obs, horizon = cfg.policy.n_obs_steps, cfg.policy.horizon
-    batch = {"obs": {}, "action": torch.rand(batch_size, horizon, 7) * 2 - 1,
+    adim = int(cfg.task.shape_meta.action.shape[0])
+    batch = {"obs": {}, "action": torch.rand(batch_size, horizon, adim) * 2 - 1,
              "action_is_pad": torch.zeros(batch_size, horizon, dtype=torch.bool)}
     for key, meta in cfg.task.shape_meta.obs.items():
         if meta.type == "rgb":
@@ -153,7 +156,8 @@ def measure_training_rate(batch_size: int = 256, n_steps: int = 5, encoder: str 
         if i > 0:
             times.append(time.perf_counter() - start)
     step_s = float(np.median(times))
-    return {"train_step_s": round(step_s, 3), "train_windows_per_s": round(batch_size / step_s, 1), "train_encoder": encoder}
+    return {"train_step_s": round(step_s, 3), "train_windows_per_s": round(batch_size / step_s, 1), "train_encoder": encoder,
+            "n_params": sum(p.numel() for p in policy.parameters())}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

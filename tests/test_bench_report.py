@@ -16,3 +16,33 @@ def test_per_task_and_env_metrics_are_tabulated():
     assert "| metaworld_mt | pad | v | 0.50 (20) | 0.75 (20) |" in text  # push before reach: sorted task names
     assert "| push | reach |" in text
     assert "collisions=0.00, spl=0.91" in text
+
+
+def test_report_draws_the_plots_and_a_rerun_changes_nothing(tmp_path):
+    import json
+
+    from vmp.bench.report import BEGIN, END, main
+
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = [record("success", success_rate=0.6, ci95_low=0.5, ci95_high=0.7, n_episodes=40),
+            {**record("latency", p50_ms=3.0, p99_ms=4.0), "device": "NVIDIA H200"},
+            record("latency", p50_ms=30.0, p99_ms=40.0)]
+    rows[0]["budget"]["train_minutes"] = 7.5
+    for i, r in enumerate(rows):
+        (results / f"r{i}.json").write_text(json.dumps(r))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{BEGIN}\n{END}\n")
+    main(["--results", str(results), "--readme", str(readme)])
+    plots = sorted((tmp_path / "docs" / "plots").glob("*.png"))
+    assert [p.name for p in plots] == ["latency.png", "success.png", "success_vs_minutes.png"]
+    first = {p.name: p.read_bytes() for p in plots}
+    text = readme.read_text()
+    assert "![latency](docs/plots/latency.png)" in text and "| 0.60 |" in text
+    main(["--results", str(results), "--readme", str(readme)])
+    assert {p.name: p.read_bytes() for p in plots} == first and readme.read_text() == text  # a rerun: the same bytes
+    rows[2]["metrics"]["p50_ms"] = 60.0  # another measurement: another latency plot, the others unchanged
+    (results / "r2.json").write_text(json.dumps(rows[2]))
+    main(["--results", str(results), "--readme", str(readme)])
+    again = {p.name: p.read_bytes() for p in plots}
+    assert again["latency.png"] != first["latency.png"] and again["success.png"] == first["success.png"]

@@ -1,0 +1,99 @@
+"""The README's plots, drawn with matplotlib from the results records (`vmp-bench report` calls `write_plots`).
+
+- latency.png: chunk latency p50 per head and setting at batch 1 (log scale), CPU and GPU side by side;
+- success.png: success per task and head with 95% intervals (Wilson);
+- success_vs_minutes.png: success against the training minutes each checkpoint's budget records.
+
+The PNGs carry no date or version, so the same records draw the same files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PLOTS = ("latency.png", "success.png", "success_vs_minutes.png")
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, plt.subplots(figsize=(width, height), dpi=100)
+
+
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", metadata={"Software": None})  # no version stamp: reruns give the same bytes
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_latency(records: list[dict], path: Path) -> None:
+    rows = sorted((r for r in records if r["kind"] == "latency"),
+                  key=lambda r: (r["obs"], r["policy"], r["variant"], "cuda" in r["device"].lower() or "nvidia" in r["device"].lower()))
+    labels = sorted({f"{r['obs']} {r['policy']} {r['variant']}" for r in rows})
+    plt, (fig, ax) = _figure(10, 0.28 * len(labels) + 1.5)
+    for offset, (device, colour) in ((-0.2, ("cpu", "tab:blue")), (0.2, ("gpu", "tab:orange"))):
+        ys, xs = [], []
+        for r in rows:
+            gpu = "cpu" not in r["device"].lower()
+            if (device == "gpu") != gpu:
+                continue
+            ys.append(labels.index(f"{r['obs']} {r['policy']} {r['variant']}") + offset)
+            xs.append(r["metrics"]["p50_ms"])
+        ax.barh(ys, xs, height=0.4, color=colour, label=device.upper())
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("chunk latency p50, ms (batch 1, log scale)")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right")
+    _save(plt, fig, path)
+
+
+def plot_success(records: list[dict], path: Path) -> None:
+    rows = sorted((r for r in records if r["kind"] == "success"), key=lambda r: (r["task"], r["policy"], r["variant"]))
+    labels = [f"{r['task']} ({r['obs']}) {r['policy']}: {r['variant'][:60]}" for r in rows]
+    plt, (fig, ax) = _figure(10, 0.25 * len(labels) + 1.5)
+    rates = [r["metrics"]["success_rate"] for r in rows]
+    low = [rate - r["metrics"].get("ci95_low", rate) for rate, r in zip(rates, rows)]
+    high = [r["metrics"].get("ci95_high", rate) - rate for rate, r in zip(rates, rows)]
+    heads = sorted({r["policy"] for r in rows})
+    colours = {h: f"C{i}" for i, h in enumerate(heads)}
+    ax.barh(range(len(rows)), rates, xerr=[low, high], color=[colours[r["policy"]] for r in rows], capsize=2)
+    ax.set_yticks(range(len(rows)), labels, fontsize=6)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("success rate (95% interval)")
+    ax.invert_yaxis()
+    _save(plt, fig, path)
+
+
+def plot_success_vs_minutes(records: list[dict], path: Path) -> None:
+    rows = [r for r in records if r["kind"] == "success" and (r.get("budget") or {}).get("train_minutes")]
+    plt, (fig, ax) = _figure(8, 5)
+    heads, tasks = sorted({r["policy"] for r in rows}), sorted({r["task"] for r in rows})
+    markers = "osD^v<>Px*h"
+    for r in rows:
+        ax.scatter(r["budget"]["train_minutes"], r["metrics"]["success_rate"], color=f"C{heads.index(r['policy'])}",
+                   marker=markers[tasks.index(r["task"]) % len(markers)], s=22)
+    for i, head in enumerate(heads):  # legend: colour = head, marker = task
+        ax.scatter([], [], color=f"C{i}", marker="o", label=head)
+    for j, task in enumerate(tasks):
+        ax.scatter([], [], color="grey", marker=markers[j % len(markers)], label=task)
+    ax.set_xscale("log")
+    ax.set_xlabel("training minutes (as each checkpoint records them; CPU and GPU)")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    _save(plt, fig, path)
+
+
+def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / name for name in PLOTS]
+    plot_latency(records, paths[0])
+    plot_success(records, paths[1])
+    plot_success_vs_minutes(records, paths[2])
+    return paths
