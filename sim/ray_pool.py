@@ -112,7 +112,8 @@ class RayEpisodePool:
         except Exception as e:  # an init error (its traceback included) or a start that never finished
             for a in actors:
                 self.ray.kill(a)
-            raise RuntimeError(f"Ray episode workers failed to start: {e}") from e
+            detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__  # the cause, last
+            raise RuntimeError(f"Ray episode workers failed to start: {detail}") from e
         self._slots = [_Slot(a) for a in actors]
 
     def run(self, jobs: Iterator[Job] | list[Job]) -> Iterator[JobResult]:

@@ -118,3 +118,31 @@ def test_launcher_options_are_checked():
         make_pool({"name": "ray", "adress": "auto"}, dict, _slow_job, 1)
     with pytest.raises(ValueError, match="launcher=ray needs n_workers >= 1"):
         make_pool(RAY, dict, _slow_job, 0)
+
+
+def _broken_init():
+    raise OSError("no display for the renderer")
+
+
+def test_ray_worker_that_cannot_start_is_reported_with_its_error(local_ray):
+    with pytest.raises(RuntimeError, match="Ray episode workers failed to start: OSError: no display for the renderer"):
+        with RayEpisodePool(_broken_init, _slow_job, n_workers=1) as pool:
+            list(pool.run([Job(0, 0)]))
+
+
+def test_sweep_and_launcher_configs_are_checked_by_name(tmp_path):
+    for app in ("eval", "collect"):
+        with initialize_config_module(config_module="vmp.configs", version_base=None):
+            cfg = compose(app, overrides=["launcher=ray", "launcher.address=auto"])
+        assert dict(cfg.launcher) == {"name": "ray", "address": "auto", "cpus_per_worker": 1, "max_retries": 2}
+
+    def sweep(value, *more):
+        with initialize_config_module(config_module="vmp.configs", version_base=None):
+            return compose("eval", overrides=[f"sweep={value}", *more])
+
+    with pytest.raises(FileNotFoundError, match="sweep=nope.yaml: no such file"):
+        run_sweep(sweep("nope.yaml"), None, None)
+    with pytest.raises(ValueError, match=r"sweep must give `checkpoints` .* \(\['checkpoint'\] unknown\)"):
+        run_sweep(sweep("{checkpoint: [a]}"), None, None)
+    with pytest.raises(ValueError, match="results_json records one evaluation; a sweep writes out_dir/sweep.json"):
+        run_sweep(sweep("{checkpoints: [a]}", f"results_json={tmp_path / 'r.json'}"), None, None)
