@@ -123,6 +123,28 @@ def bf16_deviation(policy, window) -> float:
     return float((bf16.float() - fp32.float()).abs().max())
 
 
+def measure_batch(policy, device: str, repeats: int, batch: int, burn_in: int = 2) -> list[float]:
+    """Seconds per chunk batch: ``batch`` observation windows (stacked) in one `Policy.predict` call, the chunks
+    copied to the host (what a batched evaluator or an offline labeller runs)."""
+    import torch
+
+    policy = policy.to(device).eval()
+    policy.decode_frames = False
+    windows = sliding_windows(policy)
+    instruction = "push the puck to the goal" if policy.needs_instruction else None
+    times = []
+    for i in range(burn_in + repeats):
+        obs, goal = policy.window_to_batch(next(windows), None, instruction)
+        obs = {k: ([v[0]] * batch if isinstance(v, list) else v.expand(batch, *v.shape[1:]).contiguous())
+               for k, v in obs.items()}
+        start = time.perf_counter()
+        with torch.inference_mode():
+            policy.predict(obs, goal).actions.cpu()
+        if i >= burn_in:
+            times.append(time.perf_counter() - start)
+    return times
+
+
 def measure(policy, device: str, repeats: int, burn_in: int = 5) -> list[float]:
     """Seconds per `Policy.predict_window` call (observation window in, chunk out: what `vmp-eval` runs). Its host
     copy of the chunk synchronises the device."""
@@ -150,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heads", nargs="+", default=None, help="only these heads (default: every registered one)")
     parser.add_argument("--variants", nargs="+", default=None, help='only these variants, e.g. "3-step euler"')
     parser.add_argument("--engine", action="store_true", help="time the deployment engine's path (see above)")
+    parser.add_argument("--batch", type=int, default=1, help="> 1: chunks for this many observations in one call")
     args = parser.parse_args(argv)
     for flag, chosen, known in (("--heads", args.heads, {h for h, _, _ in SETTINGS}),
                                 ("--variants", args.variants, {v for _, v, _ in SETTINGS})):
@@ -167,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             if (args.heads and head not in args.heads) or (args.variants and variant not in args.variants):
                 continue
+            if args.batch > 1 and overrides.get("reasoning_every", 0) > 1:
+                continue  # a cached context belongs to one control loop: a batch of observations reasons afresh
             policy, cfg = build(*setting[:2], head, overrides, setting[2])
             command = f"vmp-bench latency --device {args.device} --obs {obs} --repeats {args.repeats}"
             if args.heads and not args.engine:
@@ -177,12 +202,17 @@ def main(argv: list[str] | None = None) -> None:
                 slug += "_engine"
                 times, suffix, extra = measure_engine(policy, args.device, args.repeats)
                 variant = f"{variant}, {suffix}"
+            elif args.batch > 1:
+                command += f" --batch {args.batch}"
+                slug += f"_b{args.batch}"
+                times = measure_batch(policy, args.device, args.repeats, args.batch)
+                variant = f"{variant}, batch {args.batch}"
             else:
                 times = measure(policy, args.device, args.repeats)
             stats = percentiles_ms(times)
             if args.engine:
                 stats.update(extra)
-            stats.update(batch=1, horizon=policy.horizon, n_params=sum(p.numel() for p in policy.parameters()),
+            stats.update(batch=1 if args.engine else args.batch, horizon=policy.horizon, n_params=sum(p.numel() for p in policy.parameters()),
                          host_load_1m=round(os.getloadavg()[0], 2))
             rows.append((obs, head, variant, stats))
             write_result(f"latency_{obs}_{head}_{slug}_{args.device.split(':')[0]}", "latency", "-",

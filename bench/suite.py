@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_RATES = [("lift", "lowdim", "beso"), ("lift", "lowdim", "ddpm"), ("lift_image", "compact_cnn", "beso"),
                ("lift_image", "compact_cnn", "ddpm")]
-QUICK = [["latency"], ["sampler", "--batches", "20"], ["render", "--steps", "100"], ["deploy", "--seconds", "10"],
+QUICK = [["latency"], ["latency", "--batch", "32", "--repeats", "10"], ["sampler", "--batches", "20"], ["render", "--steps", "100"], ["deploy", "--seconds", "10"],
          ["train-rate"]]
 FULL = QUICK + [["deploy", "--seconds", "20", "--load", "--out", "results/bench_deploy_cpu_load.json"],
                 ["deploy", "--seconds", "20", "--load", "--servo-hz", "200", "--out",
