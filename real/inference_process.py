@@ -248,7 +248,13 @@ class ProcessEngine:
     def _infer_header(self, window: dict[str, np.ndarray], goal: Any, prefix: np.ndarray | None,
                       weights: np.ndarray | None, step: int) -> dict[str, Any]:
         for k in self.obs_shapes:  # the window into shared memory (the process is idle: nothing reads it now)
-            self._views[f"obs_{k}"][:] = window[k]
+            if k not in window:
+                raise KeyError(f"observation window lacks key {k!r}; the policy reads {sorted(self.obs_shapes)}")
+            view = self._views[f"obs_{k}"]
+            if np.shape(window[k]) != view.shape:
+                raise ValueError(f"observation {k!r}: expected shape {view.shape} (n_obs_steps x per-step shape), "
+                                 f"got {np.shape(window[k])}")
+            view[:] = window[k]
         n = 0
         if prefix is not None:
             n = len(prefix)

@@ -83,3 +83,30 @@ def test_each_camera_frame_is_encoded_once_and_cached_chunks_match_uncached():
         a, b = cached.infer(window).actions, plain.infer(window).actions
         np.testing.assert_allclose(a, b, atol=1e-5)
     assert encoded == [2, 1, 1, 1, 1]  # the first window's two frames, then one new frame per window
+
+
+def test_process_engine_matches_the_in_process_engine_and_checks_windows():
+    """The engine in its own process (vmp-deploy's default) gives the chunks the in-process engine gives for the same
+    windows, prefix included, and refuses a window of the wrong keys or shapes by name before it crosses."""
+    import functools
+
+    from vmp.real.inference_process import ProcessEngine
+
+    build = functools.partial(InferenceEngine, ReachPolicy(n_obs_steps=2, horizon=8, seed=3))
+    local, remote = build(), ProcessEngine(build)
+    try:
+        assert remote.obs_shapes == local.obs_shapes and remote.horizon == 8 and remote.supports_prefix
+        rng = np.random.default_rng(0)
+        for step in range(3):
+            window = {k: rng.standard_normal((2, *s)).astype(np.float32) for k, s in local.obs_shapes.items()}
+            prefix, weights = np.full((2, 2), 0.3, np.float32), np.ones(2, np.float32)
+            np.testing.assert_allclose(remote.infer(window, prefix=prefix, prefix_weights=weights, step=step).actions,
+                                       local.infer(window, prefix=prefix, prefix_weights=weights, step=step).actions)
+        with pytest.raises(ValueError, match=r"observation 'pos': expected shape \(2, 2\)"):
+            remote.infer({"pos": np.zeros((1, 2), np.float32), "target": np.zeros((2, 2), np.float32)})
+        with pytest.raises(KeyError, match="lacks key 'target'"):
+            remote.infer({"pos": np.zeros((2, 2), np.float32)})
+        assert remote.latency_percentiles()["n"] == 3
+    finally:
+        remote.close()
+    assert not remote.proc.is_alive()
