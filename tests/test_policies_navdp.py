@@ -215,6 +215,26 @@ def test_predict_selects_among_n_candidates(trained, data):
         config.selection, config.stop_threshold = "critic", -1.0
 
 
+def test_real_time_chunking_prefix_is_driven_and_starts_every_candidate(trained, data):
+    """A prefix of 5 forward commands (0.5 m/s at 10 Hz: 0.25 m) is kept in the chunk, and every candidate path starts
+    with the waypoints that stretch covers (0.1 m and 0.2 m ahead); without it the first waypoints vary."""
+    policy, _ = trained
+    dataset, _ = data
+    obs = batch_of(dataset, [10])["obs"]
+    length = policy.n_obs_steps - 1 + 5
+    prefix = torch.tensor([0.5, 0.0]).expand(1, length, 2).clone()
+    pred = policy.predict(obs, generator=torch.Generator().manual_seed(0), prefix=prefix,
+                          prefix_weights=torch.ones(length))
+    torch.testing.assert_close(pred.actions[:, :length], prefix)
+    first = pred.extras["candidates"][0, :, :3]  # [N, 3, 2]: the first three waypoints of every candidate
+    torch.testing.assert_close(first[:, :2], torch.tensor([[0.1, 0.0], [0.2, 0.0]]).expand(16, 2, 2), atol=1e-4, rtol=0)
+    assert first[:, 2].std(dim=0).max() > 1e-3  # beyond the prefix's reach the samples are free
+    free = policy.predict(obs, generator=torch.Generator().manual_seed(0))
+    assert free.extras["candidates"][0, :, 0].std(dim=0).max() > 1e-3
+    with pytest.raises(ValueError, match="prefix_weights must be given with prefix"):
+        policy.predict(obs, prefix=prefix)
+
+
 # ---------------------------------------------------------------- end to end
 def test_vmp_train_load_and_act_on_pointnav(store, tmp_path, monkeypatch):
     """vmp-train for a few steps, then the checkpoint acts on a real PointNav observation, and a recorded episode

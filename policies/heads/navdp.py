@@ -133,7 +133,7 @@ def follow_path(path: torch.Tensor, n_steps: int, dt: float, v_max: float, omega
 class NavDPPolicy(ConditionalPolicy):
     name = "navdp"
     config_class = NavDPConfig
-    capabilities = Capabilities(extras=("candidates", "candidate_scores"))
+    capabilities = Capabilities(prefix=True, extras=("candidates", "candidate_scores"))
 
     def __init__(self, config: NavDPConfig, encoder, normalizer, action_dim: int):
         super().__init__(config, encoder, normalizer, action_dim)
@@ -216,17 +216,61 @@ class NavDPPolicy(ConditionalPolicy):
                             c.lookahead)
         return torch.cat([steps[:, :1].expand(-1, self.n_obs_steps - 1, -1), steps], dim=1)
 
+    def prefix_waypoints(self, prefix: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real-time chunking's prefix in waypoint space: the prefix's commands from the current step on, integrated as
+        the env integrates them (midpoint heading), give the stretch of path they will drive; the waypoints it
+        covers (every ``waypoint_scale / n_waypoints`` m of arc) become known values for the sampler, weighted by the
+        command during which each is reached. -> (known [B, K, 2] in the sampler's units, weights [B, K, 1])."""
+        c = self.config
+        first, dt, k = self.n_obs_steps - 1, 1.0 / c.control_hz, c.n_waypoints
+        cmds, w = prefix[:, first:].float(), weights[first:].float()
+        b, m = cmds.shape[0], cmds.shape[1]
+        known = cmds.new_zeros(b, k, 2)
+        known_w = cmds.new_zeros(b, k, 1)
+        if m == 0:
+            return known, known_w
+        x, y, yaw, points = cmds.new_zeros(b), cmds.new_zeros(b), cmds.new_zeros(b), [cmds.new_zeros(b, 2)]
+        for i in range(m):
+            v, omega = cmds[:, i].unbind(-1)
+            mid = yaw + omega * dt / 2
+            x, y, yaw = x + v * dt * torch.cos(mid), y + v * dt * torch.sin(mid), yaw + omega * dt
+            points.append(torch.stack([x, y], dim=-1))
+        pts = torch.stack(points, dim=1)  # [B, m + 1, 2], from the current pose
+        arc = torch.cat([cmds.new_zeros(b, 1), (pts[:, 1:] - pts[:, :-1]).norm(dim=-1).cumsum(-1)], dim=1)
+        spacing = c.waypoint_scale / k
+        for j in range(k):
+            s = spacing * (j + 1)
+            reached = arc[:, 1:] >= s  # [B, m]: segments ending at or past this arc length
+            row = reached.any(dim=-1)
+            seg = reached.float().argmax(dim=-1)  # the command during which the path passes s
+            lo, hi = arc.gather(1, seg[:, None])[:, 0], arc.gather(1, seg[:, None] + 1)[:, 0]
+            frac = ((s - lo) / (hi - lo).clamp(min=1e-9)).clamp(0, 1)[:, None]
+            at = pts[torch.arange(b), seg] * (1 - frac) + pts[torch.arange(b), seg + 1] * frac
+            known[:, j] = torch.where(row[:, None], at / c.waypoint_scale, 0.0)
+            known_w[:, j, 0] = torch.where(row, w[seg], 0.0)
+        return known, known_w
+
     @torch.no_grad()
     def plan(self, obs: dict[str, torch.Tensor], goal: dict[str, torch.Tensor] | None = None,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (actions [B, horizon, 2], candidates [B, N, K, 2] in metres, robot frame, critic scores [B, N])."""
+             generator: torch.Generator | None = None, prefix: torch.Tensor | None = None,
+             prefix_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (actions [B, horizon, 2], candidates [B, N, K, 2] in metres, robot frame, critic scores [B, N]).
+        ``prefix`` [B, L, 2] / ``prefix_weights`` [L]: real-time chunking's prefix (chunk coordinates): every
+        candidate starts along the path the prefix drives (`prefix_waypoints`), and the chunk keeps the prefix's
+        commands where their weight is one (blended by weight elsewhere)."""
         c = self.config
         tokens = self.condition(obs, goal)
         fused = self.trunk(tokens)
         b, n, k = tokens.shape[0], 1 if c.selection == "single" else c.n_samples, c.n_waypoints
         fused_n = fused.repeat_interleave(n, dim=0)  # the N samples of a row in one batch
+        known = known_w = None
+        if prefix is not None:
+            if prefix_weights is None or prefix_weights.shape[0] != prefix.shape[1]:
+                raise ValueError("prefix_weights must be given with prefix, one weight per prefix step")
+            known, known_w = self.prefix_waypoints(prefix.to(tokens.device), prefix_weights.to(tokens.device))
+            known, known_w = known.repeat_interleave(n, dim=0), known_w.repeat_interleave(n, dim=0)
         x = self.diffusion.sample(lambda x, t: self.denoiser(x, t, fused_n), (b * n, k, 2), c.n_steps, c.sampler,
-                                  generator=generator, device=tokens.device)
+                                  generator=generator, device=tokens.device, known=known, known_weights=known_w)
         paths = x.clamp(-1.0, 1.0).reshape(b, n, k, 2)
         scores = self.score(self.camera_tokens(tokens), paths)
         if c.selection == "critic":
@@ -242,14 +286,20 @@ class NavDPPolicy(ConditionalPolicy):
             stuck = (scores < c.stop_threshold).all(dim=1)
             turn = torch.tensor([0.0, c.turn_rate], device=actions.device)
             actions = torch.where(stuck[:, None, None], turn, actions)
+        if prefix is not None:
+            length = prefix.shape[1]
+            w = prefix_weights.to(actions.device).view(1, length, 1)
+            actions = torch.cat([w * prefix.to(actions) + (1 - w) * actions[:, :length], actions[:, length:]], dim=1)
         return actions, candidates, scores
 
-    def predict_action_chunk(self, obs, goal=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def predict_action_chunk(self, obs, goal=None, generator: torch.Generator | None = None,
+                             prefix: torch.Tensor | None = None, prefix_weights: torch.Tensor | None = None) -> torch.Tensor:
         """obs {key: [B, n_obs_steps, ...]} -> actions [B, horizon, 2] (v m/s, omega rad/s)."""
-        return self.plan(obs, goal, generator)[0]
+        return self.plan(obs, goal, generator, prefix, prefix_weights)[0]
 
-    def predict(self, obs, goal=None, generator: torch.Generator | None = None, **kwargs: Any) -> Prediction:
+    def predict(self, obs, goal=None, generator: torch.Generator | None = None, prefix: torch.Tensor | None = None,
+                prefix_weights: torch.Tensor | None = None, **kwargs: Any) -> Prediction:
         """The chunk plus ``candidates`` [B, N, K, 2] (every sampled path, robot-frame metres; N = 1 with selection
         single) and their ``candidate_scores`` [B, N]."""
-        actions, candidates, scores = self.plan(obs, goal, generator)
+        actions, candidates, scores = self.plan(obs, goal, generator, prefix, prefix_weights)
         return Prediction(actions, {"candidates": candidates, "candidate_scores": scores})
