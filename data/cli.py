@@ -223,6 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("input", help="local dataset root (holding meta/info.json)")
     p.add_argument("output")
     p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("export", help="write a store as a dataset of another stack (LeRobot v3)")
+    p.add_argument("input", help="the store")
+    p.add_argument("output", help="the dataset root to write")
+    p.add_argument("--format", required=True, choices=["lerobot"])
+    p.add_argument("--repo-id", default=None, help="the dataset's repo id (default: the output folder's name)")
+    p.add_argument("--obs-keys", nargs="+", default=None, help="observation keys to export (default: all)")
+    p.add_argument("--no-video", action="store_true", help="camera frames as PNG images (lossless) instead of mp4")
+    p.add_argument("--overwrite", action="store_true")
     p = sub.add_parser("task", help="write the task config for training on a store (from its schema)")
     p.add_argument("--from-store", required=True, dest="store", help="the store (e.g. written by vmp-record)")
     p.add_argument("--name", default=None, help="task name (default: the store's file name)")
@@ -266,6 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         store = import_lerobot(args.input, args.output, overwrite=args.overwrite)
         print(f"imported {store.n_episodes} episodes ({store.n_steps} steps) into {args.output}")
         store.close()
+        return 0
+    if args.cmd == "export":
+        from .convert.lerobot import export_lerobot
+
+        out = export_lerobot(args.input, args.output, repo_id=args.repo_id, keys=args.obs_keys,
+                             video=not args.no_video, overwrite=args.overwrite)
+        print(f"exported {args.input} -> {out} (LeRobot v3)")
         return 0
     if args.cmd == "task":
         try:

@@ -1,4 +1,6 @@
-"""Import a local LeRobot dataset (v3 layout: ``meta/info.json``, parquet frames, mp4 video) into a store.
+"""Import a local LeRobot dataset (v3 layout: ``meta/info.json``, parquet frames, mp4 video) into a store, and
+export a store to one (`export_lerobot`, the inverse mapping: a store exported and imported again holds the same
+episodes).
 
 Reads through the ``lerobot`` package (``pip install 'vmp[lerobot]'``, a separate environment: see
 ``make test-lerobot``); it is imported lazily so the core install never needs it. Key mapping:
@@ -109,3 +111,72 @@ def import_lerobot(root: str | os.PathLike, out_path: str | os.PathLike, repo_id
         raise
     log.info("imported %d LeRobot episodes (%d steps) from %s into %s", store.n_episodes, store.n_steps, root, out_path)
     return store
+
+
+def lerobot_feature(key: str) -> str:
+    """Store key -> LeRobot feature name (the inverse of `store_key` for the store's key convention)."""
+    if key.endswith("_image"):
+        return "observation.images." + key[: -len("_image")]
+    if key == ACTION_KEY:
+        return ACTION_KEY
+    return "observation." + key
+
+
+def export_lerobot(store_path: str | os.PathLike, out_root: str | os.PathLike, repo_id: str | None = None,
+                   keys: list[str] | None = None, video: bool = True, overwrite: bool = False) -> Path:
+    """Write the store's episodes that have actions as a LeRobot dataset (v3 layout) at ``out_root``; -> out_root.
+
+    ``keys``: the observation keys to export (default: every camera and low-dim observation; training-only keys such
+    as ``phase`` stay behind). Cameras become ``observation.images.<cam>`` (mp4 video, or PNG frames with
+    ``video=False``: lossless), ``state`` becomes ``observation.state``, each episode's ``language`` its task string.
+    Action-free episodes are skipped (a LeRobot dataset needs actions)."""
+    import shutil
+
+    LeRobotDataset = _require_lerobot()
+    store = EpisodeStore.open(store_path)
+    out_root = Path(out_root)
+    if out_root.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out_root} exists: pass overwrite=True (--overwrite) to replace it")
+        shutil.rmtree(out_root)
+    bookkeeping = {ACTION_KEY, "phase"}
+    candidates = [k for k in store.keys if k not in bookkeeping and store.kind(k) in ("rgb", "low_dim")]
+    chosen = candidates if keys is None else list(keys)
+    unknown = [k for k in chosen if k not in candidates]
+    if unknown:
+        raise KeyError(f"{store.path}: {unknown} are not observation keys to export; choose from {candidates}")
+    if ACTION_KEY not in store.schema or not store.has_action.any():
+        raise ValueError(f"{store.path} has no episodes with actions: nothing a LeRobot dataset can hold")
+    features = {}
+    for k in [*chosen, ACTION_KEY]:
+        spec = store.schema[k]
+        if store.kind(k) == "rgb":
+            if video and min(spec.shape[:2]) < 32:  # the AV1 encoder LeRobot uses dies on tinier frames (SIGFPE)
+                raise ValueError(f"{store.path}: {k!r} frames are {spec.shape[0]}x{spec.shape[1]} px, too small for "
+                                 f"LeRobot's video encoder (32 px at least); export them as images (--no-video)")
+            features[lerobot_feature(k)] = {"dtype": "video" if video else "image", "shape": tuple(spec.shape),
+                                            "names": ["height", "width", "channels"]}
+        else:
+            features[lerobot_feature(k)] = {"dtype": "float32", "shape": tuple(spec.shape) or (1,), "names": None}
+    fps = store.attrs.get("control_hz")
+    if not fps:
+        raise ValueError(f"{store.path}: root attrs lack control_hz, which a LeRobot dataset needs as its fps")
+    ds = LeRobotDataset.create(repo_id or out_root.name, fps=int(round(float(fps))), features=features, root=out_root,
+                               use_videos=video)
+    exported = 0
+    for e in tqdm(range(store.n_episodes), desc=f"export {Path(str(store.path)).name}", unit="episode"):
+        if not store.has_action[e]:
+            log.warning("episode %d has no actions: not exported", e)
+            continue
+        episode = store.episode(e, [*chosen, ACTION_KEY])
+        task = str(store.episode_text(e).get("language") or store.attrs.get("language") or store.attrs.get("task", ""))
+        for t in range(len(episode[ACTION_KEY])):
+            frame = {lerobot_feature(k): (episode[k][t] if store.kind(k) == "rgb"
+                                          else np.asarray(episode[k][t], np.float32).reshape(features[lerobot_feature(k)]["shape"]))
+                     for k in [*chosen, ACTION_KEY]}
+            ds.add_frame({**frame, "task": task})
+        ds.save_episode()
+        exported += 1
+    ds.finalize()
+    log.info("exported %d episodes of %s to the LeRobot dataset %s", exported, store.path, out_root)
+    return out_root
