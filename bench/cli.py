@@ -5,6 +5,7 @@
     vmp-bench render                      simulation frames per second, default vs fast render settings
     vmp-bench deploy                      control-loop jitter and observation-to-action latency
     vmp-bench scaleout                    episodes/min on Ray vs local workers; training data from S3 vs disk
+    vmp-bench lerobot                     our heads against LeRobot's Diffusion Policy and ACT (same data, seeds, budget)
     vmp-bench report                      rewrite README.md's results tables and plots from results/*.json
     vmp-bench suite=quick | suite=full    all of the above in one command (quick: ~10 min on 2 CPU cores), then report
 """
@@ -16,7 +17,7 @@ import logging
 import sys
 
 COMMANDS = {"latency": "vmp.bench.latency", "sampler": "vmp.bench.sampler", "render": "vmp.bench.render",
-            "deploy": "vmp.bench.deploy", "scaleout": "vmp.bench.scaleout", "report": "vmp.bench.report",
+            "deploy": "vmp.bench.deploy", "scaleout": "vmp.bench.scaleout", "report": "vmp.bench.report", "lerobot": "vmp.bench.lerobot",
             "suite": "vmp.bench.suite"}
 
 

@@ -31,12 +31,12 @@ def percentiles_ms(times_s: list[float]) -> dict[str, float]:
 def write_result(name: str, kind: str, task: str, obs: str, policy: str, variant: str, metrics: dict[str, Any],
                  device: str, command: str, budget: dict[str, Any] | None = None, out_dir: Path = RESULTS_DIR) -> Path:
     """One measurement -> results/<name>.json in the results-record format (written atomically)."""
-    from vmp.policies.checkpoint import git_revision
+    from vmp.policies.checkpoint import environment, git_revision
 
     record = {
         "kind": kind, "task": task, "obs": obs, "policy": policy, "variant": variant, "metrics": metrics,
         "budget": budget or {}, "device": device, "command": command, "git_rev": git_revision(),
-        "date": datetime.date.today().isoformat(),
+        "date": datetime.date.today().isoformat(), **environment(),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"

@@ -2,7 +2,9 @@
 
 - latency.png: chunk latency p50 per head and setting at batch 1 (log scale), CPU and GPU side by side;
 - success.png: success per task and head with 95% intervals (Wilson);
-- success_vs_minutes.png: success against the training minutes each checkpoint's budget records.
+- success_vs_minutes.png: success against the training minutes each checkpoint's budget records;
+- lerobot_<task>_<obs>.png (one per task compared by `vmp-bench lerobot`): each contender's success against its
+  training minutes (the checkpoints' timeline) and its chunk latency, our heads beside LeRobot's.
 
 The PNGs carry no date or version, so the same records draw the same files.
 """
@@ -90,10 +92,47 @@ def plot_success_vs_minutes(records: list[dict], path: Path) -> None:
     _save(plt, fig, path)
 
 
+def plot_comparison(rows: list[dict], path: Path) -> None:
+    """Left: success against training minutes per contender (its checkpoints); right: chunk latency (log scale)."""
+    rows = sorted(rows, key=lambda r: r["policy"])
+    plt, (fig, left) = _figure(11, 4.2)
+    left.set_position([0.07, 0.13, 0.4, 0.77])
+    right = fig.add_axes([0.62, 0.13, 0.35, 0.77])
+    for i, r in enumerate(rows):
+        timeline = r["metrics"].get("timeline") or []
+        if timeline:
+            left.plot([t["minutes"] for t in timeline], [t["success_rate"] for t in timeline], marker="o",
+                      color=f"C{i}", label=r["policy"])
+    bar = next((r["metrics"].get("bar") for r in rows), None)
+    if bar:
+        left.axhline(bar, color="grey", linestyle=":", linewidth=1)
+    left.set_xlabel("training minutes (wall-clock, same machine)")
+    left.set_ylabel("success rate")
+    left.set_ylim(-0.02, 1.02)
+    left.legend(fontsize=7, loc="lower right")
+    right.barh(range(len(rows)), [r["metrics"]["p50_ms"] for r in rows], color=[f"C{i}" for i in range(len(rows))])
+    right.set_yticks(range(len(rows)), [r["policy"] for r in rows], fontsize=7)
+    right.set_xscale("log")
+    right.set_xlabel("chunk latency p50, ms (batch 1, log scale)")
+    right.invert_yaxis()
+    fig.suptitle(f"{rows[0]['task']} ({rows[0]['obs']}): vmp heads and LeRobot", fontsize=10)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", metadata={"Software": None})  # fixed axes: no tight_layout
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / name for name in PLOTS]
     plot_latency(records, paths[0])
     plot_success(records, paths[1])
     plot_success_vs_minutes(records, paths[2])
+    comparisons: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        if r["kind"] == "comparison":
+            comparisons.setdefault((r["task"], r["obs"]), []).append(r)
+    for (task, obs), rows in sorted(comparisons.items()):
+        paths.append(out_dir / f"lerobot_{task}_{obs}.png")
+        plot_comparison(rows, paths[-1])
     return paths

@@ -77,6 +77,27 @@ def tables(records: list[dict]) -> str:
             m = r["metrics"]
             out.append(f"| {r['obs']} | {r['policy']} | {r['variant']} | {_fmt(m['p50_ms'])} | {_fmt(m['p99_ms'])} | {r['device']} |")
         out.append("")
+    comparison = [r for r in records if r["kind"] == "comparison"]
+    if comparison:
+        out += ["### Side by side with LeRobot (vmp-bench lerobot)", "",
+                "Same store, same evaluation seeds, same machine; every contender trains for the same wall-clock "
+                "budget. Latency: one chunk at batch 1, one thread, all rows measured in one process.", "",
+                "| task | obs | contender | size | success at budget | 95% CI | episodes | time to bar (min) | "
+                "chunk p50 ms | p99 ms | params | train samples/s | steps in budget | budget |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(comparison, key=lambda r: (r["task"], r["obs"], r["policy"])):
+            m, b = r["metrics"], r.get("budget") or {}
+            if "success_rate" in m:
+                success = f"{_fmt(m['success_rate'])} | {_fmt(m['ci95_low'])}–{_fmt(m['ci95_high'])} | {m['n_episodes']}"
+                bar = f"{_fmt(m['time_to_bar_min'])} (≥{_fmt(m['bar'])})" if m.get("time_to_bar_min") is not None \
+                    else f"not reached (≥{_fmt(m['bar'])})"
+            else:
+                success, bar = "not evaluated (latency and throughput only) | - | -", "-"
+            out.append(f"| {r['task']} | {r['obs']} | {r['policy']} | {r['variant']} | {success} | {bar} | "
+                       f"{_fmt(m['p50_ms'])} | {_fmt(m['p99_ms'])} | {m.get('n_params', '-'):,} | "
+                       f"{_fmt(m.get('samples_per_s'), 0)} | {b.get('train_steps', '-')} | "
+                       f"{_fmt(b.get('minutes_budget'), 1)} min, batch {b.get('batch_size')}, {b.get('trainer')} |")
+        out += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in comparison})), ""]
     other = [r for r in records if r["kind"] in ("throughput", "jitter")]
     if other:
         out += ["### Throughput and timing", "", "| kind | task | obs | what | metrics | device | command |", "|---|---|---|---|---|---|---|"]

@@ -1,6 +1,7 @@
 """`vmp-bench suite=quick` (or `vmp-bench suite quick`): every CPU benchmark in one command, then the README's tables
-and plots regenerated from results/. `suite=full` adds the slower rows: deployment under load, scale-out, and the
-GPU rows (latency, the deployment engine) when a GPU is present.
+and plots regenerated from results/. `suite=full` adds the slower rows: deployment under load, scale-out, the
+side-by-side comparison with LeRobot on low-dim Lift (when the LeRobot environment, .venv-lerobot, exists and the Lift
+store of record does), and the GPU rows (latency, the deployment engine) when a GPU is present.
 
 Each benchmark runs in a process of its own (they set process-wide state: thread counts, the GIL switch interval)
 and writes its own results JSON; the suite records what ran and how long in results/bench_suite_<name>.json.
@@ -17,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from vmp.bench.common import write_result
@@ -31,6 +33,7 @@ FULL = QUICK + [["deploy", "--seconds", "20", "--load", "--out", "results/bench_
                 ["deploy", "--seconds", "20", "--load", "--servo-hz", "200", "--out",
                  "results/bench_deploy_cpu_load_servo200.json"],
                 ["scaleout"]]
+LEROBOT = ["lerobot", "--store", "stores/lift_dart.zarr", "--task", "lift", "--minutes", "12"]
 GPU = [["latency", "--device", "cuda"], ["latency", "--device", "cuda", "--obs", "image", "--heads", "beso", "carp",
                                          "--variants", "3-step euler", "greedy kv-cache", "--engine"]]
 
@@ -58,6 +61,8 @@ def main(argv: list[str]) -> None:
     import torch
 
     steps = list(QUICK if args.name == "quick" else FULL)
+    if args.name == "full" and Path(".venv-lerobot/bin/python").is_file() and Path(LEROBOT[2]).is_dir():
+        steps.append(LEROBOT)
     if args.name == "full" and torch.cuda.is_available():
         steps += GPU
     ran: list[dict[str, Any]] = []

@@ -230,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repo-id", default=None, help="the dataset's repo id (default: the output folder's name)")
     p.add_argument("--obs-keys", nargs="+", default=None, help="observation keys to export (default: all)")
     p.add_argument("--no-video", action="store_true", help="camera frames as PNG images (lossless) instead of mp4")
+    p.add_argument("--state-keys", nargs="+", default=None,
+                   help="low-dim keys concatenated into observation.state (what LeRobot's policies read)")
+    p.add_argument("--env-state-keys", nargs="+", default=None,
+                   help="low-dim keys concatenated into observation.environment_state (e.g. object poses)")
     p.add_argument("--overwrite", action="store_true")
     p = sub.add_parser("task", help="write the task config for training on a store (from its schema)")
     p.add_argument("--from-store", required=True, dest="store", help="the store (e.g. written by vmp-record)")
@@ -279,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         from .convert.lerobot import export_lerobot
 
         out = export_lerobot(args.input, args.output, repo_id=args.repo_id, keys=args.obs_keys,
-                             video=not args.no_video, overwrite=args.overwrite)
+                             video=not args.no_video, overwrite=args.overwrite, state_keys=args.state_keys,
+                             env_state_keys=args.env_state_keys)
         print(f"exported {args.input} -> {out} (LeRobot v3)")
         return 0
     if args.cmd == "task":

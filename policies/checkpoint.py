@@ -29,6 +29,34 @@ def git_revision() -> str:
         return "unknown"
 
 
+def environment() -> dict[str, Any]:
+    """Where a measurement ran, for results records: the machine (CPU model, cores, memory, GPU) and the versions of
+    the packages it ran on."""
+    import importlib.metadata
+    import platform
+
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "numpy", "mujoco", "robosuite", "metaworld", "diffusers", "zarr", "lerobot"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    try:
+        memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        memory_gb = None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"machine": {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "gpu": gpu,
+                        "system": platform.system()}, "versions": versions}
+
+
 def model_io(cfg: DictConfig) -> dict[str, Any]:
     """What a trained model is tied to: its head and the task's observation keys/shapes and action shape."""
     meta = cfg.task.shape_meta

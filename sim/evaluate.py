@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -365,6 +364,8 @@ def refuse_all_errored(metrics: dict[str, Any], out_dir: str | Path) -> None:
 def results_record(metrics: dict, task: dict, policy: str, variant: str = "", budget: dict | None = None,
                    device: str | None = None, command: str | None = None) -> dict[str, Any]:
     """A results record (the format the README describes) of an evaluation (kind "expert" for experts, else "success")."""
+    from vmp.policies.checkpoint import environment, git_revision
+
     keep = ("success_rate", "ci95_low", "ci95_high", "n_episodes", "episode_length_mean", "p50_ms", "p99_ms")
     return {
         "kind": "expert" if policy == "expert" else "success",
@@ -377,17 +378,10 @@ def results_record(metrics: dict, task: dict, policy: str, variant: str = "", bu
         "budget": budget or {},
         "device": device or f"cpu ({os.environ.get('OMP_NUM_THREADS', os.cpu_count())} threads)",
         "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "git_rev": _git_rev(),
+        "git_rev": git_revision(),
         "date": datetime.date.today().isoformat(),
+        **environment(),
     }
-
-
-def _git_rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 # ---- policy factories (module level so they pickle into spawned workers) ----
@@ -413,7 +407,10 @@ def load_checkpoint_cell(checkpoint: str, task_cfg: Any, device: str, overrides:
     factory; head name; training budget). A task whose observations the checkpoint does not fit, and a stage-one
     model (not a policy), are refused naming the checkpoint."""
     from vmp.policies.checkpoint import check_same_io, model_io, read_checkpoint, refuse_stage_one
+    from vmp.policies.lerobot_policy import pretrained_dir
 
+    if pretrained_dir(checkpoint) is not None:  # a LeRobot policy folder (lerobot-train's), run by the adapter
+        return load_lerobot_cell(checkpoint, task_cfg, device)
     payload = read_checkpoint(checkpoint)
     train_cfg = OmegaConf.create(payload["cfg"])
     if task_cfg is not None:  # another task than the one trained on: its observations must fit
@@ -423,6 +420,27 @@ def load_checkpoint_cell(checkpoint: str, task_cfg: Any, device: str, overrides:
     make_policy = functools.partial(checkpoint_policy, str(checkpoint), str(device), overrides)
     return (task_cfg if task_cfg is not None else train_cfg.task), make_policy, str(train_cfg.policy.get("name", "policy")), \
         dict(payload.get("budget") or {})
+
+
+def load_lerobot_cell(checkpoint: str, task_cfg: Any, device: str) -> tuple[Any, Callable[[], Any], str, dict]:
+    """`load_checkpoint_cell` for a LeRobot policy: the task is the one its exported data set came from unless given;
+    its observation keys and shapes must be the task's."""
+    from hydra import compose
+
+    from vmp.policies.lerobot_policy import LeRobotPolicy, lerobot_checkpoint_policy
+
+    policy = LeRobotPolicy(checkpoint, "cpu")
+    if task_cfg is None:
+        if not policy.task:
+            raise ValueError(f"{checkpoint}: its data set does not name a task; give task=<name>")
+        task_cfg = compose(config_name="eval", overrides=[f"task={policy.task}"]).task
+    task_obs = {k: tuple(v["shape"]) for k, v in task_cfg.shape_meta.obs.items()}
+    wrong = {k: s for k, s in policy.obs_shapes.items() if task_obs.get(k) != s}
+    if wrong:
+        raise ValueError(f"{checkpoint} reads {wrong}, which task={task_cfg.name} does not give (its observations: "
+                         f"{task_obs})")
+    make_policy = functools.partial(lerobot_checkpoint_policy, str(checkpoint), str(device))
+    return task_cfg, make_policy, f"lerobot-{policy.lerobot_type}", policy.budget
 
 
 SWEEP_KEYS = ("checkpoints", "tasks", "seeds")

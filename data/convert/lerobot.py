@@ -2,6 +2,10 @@
 export a store to one (`export_lerobot`, the inverse mapping: a store exported and imported again holds the same
 episodes).
 
+A dataset written by `export_lerobot` carries ``meta/vmp.json``: which store keys each LeRobot feature concatenates
+(``observation.state`` from several low-dim keys, as LeRobot's policies read one state vector). The importer splits
+them back, and `vmp.policies.lerobot_policy` builds a LeRobot policy's inputs from an env's observations with it.
+
 Reads through the ``lerobot`` package (``pip install 'vmp[lerobot]'``, a separate environment: see
 ``make test-lerobot``); it is imported lazily so the core install never needs it. Key mapping:
 ``observation.images.<cam>`` -> ``<cam>_image`` (uint8 HWC), ``observation.state`` -> ``state``,
@@ -84,11 +88,18 @@ def import_lerobot(root: str | os.PathLike, out_path: str | os.PathLike, repo_id
     if len(set(keys.values())) != len(keys):
         raise ValueError(f"{root}: features {chosen} map to clashing store keys {list(keys.values())}")
 
+    # features our exporter concatenated from several store keys: split back into them
+    parts = {f: m for f, m in read_feature_map(root).items()
+             if f in chosen and (len(m) > 1 or m[0]["key"] != store_key(f))}
     first = ds[0]
     schema = {}
     for k in chosen:
         x = _to_numpy(first[k], is_image[k])
         dtype = "uint8" if is_image[k] else ("float32" if x.dtype.kind == "f" else x.dtype.name)
+        if k in parts:
+            for part in parts[k]:
+                schema[part["key"]] = KeySpec(tuple(part["shape"]), dtype, f"lerobot {k} part")
+            continue
         shape = x.shape if x.ndim else (1,)
         schema[keys[k]] = KeySpec(tuple(shape), dtype, f"lerobot {k}")
     attrs = {"task": repo_id or root.name, "control_hz": float(ds.fps),
@@ -102,8 +113,11 @@ def import_lerobot(root: str | os.PathLike, out_path: str | os.PathLike, repo_id
             frames = [ds[i] for i in range(lo, hi)]
             episode = {}
             for k in chosen:
-                rows = [_to_numpy(f[k], is_image[k]) for f in frames]
-                episode[keys[k]] = np.stack([r.reshape(schema[keys[k]].shape) for r in rows])
+                rows = np.stack([_to_numpy(f[k], is_image[k]) for f in frames])
+                if k in parts:
+                    episode.update(split_feature(rows, parts[k]))
+                else:
+                    episode[keys[k]] = rows.reshape(len(rows), *schema[keys[k]].shape)
             text = {"language": frames[0]["task"]} if frames and "task" in frames[0] else None
             store.append_episode(episode, text=text)
     except BaseException:
@@ -122,13 +136,39 @@ def lerobot_feature(key: str) -> str:
     return "observation." + key
 
 
+FEATURE_MAP = "meta/vmp.json"  # {"task": store task, "features": {feature: [{key, shape}, ...]}}
+
+
+def read_feature_map(root: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
+    """An exported dataset's {LeRobot feature: the store keys it holds, in order, with their shapes}; {} when the
+    dataset was not written by `export_lerobot`."""
+    path = Path(root) / FEATURE_MAP
+    return json.loads(path.read_text())["features"] if path.is_file() else {}
+
+
+def split_feature(rows: np.ndarray, parts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """A concatenated feature's rows [N, D] -> {store key: [N, *shape]}."""
+    out, at = {}, 0
+    for part in parts:
+        size = int(np.prod(part["shape"]))
+        out[part["key"]] = rows[:, at:at + size].reshape(len(rows), *part["shape"])
+        at += size
+    if at != rows.shape[1]:
+        raise ValueError(f"feature of width {rows.shape[1]} does not split into {[p['key'] for p in parts]} ({at})")
+    return out
+
+
 def export_lerobot(store_path: str | os.PathLike, out_root: str | os.PathLike, repo_id: str | None = None,
-                   keys: list[str] | None = None, video: bool = True, overwrite: bool = False) -> Path:
+                   keys: list[str] | None = None, video: bool = True, overwrite: bool = False,
+                   state_keys: list[str] | None = None, env_state_keys: list[str] | None = None) -> Path:
     """Write the store's episodes that have actions as a LeRobot dataset (v3 layout) at ``out_root``; -> out_root.
 
     ``keys``: the observation keys to export (default: every camera and low-dim observation; training-only keys such
     as ``phase`` stay behind). Cameras become ``observation.images.<cam>`` (mp4 video, or PNG frames with
     ``video=False``: lossless), ``state`` becomes ``observation.state``, each episode's ``language`` its task string.
+    ``state_keys`` / ``env_state_keys``: low-dim keys concatenated, in order, into ``observation.state`` /
+    ``observation.environment_state`` (the vectors LeRobot's policies read: Diffusion Policy and ACT ignore other
+    low-dim features; ACT needs a camera or an environment state). ``meta/vmp.json`` records the mapping.
     Action-free episodes are skipped (a LeRobot dataset needs actions)."""
     import shutil
 
@@ -147,8 +187,24 @@ def export_lerobot(store_path: str | os.PathLike, out_root: str | os.PathLike, r
         raise KeyError(f"{store.path}: {unknown} are not observation keys to export; choose from {candidates}")
     if ACTION_KEY not in store.schema or not store.has_action.any():
         raise ValueError(f"{store.path} has no episodes with actions: nothing a LeRobot dataset can hold")
+    groups = {"observation.state": list(state_keys or []), "observation.environment_state": list(env_state_keys or [])}
+    grouped = [k for g in groups.values() for k in g]
+    for name, option in (("state_keys", state_keys), ("env_state_keys", env_state_keys)):
+        bad = [k for k in option or [] if k not in chosen or store.kind(k) != "low_dim"]
+        if bad:
+            raise KeyError(f"{store.path}: {name} {bad} are not low-dim observation keys being exported; choose from "
+                           f"{[k for k in chosen if store.kind(k) == 'low_dim']}")
+    if len(set(grouped)) != len(grouped) or (state_keys and "state" in chosen and "state" not in grouped):
+        raise ValueError(f"{store.path}: state_keys {state_keys} and env_state_keys {env_state_keys} must name each "
+                         f"key once and not clash with a 'state' key exported on its own")
+    groups = {g: ks for g, ks in groups.items() if ks}
+    feature_map = {g: [{"key": k, "shape": list(store.schema[k].shape) or [1]} for k in ks] for g, ks in groups.items()}
     features = {}
-    for k in [*chosen, ACTION_KEY]:
+    for g, ks in groups.items():
+        width = sum(int(np.prod(store.schema[k].shape or (1,))) for k in ks)
+        features[g] = {"dtype": "float32", "shape": (width,), "names": None}
+    for k in [*[k for k in chosen if k not in grouped], ACTION_KEY]:
+        feature_map.setdefault(lerobot_feature(k), [{"key": k, "shape": list(store.schema[k].shape) or [1]}])
         spec = store.schema[k]
         if store.kind(k) == "rgb":
             if video and min(spec.shape[:2]) < 32:  # the AV1 encoder LeRobot uses dies on tinier frames (SIGFPE)
@@ -170,13 +226,19 @@ def export_lerobot(store_path: str | os.PathLike, out_root: str | os.PathLike, r
             continue
         episode = store.episode(e, [*chosen, ACTION_KEY])
         task = str(store.episode_text(e).get("language") or store.attrs.get("language") or store.attrs.get("task", ""))
+        columns = {}
+        for feature, parts in feature_map.items():
+            if len(parts) == 1 and store.kind(parts[0]["key"]) == "rgb":
+                columns[feature] = episode[parts[0]["key"]]
+            else:
+                columns[feature] = np.concatenate([np.asarray(episode[p["key"]], np.float32).reshape(
+                    len(episode[ACTION_KEY]), -1) for p in parts], axis=1).reshape(-1, *features[feature]["shape"])
         for t in range(len(episode[ACTION_KEY])):
-            frame = {lerobot_feature(k): (episode[k][t] if store.kind(k) == "rgb"
-                                          else np.asarray(episode[k][t], np.float32).reshape(features[lerobot_feature(k)]["shape"]))
-                     for k in [*chosen, ACTION_KEY]}
-            ds.add_frame({**frame, "task": task})
+            ds.add_frame({**{f: c[t] for f, c in columns.items()}, "task": task})
         ds.save_episode()
         exported += 1
     ds.finalize()
+    (out_root / FEATURE_MAP).write_text(json.dumps({"store": str(store.path), "task": store.attrs.get("task"),
+                                                    "features": feature_map}, indent=2) + "\n")
     log.info("exported %d episodes of %s to the LeRobot dataset %s", exported, store.path, out_root)
     return out_root

@@ -1,0 +1,332 @@
+"""vmp-bench lerobot: our heads against LeRobot's Diffusion Policy and ACT on the same data, seeds and machine.
+
+Every contender trains for the same wall-clock budget from the same store (LeRobot's through ``vmp-data export
+--format lerobot`` and its own ``lerobot-train``), keeping checkpoints as it goes; each checkpoint is evaluated by
+``vmp-eval`` on the same seeds (LeRobot's through the adapter, vmp.policies.lerobot_policy). Recorded per contender:
+success at the end of the budget, the training minutes at which a checkpoint first reached the success bar (time to
+95%), the success-against-minutes timeline, chunk latency at batch 1 (all contenders measured in one process, one
+after another) and training throughput. Contenders ``*_default`` run LeRobot's default sizes: on a CPU they are
+measured for latency and throughput only (a few steps), since they do not train within such budgets.
+
+    vmp-bench lerobot --task lift --minutes 12               # needs the LeRobot environment (make test-lerobot)
+    vmp-bench lerobot --task lift --contenders beso lerobot_diffusion --minutes 5 --out runs/sbs-try
+
+Writes results/lerobot_<task>_<contender>.json; `vmp-bench report` tabulates and plots them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Low-dim keys LeRobot's policies read as the environment's state (object poses); the rest is the robot's state.
+ENV_STATE_KEYS = ("object",)
+LATENCY_REPEATS = 30
+
+# name -> how it trains. vmp: vmp-train overrides (CARP: its tokenizer first, inside the same budget); lerobot:
+# lerobot-train arguments. steps: the LR schedule's length (a run is stopped at the budget whichever comes first);
+# ckpt_every: steps between kept checkpoints (about 1/6 of the budget at this machine's speed). "image": what changes
+# on an image task (our README's image settings; LeRobot's vision backbone is its ResNet-18, never pretrained here:
+# nothing is downloaded).
+CONTENDERS: dict[str, dict[str, Any]] = {
+    "beso": {"kind": "vmp", "args": ["policy=beso", "training.batch_size=128"], "steps": 4000, "ckpt_every": 500,
+             "size": "d_model 128, 4 layers",
+             "image": {"args": ["policy=beso", "encoder=compact_cnn", "training.batch_size=64"], "steps": 2500,
+                       "ckpt_every": 300, "size": "d_model 128, 4 layers, compact CNN"}},
+    "carp": {"kind": "vmp", "args": ["policy=carp", "training.batch_size=128"], "steps": 4000, "ckpt_every": 500,
+             "tokenizer": ["policy=carp_tokenizer", "training.steps=3000", "training.lr=1e-3",
+                           "training.warmup_steps=200"], "size": "d_model 128, 4 layers",
+             "image": {"args": ["policy=carp", "encoder=compact_cnn", "policy.d_model=128", "policy.width=128",
+                                "policy.depth=4", "training.batch_size=64"], "steps": 2500, "ckpt_every": 300,
+                       "tokenizer": ["policy=carp_tokenizer", "encoder=compact_cnn", "training.batch_size=128",
+                                     "training.steps=2000", "training.lr=1e-3", "training.warmup_steps=200"],
+                       "size": "d_model 128, 4 layers, compact CNN"}},
+    "lerobot_diffusion": {"kind": "lerobot", "args": ["--policy.type=diffusion", "--policy.down_dims=[64,128,256]",
+                                                      "--batch_size=64"], "steps": 2400, "ckpt_every": 300,
+                          "size": "U-Net down_dims [64,128,256] (close to ours)",
+                          "image": {"args": ["--policy.type=diffusion", "--policy.down_dims=[64,128,256]",
+                                             "--policy.crop_shape=[76,76]", "--batch_size=64"],
+                                    "size": "U-Net down_dims [64,128,256], ResNet-18, 76 px crops"}},
+    "lerobot_act": {"kind": "lerobot", "args": ["--policy.type=act", "--policy.dim_model=256",
+                                                "--policy.dim_feedforward=1024", "--policy.n_heads=4",
+                                                "--policy.chunk_size=16", "--policy.n_action_steps=8",
+                                                "--batch_size=64"], "steps": 2000, "ckpt_every": 300,
+                    "size": "dim_model 256, dim_feedforward 1024, chunk 16 / 8 executed (close to ours)",
+                    "image": {"extra": ["--policy.pretrained_backbone_weights=null"]}},
+    "lerobot_diffusion_default": {"kind": "lerobot", "args": ["--policy.type=diffusion", "--batch_size=64"],
+                                  "steps": 4, "ckpt_every": 4, "size": "LeRobot defaults (U-Net [512,1024,2048])",
+                                  "latency_only": True},
+    "lerobot_act_default": {"kind": "lerobot", "args": ["--policy.type=act", "--batch_size=64"], "steps": 4,
+                            "ckpt_every": 4, "size": "LeRobot defaults (dim_model 512)", "latency_only": True,
+                            "image": {"extra": ["--policy.pretrained_backbone_weights=null"]}},
+}
+
+
+def contender(name: str, obs_type: str) -> dict[str, Any]:
+    """A contender's training spec for a task of ``obs_type`` (lowdim or image)."""
+    spec = {k: v for k, v in CONTENDERS[name].items() if k != "image"}
+    if obs_type == "image":
+        image = CONTENDERS[name].get("image", {})
+        spec.update({k: v for k, v in image.items() if k != "extra"})
+        spec["args"] = [*spec["args"], *image.get("extra", [])]
+    return spec
+
+
+DEFAULT_CONTENDERS = ["beso", "carp", "lerobot_diffusion", "lerobot_act", "lerobot_diffusion_default",
+                      "lerobot_act_default"]
+
+
+def task_config(task: str):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="vmp.configs", version_base=None):
+        return compose(config_name="train", overrides=[f"task={task}"]).task
+
+
+def export(store: str, task_cfg, out: Path, python: str) -> Path:
+    """The store as a LeRobot data set (once): low-dim keys into observation.state / .environment_state, cameras as
+    lossless PNG frames."""
+    if (out / "meta" / "vmp.json").is_file():
+        return out
+    lowdim = [k for k, v in task_cfg.shape_meta.obs.items() if v.get("type", "low_dim") == "low_dim"]
+    state = [k for k in lowdim if k not in ENV_STATE_KEYS]
+    env_state = [k for k in lowdim if k in ENV_STATE_KEYS]
+    cmd = [str(Path(python).parent / "vmp-data"), "export", store, str(out), "--format", "lerobot", "--no-video",
+           "--obs-keys", *task_cfg.shape_meta.obs.keys(), "--overwrite", "--repo-id", f"local/{out.name}"]
+    cmd += (["--state-keys", *state] if state else []) + (["--env-state-keys", *env_state] if env_state else [])
+    subprocess.run(cmd, check=True)
+    return out
+
+
+def run_for(cmd: list[str], minutes: float, log_path: Path, env: dict | None = None) -> float:
+    """Run ``cmd`` until it exits or ``minutes`` pass (then SIGINT, SIGKILL after 30 s) -> seconds it ran."""
+    start = time.monotonic()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            proc.wait(timeout=max(minutes * 60 - (time.monotonic() - start), 1))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return time.monotonic() - start
+
+
+def train(name: str, spec: dict, task: str, store: str, dataset: Path, run_dir: Path, minutes: float,
+          python: str, lerobot_python: str) -> dict[str, Any]:
+    """Train one contender for ``minutes`` -> {checkpoints: [{path, step, minutes}], train_minutes, command}."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    commands = []
+    if spec["kind"] == "vmp":
+        base = [python, "-m", "vmp.policies.train", f"task={task}", f"store={store}", "overwrite=true",
+                "training.val_every=100000"]
+        policy_args = list(spec["args"])
+        if "tokenizer" in spec:
+            tok = [*base, *spec["tokenizer"], f"run_dir={run_dir / 'tokenizer'}"]
+            commands.append(tok)
+            run_for(tok, minutes, run_dir / "train.log")
+            policy_args.append(f"policy.tokenizer_checkpoint={run_dir / 'tokenizer' / 'checkpoints' / 'latest.pt'}")
+        cmd = [*base, *policy_args, f"training.steps={spec['steps']}", f"training.keep_every={spec['ckpt_every']}",
+               f"training.ckpt_every={spec['ckpt_every']}", f"run_dir={run_dir / 'policy'}"]
+    else:
+        cmd = [str(Path(lerobot_python).parent / "lerobot-train"), f"--dataset.repo_id=local/{dataset.name}",
+               f"--dataset.root={dataset}", "--policy.device=cpu", "--policy.push_to_hub=false", "--eval_freq=0",
+               "--wandb.enable=false", "--num_workers=2", "--log_freq=50", f"--output_dir={run_dir / 'policy'}",
+               f"--steps={spec['steps']}", f"--save_freq={spec['ckpt_every']}", *spec["args"]]
+        if (run_dir / "policy").exists():
+            import shutil
+
+            shutil.rmtree(run_dir / "policy")  # lerobot-train refuses an existing output_dir without resume
+    commands.append(cmd)
+    remaining = minutes - (time.time() - t0) / 60
+    if remaining > 0.1:
+        run_for(cmd, remaining, run_dir / "train.log")
+    checkpoints = []
+    if spec["kind"] == "vmp":
+        for path in (run_dir / "policy" / "checkpoints").glob("step_*.pt"):
+            checkpoints.append({"path": str(path), "step": int(path.stem.split("_")[1]),
+                                "minutes": (path.stat().st_mtime - t0) / 60})
+    else:
+        for path in (run_dir / "policy" / "checkpoints").glob("[0-9]*"):
+            done = path / "pretrained_model" / "model.safetensors"
+            if done.is_file() and (path / "training_state").is_dir():  # a save the stop did not cut short
+                checkpoints.append({"path": str(path / "pretrained_model"), "step": int(path.name),
+                                    "minutes": (done.stat().st_mtime - t0) / 60})
+    checkpoints.sort(key=lambda c: c["step"])
+    return {"checkpoints": checkpoints, "train_minutes": (time.time() - t0) / 60,
+            "command": " && ".join(shlex.join(c) for c in commands)}
+
+
+def evaluate(checkpoint: str, kind: str, n_episodes: int, out_dir: Path, python: str, lerobot_python: str
+             ) -> dict[str, Any]:
+    """vmp-eval of one checkpoint on the task's fixed seeds (2 workers) -> its metrics.json."""
+    metrics = out_dir / "metrics.json"
+    if not metrics.is_file():
+        exe = lerobot_python if kind == "lerobot" else python
+        subprocess.run([exe, "-m", "vmp.sim.evaluate", f"checkpoint={checkpoint}", f"n_episodes={n_episodes}",
+                        "n_workers=2", "n_videos=0", "device=cpu", f"out_dir={out_dir}"], check=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
+    return json.loads(metrics.read_text())
+
+
+def samples_per_s(run_dir: Path, kind: str, batch: int) -> float | None:
+    """Training throughput from the trainer's own records: LeRobot's log (update seconds per step), our metrics.csv
+    (samples_per_s); the median over the run."""
+    import numpy as np
+
+    if kind == "lerobot":
+        log_path = run_dir / "train.log"
+        text = log_path.read_text(errors="replace") if log_path.is_file() else ""
+        rates = [batch / float(x) for x in re.findall(r"updt_s:([0-9.]+)", text) if float(x) > 0]
+    else:
+        import csv
+
+        path = run_dir / "policy" / "metrics.csv"
+        rows = list(csv.DictReader(path.open())) if path.is_file() else []
+        rates = [float(r["samples_per_s"]) for r in rows if r.get("samples_per_s")]
+    return float(np.median(rates)) if rates else None
+
+
+def latency_rows(checkpoints: dict[str, str], repeats: int, max_seconds: float = 60.0) -> dict[str, dict[str, float]]:
+    """Chunk latency at batch 1 (`Policy.predict_window`, one thread), every contender's final checkpoint in this one
+    process: ``repeats`` calls after 2 unmeasured ones, fewer (5 at least) for a head slower than ``max_seconds``."""
+    import torch
+
+    from vmp.bench.common import percentiles_ms
+    from vmp.bench.latency import sliding_windows
+    from vmp.policies.checkpoint import load_policy
+    from vmp.policies.lerobot_policy import LeRobotPolicy, pretrained_dir
+
+    torch.set_num_threads(1)
+    rows = {}
+    for name, path in checkpoints.items():
+        policy = LeRobotPolicy(path) if pretrained_dir(path) else load_policy(path)[0]
+        windows, times, begin = sliding_windows(policy), [], time.perf_counter()
+        for i in range(2 + repeats):
+            start = time.perf_counter()
+            policy.predict_window(next(windows))
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+            if len(times) >= 5 and time.perf_counter() - begin > max_seconds:
+                break
+        rows[name] = {**percentiles_ms(times), "latency_calls": len(times),
+                      "n_params": int(sum(p.numel() for p in policy.parameters()))}
+        log.info("%s: chunk latency p50 %.1f ms over %d calls", name, rows[name]["p50_ms"], len(times))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="vmp-bench lerobot", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="lift")
+    parser.add_argument("--store", default=None, help="demonstrations (default: the task's store)")
+    parser.add_argument("--contenders", nargs="+", default=DEFAULT_CONTENDERS, choices=sorted(CONTENDERS))
+    parser.add_argument("--minutes", type=float, default=12.0, help="training wall-clock budget per contender")
+    parser.add_argument("--episodes", type=int, default=50, help="episodes for the end-of-budget success")
+    parser.add_argument("--timeline-episodes", type=int, default=20, help="episodes per intermediate checkpoint")
+    parser.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints (default: each "
+                        "contender's, about 1/6 of a 12-minute budget on 2 CPU cores)")
+    parser.add_argument("--bar", type=float, default=0.95, help="the success rate 'time to' measures")
+    parser.add_argument("--lerobot-python", default=".venv-lerobot/bin/python", help="the LeRobot environment's python")
+    parser.add_argument("--python", default=sys.executable, help="the python our heads train and evaluate in")
+    parser.add_argument("--out", default=None, help="runs folder (default runs/lerobot-<task>)")
+    parser.add_argument("--results", default="results")
+    args = parser.parse_args(argv)
+
+    lerobot_python = str(Path(args.lerobot_python))
+    if not Path(lerobot_python).is_file():
+        raise SystemExit(f"vmp-bench lerobot: no LeRobot environment at {lerobot_python} (make test-lerobot builds it)")
+    if any(CONTENDERS[c]["kind"] == "lerobot" for c in args.contenders):
+        try:
+            import lerobot  # noqa: F401
+        except ImportError:
+            # the latency rows load LeRobot policies in this process: rerun it in the LeRobot environment
+            os.execv(lerobot_python, [lerobot_python, "-m", "vmp.bench.cli", "lerobot", "--python", args.python,
+                                      *(argv if argv is not None else sys.argv[2:])])
+    python = args.python
+    task_cfg = task_config(args.task)
+    obs_type = "image" if any(v.get("type") == "rgb" for v in task_cfg.shape_meta.obs.values()) else "lowdim"
+    store = args.store or str(task_cfg.store)
+    out = Path(args.out or f"runs/lerobot-{args.task}")
+    dataset = export(store, task_cfg, out / "data" / args.task, lerobot_python)
+    n_demos = json.loads((dataset / "meta" / "info.json").read_text())["total_episodes"]
+    command = "vmp-bench lerobot " + shlex.join(argv if argv is not None else sys.argv[2:])
+
+    # all trainings first, one at a time on a quiet machine (their budgets are wall-clock); a finished one is kept
+    runs: dict[str, dict[str, Any]] = {}
+    for name in args.contenders:
+        record = out / name / "train.json"
+        if record.is_file() and json.loads(record.read_text()).get("minutes_budget") == args.minutes:
+            runs[name] = json.loads(record.read_text())
+            continue
+        log.info("training %s for %.1f min", name, args.minutes)
+        spec = {**contender(name, obs_type), **({"ckpt_every": args.ckpt_every} if args.ckpt_every else {})}
+        runs[name] = train(name, spec, args.task, store, dataset, out / name, args.minutes, python,
+                           lerobot_python)
+        if not runs[name]["checkpoints"]:
+            raise RuntimeError(f"{name} kept no checkpoint in {args.minutes} min; see {out / name / 'train.log'}")
+        runs[name]["minutes_budget"] = args.minutes
+        record.write_text(json.dumps(runs[name], indent=2) + "\n")
+    for name, run in runs.items():
+        spec = contender(name, obs_type)
+        if spec.get("latency_only"):
+            continue
+        timeline, reached = [], None
+        for ckpt in run["checkpoints"]:
+            last = ckpt is run["checkpoints"][-1]
+            if reached is not None and not last:
+                continue  # past the bar: only the end-of-budget checkpoint is still evaluated
+            n = args.episodes if last else args.timeline_episodes
+            m = evaluate(ckpt["path"], spec["kind"], n, out / name / "eval" / f"step{ckpt['step']}_{n}", python,
+                         lerobot_python)
+            timeline.append({"step": ckpt["step"], "minutes": round(ckpt["minutes"], 2),
+                             "success_rate": m["success_rate"], "n_episodes": m["n_episodes"]})
+            if reached is None and m["success_rate"] >= args.bar:
+                reached = ckpt["minutes"]
+            run["final"] = m
+        run.update(timeline=timeline, time_to_bar=reached)
+
+    latency = latency_rows({n: r["checkpoints"][-1]["path"] for n, r in runs.items()}, LATENCY_REPEATS)
+    from vmp.bench.common import device_name, write_result
+
+    torch_of = {exe: subprocess.run([exe, "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                                    text=True).stdout.strip() for exe in {python, lerobot_python}}
+
+    for name, run in runs.items():
+        spec = contender(name, obs_type)
+        batch = int(next((a.split("=")[1] for a in spec["args"] if "batch_size=" in a), 64))
+        metrics: dict[str, Any] = {**latency[name], "bar": args.bar,
+                                   "samples_per_s": samples_per_s(out / name, spec["kind"], batch)}
+        if "final" in run:
+            final = run["final"]
+            metrics.update({k: final[k] for k in ("success_rate", "ci95_low", "ci95_high", "n_episodes")},
+                           time_to_bar_min=None if run["time_to_bar"] is None else round(run["time_to_bar"], 2),
+                           timeline=run["timeline"])
+        budget = {"train_minutes": round(run["train_minutes"], 2), "minutes_budget": args.minutes,
+                  "train_steps": run["checkpoints"][-1]["step"], "batch_size": batch, "n_demos": n_demos,
+                  "trainer": "lerobot-train" if spec["kind"] == "lerobot" else "vmp-train",
+                  "trainer_torch": torch_of[lerobot_python if spec["kind"] == "lerobot" else python],
+                  "train_command": run["command"]}
+        write_result(f"lerobot_{args.task}_{name}", "comparison", args.task, obs_type,
+                     name, spec["size"], metrics, device_name("cpu"), command, budget=budget,
+                     out_dir=Path(args.results))
+
+
+if __name__ == "__main__":
+    main()
