@@ -148,7 +148,7 @@ def train(name: str, spec: dict, task: str, store: str, dataset: Path, run_dir: 
     else:
         cmd = [str(Path(lerobot_python).parent / "lerobot-train"), f"--dataset.repo_id=local/{dataset.name}",
                f"--dataset.root={dataset}", "--policy.device=cpu", "--policy.push_to_hub=false", "--eval_freq=0",
-               "--wandb.enable=false", "--num_workers=2", "--log_freq=50", f"--output_dir={run_dir / 'policy'}",
+               "--wandb.enable=false", "--num_workers=2", f"--log_freq={min(50, max(1, spec['steps'] // 4))}", f"--output_dir={run_dir / 'policy'}",
                f"--steps={spec['steps']}", f"--save_freq={spec['ckpt_every']}", *spec["args"]]
         if (run_dir / "policy").exists():
             import shutil

@@ -96,7 +96,8 @@ def tables(records: list[dict]) -> str:
             out.append(f"| {r['task']} | {r['obs']} | {r['policy']} | {r['variant']} | {success} | {bar} | "
                        f"{_fmt(m['p50_ms'])} | {_fmt(m['p99_ms'])} | {m.get('n_params', '-'):,} | "
                        f"{_fmt(m.get('samples_per_s'), 0)} | {b.get('train_steps', '-')} | "
-                       f"{_fmt(b.get('minutes_budget'), 1)} min, batch {b.get('batch_size')}, {b.get('trainer')} |")
+                       + (f"{_fmt(b.get('minutes_budget'), 1)} min" if "success_rate" in m else "a few steps")
+                       + f", batch {b.get('batch_size')}, {b.get('trainer')} |")
         out += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in comparison})), ""]
     other = [r for r in records if r["kind"] in ("throughput", "jitter")]
     if other:
