@@ -145,20 +145,23 @@ def measure_batch(policy, device: str, repeats: int, batch: int, burn_in: int = 
     return times
 
 
-def measure(policy, device: str, repeats: int, burn_in: int = 5) -> list[float]:
+def measure(policy, device: str, repeats: int, burn_in: int = 5, max_seconds: float | None = None) -> list[float]:
     """Seconds per `Policy.predict_window` call (observation window in, chunk out: what `vmp-eval` runs). Its host
-    copy of the chunk synchronises the device."""
+    copy of the chunk synchronises the device. ``max_seconds``: stop early (after 5 measured calls at least) once
+    this much time has passed, for heads that take seconds per chunk."""
     policy = policy.to(device).eval()
     policy.decode_frames = False  # the chunk, not the decoding of predicted frames for display
     windows = sliding_windows(policy)
     instruction = "push the puck to the goal" if policy.needs_instruction else None
-    times = []
+    times, begin = [], time.perf_counter()
     for i in range(burn_in + repeats):
         window = next(windows)
         start = time.perf_counter()
         policy.predict_window(window, instruction=instruction)
         if i >= burn_in:
             times.append(time.perf_counter() - start)
+        if max_seconds is not None and len(times) >= 5 and time.perf_counter() - begin > max_seconds:
+            break
     return times
 
 

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,14 +111,14 @@ def export(store: str, task_cfg, out: Path, python: str) -> Path:
     return out
 
 
-def run_for(cmd: list[str], minutes: float, log_path: Path, env: dict | None = None) -> float:
-    """Run ``cmd`` until it exits or ``minutes`` pass (then SIGINT, SIGKILL after 30 s) -> seconds it ran."""
-    start = time.monotonic()
+def run_for(cmd: list[str], minutes: float, log_path: Path) -> None:
+    """Run ``cmd`` until it exits or ``minutes`` pass (then SIGINT, which both trainers end on with what they saved;
+    SIGKILL 30 s later), its output appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            proc.wait(timeout=max(minutes * 60 - (time.monotonic() - start), 1))
+            proc.wait(timeout=max(minutes * 60, 1))
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGINT)
             try:
@@ -125,10 +126,9 @@ def run_for(cmd: list[str], minutes: float, log_path: Path, env: dict | None = N
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    return time.monotonic() - start
 
 
-def train(name: str, spec: dict, task: str, store: str, dataset: Path, run_dir: Path, minutes: float,
+def train(spec: dict, task: str, store: str, dataset: Path, run_dir: Path, minutes: float,
           python: str, lerobot_python: str) -> dict[str, Any]:
     """Train one contender for ``minutes`` -> {checkpoints: [{path, step, minutes}], train_minutes, command}."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -148,11 +148,10 @@ def train(name: str, spec: dict, task: str, store: str, dataset: Path, run_dir: 
     else:
         cmd = [str(Path(lerobot_python).parent / "lerobot-train"), f"--dataset.repo_id=local/{dataset.name}",
                f"--dataset.root={dataset}", "--policy.device=cpu", "--policy.push_to_hub=false", "--eval_freq=0",
-               "--wandb.enable=false", "--num_workers=2", f"--log_freq={min(50, max(1, spec['steps'] // 4))}", f"--output_dir={run_dir / 'policy'}",
-               f"--steps={spec['steps']}", f"--save_freq={spec['ckpt_every']}", *spec["args"]]
+               "--wandb.enable=false", "--num_workers=2", f"--log_freq={min(50, max(1, spec['steps'] // 4))}",
+               f"--output_dir={run_dir / 'policy'}", f"--steps={spec['steps']}", f"--save_freq={spec['ckpt_every']}",
+               *spec["args"]]
         if (run_dir / "policy").exists():
-            import shutil
-
             shutil.rmtree(run_dir / "policy")  # lerobot-train refuses an existing output_dir without resume
     commands.append(cmd)
     remaining = minutes - (time.time() - t0) / 60
@@ -204,13 +203,13 @@ def samples_per_s(run_dir: Path, kind: str, batch: int) -> float | None:
     return float(np.median(rates)) if rates else None
 
 
-def latency_rows(checkpoints: dict[str, str], repeats: int, max_seconds: float = 60.0) -> dict[str, dict[str, float]]:
+def latency_rows(checkpoints: dict[str, str], repeats: int) -> dict[str, dict[str, float]]:
     """Chunk latency at batch 1 (`Policy.predict_window`, one thread), every contender's final checkpoint in this one
-    process: ``repeats`` calls after 2 unmeasured ones, fewer (5 at least) for a head slower than ``max_seconds``."""
+    process: ``repeats`` calls after 2 unmeasured ones, fewer (5 at least) for a head slower than a minute."""
     import torch
 
     from vmp.bench.common import percentiles_ms
-    from vmp.bench.latency import sliding_windows
+    from vmp.bench.latency import measure
     from vmp.policies.checkpoint import load_policy
     from vmp.policies.lerobot_policy import LeRobotPolicy, pretrained_dir
 
@@ -218,14 +217,7 @@ def latency_rows(checkpoints: dict[str, str], repeats: int, max_seconds: float =
     rows = {}
     for name, path in checkpoints.items():
         policy = LeRobotPolicy(path) if pretrained_dir(path) else load_policy(path)[0]
-        windows, times, begin = sliding_windows(policy), [], time.perf_counter()
-        for i in range(2 + repeats):
-            start = time.perf_counter()
-            policy.predict_window(next(windows))
-            if i >= 2:
-                times.append(time.perf_counter() - start)
-            if len(times) >= 5 and time.perf_counter() - begin > max_seconds:
-                break
+        times = measure(policy, "cpu", repeats, burn_in=2, max_seconds=60.0)
         rows[name] = {**percentiles_ms(times), "latency_calls": len(times),
                       "n_params": int(sum(p.numel() for p in policy.parameters()))}
         log.info("%s: chunk latency p50 %.1f ms over %d calls", name, rows[name]["p50_ms"], len(times))
@@ -277,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         log.info("training %s for %.1f min", name, args.minutes)
         spec = {**contender(name, obs_type), **({"ckpt_every": args.ckpt_every} if args.ckpt_every else {})}
-        runs[name] = train(name, spec, args.task, store, dataset, out / name, args.minutes, python,
+        runs[name] = train(spec, args.task, store, dataset, out / name, args.minutes, python,
                            lerobot_python)
         if not runs[name]["checkpoints"]:
             raise RuntimeError(f"{name} kept no checkpoint in {args.minutes} min; see {out / name / 'train.log'}")

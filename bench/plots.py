@@ -25,8 +25,9 @@ def _figure(width: float, height: float):
     return plt, plt.subplots(figsize=(width, height), dpi=100)
 
 
-def _save(plt, fig, path: Path) -> None:
-    fig.tight_layout()
+def _save(plt, fig, path: Path, tight: bool = True) -> None:
+    if tight:
+        fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, format="png", metadata={"Software": None})  # no version stamp: reruns give the same bytes
     plt.close(fig)
@@ -116,10 +117,7 @@ def plot_comparison(rows: list[dict], path: Path) -> None:
     right.set_xlabel("chunk latency p50, ms (batch 1, log scale)")
     right.invert_yaxis()
     fig.suptitle(f"{rows[0]['task']} ({rows[0]['obs']}): vmp heads and LeRobot", fontsize=10)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", metadata={"Software": None})  # fixed axes: no tight_layout
-    plt.close(fig)
-    tmp.replace(path)
+    _save(plt, fig, path, tight=False)  # axes placed by hand
 
 
 def write_plots(records: list[dict], out_dir: Path) -> list[Path]:

@@ -35,19 +35,42 @@ def pretrained_dir(path: str | Path) -> Path | None:
 def feature_map(pretrained: Path) -> dict[str, Any]:
     """The export's mapping for the data set the policy was trained on: {"task", "features": {feature: [{key,
     shape}]}}, found through the checkpoint's train_config.json (dataset.root)."""
+    from vmp.data.convert.lerobot import read_export_map
+
     train_config = pretrained / "train_config.json"
     if not train_config.is_file():
         raise FileNotFoundError(f"{pretrained}: no train_config.json, so the data set it was trained on is unknown")
     root = (json.loads(train_config.read_text()).get("dataset") or {}).get("root")
-    mapping = Path(root or "") / "meta" / "vmp.json"
-    if not root or not mapping.is_file():
+    mapping = read_export_map(root) if root else {}
+    if not mapping:
         raise FileNotFoundError(f"{pretrained} was trained on {root!r}, which has no meta/vmp.json: train LeRobot "
                                 f"policies on a data set written by `vmp-data export --format lerobot`")
-    return json.loads(mapping.read_text())
+    return mapping
+
+
+def lerobot_io(path: str | Path) -> dict[str, Any]:
+    """What a LeRobot policy folder is tied to, read from its files without building the model (nor importing
+    lerobot): {pretrained, type, task, parts: {input feature: [{key, shape}]}, obs_shapes, obs_kinds, budget}."""
+    pretrained = pretrained_dir(path)
+    if pretrained is None:
+        raise FileNotFoundError(f"{path} is not a LeRobot policy folder (config.json + model.safetensors)")
+    config = json.loads((pretrained / "config.json").read_text())
+    if config.get("type") not in SUPPORTED:
+        raise ValueError(f"{pretrained}: LeRobot policy type {config.get('type')!r}; the adapter runs {list(SUPPORTED)}")
+    mapping = feature_map(pretrained)
+    parts = {f: mapping["features"].get(f) for f in config.get("input_features") or {}}
+    missing = [f for f, p in parts.items() if not p]
+    if missing:
+        raise KeyError(f"{pretrained}: input features {missing} are not in its data set's meta/vmp.json")
+    obs_shapes = {part["key"]: tuple(part["shape"]) for ps in parts.values() for part in ps}
+    obs_kinds = {part["key"]: "rgb" if f.startswith("observation.images.") else "low_dim"
+                 for f, ps in parts.items() for part in ps}
+    return {"pretrained": pretrained, "type": config["type"], "task": mapping.get("task"), "parts": parts,
+            "obs_shapes": obs_shapes, "obs_kinds": obs_kinds, "budget": training_budget(pretrained)}
 
 
 def training_budget(pretrained: Path) -> dict[str, Any]:
-    """What lerobot-train recorded of the run: steps done, batch size, data set."""
+    """What lerobot-train recorded of the run: steps done and batch size."""
     cfg = json.loads((pretrained / "train_config.json").read_text())
     step_file = pretrained.parent / "training_state" / "training_step.json"
     steps = json.loads(step_file.read_text())["step"] if step_file.is_file() else cfg.get("steps")
@@ -65,47 +88,31 @@ class LeRobotPolicy(Policy):
     name = "lerobot"
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
-        pretrained = pretrained_dir(path)
-        if pretrained is None:
-            raise FileNotFoundError(f"{path} is not a LeRobot policy folder (config.json + model.safetensors)")
+        io = lerobot_io(path)
         try:
             from lerobot.configs.policies import PreTrainedConfig
             from lerobot.policies.factory import get_policy_class, make_pre_post_processors
         except ImportError as err:
             raise ImportError(_HINT) from err
+        from vmp.policies.checkpoint import resolve_device
+
+        pretrained = io["pretrained"]
         config = PreTrainedConfig.from_pretrained(pretrained)
-        if config.type not in SUPPORTED:
-            raise ValueError(f"{pretrained}: LeRobot policy type {config.type!r}; the adapter runs {list(SUPPORTED)}")
         if config.type == "act" and config.temporal_ensemble_coeff is not None:
             raise ValueError(f"{pretrained}: ACT with temporal ensembling queries every step; evaluate it with "
                              f"temporal_ensemble_coeff=None (chunked execution)")
-        from vmp.policies.checkpoint import resolve_device
-
         device = resolve_device(device)
         config.device = str(device)
-        mapping = feature_map(pretrained)
-        self.task = mapping.get("task")
-        self.parts = {f: mapping["features"].get(f) for f in config.input_features}
-        missing = [f for f, p in self.parts.items() if not p]
-        if missing:
-            raise KeyError(f"{pretrained}: input features {missing} are not in its data set's meta/vmp.json")
-        obs_shapes, obs_kinds = {}, {}
-        for feature, parts in self.parts.items():
-            is_image = feature.startswith("observation.images.")
-            for part in parts:
-                obs_shapes[part["key"]] = tuple(part["shape"])
-                obs_kinds[part["key"]] = "rgb" if is_image else "low_dim"
         n_obs = int(getattr(config, "n_obs_steps", 1))
         chunk = int(config.n_action_steps) if config.type == "diffusion" else int(config.chunk_size)
         super().__init__(n_obs, n_obs - 1 + chunk, int(config.n_action_steps),
-                         int(config.output_features["action"].shape[0]), obs_shapes, obs_kinds)
-        self.lerobot_type = config.type
+                         int(config.output_features["action"].shape[0]), io["obs_shapes"], io["obs_kinds"])
+        self.task, self.parts, self.budget, self.lerobot_type = io["task"], io["parts"], io["budget"], config.type
         self.model = get_policy_class(config.type).from_pretrained(pretrained, config=config).to(device).eval()
         self.preprocessor, self.postprocessor = make_pre_post_processors(
             config, pretrained_path=str(pretrained),
             preprocessor_overrides={"device_processor": {"device": str(device)}})
         self.image_features = list(config.image_features)
-        self.budget = training_budget(pretrained)
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise NotImplementedError("LeRobot policies train with lerobot-train (see the README's LeRobot section)")

@@ -427,20 +427,20 @@ def load_lerobot_cell(checkpoint: str, task_cfg: Any, device: str) -> tuple[Any,
     its observation keys and shapes must be the task's."""
     from hydra import compose
 
-    from vmp.policies.lerobot_policy import LeRobotPolicy, lerobot_checkpoint_policy
+    from vmp.policies.lerobot_policy import lerobot_checkpoint_policy, lerobot_io
 
-    policy = LeRobotPolicy(checkpoint, "cpu")
+    io = lerobot_io(checkpoint)  # read from its files: the model is built once, in each worker
     if task_cfg is None:
-        if not policy.task:
+        if not io["task"]:
             raise ValueError(f"{checkpoint}: its data set does not name a task; give task=<name>")
-        task_cfg = compose(config_name="eval", overrides=[f"task={policy.task}"]).task
+        task_cfg = compose(config_name="eval", overrides=[f"task={io['task']}"]).task
     task_obs = {k: tuple(v["shape"]) for k, v in task_cfg.shape_meta.obs.items()}
-    wrong = {k: s for k, s in policy.obs_shapes.items() if task_obs.get(k) != s}
+    wrong = {k: s for k, s in io["obs_shapes"].items() if task_obs.get(k) != s}
     if wrong:
         raise ValueError(f"{checkpoint} reads {wrong}, which task={task_cfg.name} does not give (its observations: "
                          f"{task_obs})")
     make_policy = functools.partial(lerobot_checkpoint_policy, str(checkpoint), str(device))
-    return task_cfg, make_policy, f"lerobot-{policy.lerobot_type}", policy.budget
+    return task_cfg, make_policy, f"lerobot-{io['type']}", io["budget"]
 
 
 SWEEP_KEYS = ("checkpoints", "tasks", "seeds")

@@ -89,7 +89,7 @@ def import_lerobot(root: str | os.PathLike, out_path: str | os.PathLike, repo_id
         raise ValueError(f"{root}: features {chosen} map to clashing store keys {list(keys.values())}")
 
     # features our exporter concatenated from several store keys: split back into them
-    parts = {f: m for f, m in read_feature_map(root).items()
+    parts = {f: m for f, m in read_export_map(root).get("features", {}).items()
              if f in chosen and (len(m) > 1 or m[0]["key"] != store_key(f))}
     first = ds[0]
     schema = {}
@@ -139,11 +139,11 @@ def lerobot_feature(key: str) -> str:
 FEATURE_MAP = "meta/vmp.json"  # {"task": store task, "features": {feature: [{key, shape}, ...]}}
 
 
-def read_feature_map(root: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
-    """An exported dataset's {LeRobot feature: the store keys it holds, in order, with their shapes}; {} when the
-    dataset was not written by `export_lerobot`."""
+def read_export_map(root: str | os.PathLike) -> dict[str, Any]:
+    """An exported dataset's ``meta/vmp.json``: {"task": the store's task, "features": {LeRobot feature: the store
+    keys it holds, in order, with their shapes}}; {} when the dataset was not written by `export_lerobot`."""
     path = Path(root) / FEATURE_MAP
-    return json.loads(path.read_text())["features"] if path.is_file() else {}
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def split_feature(rows: np.ndarray, parts: list[dict[str, Any]]) -> dict[str, np.ndarray]:
