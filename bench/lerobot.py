@@ -37,10 +37,11 @@ ENV_STATE_KEYS = ("object",)
 LATENCY_REPEATS = 30
 
 # name -> how it trains. vmp: vmp-train overrides (CARP: its tokenizer first, inside the same budget); lerobot:
-# lerobot-train arguments. steps: the LR schedule's length (a run is stopped at the budget whichever comes first);
-# ckpt_every: steps between kept checkpoints (about 1/6 of the budget at this machine's speed). "image": what changes
-# on an image task (our README's image settings; LeRobot's vision backbone is its ResNet-18, never pretrained here:
-# nothing is downloaded).
+# lerobot-train arguments. steps: the LR schedule's length, about what fits the budget on 2 CPU cores (12 min low-dim,
+# 20 min image; a run is stopped at the budget whichever comes first); ckpt_every: steps between kept checkpoints
+# (about 1/6 of the budget; LeRobot's image DP, at 3 s a step, keeps one every 25 so that the stop loses little).
+# "image": what changes on an image task (our README's image settings; LeRobot's vision backbone is its ResNet-18,
+# never pretrained here: nothing is downloaded; DP's LR warm-up shortened to fit its 400 steps).
 CONTENDERS: dict[str, dict[str, Any]] = {
     "beso": {"kind": "vmp", "args": ["policy=beso", "training.batch_size=128"], "steps": 4000, "ckpt_every": 500,
              "size": "d_model 128, 4 layers",
@@ -58,14 +59,16 @@ CONTENDERS: dict[str, dict[str, Any]] = {
                                                       "--batch_size=64"], "steps": 2400, "ckpt_every": 300,
                           "size": "U-Net down_dims [64,128,256] (close to ours)",
                           "image": {"args": ["--policy.type=diffusion", "--policy.down_dims=[64,128,256]",
-                                             "--policy.crop_shape=[76,76]", "--batch_size=64"],
+                                             "--policy.crop_shape=[76,76]", "--policy.scheduler_warmup_steps=50",
+                                             "--batch_size=64"], "steps": 400, "ckpt_every": 25,
                                     "size": "U-Net down_dims [64,128,256], ResNet-18, 76 px crops"}},
     "lerobot_act": {"kind": "lerobot", "args": ["--policy.type=act", "--policy.dim_model=256",
                                                 "--policy.dim_feedforward=1024", "--policy.n_heads=4",
                                                 "--policy.chunk_size=16", "--policy.n_action_steps=8",
                                                 "--batch_size=64"], "steps": 2000, "ckpt_every": 300,
                     "size": "dim_model 256, dim_feedforward 1024, chunk 16 / 8 executed (close to ours)",
-                    "image": {"extra": ["--policy.pretrained_backbone_weights=null"]}},
+                    "image": {"extra": ["--policy.pretrained_backbone_weights=null"], "ckpt_every": 50,
+                              "size": "dim_model 256, dim_feedforward 1024, chunk 16 / 8 executed, ResNet-18"}},
     "lerobot_diffusion_default": {"kind": "lerobot", "args": ["--policy.type=diffusion", "--batch_size=64"],
                                   "steps": 4, "ckpt_every": 4, "size": "LeRobot defaults (U-Net [512,1024,2048])",
                                   "latency_only": True},
@@ -162,6 +165,13 @@ def train(spec: dict, task: str, store: str, dataset: Path, run_dir: Path, minut
         for path in (run_dir / "policy" / "checkpoints").glob("step_*.pt"):
             checkpoints.append({"path": str(path), "step": int(path.stem.split("_")[1]),
                                 "minutes": (path.stat().st_mtime - t0) / 60})
+        latest = run_dir / "policy" / "checkpoints" / "latest.pt"
+        if latest.is_file():  # what the end or the stop saved, past the last kept step
+            import torch
+
+            step = int(torch.load(latest, map_location="cpu", weights_only=False)["step"])
+            if step > max((c["step"] for c in checkpoints), default=0):
+                checkpoints.append({"path": str(latest), "step": step, "minutes": (latest.stat().st_mtime - t0) / 60})
     else:
         for path in (run_dir / "policy" / "checkpoints").glob("[0-9]*"):
             done = path / "pretrained_model" / "model.safetensors"
@@ -231,9 +241,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contenders", nargs="+", default=DEFAULT_CONTENDERS, choices=sorted(CONTENDERS))
     parser.add_argument("--minutes", type=float, default=12.0, help="training wall-clock budget per contender")
     parser.add_argument("--episodes", type=int, default=50, help="episodes for the end-of-budget success")
-    parser.add_argument("--timeline-episodes", type=int, default=20, help="episodes per intermediate checkpoint")
+    parser.add_argument("--timeline-episodes", type=int, default=20, help="episodes per intermediate checkpoint "
+                        "(0: evaluate the end-of-budget checkpoint only, no time to bar)")
     parser.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints (default: each "
                         "contender's, about 1/6 of a 12-minute budget on 2 CPU cores)")
+    parser.add_argument("--steps", type=int, default=None, help="every contender's schedule length in steps "
+                        "(default: each contender's, sized to its default budget)")
+    parser.add_argument("--tag", default="", help="suffix of the records' names, for a second budget beside the first "
+                      "(e.g. --minutes 24 --tag 24min)")
     parser.add_argument("--bar", type=float, default=0.95, help="the success rate 'time to' measures")
     parser.add_argument("--lerobot-python", default=".venv-lerobot/bin/python", help="the LeRobot environment's python")
     parser.add_argument("--python", default=sys.executable, help="the python our heads train and evaluate in")
@@ -268,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
             runs[name] = json.loads(record.read_text())
             continue
         log.info("training %s for %.1f min", name, args.minutes)
-        spec = {**contender(name, obs_type), **({"ckpt_every": args.ckpt_every} if args.ckpt_every else {})}
+        spec = {**contender(name, obs_type), **({"ckpt_every": args.ckpt_every} if args.ckpt_every else {}),
+                **({"steps": args.steps} if args.steps else {})}
         runs[name] = train(spec, args.task, store, dataset, out / name, args.minutes, python,
                            lerobot_python)
         if not runs[name]["checkpoints"]:
@@ -282,14 +298,14 @@ def main(argv: list[str] | None = None) -> None:
         timeline, reached = [], None
         for ckpt in run["checkpoints"]:
             last = ckpt is run["checkpoints"][-1]
-            if reached is not None and not last:
-                continue  # past the bar: only the end-of-budget checkpoint is still evaluated
+            if not last and (reached is not None or args.timeline_episodes == 0):
+                continue  # past the bar (or no timeline asked for): only the end-of-budget checkpoint is evaluated
             n = args.episodes if last else args.timeline_episodes
             m = evaluate(ckpt["path"], spec["kind"], n, out / name / "eval" / f"step{ckpt['step']}_{n}", python,
                          lerobot_python)
             timeline.append({"step": ckpt["step"], "minutes": round(ckpt["minutes"], 2),
                              "success_rate": m["success_rate"], "n_episodes": m["n_episodes"]})
-            if reached is None and m["success_rate"] >= args.bar:
+            if reached is None and args.timeline_episodes and m["success_rate"] >= args.bar:
                 reached = ckpt["minutes"]
             run["final"] = m
         run.update(timeline=timeline, time_to_bar=reached)
@@ -315,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
                   "trainer": "lerobot-train" if spec["kind"] == "lerobot" else "vmp-train",
                   "trainer_torch": torch_of[lerobot_python if spec["kind"] == "lerobot" else python],
                   "train_command": run["command"]}
-        write_result(f"lerobot_{args.task}_{name}", "comparison", args.task, obs_type,
+        write_result(f"lerobot_{args.task}_{name}" + (f"_{args.tag}" if args.tag else ""), "comparison", args.task, obs_type,
                      name, spec["size"], metrics, device_name("cpu"), command, budget=budget,
                      out_dir=Path(args.results))
 

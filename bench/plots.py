@@ -95,7 +95,10 @@ def plot_success_vs_minutes(records: list[dict], path: Path) -> None:
 
 def plot_comparison(rows: list[dict], path: Path) -> None:
     """Left: success against training minutes per contender (its checkpoints); right: chunk latency (log scale)."""
-    rows = sorted(rows, key=lambda r: r["policy"])
+    rows = sorted(rows, key=lambda r: (r["policy"], (r.get("budget") or {}).get("minutes_budget") or 0))
+    budgets = {(r.get("budget") or {}).get("minutes_budget") for r in rows if "success_rate" in r["metrics"]}
+    labels = [r["policy"] + (f" ({r['budget']['minutes_budget']:g} min)" if len(budgets) > 1 and
+                             "success_rate" in r["metrics"] else "") for r in rows]
     plt, (fig, left) = _figure(11, 4.2)
     left.set_position([0.07, 0.13, 0.4, 0.77])
     right = fig.add_axes([0.62, 0.13, 0.35, 0.77])
@@ -103,7 +106,7 @@ def plot_comparison(rows: list[dict], path: Path) -> None:
         timeline = r["metrics"].get("timeline") or []
         if timeline:
             left.plot([t["minutes"] for t in timeline], [t["success_rate"] for t in timeline], marker="o",
-                      color=f"C{i}", label=r["policy"])
+                      color=f"C{i}", label=labels[i])
     bar = next((r["metrics"].get("bar") for r in rows), None)
     if bar:
         left.axhline(bar, color="grey", linestyle=":", linewidth=1)
@@ -112,7 +115,7 @@ def plot_comparison(rows: list[dict], path: Path) -> None:
     left.set_ylim(-0.02, 1.02)
     left.legend(fontsize=7, loc="lower right")
     right.barh(range(len(rows)), [r["metrics"]["p50_ms"] for r in rows], color=[f"C{i}" for i in range(len(rows))])
-    right.set_yticks(range(len(rows)), [r["policy"] for r in rows], fontsize=7)
+    right.set_yticks(range(len(rows)), labels, fontsize=7)
     right.set_xscale("log")
     right.set_xlabel("chunk latency p50, ms (batch 1, log scale)")
     right.invert_yaxis()

@@ -89,8 +89,12 @@ def tables(records: list[dict]) -> str:
             m, b = r["metrics"], r.get("budget") or {}
             if "success_rate" in m:
                 success = f"{_fmt(m['success_rate'])} | {_fmt(m['ci95_low'])}–{_fmt(m['ci95_high'])} | {m['n_episodes']}"
-                bar = f"{_fmt(m['time_to_bar_min'])} (≥{_fmt(m['bar'])})" if m.get("time_to_bar_min") is not None \
-                    else f"not reached (≥{_fmt(m['bar'])})"
+                if m.get("time_to_bar_min") is not None:
+                    bar = f"{_fmt(m['time_to_bar_min'])} (≥{_fmt(m['bar'])})"
+                elif len(m.get("timeline", [])) > 1:
+                    bar = f"not reached (≥{_fmt(m['bar'])})"
+                else:
+                    bar = "not measured (end of budget only)"
             else:
                 success, bar = "not evaluated (latency and throughput only) | - | -", "-"
             out.append(f"| {r['task']} | {r['obs']} | {r['policy']} | {r['variant']} | {success} | {bar} | "

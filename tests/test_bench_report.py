@@ -46,3 +46,17 @@ def test_report_draws_the_plots_and_a_rerun_changes_nothing(tmp_path):
     main(["--results", str(results), "--readme", str(readme)])
     again = {p.name: p.read_bytes() for p in plots}
     assert again["latency.png"] != first["latency.png"] and again["success.png"] == first["success.png"]
+
+
+def test_comparison_rows_tell_reached_not_reached_and_not_measured_apart():
+    def row(policy, time_to_bar, timeline):
+        r = record("comparison", success_rate=0.9, ci95_low=0.8, ci95_high=0.95, n_episodes=50, bar=0.95,
+                   time_to_bar_min=time_to_bar, timeline=timeline, p50_ms=5.0, p99_ms=6.0, n_params=1000)
+        return {**r, "policy": policy, "budget": {"minutes_budget": 12.0, "train_steps": 900, "batch_size": 64}}
+
+    point = {"step": 900, "minutes": 12.0, "success_rate": 0.9, "n_episodes": 50}
+    text = tables([row("beso", 3.6, [point, point]), row("act", None, [point, point]), row("dp", None, [point])])
+    lines = {line.split(" | ")[2]: line for line in text.splitlines() if line.startswith("| metaworld_mt | image |")}
+    assert "| 3.60 (≥0.95) |" in lines["beso"]
+    assert "| not reached (≥0.95) |" in lines["act"]
+    assert "| not measured (end of budget only) |" in lines["dp"]  # one checkpoint evaluated: no timeline to read
