@@ -264,8 +264,9 @@ def main(argv: list[str] | None = None) -> None:
             import lerobot  # noqa: F401
         except ImportError:
             # the latency rows load LeRobot policies in this process: rerun it in the LeRobot environment
-            os.execv(lerobot_python, [lerobot_python, "-m", "vmp.bench.cli", "lerobot", "--python", args.python,
-                                      *(argv if argv is not None else sys.argv[2:])])
+            given = argv if argv is not None else sys.argv[2:]
+            python_arg = [] if any(a.split("=")[0] == "--python" for a in given) else ["--python", args.python]
+            os.execv(lerobot_python, [lerobot_python, "-m", "vmp.bench.cli", "lerobot", *python_arg, *given])
     python = args.python
     task_cfg = task_config(args.task)
     obs_type = "image" if any(v.get("type") == "rgb" for v in task_cfg.shape_meta.obs.values()) else "lowdim"

@@ -1,7 +1,7 @@
 """`vmp-bench suite=quick` (or `vmp-bench suite quick`): every CPU benchmark in one command, then the README's tables
 and plots regenerated from results/. `suite=full` adds the slower rows: deployment under load, scale-out, the
-side-by-side comparison with LeRobot on low-dim Lift (when the LeRobot environment, .venv-lerobot, exists and the Lift
-store of record does), and the GPU rows (latency, the deployment engine) when a GPU is present.
+side-by-side comparisons with LeRobot on low-dim and image Lift (when the LeRobot environment, .venv-lerobot, exists
+and the Lift stores of record do), and the GPU rows (latency, the deployment engine) when a GPU is present.
 
 Each benchmark runs in a process of its own (they set process-wide state: thread counts, the GIL switch interval)
 and writes its own results JSON; the suite records what ran and how long in results/bench_suite_<name>.json.
@@ -33,7 +33,10 @@ FULL = QUICK + [["deploy", "--seconds", "20", "--load", "--out", "results/bench_
                 ["deploy", "--seconds", "20", "--load", "--servo-hz", "200", "--out",
                  "results/bench_deploy_cpu_load_servo200.json"],
                 ["scaleout"]]
-LEROBOT = ["lerobot", "--store", "stores/lift_dart.zarr", "--task", "lift", "--minutes", "12"]
+# the side-by-side comparisons of record: (store it needs, command)
+LEROBOT = [("stores/lift_dart.zarr", ["lerobot", "--store", "stores/lift_dart.zarr", "--task", "lift", "--minutes", "12"]),
+           ("stores/lift_image_dart.zarr", ["lerobot", "--store", "stores/lift_image_dart.zarr", "--task", "lift_image",
+                                            "--minutes", "20", "--timeline-episodes", "0"])]
 GPU = [["latency", "--device", "cuda"], ["latency", "--device", "cuda", "--obs", "image", "--heads", "beso", "carp",
                                          "--variants", "3-step euler", "greedy kv-cache", "--engine"]]
 
@@ -61,8 +64,8 @@ def main(argv: list[str]) -> None:
     import torch
 
     steps = list(QUICK if args.name == "quick" else FULL)
-    if args.name == "full" and Path(".venv-lerobot/bin/python").is_file() and Path(LEROBOT[2]).is_dir():
-        steps.append(LEROBOT)
+    if args.name == "full" and Path(".venv-lerobot/bin/python").is_file():
+        steps += [command for store, command in LEROBOT if Path(store).is_dir()]
     if args.name == "full" and torch.cuda.is_available():
         steps += GPU
     ran: list[dict[str, Any]] = []
