@@ -255,6 +255,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="runs folder (default runs/lerobot-<task>)")
     parser.add_argument("--results", default="results")
     args = parser.parse_args(argv)
+    if args.tag and not re.fullmatch(r"[A-Za-z0-9_-]+", args.tag):
+        parser.error(f"--tag {args.tag!r}: letters, digits, '_' and '-' only (it becomes part of file names)")
+    for name in ("minutes", "episodes", "timeline_episodes", "steps", "ckpt_every"):
+        value = getattr(args, name)
+        if value is not None and (value < 0 or (value == 0 and name != "timeline_episodes")):
+            parser.error(f"--{name.replace('_', '-')} {value}: must be positive"
+                         + (" (or 0)" if name == "timeline_episodes" else ""))
 
     lerobot_python = str(Path(args.lerobot_python))
     if not Path(lerobot_python).is_file():
