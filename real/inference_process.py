@@ -107,6 +107,7 @@ def _engine_main(conn: Any, build: Callable[[], Any]) -> None:
                 reply = {"op": "error", "seq": msg.get("seq"), "message": f"{type(exc).__name__}: {exc}"}
             conn.send_bytes(json.dumps(reply).encode())
     finally:
+        views.clear()  # numpy views pin the shared buffers: a block with live views cannot close
         for block in blocks.values():
             block.close()
 
