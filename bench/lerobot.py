@@ -167,9 +167,9 @@ def train(spec: dict, task: str, store: str, dataset: Path, run_dir: Path, minut
                                 "minutes": (path.stat().st_mtime - t0) / 60})
         latest = run_dir / "policy" / "checkpoints" / "latest.pt"
         if latest.is_file():  # what the end or the stop saved, past the last kept step
-            import torch
+            from vmp.policies.checkpoint import read_checkpoint
 
-            step = int(torch.load(latest, map_location="cpu", weights_only=False)["step"])
+            step = int(read_checkpoint(latest)["step"])
             if step > max((c["step"] for c in checkpoints), default=0):
                 checkpoints.append({"path": str(latest), "step": step, "minutes": (latest.stat().st_mtime - t0) / 60})
     else:
