@@ -165,6 +165,9 @@ class ProcessEngine:
         self._sent_at = 0.0
         self.latencies_ms: list[float] = []
         self.error: BaseException | None = None
+        # multiprocessing's join / is_alive / exitcode reap the child with waitpid and are not thread-safe: two threads
+        # reaping at once leave one with ECHILD, which reads as "still alive". Every look at the process takes this lock.
+        self._proc_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name="inference-replies", daemon=True)
         self._reader.start()
 
@@ -228,17 +231,18 @@ class ProcessEngine:
 
     def close(self) -> None:
         """Stop the inference process and free the shared blocks (a process stuck in a request is killed)."""
-        if self.proc.is_alive() and not self.idle:
-            self.proc.kill()
-        if self.proc.is_alive():
-            try:
-                self._conn.send_bytes(json.dumps({"op": "close"}).encode())
-            except OSError:
-                pass
-            self.proc.join(5)
-            if self.proc.is_alive():
+        with self._proc_lock:
+            if self.proc.is_alive() and not self.idle:
                 self.proc.kill()
+            if self.proc.is_alive():
+                try:
+                    self._conn.send_bytes(json.dumps({"op": "close"}).encode())
+                except OSError:
+                    pass
                 self.proc.join(5)
+                if self.proc.is_alive():
+                    self.proc.kill()
+                    self.proc.join(5)
         self._conn.close()
         for block in self._blocks.values():
             block.close()
@@ -271,14 +275,19 @@ class ProcessEngine:
             if header.get("goal"):
                 self._conn.send_bytes(_npz({k: np.asarray(v) for k, v in goal.items()}))
         except OSError as exc:
-            self._fail(InferenceProcessError(f"the inference process is gone ({exc}; exit code {self.proc.exitcode})"))
+            with self._proc_lock:
+                code = self.proc.exitcode
+            self._fail(InferenceProcessError(f"the inference process is gone ({exc}; exit code {code})"))
 
     def _call(self, header: dict[str, Any], goal: Any = None, timeout_s: float | None = 60.0) -> dict[str, Any]:
         """One blocking request (the worker idle first): -> its reply; an error reply or a dead process raises."""
         if not self.wait_idle(timeout_s or 1e9):
             raise InferenceProcessError(f"the inference process is still busy after {timeout_s} s")
-        if self.error is not None and not self.proc.is_alive():
-            raise self.error
+        if self.error is not None:
+            with self._proc_lock:
+                dead = not self.proc.is_alive()
+            if dead:
+                raise self.error
         if "seq" not in header:
             self._seq += 1
             header["seq"] = self._seq
@@ -307,8 +316,9 @@ class ProcessEngine:
             try:
                 reply = json.loads(self._conn.recv_bytes())
             except (EOFError, OSError):
-                self.proc.join(1)
-                code = self.proc.exitcode
+                with self._proc_lock:
+                    self.proc.join(1)
+                    code = self.proc.exitcode
                 why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                 self._fail(InferenceProcessError(f"the inference process died ({why})"))
                 return
