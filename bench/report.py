@@ -1,6 +1,9 @@
 """Regenerate the README's results tables and plots from results/*.json (the only source of quoted figures).
 
     vmp-bench report            # rewrites the block between the results markers in README.md, and docs/plots/*.png
+
+It also copies each results-table recipe (`vmp.bench.recipes`) between its own markers, so the README shows the
+commands the full suite runs, from one source.
 """
 
 from __future__ import annotations
@@ -10,6 +13,19 @@ import json
 from pathlib import Path
 
 BEGIN, END = "<!-- results:begin (vmp-bench report) -->", "<!-- results:end -->"
+
+
+def fill_recipes(text: str) -> str:
+    """Each recipe's commands between its README markers (a README without a recipe's markers keeps its text)."""
+    from vmp.bench.recipes import RECIPES, markdown
+
+    for recipe in RECIPES:
+        begin, end = f"<!-- recipe:{recipe.name}:begin (vmp-bench report) -->", f"<!-- recipe:{recipe.name}:end -->"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            _, tail = rest.split(end, 1)
+            text = f"{head}{begin}\n{markdown(recipe)}\n{end}{tail}"
+    return text
 
 
 def _fmt(x, digits=2):
@@ -136,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
 
     plots = write_plots(records, readme.parent / args.plots)
     figures = "\n".join(f"![{p.stem.replace('_', ' ')}]({p.relative_to(readme.parent).as_posix()})" for p in plots)
-    readme.write_text(f"{head}{BEGIN}\n{figures}\n\n{tables(records)}\n{END}{tail}")
+    readme.write_text(fill_recipes(f"{head}{BEGIN}\n{figures}\n\n{tables(records)}\n{END}{tail}"))
     print(f"{readme}: {len(records)} records from {args.results}/")
 
 

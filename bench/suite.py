@@ -1,13 +1,17 @@
 """`vmp-bench suite=quick` (or `vmp-bench suite quick`): every CPU benchmark in one command, then the README's tables
 and plots regenerated from results/. `suite=full` adds the slower rows: deployment under load, scale-out, the
 side-by-side comparisons with LeRobot on low-dim and image Lift (when the LeRobot environment, .venv-lerobot, exists
-and the Lift stores of record do), and the GPU rows (latency, the deployment engine) when a GPU is present.
+and the Lift stores of record do), the GPU rows (latency, the deployment engine) when a GPU is present, and then the
+results table itself: every recipe in `vmp.bench.recipes` (collect where the store is missing, train, evaluate),
+hours on 2 CPU cores. A training that fails skips the evaluations of its run folder.
 
 Each benchmark runs in a process of its own (they set process-wide state: thread counts, the GIL switch interval)
 and writes its own results JSON; the suite records what ran and how long in results/bench_suite_<name>.json.
 
     vmp-bench suite=quick       # about 10 minutes on 2 CPU cores
-    vmp-bench suite=full        # an hour or more
+    vmp-bench suite=full        # many hours: every results-table training
+    vmp-bench suite full --recipes lift_lowdim     # the benchmarks, then one group of the results table
+    vmp-bench suite full --recipes                 # the benchmarks only
 """
 
 from __future__ import annotations
@@ -56,37 +60,87 @@ def train_rates(argv: list[str] | None = None) -> None:
                      f"cpu ({torch.get_num_threads()} threads)", "vmp-bench suite=quick (train-rate)")
 
 
+def recipe_steps(names: list[str], gpu: bool) -> list[tuple[str, list[str] | None, str]]:
+    """The results table's recipes as suite steps: (command as the README shows it, argv or None, why skipped).
+    A store on disk is kept; a training pinned to `device=cuda` without a GPU is skipped, and so are the
+    evaluations of its run folder; trainings rerun into their run folders (`overwrite=true`)."""
+    from vmp.bench import recipes
+
+    unknown = sorted(set(names) - set(recipes.BY_NAME))
+    if unknown:
+        raise SystemExit(f"--recipes: no recipe {unknown}; the recipes are {[r.name for r in recipes.RECIPES]}")
+    out: list[tuple[str, list[str] | None, str]] = []
+    for name in names:
+        recipe, skipped_runs = recipes.BY_NAME[name], set()
+        for store, command in recipe.stores.items():
+            out.append((command, None, f"{store} exists") if Path(store).exists() else (command, recipes.argv(command), ""))
+        for command in recipe.steps:
+            run = recipes.run_of(command)
+            if command.startswith("vmp-train") and recipes.option(command, "device") == "cuda" and not gpu:
+                skipped_runs.add(run)
+                out.append((command, None, "trained on a GPU; none here"))
+            elif run in skipped_runs:
+                out.append((command, None, f"{run} was not trained in this run"))
+            else:
+                extra = ["overwrite=true"] if command.startswith("vmp-train") else []
+                out.append((command, recipes.argv(command) + extra, ""))
+    return out
+
+
 def main(argv: list[str]) -> None:
+    from vmp.bench.recipes import RECIPES, run_of
+
     parser = argparse.ArgumentParser(prog="vmp-bench suite", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=["quick", "full"])
+    parser.add_argument("--recipes", nargs="*", default=None, metavar="GROUP",
+                        help="suite=full: the results-table groups to retrain and evaluate (default: all of "
+                             f"{', '.join(r.name for r in RECIPES)}; none: --recipes with no name)")
     args = parser.parse_args(argv)
+    if args.name == "quick" and args.recipes:
+        parser.error("--recipes belongs to suite=full (suite=quick trains nothing of record)")
     import torch
 
-    steps = list(QUICK if args.name == "quick" else FULL)
+    gpu = torch.cuda.is_available()
+    bench = list(QUICK if args.name == "quick" else FULL)
     if args.name == "full" and Path(".venv-lerobot/bin/python").is_file():
-        steps += [command for store, command in LEROBOT if Path(store).is_dir()]
-    if args.name == "full" and torch.cuda.is_available():
-        steps += GPU
+        bench += [command for store, command in LEROBOT if Path(store).is_dir()]
+    if args.name == "full" and gpu:
+        bench += GPU
+    steps: list[tuple[str, list[str] | None, str]] = [
+        ("vmp-bench " + " ".join(step), None if step == ["train-rate"] else [sys.executable, "-m", "vmp.bench.cli", *step], "")
+        for step in bench]
+    if args.name == "full":
+        steps += recipe_steps([r.name for r in RECIPES] if args.recipes is None else args.recipes, gpu)
     ran: list[dict[str, Any]] = []
+    failed_runs: set[str] = set()
     start = time.perf_counter()
-    for step in steps:
+    for command, step_argv, skip in steps:
         t = time.perf_counter()
-        if step == ["train-rate"]:
+        run = run_of(command)
+        if not skip and command.startswith("vmp-eval") and run in failed_runs:
+            skip = f"the training of {run} failed"
+        if skip:
+            ran.append({"command": command, "seconds": 0.0, "exit": 0, "skipped": skip})
+            log.info("%s: skipped (%s)", command, skip)
+            continue
+        if step_argv is None:  # the training rates run in this process
             train_rates()
             code = 0
         else:
-            code = subprocess.run([sys.executable, "-m", "vmp.bench.cli", *step]).returncode
-        ran.append({"command": "vmp-bench " + " ".join(step), "seconds": round(time.perf_counter() - t, 1), "exit": code})
-        log.info("%s: %.0f s%s", ran[-1]["command"], ran[-1]["seconds"], f" (exit {code})" if code else "")
+            code = subprocess.run(step_argv).returncode
+        if code and command.startswith("vmp-train"):
+            failed_runs.add(run)
+        ran.append({"command": command, "seconds": round(time.perf_counter() - t, 1), "exit": code})
+        log.info("%s: %.0f s%s", command, ran[-1]["seconds"], f" (exit {code})" if code else "")
     subprocess.run([sys.executable, "-m", "vmp.bench.cli", "report"], check=True)
     total = round(time.perf_counter() - start, 1)
     write_result(f"bench_suite_{args.name}", "suite", "-", "-", "-", f"vmp-bench suite={args.name}",
                  {"seconds": total, "steps": ran, "failed": sum(r["exit"] != 0 for r in ran)},
-                 f"cpu ({os.cpu_count()} cores)" + (", GPU" if torch.cuda.is_available() else ""),
-                 f"vmp-bench suite={args.name}")
-    print(f"suite={args.name}: {len(ran)} benchmarks in {total / 60:.1f} min"
-          + "".join(f"\n  {r['command']}: {r['seconds']} s" + (f" FAILED (exit {r['exit']})" if r["exit"] else "")
-                    for r in ran))
+                 f"cpu ({os.cpu_count()} cores)" + (", GPU" if gpu else ""),
+                 "vmp-bench " + " ".join([f"suite={args.name}", *([] if args.recipes is None else ["--recipes", *args.recipes])]))
+    print(f"suite={args.name}: {len(ran)} steps in {total / 60:.1f} min"
+          + "".join(f"\n  {r['command']}: " + (f"skipped ({r['skipped']})" if r.get("skipped") else f"{r['seconds']} s")
+                    + (f" FAILED (exit {r['exit']})" if r["exit"] else "") for r in ran))
     if any(r["exit"] for r in ran):
         sys.exit(1)

@@ -1,0 +1,191 @@
+"""The results table's rows, each as the commands that make it: collect the demonstrations, train, evaluate.
+
+`vmp-bench suite=full` runs them (a store already on disk is kept; trainings rerun into their run folders; every
+evaluation rewrites its results JSON), `vmp-bench report` writes them into the README between their markers, and
+tests compose every command against the configs, so a renamed option fails a test rather than a rerun hours in.
+
+    vmp-bench suite full --recipes lift_lowdim lift_image      # only these groups
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+
+# the console scripts a recipe may call, and the module each one runs (the suite calls modules: no PATH needed)
+MODULES = {"vmp-collect": "vmp.sim.collect", "vmp-train": "vmp.policies.train", "vmp-eval": "vmp.sim.evaluate"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One group of rows that share demonstrations. `stores` maps each store to the command that collects it (skipped
+    when the store exists); `steps` are the trainings and evaluations in order. A training that pins `device=cuda`
+    was made on a lent GPU (two CPU cores would take days): without a GPU the suite skips it and the evaluations of
+    its run folder, and says so. `notes`: records of the group that no recipe remakes, and why."""
+
+    name: str
+    stores: dict[str, str]
+    steps: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def commands(self) -> list[str]:
+        return list(self.stores.values()) + self.steps
+
+
+def argv(command: str) -> list[str]:
+    """A recipe line as the argv that runs it in this interpreter (a trailing `# comment` dropped)."""
+    words = shlex.split(command, comments=True)
+    if not words or words[0] not in MODULES:
+        raise ValueError(f"recipe command {command!r}: expected one of {sorted(MODULES)} first")
+    return [sys.executable, "-m", MODULES[words[0]], *words[1:]]
+
+
+_LIFT = "task=lift store=stores/lift_dart.zarr training.batch_size=128 training.steps=4000"
+_LIFT_TOK = "task=lift policy=carp_tokenizer store=stores/lift_dart.zarr training.steps=3000 training.lr=1e-3 training.warmup_steps=200"
+_LIFT_IMG = "task=lift_image encoder=compact_cnn store=stores/lift_image_dart.zarr"
+_BP = ("task=blockpush store=stores/blockpush_dart1k.zarr policy.horizon=8 policy.n_action_steps=2 "
+       "encoder.lowdim_hidden=512 training.batch_size=256 training.steps=12000 training.lr=1e-3")
+_BP_CARP = ("task=blockpush policy=carp store=stores/blockpush_dart1k.zarr policy.tokenizer.horizon=8 "
+            "policy.tokenizer.n_action_steps=2 policy.n_action_steps=2 encoder.lowdim_hidden=512 "
+            "policy.tokenizer_checkpoint=runs/bp1k-carp_tokenizer/checkpoints/latest.pt training.batch_size=256 "
+            "training.steps=12000 training.lr=1e-3")
+_BP_VARIANT = "goal-conditioned; horizon 8, 2 actions per chunk"
+_CARP = "greedy, 4 scales, kv-cache"
+_PAD = "task=metaworld_mt policy=pad device=cuda training.batch_size=128 training.steps=8000"
+_MT_LOWDIM = ("task=metaworld_mt_lowdim encoder=lowdim training.steps=2500 training.batch_size=64 "
+              "training.warmup_steps=100 training.val_every=500")
+_MT_LOWDIM_VARIANT = "500 DART demos, 2500 x 64 steps (CPU)"
+_NAV = "1000 demos, 6000 x 64 steps (CPU)"
+
+
+def _eval(run: str, result: str, variant: str, episodes: int = 50, extra: str = "", out: str = "eval",
+          videos: int = 3) -> str:
+    """A vmp-eval line; the variant is quoted for hydra too (its commas would otherwise read as a list or a sweep)."""
+    extra = f" {extra}" if extra else ""
+    return (f"vmp-eval checkpoint=runs/{run} n_episodes={episodes} n_workers=2 n_videos={videos}{extra} "
+            f"out_dir=runs/{run}/{out} 'variant=\"{variant}\"' results_json=results/{result}.json")
+
+
+RECIPES = [
+    Recipe("lift_lowdim", {"stores/lift_dart.zarr": "vmp-collect task=lift n_episodes=200 out=stores/lift_dart.zarr "
+                                                    "action_noise=0.1   # DART: noisy execution, clean labels"}, [
+        f"vmp-train {_LIFT} policy=beso run_dir=runs/lift-beso-dart",
+        f"vmp-train {_LIFT} policy=ddpm run_dir=runs/lift-ddpm-dart",
+        f"vmp-train {_LIFT_TOK} run_dir=runs/lift-carp_tokenizer",
+        f"vmp-train {_LIFT} policy=carp policy.tokenizer_checkpoint=runs/lift-carp_tokenizer/checkpoints/latest.pt "
+        "run_dir=runs/lift-carp-sc50",
+        f"vmp-train {_LIFT_TOK} seed=1 run_dir=runs/lift-carp_tokenizer-seed1",
+        f"vmp-train {_LIFT} policy=carp seed=1 policy.tokenizer_checkpoint=runs/lift-carp_tokenizer-seed1/checkpoints/"
+        "latest.pt run_dir=runs/lift-carp-sc50-seed1",
+        _eval("lift-beso-dart", "success_lift_lowdim_beso", "3-step euler"),
+        _eval("lift-ddpm-dart", "success_lift_lowdim_ddpm", "100-step ddpm"),
+        _eval("lift-carp-sc50", "success_lift_lowdim_carp_sc50", f"{_CARP}, self-correction 0.5"),
+        _eval("lift-carp-sc50-seed1", "success_lift_lowdim_carp_sc50_seed1", f"{_CARP}, self-correction 0.5; seed 1"),
+    ], notes=["success_lift_lowdim_carp_sc50_cpu: the CARP recipe above with device=cpu (on a CPU-only machine the "
+              "suite's own run is that row)",
+              "success_lift_lowdim_carp_sc50_before_change: trained by the code before a change (854fa8a), kept for "
+              "the comparison; this code cannot remake it"]),
+    Recipe("lift_image", {"stores/lift_image_dart.zarr": "vmp-collect task=lift_image n_episodes=150 "
+                                                         "out=stores/lift_image_dart.zarr action_noise=0.1"}, [
+        f"vmp-train {_LIFT_IMG} policy=beso training.batch_size=64 training.steps=2500 training.num_workers=0 "
+        "run_dir=runs/lift_image-beso-dart",
+        f"vmp-train {_LIFT_IMG} policy=carp_tokenizer training.batch_size=128 training.steps=2000 training.lr=1e-3 "
+        "training.warmup_steps=200 run_dir=runs/lift_image-carp_tokenizer",
+        f"vmp-train {_LIFT_IMG} policy=carp policy.d_model=128 policy.width=128 policy.depth=4 "
+        "training.batch_size=64 training.steps=2500 run_dir=runs/lift_image-carp-sc50",
+        _eval("lift_image-beso-dart", "success_lift_image_beso", "3-step euler; compact CNN, 2 x 84 px cameras"),
+        _eval("lift_image-carp-sc50", "success_lift_image_carp",
+              f"{_CARP}, self-correction 0.5; compact CNN, 2 x 84 px cameras; width 128, depth 4"),
+    ]),
+    Recipe("blockpush", {"stores/blockpush_dart1k.zarr": "vmp-collect task=blockpush n_episodes=1000 "
+                                                         "out=stores/blockpush_dart1k.zarr action_noise=0.3"}, [
+        f"vmp-train {_BP} policy=beso run_dir=runs/bp1k-long-beso",
+        f"vmp-train {_BP} policy=ddpm run_dir=runs/bp1k-long-ddpm",
+        "vmp-train task=blockpush policy=carp_tokenizer store=stores/blockpush_dart1k.zarr policy.horizon=8 "
+        "policy.n_action_steps=2 training.batch_size=256 training.steps=3000 training.lr=1e-3 training.warmup_steps=200 "
+        "run_dir=runs/bp1k-carp_tokenizer",
+        f"vmp-train {_BP_CARP} run_dir=runs/bp1k-carp-sc50",
+        f"vmp-train {_BP_CARP} policy.self_correction=0.75 run_dir=runs/bp1k-carp-sc75",
+        f"vmp-train {_BP_CARP} encoder.goal_in_lowdim=true policy.self_correction=0.75 run_dir=runs/bp1k-carp-goalcat",
+        f"vmp-train {_BP_CARP} encoder.goal_in_lowdim=true policy.self_correction=0 run_dir=runs/bp1k-carp-goalcat-sc0",
+        _eval("bp1k-long-beso", "success_blockpush_lowdim_beso", f"3-step euler; {_BP_VARIANT}"),
+        _eval("bp1k-long-ddpm", "success_blockpush_lowdim_ddpm", f"100-step DDPM; {_BP_VARIANT}"),
+        _eval("bp1k-carp-sc50", "success_blockpush_lowdim_carp", f"{_CARP}, self-correction 0.5; {_BP_VARIANT}"),
+        _eval("bp1k-carp-sc75", "success_blockpush_lowdim_carp_sc75", f"{_CARP}, self-correction 0.75; {_BP_VARIANT}"),
+        _eval("bp1k-carp-goalcat", "success_blockpush_lowdim_carp_goal",
+              f"{_CARP}, self-correction 0.75, goal in the low-dim MLP; {_BP_VARIANT}"),
+        _eval("bp1k-carp-goalcat-sc0", "success_blockpush_lowdim_carp_goal_sc0",
+              f"{_CARP}, no self-correction, goal in the low-dim MLP; {_BP_VARIANT}"),
+    ]),
+    Recipe("metaworld_mt", {"stores/metaworld_mt.zarr": "vmp-collect task=metaworld_mt n_episodes=500 action_noise=0.1",
+                            "stores/metaworld_video.zarr": "vmp-collect task=metaworld_video n_episodes=200 action_free=true"}, [
+        "vmp-train task=metaworld_mt policy=pad_vae device=cuda training.batch_size=128 training.steps=6000 "
+        "training.lr=5e-4 run_dir=runs/metaworld_mt-pad_vae",
+        f"vmp-train {_PAD} run_dir=runs/metaworld_mt-pad 'mix=[{{store: stores/metaworld_video.zarr, weight: 0.5}}]'",
+        f"vmp-train {_PAD} run_dir=runs/metaworld_mt-pad-novideo",
+        f"vmp-train {_PAD} policy.predict_future=false run_dir=runs/metaworld_mt-pad-nofuture",
+        "vmp-train task=metaworld_mt policy=beso encoder=compact_cnn training.batch_size=64 training.steps=8000 "
+        "training.num_workers=1 run_dir=runs/metaworld_mt-beso",
+        _eval("metaworld_mt-pad", "success_metaworld_mt_image_pad", "10-step DDIM; VAE latents 8x8x4, DiT width 192 "
+              "depth 6; co-trained on 200 action-free video episodes (weight 0.5)", episodes=200, videos=10),
+        _eval("metaworld_mt-pad-novideo", "success_metaworld_mt_image_pad_novideo",
+              "ablation: no action-free video; 10-step DDIM", episodes=200, videos=10),
+        _eval("metaworld_mt-pad-nofuture", "success_metaworld_mt_image_pad_nofuture",
+              "ablation: no future-image prediction (action loss only); 10-step DDIM", episodes=200, videos=10),
+        _eval("metaworld_mt-beso", "success_metaworld_mt_image_beso",
+              "3-step euler; compact CNN on the 64 px image, proprioception, learned instruction token",
+              episodes=200, videos=10),
+    ]),
+    Recipe("metaworld_mt_lowdim", {"stores/metaworld_mt_lowdim.zarr": "vmp-collect task=metaworld_mt_lowdim "
+                                                                      "n_episodes=500 action_noise=0.1"}, [
+        f"vmp-train {_MT_LOWDIM} policy=beso run_dir=runs/mt-beso",
+        f"vmp-train {_MT_LOWDIM} policy=divla run_dir=runs/mt-divla",
+        f"vmp-train {_MT_LOWDIM} policy=divla policy.inject_reasoning=false run_dir=runs/mt-divla-noinject",
+        _eval("mt-beso", "success_metaworld_mt_lowdim_beso", _MT_LOWDIM_VARIANT, episodes=200, videos=0),
+        _eval("mt-divla", "success_metaworld_mt_lowdim_divla", f"reasoning injected by FiLM; {_MT_LOWDIM_VARIANT}",
+              episodes=200, videos=2),
+        _eval("mt-divla-noinject", "success_metaworld_mt_lowdim_divla_noinject",
+              f"ablation: no reasoning injection; {_MT_LOWDIM_VARIANT}", episodes=200, videos=0),
+    ]),
+    Recipe("pointnav", {"stores/pointnav1k.zarr": "vmp-collect task=pointnav n_episodes=1000 n_workers=2 "
+                                                  "action_noise=0.1 out=stores/pointnav1k.zarr"}, [
+        "vmp-train task=pointnav policy=navdp encoder=compact_cnn encoder.image_output=tokens "
+        "store=stores/pointnav1k.zarr training.batch_size=64 training.steps=6000 training.warmup_steps=300 "
+        "training.num_workers=1 training.val_every=2000 training.ckpt_every=500 run_dir=runs/pointnav-navdp-1k",
+        _eval("pointnav-navdp-1k", "success_pointnav_rgbd_navdp", f"16 samples, best by critic; {_NAV}", videos=2),
+        _eval("pointnav-navdp-1k", "success_pointnav_cluttered_rgbd_navdp",
+              f"16 samples, best by critic; cluttered held-out scenes; trained on sparse; {_NAV}",
+              extra="task=pointnav_cluttered", out="eval_cluttered", videos=0),
+        _eval("pointnav-navdp-1k", "success_pointnav_rgbd_navdp_single", f"one sample (critic ablated); {_NAV}",
+              extra="+overrides.selection=single", out="eval_single", videos=0),
+        _eval("pointnav-navdp-1k", "success_pointnav_rgbd_navdp_random",
+              f"random pick among 16 (critic ablated); {_NAV}", extra="+overrides.selection=random",
+              out="eval_random", videos=0),
+    ]),
+]
+BY_NAME = {r.name: r for r in RECIPES}
+
+
+def option(command: str, key: str) -> str | None:
+    """The value of `key=` in a recipe command (None when absent)."""
+    for word in shlex.split(command, comments=True):
+        if word.startswith(f"{key}="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def run_of(command: str) -> str | None:
+    """The run folder a training writes or an evaluation reads (checkpoint=runs/X[/checkpoints/...] -> runs/X);
+    None for any other command."""
+    if not command.startswith(("vmp-train", "vmp-eval")):
+        return None
+    if command.startswith("vmp-train"):
+        return option(command, "run_dir")
+    checkpoint = option(command, "checkpoint")
+    return None if checkpoint is None else "/".join(checkpoint.split("/")[:2])
+
+
+def markdown(recipe: Recipe) -> str:
+    """The recipe as the README shows it: a bash block of its commands, one per line."""
+    return "```bash\n" + "\n".join(recipe.commands()) + "\n```"
