@@ -105,10 +105,13 @@ def tables(records: list[dict]) -> str:
             m, b = r["metrics"], r.get("budget") or {}
             if "success_rate" in m:
                 success = f"{_fmt(m['success_rate'])} | {_fmt(m['ci95_low'])}–{_fmt(m['ci95_high'])} | {m['n_episodes']}"
+                timeline = m.get("timeline", [])
+                # the checkpoint interval bounds how finely "time to bar" was measured: it belongs beside it
+                every = f"; every {timeline[1]['step'] - timeline[0]['step']} steps" if len(timeline) > 1 else ""
                 if m.get("time_to_bar_min") is not None:
-                    bar = f"{_fmt(m['time_to_bar_min'])} (≥{_fmt(m['bar'])})"
-                elif len(m.get("timeline", [])) > 1:
-                    bar = f"not reached (≥{_fmt(m['bar'])})"
+                    bar = f"{_fmt(m['time_to_bar_min'])} (≥{_fmt(m['bar'])}{every})"
+                elif len(timeline) > 1:
+                    bar = f"not reached (≥{_fmt(m['bar'])}{every})"
                 else:
                     bar = "not measured (end of budget only)"
             else:
