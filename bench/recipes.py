@@ -187,5 +187,5 @@ def run_of(command: str) -> str | None:
 
 
 def markdown(recipe: Recipe) -> str:
-    """The recipe as the README shows it: a bash block of its commands, one per line."""
-    return "```bash\n" + "\n".join(recipe.commands()) + "\n```"
+    """The recipe as the README shows it: a bash block of its commands, one per line, its notes as comments."""
+    return "```bash\n" + "\n".join(recipe.commands() + [f"# {note}" for note in recipe.notes]) + "\n```"
