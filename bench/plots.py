@@ -99,6 +99,12 @@ def plot_comparison(rows: list[dict], path: Path) -> None:
     budgets = {(r.get("budget") or {}).get("minutes_budget") for r in rows if "success_rate" in r["metrics"]}
     labels = [r["policy"] + (f" ({r['budget']['minutes_budget']:g} min)" if len(budgets) > 1 and
                              "success_rate" in r["metrics"] else "") for r in rows]
+    base = list(labels)
+    for i, r in enumerate(rows):  # two runs of one contender and budget: told apart by their checkpoint interval
+        timeline = r["metrics"].get("timeline") or []
+        if base.count(base[i]) > 1 and len(timeline) > 1:
+            every = f"every {timeline[1]['step'] - timeline[0]['step']} steps"
+            labels[i] = f"{base[i][:-1]}, {every})" if base[i].endswith(")") else f"{base[i]} ({every})"
     plt, (fig, left) = _figure(11, 4.2)
     left.set_position([0.07, 0.13, 0.4, 0.77])
     right = fig.add_axes([0.62, 0.13, 0.35, 0.77])
