@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rt-priority", type=int, default=0, help="SCHED_FIFO priority of the loop thread (0 = normal)")
     ap.add_argument("--policy-sleep-ms", type=float, default=0.0, help="extra sleep per chunk (2 dt: a policy slower than a tick)")
     ap.add_argument("--seams", action="store_true", help="instead: replay latency sweep (simulated clock), seam metrics vs delay")
+    ap.add_argument("--checkpoint", default=None, help="--seams: a trained policy instead of the synthetic one")
+    ap.add_argument("--store", default=None, help="--seams --checkpoint: the recorded episodes to replay")
+    ap.add_argument("--episodes", type=int, default=8, help="--seams --checkpoint: how many of the store's episodes")
     ap.add_argument("--spin-ms", type=float, default=2.0, help="the loop's clock spins this long before each deadline")
     ap.add_argument("--thread", action="store_true", help="inference in a thread of the loop's process (not its own)")
     ap.add_argument("--servo-hz", type=float, default=None, help="stream set-points at this rate between ticks")
@@ -227,13 +230,10 @@ def main(argv: list[str] | None = None) -> None:
           f"inference p50 {metrics['inference_p50_ms']:.1f} ms -> {args.out}")
 
 
-def seam_sweep(args: argparse.Namespace, argv: list[str] | None) -> None:
-    """The latency sweep as a report: delays {0,1,2,4,6,8}*dt with lognormal jitter and 3x spikes, each blend mode,
-    on expert episodes of the toy task replayed on a simulated clock (no wall clock: exactly reproducible)."""
-    from vmp.real.replay import replay, seam_metrics
+def _toy_episodes() -> tuple[list[list[dict]], Any, float]:
+    """Eight expert episodes of the toy reach task, one ReachPolicy engine per episode: (episodes, engine(i), scale)."""
     from vmp.real.toy import ToyReachEnv
 
-    hz, dt = args.hz, 1.0 / args.hz
     env = ToyReachEnv(gain=0.01, tol=0.0, max_episode_steps=150)
     episodes = []
     for seed in range(8):
@@ -243,9 +243,64 @@ def seam_sweep(args: argparse.Namespace, argv: list[str] | None) -> None:
             obs, *_ = env.step(np.clip(4 * (obs["target"] - obs["pos"]), -1, 1))
             ep.append(obs)
         episodes.append(ep)
+    return episodes, lambda i: InferenceEngine(ReachPolicy(n_obs_steps=2, horizon=16, seed=i)), 1.0
+
+
+def _store_episodes(checkpoint: str, store_path: str, n: int) -> tuple[list[list[dict]], Any, np.ndarray, Any]:
+    """The first n episodes of a store as per-tick observations for the checkpoint's policy, its engine (the sampling
+    noise seeded per episode, so a row is reproducible), the action std of those episodes (seam units; dimensions
+    that barely move left out), the training config."""
+    import torch
+
+    from vmp.data.store import EpisodeStore
+
+    engine, cfg = InferenceEngine.from_checkpoint(checkpoint, device="cpu")
+    keys = list(engine.obs_shapes)
+    episodes, actions = [], []
+    with EpisodeStore.open(store_path) as store:
+        missing = sorted(set(keys) - set(store.keys))
+        if missing:
+            raise KeyError(f"{store_path} lacks the observation keys {missing} that {checkpoint} reads")
+        for i in range(min(n, store.n_episodes)):
+            ep = store.episode(i, keys + ["action"])
+            episodes.append([{k: ep[k][t] for k in keys} for t in range(len(ep["action"]))])
+            actions.append(ep["action"])
+
+    def engine_for(i: int) -> Any:
+        torch.manual_seed(i)
+        return engine
+
+    std = np.concatenate(actions).std(axis=0)
+    scale = np.where(std > 0.01 * std.max(), std, np.inf)  # a dimension the demonstrations never move is left out
+    return episodes, engine_for, scale, cfg
+
+
+def seam_sweep(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """The latency sweep as a report: delays with lognormal jitter and 3x spikes, each blend mode, episodes replayed
+    on a simulated clock (no wall clock: exactly reproducible). Default: the toy task's expert episodes and a
+    synthetic policy, delays {0,1,2,4,6,8}*dt. With --checkpoint and --store: a trained policy on recorded episodes
+    of its task (delays {0,1,2}*dt, both prefix schedules), seams in units of the episodes' action std."""
+    from vmp.data.schema import RGB
+    from vmp.real.replay import replay, seam_metrics
+
+    hz = args.hz
+    if args.checkpoint:
+        if not args.store:
+            raise SystemExit("--seams --checkpoint needs --store: the recorded episodes to replay")
+        episodes, engine_for, scale, cfg = _store_episodes(args.checkpoint, args.store, args.episodes)
+        hz, task = float(cfg.task.control_hz), str(cfg.task.name)  # the rate the policy was trained to act at
+        s = engine_for(0).n_action_steps
+        delays, modes = (0, 1, 2), [("none", s, "exp"), ("ensemble", 1, "exp"), ("ensemble", s, "exp")]
+        if engine_for(0).supports_prefix:  # a head without prefix conditioning would only repeat blend=none's rows
+            modes += [("prefix", s, "exp"), ("prefix", s, "hard")]
+    else:
+        episodes, engine_for, scale = _toy_episodes()
+        delays, modes = (0, 1, 2, 4, 6, 8), [("none", 8, "exp"), ("ensemble", 1, "exp"), ("ensemble", 8, "exp"),
+                                             ("prefix", 8, "exp")]
+    dt = 1.0 / hz
     rows = []
-    for d_ticks in (0, 1, 2, 4, 6, 8):
-        for blend, s in (("none", 8), ("ensemble", 1), ("ensemble", 8), ("prefix", 8)):
+    for d_ticks in delays:
+        for blend, s, schedule in modes:
             agg = {"underrun": 0, "late_chunk": 0, "seam_jump": [], "seam_jerk": [], "seam_jump_ratio": []}
             for i, ep in enumerate(episodes):
                 rng = np.random.default_rng(1000 * d_ticks + i)
@@ -254,25 +309,36 @@ def seam_sweep(args: argparse.Namespace, argv: list[str] | None) -> None:
                     base = d_ticks * dt * rng.lognormal(0.0, 0.2)
                     return base * 3 if rng.random() < 0.05 else base  # occasional 3x spikes
 
-                engine = InferenceEngine(ReachPolicy(n_obs_steps=2, horizon=16, seed=i))
-                r = replay(engine, ep, hz, blend, s, delay_s=delay)
-                sm = seam_metrics(r.commands, r.sources, 1.0, dt)
+                r = replay(engine_for(i), ep, hz, blend, s, delay_s=delay, prefix_schedule=schedule)
+                sm = seam_metrics(r.commands, r.sources, scale, dt)
                 agg["underrun"] += r.counters.get("underrun", 0)
                 agg["late_chunk"] += r.counters.get("late_chunk", 0)
                 for k in ("seam_jump", "seam_jerk", "seam_jump_ratio"):
                     agg[k].append(sm[k])
             rows.append({"delay_ticks": d_ticks, "blend": blend, "exec_horizon": s, "underruns": agg["underrun"],
+                         **({"prefix_schedule": schedule} if blend == "prefix" and args.checkpoint else {}),
                          "late_chunks": agg["late_chunk"], "seam_jump_median": float(np.median(agg["seam_jump"])),
                          "seam_jerk_median": float(np.median(agg["seam_jerk"])),
                          "seam_jump_ratio_median": float(np.median(agg["seam_jump_ratio"]))})
             log.info("%s", rows[-1])
-    rec = {"kind": "seams", "task": "-", "obs": "-", "policy": "synthetic",
-           "variant": f"replay latency sweep, {hz:g} Hz, horizon 16, n_obs_steps 2, 8 toy episodes, lognormal(0.2) jitter, 5% 3x spikes",
-           "metrics": {"rows": rows}, "device": "simulated clock",
-           "command": "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "git_rev": _git_rev(), "date": datetime.date.today().isoformat()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rec, indent=2))
+    command = "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.checkpoint:
+        from vmp.bench.common import write_result
+
+        engine = engine_for(0)
+        obs = "image" if RGB in engine.policy.obs_kinds.values() else "lowdim"
+        write_result(Path(args.out).stem, "seams", task, obs, getattr(engine.policy, "name", "policy"),
+            f"replay latency sweep on {len(episodes)} recorded episodes of {args.store}, {hz:g} Hz, horizon "
+            f"{engine.horizon}, n_obs_steps {engine.n_obs_steps}, lognormal(0.2) jitter, 5% 3x spikes; seams in "
+            "action-std units", {"rows": rows}, "simulated clock (policy on the CPU)", command,
+            out_dir=Path(args.out).parent)
+    else:
+        rec = {"kind": "seams", "task": "-", "obs": "-", "policy": "synthetic",
+               "variant": f"replay latency sweep, {hz:g} Hz, horizon 16, n_obs_steps 2, 8 toy episodes, lognormal(0.2) jitter, 5% 3x spikes",
+               "metrics": {"rows": rows}, "device": "simulated clock", "command": command,
+               "git_rev": _git_rev(), "date": datetime.date.today().isoformat()}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(rec, indent=2))
     print(f"seam sweep: {len(rows)} rows -> {args.out}")
 
 

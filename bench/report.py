@@ -122,6 +122,22 @@ def tables(records: list[dict]) -> str:
                        + (f"{_fmt(b.get('minutes_budget'), 1)} min" if "success_rate" in m else "a few steps")
                        + f", batch {b.get('batch_size')}, {b.get('trainer')} |")
         out += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in comparison})), ""]
+    seams = [r for r in records if r["kind"] == "seams"]
+    if seams:
+        out += ["### Chunk seams per blend mode (vmp-bench deploy --seams)", "",
+                "Episodes replayed on a simulated clock with the inference delay drawn per request (lognormal, 5% "
+                "3x spikes). Seam jump: the largest step change of the command where one chunk hands over to the "
+                "next (median over episodes; action-std units for recorded tasks); ratio: that jump over the 95th "
+                "percentile of step changes inside chunks.", "",
+                "| task | obs | head | delay (ticks) | blend | actions per chunk | late chunks | seam jump | ratio |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(seams, key=lambda r: (r["task"], r["policy"])):
+            for row in r["metrics"]["rows"]:
+                blend = row["blend"] + (f" ({row['prefix_schedule']})" if row.get("prefix_schedule") else "")
+                out.append(f"| {r['task']} | {r['obs']} | {r['policy']} | {row['delay_ticks']} | {blend} | "
+                           f"{row['exec_horizon']} | {row['late_chunks']} | {_fmt(row['seam_jump_median'])} | "
+                           f"{_fmt(row['seam_jump_ratio_median'])} |")
+        out += ["", "Commands: " + "; ".join(f"`{r['command']}`" for r in sorted(seams, key=lambda r: (r["task"], r["policy"]))), ""]
     other = [r for r in records if r["kind"] in ("throughput", "jitter")]
     if other:
         out += ["### Throughput and timing", "", "| kind | task | obs | what | metrics | device | command |", "|---|---|---|---|---|---|---|"]

@@ -56,3 +56,39 @@ def test_lift_checkpoint_runs_on_sim_robot_with_eval_seeds(tmp_path, checkpoint)
         assert 1 <= ep["action"].shape[0] <= 12 and ep["action"].shape[1] == 7
         assert np.abs(ep["action"]).max() <= 1.0
         assert set(LIFT_KEYS) <= set(ep)
+
+
+def test_seam_sweep_replays_a_real_checkpoint_on_recorded_episodes_reproducibly(tmp_path, checkpoint):
+    """`vmp-bench deploy --seams --checkpoint --store`: every blend mode (both prefix schedules, since BESO takes a
+    prefix) at delays of 0-2 ticks, the same rows on a second run (seeded noise, simulated clock), and a store without
+    the policy's keys or a missing --store refused by name."""
+    import json
+
+    from vmp.bench.deploy import main
+
+    rng = np.random.default_rng(1)
+    schema = {k: KeySpec((d,), "float32", k) for k, d in LIFT_KEYS.items()}
+    schema["action"] = KeySpec((7,), "float32", "action")
+    with EpisodeStore.create(tmp_path / "rec.zarr", schema, {"task": "lift", "control_hz": 20}) as store:
+        for _ in range(2):
+            ep = {k: rng.normal(size=(30, d)).astype(np.float32) for k, d in LIFT_KEYS.items()}
+            ep["action"] = np.tanh(rng.normal(size=(30, 7))).astype(np.float32)
+            store.append_episode(ep)
+    args = ["--seams", "--checkpoint", str(checkpoint), "--store", str(tmp_path / "rec.zarr"), "--episodes", "2"]
+    rows = []
+    for i in range(2):
+        main([*args, "--out", str(tmp_path / f"seams{i}.json")])
+        rows.append(json.loads((tmp_path / f"seams{i}.json").read_text())["metrics"]["rows"])
+    assert rows[0] == rows[1]
+    modes = {(r["blend"], r.get("prefix_schedule")) for r in rows[0]}
+    assert modes == {("none", None), ("ensemble", None), ("prefix", "exp"), ("prefix", "hard")}
+    assert len(rows[0]) == 15 and {r["delay_ticks"] for r in rows[0]} == {0, 1, 2}
+    assert all(r["late_chunks"] == 0 for r in rows[0] if r["delay_ticks"] == 0)
+    assert all(np.isfinite(r["seam_jump_median"]) and r["seam_jump_median"] > 0 for r in rows[0])
+    with pytest.raises(SystemExit, match="needs --store"):
+        main(["--seams", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.json")])
+    schema.pop("object")
+    with EpisodeStore.create(tmp_path / "bad.zarr", schema, {"task": "lift", "control_hz": 20}) as store:
+        store.append_episode({k: np.zeros((5, s.shape[0]), np.float32) for k, s in schema.items()})
+    with pytest.raises(KeyError, match=r"lacks the observation keys \['object'\]"):
+        main(["--seams", "--checkpoint", str(checkpoint), "--store", str(tmp_path / "bad.zarr"), "--out", str(tmp_path / "x.json")])
