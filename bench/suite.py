@@ -1,5 +1,6 @@
 """`vmp-bench suite=quick` (or `vmp-bench suite quick`): every CPU benchmark in one command, then the README's tables
-and plots regenerated from results/. `suite=full` adds the slower rows: deployment under load, scale-out, the
+and plots regenerated from results/. `suite=full` adds the slower rows: deployment under load, scale-out, chunk seams of the
+image-Lift checkpoints of record (where they and their store are on disk), the
 side-by-side comparisons with LeRobot on low-dim and image Lift (when the LeRobot environment, .venv-lerobot, exists
 and the Lift stores of record do), the GPU rows (latency, the deployment engine) when a GPU is present, and then the
 results table itself: every recipe in `vmp.bench.recipes` (collect where the store is missing, train, evaluate),
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 TRAIN_RATES = [("lift", "lowdim", "beso"), ("lift", "lowdim", "ddpm"), ("lift_image", "compact_cnn", "beso"),
                ("lift_image", "compact_cnn", "ddpm")]
 QUICK = [["latency"], ["latency", "--batch", "32", "--repeats", "10"], ["sampler", "--batches", "20"], ["render", "--steps", "100"], ["deploy", "--seconds", "10"],
-         ["train-rate"]]
+         ["deploy", "--seams", "--out", "results/bench_deploy_seams.json"], ["train-rate"]]
 FULL = QUICK + [["deploy", "--seconds", "20", "--load", "--out", "results/bench_deploy_cpu_load.json"],
                 ["deploy", "--seconds", "20", "--load", "--servo-hz", "200", "--out",
                  "results/bench_deploy_cpu_load_servo200.json"],
@@ -41,6 +42,11 @@ FULL = QUICK + [["deploy", "--seconds", "20", "--load", "--out", "results/bench_
 LEROBOT = [("stores/lift_dart.zarr", ["lerobot", "--store", "stores/lift_dart.zarr", "--task", "lift", "--minutes", "12"]),
            ("stores/lift_image_dart.zarr", ["lerobot", "--store", "stores/lift_image_dart.zarr", "--task", "lift_image",
                                             "--minutes", "20", "--timeline-episodes", "0"])]
+# seams of the image-Lift checkpoints of record on their store, where both are on disk: (checkpoint, store, command)
+SEAMS = [(f"runs/lift_image-{run}", "stores/lift_image_dart.zarr",
+          ["deploy", "--seams", "--checkpoint", f"runs/lift_image-{run}", "--store", "stores/lift_image_dart.zarr",
+           "--out", f"results/bench_deploy_seams_lift_image_{head}.json"])
+         for run, head in (("beso-dart", "beso"), ("carp-sc50", "carp"))]
 GPU = [["latency", "--device", "cuda"], ["latency", "--device", "cuda", "--obs", "image", "--heads", "beso", "carp",
                                          "--variants", "3-step euler", "greedy kv-cache", "--engine"]]
 
@@ -103,6 +109,8 @@ def main(argv: list[str]) -> None:
 
     gpu = torch.cuda.is_available()
     bench = list(QUICK if args.name == "quick" else FULL)
+    if args.name == "full":
+        bench += [command for checkpoint, store, command in SEAMS if Path(checkpoint).is_dir() and Path(store).is_dir()]
     if args.name == "full" and Path(".venv-lerobot/bin/python").is_file():
         bench += [command for store, command in LEROBOT if Path(store).is_dir()]
     if args.name == "full" and gpu:
