@@ -3,7 +3,8 @@ and plots regenerated from results/. `suite=full` adds the slower rows: deployme
 seams of the image-Lift checkpoints of record (where they and their store are on disk), the side-by-side comparisons
 with LeRobot on low-dim and image Lift (when the LeRobot environment, .venv-lerobot, exists and the Lift stores of
 record do), the GPU rows (latency, the deployment engine) when a GPU is present, and then the results table itself:
-every recipe in `vmp.bench.recipes` (collect where the store is missing, train, evaluate), hours on 2 CPU cores. A training that fails skips the evaluations of its run folder.
+every recipe in `vmp.bench.recipes` (collect where the store is missing, train, evaluate), hours on 2 CPU cores.
+A training that fails skips the evaluations of its run folder.
 
 Each benchmark runs in a process of its own (they set process-wide state: thread counts, the GIL switch interval)
 and writes its own results JSON; the suite records what ran and how long in results/bench_suite_<name>.json.
