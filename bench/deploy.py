@@ -248,8 +248,8 @@ def _toy_episodes() -> tuple[list[list[dict]], Any, float]:
 
 
 def _store_episodes(checkpoint: str, store_path: str, n: int) -> tuple[list[list[dict]], Any, np.ndarray, Any]:
-    """The first n episodes of a store as per-tick observations for the checkpoint's policy, its engine (the sampling
-    noise seeded per episode, so a row is reproducible), the action std of those episodes (seam units; dimensions
+    """n episodes spread over a store as per-tick observations for the checkpoint's policy, its engine (the sampling
+    noise seeded and the episode's instruction set per episode, so a row is reproducible), the action std of those episodes (seam units; dimensions
     that barely move left out), the training config."""
     import torch
 
@@ -257,18 +257,21 @@ def _store_episodes(checkpoint: str, store_path: str, n: int) -> tuple[list[list
 
     engine, cfg = InferenceEngine.from_checkpoint(checkpoint, device="cpu")
     keys = list(engine.obs_shapes)
-    episodes, actions = [], []
+    episodes, actions, instructions = [], [], []
     with EpisodeStore.open(store_path) as store:
         missing = sorted(set(keys) - set(store.keys))
         if missing:
             raise KeyError(f"{store_path} lacks the observation keys {missing} that {checkpoint} reads")
-        for i in range(min(n, store.n_episodes)):
-            ep = store.episode(i, keys + ["action"])
+        # spread over the store: a multi-task store keeps its tasks in blocks
+        for i in np.unique(np.linspace(0, store.n_episodes - 1, min(n, store.n_episodes)).round().astype(int)):
+            ep = store.episode(int(i), keys + ["action"])
             episodes.append([{k: ep[k][t] for k in keys} for t in range(len(ep["action"]))])
             actions.append(ep["action"])
+            instructions.append(store.episode_text(int(i)).get("language"))  # language-conditioned heads follow it
 
     def engine_for(i: int) -> Any:
         torch.manual_seed(i)
+        engine.instruction = instructions[i]
         return engine
 
     std = np.concatenate(actions).std(axis=0)

@@ -1,10 +1,10 @@
 """`vmp-bench suite=quick` (or `vmp-bench suite quick`): every CPU benchmark in one command, then the README's tables
 and plots regenerated from results/. `suite=full` adds the slower rows: deployment under load, scale-out, chunk
-seams of the image-Lift checkpoints of record (where they and their store are on disk), the side-by-side comparisons
-with LeRobot on low-dim and image Lift (when the LeRobot environment, .venv-lerobot, exists and the Lift stores of
-record do), the GPU rows (latency, the deployment engine) when a GPU is present, and then the results table itself:
-every recipe in `vmp.bench.recipes` (collect where the store is missing, train, evaluate), hours on 2 CPU cores.
-A training that fails skips the evaluations of its run folder.
+seams of the image-Lift and Diffusion-VLA checkpoints of record (where they and their store are on disk), the
+side-by-side comparisons with LeRobot on low-dim and image Lift (when the LeRobot environment, .venv-lerobot,
+exists and the Lift stores of record do), the GPU rows (latency, the deployment engine) when a GPU is present, and
+then the results table itself: every recipe in `vmp.bench.recipes` (collect where the store is missing, train,
+evaluate), hours on 2 CPU cores. A training that fails skips the evaluations of its run folder.
 
 Each benchmark runs in a process of its own (they set process-wide state: thread counts, the GIL switch interval)
 and writes its own results JSON; the suite records what ran and how long in results/bench_suite_<name>.json.
@@ -42,11 +42,13 @@ FULL = QUICK + [["deploy", "--seconds", "20", "--load", "--out", "results/bench_
 LEROBOT = [("stores/lift_dart.zarr", ["lerobot", "--store", "stores/lift_dart.zarr", "--task", "lift", "--minutes", "12"]),
            ("stores/lift_image_dart.zarr", ["lerobot", "--store", "stores/lift_image_dart.zarr", "--task", "lift_image",
                                             "--minutes", "20", "--timeline-episodes", "0"])]
-# seams of the image-Lift checkpoints of record on their store, where both are on disk: (checkpoint, store, command)
-SEAMS = [(f"runs/lift_image-{run}", "stores/lift_image_dart.zarr",
-          ["deploy", "--seams", "--checkpoint", f"runs/lift_image-{run}", "--store", "stores/lift_image_dart.zarr",
-           "--out", f"results/bench_deploy_seams_lift_image_{head}.json"])
-         for run, head in (("beso-dart", "beso"), ("carp-sc50", "carp"))]
+# seams of the checkpoints of record (image Lift, Diffusion-VLA on MT10) on their store, where both are on disk:
+# (checkpoint, store, command)
+SEAMS = [(run, store, ["deploy", "--seams", "--checkpoint", run, "--store", store, "--out",
+                       f"results/bench_deploy_seams_{name}.json"])
+         for run, store, name in (("runs/lift_image-beso-dart", "stores/lift_image_dart.zarr", "lift_image_beso"),
+                                  ("runs/lift_image-carp-sc50", "stores/lift_image_dart.zarr", "lift_image_carp"),
+                                  ("runs/mt-divla", "stores/metaworld_mt_lowdim.zarr", "metaworld_mt_lowdim_divla"))]
 GPU = [["latency", "--device", "cuda"], ["latency", "--device", "cuda", "--obs", "image", "--heads", "beso", "carp",
                                          "--variants", "3-step euler", "greedy kv-cache", "--engine"]]
 
