@@ -10,19 +10,24 @@ from vmp.real import daemon
 LIFT_KEYS = {"eef_pos": 3, "eef_quat": 4, "gripper_qpos": 2, "object": 10}
 
 
+def _random_lift_store(path, n_episodes, length, seed, keys=LIFT_KEYS):
+    """A store with Lift's low-dim keys (or some of them) and random episodes."""
+    rng = np.random.default_rng(seed)
+    schema = {k: KeySpec((d,), "float32", k) for k, d in keys.items()}
+    schema["action"] = KeySpec((7,), "float32", "action")
+    with EpisodeStore.create(path, schema, {"task": "lift", "control_hz": 20}) as store:
+        for _ in range(n_episodes):
+            ep = {k: rng.normal(size=(length, d)).astype(np.float32) for k, d in keys.items()}
+            ep["action"] = np.tanh(rng.normal(size=(length, 7))).astype(np.float32)
+            store.append_episode(ep)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     from vmp.policies.train import train
 
     tmp = tmp_path_factory.mktemp("ckpt")
-    rng = np.random.default_rng(0)
-    schema = {k: KeySpec((d,), "float32", k) for k, d in LIFT_KEYS.items()}
-    schema["action"] = KeySpec((7,), "float32", "action")
-    with EpisodeStore.create(tmp / "s.zarr", schema, {"task": "lift", "control_hz": 20}) as store:
-        for _ in range(4):
-            ep = {k: rng.normal(size=(20, d)).astype(np.float32) for k, d in LIFT_KEYS.items()}
-            ep["action"] = np.tanh(rng.normal(size=(20, 7))).astype(np.float32)
-            store.append_episode(ep)
+    _random_lift_store(tmp / "s.zarr", n_episodes=4, length=20, seed=0)
     with initialize_config_module(config_module="vmp.configs", version_base=None):
         cfg = compose("train", overrides=[
             "task=lift", f"store={tmp / 's.zarr'}", f"run_dir={tmp / 'run'}", "policy.d_model=16", "policy.n_layers=1",
@@ -66,14 +71,7 @@ def test_seam_sweep_replays_a_real_checkpoint_on_recorded_episodes_reproducibly(
 
     from vmp.bench.deploy import main
 
-    rng = np.random.default_rng(1)
-    schema = {k: KeySpec((d,), "float32", k) for k, d in LIFT_KEYS.items()}
-    schema["action"] = KeySpec((7,), "float32", "action")
-    with EpisodeStore.create(tmp_path / "rec.zarr", schema, {"task": "lift", "control_hz": 20}) as store:
-        for _ in range(2):
-            ep = {k: rng.normal(size=(30, d)).astype(np.float32) for k, d in LIFT_KEYS.items()}
-            ep["action"] = np.tanh(rng.normal(size=(30, 7))).astype(np.float32)
-            store.append_episode(ep)
+    _random_lift_store(tmp_path / "rec.zarr", n_episodes=2, length=30, seed=1)
     args = ["--seams", "--checkpoint", str(checkpoint), "--store", str(tmp_path / "rec.zarr"), "--episodes", "2"]
     rows = []
     for i in range(2):
@@ -87,8 +85,7 @@ def test_seam_sweep_replays_a_real_checkpoint_on_recorded_episodes_reproducibly(
     assert all(np.isfinite(r["seam_jump_median"]) and r["seam_jump_median"] > 0 for r in rows[0])
     with pytest.raises(SystemExit, match="needs --store"):
         main(["--seams", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.json")])
-    schema.pop("object")
-    with EpisodeStore.create(tmp_path / "bad.zarr", schema, {"task": "lift", "control_hz": 20}) as store:
-        store.append_episode({k: np.zeros((5, s.shape[0]), np.float32) for k, s in schema.items()})
+    _random_lift_store(tmp_path / "bad.zarr", n_episodes=1, length=5, seed=2,
+                       keys={k: d for k, d in LIFT_KEYS.items() if k != "object"})
     with pytest.raises(KeyError, match=r"lacks the observation keys \['object'\]"):
         main(["--seams", "--checkpoint", str(checkpoint), "--store", str(tmp_path / "bad.zarr"), "--out", str(tmp_path / "x.json")])
