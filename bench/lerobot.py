@@ -88,6 +88,27 @@ def contender(name: str, obs_type: str) -> dict[str, Any]:
     return spec
 
 
+def run_spec(name: str, obs_type: str, steps: int | None = None, ckpt_every: dict[str | None, int] | None = None,
+             batch_size: int | None = None) -> dict[str, Any]:
+    """A contender's spec with the command line's overrides: the schedule's steps, the checkpoint interval (``{None:
+    N}`` for every contender, ``{name: N}`` for one) and the batch size (every contender the same)."""
+    spec = contender(name, obs_type)
+    ckpt_every = ckpt_every or {}
+    if name in ckpt_every or None in ckpt_every:
+        spec["ckpt_every"] = ckpt_every.get(name, ckpt_every.get(None))
+    if steps:
+        spec["steps"] = steps
+    if batch_size:
+        key = "--batch_size=" if spec["kind"] == "lerobot" else "training.batch_size="
+        spec["args"] = [a for a in spec["args"] if not a.startswith(key)] + [f"{key}{batch_size}"]
+    return spec
+
+
+def batch_of(spec: dict[str, Any]) -> int:
+    """The batch size a spec trains with (vmp-train's default is never used by a contender; LeRobot's is 8)."""
+    return int(next(a.split("=")[1] for a in reversed(spec["args"]) if "batch_size=" in a))
+
+
 DEFAULT_CONTENDERS = ["beso", "carp", "lerobot_diffusion", "lerobot_act", "lerobot_diffusion_default",
                       "lerobot_act_default"]
 
@@ -183,6 +204,18 @@ def train(spec: dict, task: str, store: str, dataset: Path, run_dir: Path, minut
             "command": " && ".join(shlex.join(c) for c in commands)}
 
 
+def kept_training(record: Path, minutes: float, spec: dict) -> dict[str, Any] | None:
+    """A finished training's train.json, reused by a rerun only when its budget and its spec (arguments, steps,
+    checkpoint interval) are this run's; otherwise None: train again."""
+    if not record.is_file():
+        return None
+    kept = json.loads(record.read_text())
+    if kept.get("minutes_budget") == minutes and kept.get("spec") == spec:
+        return kept
+    log.info("%s: kept training had another budget or spec; training again", record.parent.name)
+    return None
+
+
 def evaluate(checkpoint: str, kind: str, n_episodes: int, out_dir: Path, python: str, lerobot_python: str
              ) -> dict[str, Any]:
     """vmp-eval of one checkpoint on the task's fixed seeds (2 workers) -> its metrics.json."""
@@ -243,8 +276,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=50, help="episodes for the end-of-budget success")
     parser.add_argument("--timeline-episodes", type=int, default=20, help="episodes per intermediate checkpoint "
                         "(0: evaluate the end-of-budget checkpoint only, no time to bar)")
-    parser.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints (default: each "
-                        "contender's, about 1/6 of a 12-minute budget on 2 CPU cores)")
+    parser.add_argument("--ckpt-every", nargs="+", default=[], metavar="[NAME=]N", help="steps between checkpoints: "
+                        "N for every contender, NAME=N for one (default: each contender's, about 1/6 of a 12-minute "
+                        "budget on 2 CPU cores)")
+    parser.add_argument("--batch-size", type=int, default=None, help="every contender's batch size (default: each "
+                        "contender's: 64 for LeRobot's, 128 for ours on low-dim, 64 on images)")
     parser.add_argument("--steps", type=int, default=None, help="every contender's schedule length in steps "
                         "(default: each contender's, sized to its default budget)")
     parser.add_argument("--tag", default="", help="suffix of the records' names, for a second budget beside the first "
@@ -257,7 +293,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.tag and not re.fullmatch(r"[A-Za-z0-9_-]+", args.tag):
         parser.error(f"--tag {args.tag!r}: letters, digits, '_' and '-' only (it becomes part of file names)")
-    for name in ("minutes", "episodes", "timeline_episodes", "steps", "ckpt_every"):
+    ckpt_every: dict[str | None, int] = {}
+    for item in args.ckpt_every:
+        name, _, value = item.rpartition("=")
+        if name and name not in CONTENDERS:
+            parser.error(f"--ckpt-every {item}: no contender {name!r} (one of {', '.join(sorted(CONTENDERS))})")
+        if not value.isdigit() or int(value) == 0:
+            parser.error(f"--ckpt-every {item}: the steps must be a positive integer")
+        ckpt_every[name or None] = int(value)
+    for name in ("minutes", "episodes", "timeline_episodes", "steps", "batch_size"):
         value = getattr(args, name)
         if value is not None and (value < 0 or (value == 0 and name != "timeline_episodes")):
             parser.error(f"--{name.replace('_', '-')} {value}: must be positive"
@@ -287,20 +331,20 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, dict[str, Any]] = {}
     for name in args.contenders:
         record = out / name / "train.json"
-        if record.is_file() and json.loads(record.read_text()).get("minutes_budget") == args.minutes:
-            runs[name] = json.loads(record.read_text())
+        spec = run_spec(name, obs_type, args.steps, ckpt_every, args.batch_size)
+        kept = kept_training(record, args.minutes, spec)
+        if kept is not None:
+            runs[name] = kept
             continue
         log.info("training %s for %.1f min", name, args.minutes)
-        spec = {**contender(name, obs_type), **({"ckpt_every": args.ckpt_every} if args.ckpt_every else {}),
-                **({"steps": args.steps} if args.steps else {})}
         runs[name] = train(spec, args.task, store, dataset, out / name, args.minutes, python,
                            lerobot_python)
         if not runs[name]["checkpoints"]:
             raise RuntimeError(f"{name} kept no checkpoint in {args.minutes} min; see {out / name / 'train.log'}")
-        runs[name]["minutes_budget"] = args.minutes
+        runs[name].update(minutes_budget=args.minutes, spec=spec)
         record.write_text(json.dumps(runs[name], indent=2) + "\n")
     for name, run in runs.items():
-        spec = contender(name, obs_type)
+        spec = run["spec"]
         if spec.get("latency_only"):
             continue
         timeline, reached = [], None
@@ -325,8 +369,8 @@ def main(argv: list[str] | None = None) -> None:
                                     text=True).stdout.strip() for exe in {python, lerobot_python}}
 
     for name, run in runs.items():
-        spec = contender(name, obs_type)
-        batch = int(next((a.split("=")[1] for a in spec["args"] if "batch_size=" in a), 64))
+        spec = run["spec"]
+        batch = batch_of(spec)
         metrics: dict[str, Any] = {**latency[name], "bar": args.bar,
                                    "samples_per_s": samples_per_s(out / name, spec["kind"], batch)}
         if "final" in run:
