@@ -40,18 +40,19 @@ LATENCY_REPEATS = 30
 # lerobot-train arguments. steps: the LR schedule's length, about what fits the budget on 2 CPU cores (12 min low-dim,
 # 20 min image; a run is stopped at the budget whichever comes first); ckpt_every: steps between kept checkpoints
 # (about 1/6 of the budget; LeRobot's image DP, at 3 s a step, keeps one every 25 so that the stop loses little).
+# Our image heads' schedules fill the 20 minutes at about 200 samples/s (CARP's after its tokenizer stage).
 # "image": what changes on an image task (our README's image settings; LeRobot's vision backbone is its ResNet-18,
 # never pretrained here: nothing is downloaded; DP's LR warm-up shortened to fit its 400 steps).
 CONTENDERS: dict[str, dict[str, Any]] = {
     "beso": {"kind": "vmp", "args": ["policy=beso", "training.batch_size=128"], "steps": 4000, "ckpt_every": 500,
              "size": "d_model 128, 4 layers",
-             "image": {"args": ["policy=beso", "encoder=compact_cnn", "training.batch_size=64"], "steps": 2500,
+             "image": {"args": ["policy=beso", "encoder=compact_cnn", "training.batch_size=64"], "steps": 3500,
                        "ckpt_every": 300, "size": "d_model 128, 4 layers, compact CNN"}},
     "carp": {"kind": "vmp", "args": ["policy=carp", "training.batch_size=128"], "steps": 4000, "ckpt_every": 500,
              "tokenizer": ["policy=carp_tokenizer", "training.steps=3000", "training.lr=1e-3",
                            "training.warmup_steps=200"], "size": "d_model 128, 4 layers",
              "image": {"args": ["policy=carp", "encoder=compact_cnn", "policy.d_model=128", "policy.width=128",
-                                "policy.depth=4", "training.batch_size=64"], "steps": 2500, "ckpt_every": 300,
+                                "policy.depth=4", "training.batch_size=64"], "steps": 2800, "ckpt_every": 300,
                        "tokenizer": ["policy=carp_tokenizer", "encoder=compact_cnn", "training.batch_size=128",
                                      "training.steps=2000", "training.lr=1e-3", "training.warmup_steps=200"],
                        "size": "d_model 128, 4 layers, compact CNN"}},
