@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # Low-dim keys LeRobot's policies read as the environment's state (object poses); the rest is the robot's state.
 ENV_STATE_KEYS = ("object",)
 LATENCY_REPEATS = 30
+PYTHON_ENV = "VMP_BENCH_PYTHON"  # our python, for a run re-executed in the LeRobot environment
 
 # name -> how it trains. vmp: vmp-train overrides (CARP: its tokenizer first, inside the same budget); lerobot:
 # lerobot-train arguments. steps: the LR schedule's length, about what fits the budget on 2 CPU cores (12 min low-dim,
@@ -288,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
                       "(e.g. --minutes 24 --tag 24min)")
     parser.add_argument("--bar", type=float, default=0.95, help="the success rate 'time to' measures")
     parser.add_argument("--lerobot-python", default=".venv-lerobot/bin/python", help="the LeRobot environment's python")
-    parser.add_argument("--python", default=sys.executable, help="the python our heads train and evaluate in")
+    parser.add_argument("--python", default=os.environ.get(PYTHON_ENV, sys.executable),
+                        help="the python our heads train and evaluate in (default: this one)")
     parser.add_argument("--out", default=None, help="runs folder (default runs/lerobot-<task>)")
     parser.add_argument("--results", default="results")
     args = parser.parse_args(argv)
@@ -316,9 +318,10 @@ def main(argv: list[str] | None = None) -> None:
             import lerobot  # noqa: F401
         except ImportError:
             # the latency rows load LeRobot policies in this process: rerun it in the LeRobot environment
+            # (our python passed in the environment, so that the records' command stays the one typed)
             given = argv if argv is not None else sys.argv[2:]
-            python_arg = [] if any(a.split("=")[0] == "--python" for a in given) else ["--python", args.python]
-            os.execv(lerobot_python, [lerobot_python, "-m", "vmp.bench.cli", "lerobot", *python_arg, *given])
+            os.execve(lerobot_python, [lerobot_python, "-m", "vmp.bench.cli", "lerobot", *given],
+                      {**os.environ, PYTHON_ENV: args.python})
     python = args.python
     task_cfg = task_config(args.task)
     obs_type = "image" if any(v.get("type") == "rgb" for v in task_cfg.shape_meta.obs.values()) else "lowdim"

@@ -96,12 +96,15 @@ def tables(records: list[dict]) -> str:
     comparison = [r for r in records if r["kind"] == "comparison"]
     if comparison:
         out += ["### Side by side with LeRobot (vmp-bench lerobot)", "",
-                "Same store, same evaluation seeds, same machine; every contender trains for the same wall-clock "
-                "budget. Latency: one chunk at batch 1, one thread, all rows measured in one process.", "",
-                "| task | obs | contender | size | success at budget | 95% CI | episodes | time to bar (min) | "
+                "Same store, same evaluation seeds, same machine; within a run (one command, listed below the "
+                "table) every contender trains for the same wall-clock budget, one after another, and its latency "
+                "is measured in one process with the others': one chunk at batch 1, one thread. Compare wall-clock "
+                "figures within a run: this machine's speed varies by up to 2x from hour to hour.", "",
+                "| task | obs | run | contender | size | success at budget | 95% CI | episodes | time to bar (min) | "
                 "chunk p50 ms | p99 ms | params | train samples/s | steps in budget | budget |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted(comparison, key=lambda r: (r["task"], r["obs"], r["policy"])):
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        commands = sorted({r["command"] for r in comparison})
+        for r in sorted(comparison, key=lambda r: (r["task"], r["obs"], commands.index(r["command"]), r["policy"])):
             m, b = r["metrics"], r.get("budget") or {}
             if "success_rate" in m:
                 success = f"{_fmt(m['success_rate'])} | {_fmt(m['ci95_low'])}–{_fmt(m['ci95_high'])} | {m['n_episodes']}"
@@ -116,12 +119,13 @@ def tables(records: list[dict]) -> str:
                     bar = "not measured (end of budget only)"
             else:
                 success, bar = "not evaluated (latency and throughput only) | - | -", "-"
-            out.append(f"| {r['task']} | {r['obs']} | {r['policy']} | {r['variant']} | {success} | {bar} | "
+            out.append(f"| {r['task']} | {r['obs']} | {commands.index(r['command']) + 1} | {r['policy']} | "
+                       f"{r['variant']} | {success} | {bar} | "
                        f"{_fmt(m['p50_ms'])} | {_fmt(m['p99_ms'])} | {m.get('n_params', '-'):,} | "
                        f"{_fmt(m.get('samples_per_s'), 0)} | {b.get('train_steps', '-')} | "
                        + (f"{_fmt(b.get('minutes_budget'), 1)} min" if "success_rate" in m else "a few steps")
                        + f", batch {b.get('batch_size')}, {b.get('trainer')} |")
-        out += ["", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in comparison})), ""]
+        out += ["", "Runs:", "", *(f"{i}. `{c}`" for i, c in enumerate(commands, 1)), ""]
     seams = [r for r in records if r["kind"] == "seams"]
     if seams:
         out += ["### Chunk seams per blend mode (vmp-bench deploy --seams)", "",

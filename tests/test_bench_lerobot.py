@@ -47,3 +47,13 @@ def test_command_line_overrides_reach_each_contenders_spec():
     assert sum("batch_size" in a for a in every["args"]) == 1  # replaced, not appended beside the old one
     image_act = run_spec("lerobot_act", "image", batch_size=16)
     assert batch_of(image_act) == 16 and "--policy.pretrained_backbone_weights=null" in image_act["args"]
+
+
+def test_the_suites_comparison_commands_parse(tmp_path):
+    from vmp.bench.suite import LEROBOT
+
+    for _, command in LEROBOT:
+        assert command[0] == "lerobot"
+        with pytest.raises(SystemExit) as exit_info:  # past argument checks, stopped at the missing environment
+            main([*command[1:], "--lerobot-python", str(tmp_path / "no-python")])
+        assert "no LeRobot environment" in str(exit_info.value.code)

@@ -56,8 +56,12 @@ def test_comparison_rows_tell_reached_not_reached_and_not_measured_apart():
 
     point = {"step": 900, "minutes": 12.0, "success_rate": 0.9, "n_episodes": 50}
     early = {**point, "step": 600, "minutes": 8.0}
-    text = tables([row("beso", 3.6, [early, point]), row("act", None, [early, point]), row("dp", None, [point])])
-    lines = {line.split(" | ")[2]: line for line in text.splitlines() if line.startswith("| metaworld_mt | image |")}
+    text = tables([row("beso", 3.6, [early, point]), row("act", None, [early, point]),
+                   {**row("dp", None, [point]), "command": "vmp-bench lerobot --tag b"}])
+    lines = {line.split(" | ")[3]: line for line in text.splitlines() if line.startswith("| metaworld_mt | image |")}
+    # rows carry the run (command) they were measured in: wall-clock figures compare within a run
+    assert {name: line.split(" | ")[2] for name, line in lines.items()} == {"dp": "1", "act": "2", "beso": "2"}
+    assert "1. `vmp-bench lerobot --tag b`\n2. `vmp-eval ...`" in text  # runs listed in the order of their commands
     assert "| 3.60 (≥0.95; every 300 steps) |" in lines["beso"]  # how finely the time was measured, beside it
     assert "| not reached (≥0.95; every 300 steps) |" in lines["act"]
     assert "| not measured (end of budget only) |" in lines["dp"]  # one checkpoint evaluated: no timeline to read
