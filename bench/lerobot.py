@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> None:
                         "N for every contender, NAME=N for one (default: each contender's, about 1/6 of a 12-minute "
                         "budget on 2 CPU cores)")
     parser.add_argument("--batch-size", type=int, default=None, help="every contender's batch size (default: each "
-                        "contender's: 64 for LeRobot's, 128 for ours on low-dim, 64 on images)")
+                        "contender's: 64 for LeRobot's, 128 for ours on low-dim, 64 on images; CARP's tokenizer "
+                        "stage keeps its own)")
     parser.add_argument("--steps", type=int, default=None, help="every contender's schedule length in steps "
                         "(default: each contender's, sized to its default budget)")
     parser.add_argument("--tag", default="", help="suffix of the records' names, for a second budget beside the first "

@@ -16,6 +16,12 @@ from pathlib import Path
 PLOTS = ("latency.png", "success.png", "success_vs_minutes.png")
 
 
+def comparison_runs(records: list[dict]) -> list[str]:
+    """The commands of the `vmp-bench lerobot` runs among the records, in order: run N is the N-th (1-based) in the
+    README's table and in the comparison plots' labels."""
+    return sorted({r["command"] for r in records if r["kind"] == "comparison"})
+
+
 def _figure(width: float, height: float):
     import matplotlib
 
@@ -93,35 +99,34 @@ def plot_success_vs_minutes(records: list[dict], path: Path) -> None:
     _save(plt, fig, path)
 
 
-def plot_comparison(rows: list[dict], path: Path) -> None:
-    """Left: success against training minutes per contender (its checkpoints); right: chunk latency (log scale)."""
-    rows = sorted(rows, key=lambda r: (r["policy"], (r.get("budget") or {}).get("minutes_budget") or 0))
-    budgets = {(r.get("budget") or {}).get("minutes_budget") for r in rows if "success_rate" in r["metrics"]}
-    labels = [r["policy"] + (f" ({r['budget']['minutes_budget']:g} min)" if len(budgets) > 1 and
-                             "success_rate" in r["metrics"] else "") for r in rows]
-    base = list(labels)
-    for i, r in enumerate(rows):  # two runs of one contender and budget: told apart by their checkpoint interval
-        timeline = r["metrics"].get("timeline") or []
-        if base.count(base[i]) > 1 and len(timeline) > 1:
-            every = f"every {timeline[1]['step'] - timeline[0]['step']} steps"
-            labels[i] = f"{base[i][:-1]}, {every})" if base[i].endswith(")") else f"{base[i]} ({every})"
-    plt, (fig, left) = _figure(11, 4.2)
-    left.set_position([0.07, 0.13, 0.4, 0.77])
-    right = fig.add_axes([0.62, 0.13, 0.35, 0.77])
+def plot_comparison(rows: list[dict], runs: list[str], path: Path) -> None:
+    """Left: success against training minutes per contender (its checkpoints); right: chunk latency (log scale).
+    Each contender is labelled with its run's number (`comparison_runs`): wall-clock compares within a run."""
+    rows = sorted(rows, key=lambda r: (runs.index(r["command"]), r["policy"]))
+    labels = [f"{r['policy']} (run {runs.index(r['command']) + 1})" for r in rows]
+    # one colour per contender, one marker and line style per run
+    policies = sorted({r["policy"] for r in rows})
+    colours = [f"C{policies.index(r['policy']) % 10}" for r in rows]
+    run_of = [sorted({runs.index(r["command"]) for r in rows}).index(runs.index(r["command"])) for r in rows]
+    markers, styles = "osD^vPX", ("-", "--", ":", "-.")
+    plt, (fig, left) = _figure(11, 5.2)
+    left.set_position([0.07, 0.3, 0.4, 0.62])
+    right = fig.add_axes([0.62, 0.3, 0.35, 0.62])
     for i, r in enumerate(rows):
         timeline = r["metrics"].get("timeline") or []
         if timeline:
-            left.plot([t["minutes"] for t in timeline], [t["success_rate"] for t in timeline], marker="o",
-                      color=f"C{i}", label=labels[i])
+            left.plot([t["minutes"] for t in timeline], [t["success_rate"] for t in timeline],
+                      marker=markers[run_of[i] % len(markers)], linestyle=styles[run_of[i] % len(styles)],
+                      color=colours[i], label=labels[i])
     bar = next((r["metrics"].get("bar") for r in rows), None)
     if bar:
         left.axhline(bar, color="grey", linestyle=":", linewidth=1)
-    left.set_xlabel("training minutes (wall-clock, same machine)")
+    left.set_xlabel("training minutes (wall-clock; compare within a run)")
     left.set_ylabel("success rate")
     left.set_ylim(-0.02, 1.02)
     left.set_xlim(left=0)
-    left.legend(fontsize=7, loc="center right")
-    right.barh(range(len(rows)), [r["metrics"]["p50_ms"] for r in rows], color=[f"C{i}" for i in range(len(rows))])
+    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
+    right.barh(range(len(rows)), [r["metrics"]["p50_ms"] for r in rows], color=colours)
     right.set_yticks(range(len(rows)), labels, fontsize=7)
     right.set_xscale("log")
     right.set_xlabel("chunk latency p50, ms (batch 1, log scale)")
@@ -142,5 +147,5 @@ def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
             comparisons.setdefault((r["task"], r["obs"]), []).append(r)
     for (task, obs), rows in sorted(comparisons.items()):
         paths.append(out_dir / f"lerobot_{task}_{obs}.png")
-        plot_comparison(rows, paths[-1])
+        plot_comparison(rows, comparison_runs(records), paths[-1])
     return paths

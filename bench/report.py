@@ -103,7 +103,9 @@ def tables(records: list[dict]) -> str:
                 "| task | obs | run | contender | size | success at budget | 95% CI | episodes | time to bar (min) | "
                 "chunk p50 ms | p99 ms | params | train samples/s | steps in budget | budget |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        commands = sorted({r["command"] for r in comparison})
+        from vmp.bench.plots import comparison_runs
+
+        commands = comparison_runs(comparison)
         for r in sorted(comparison, key=lambda r: (r["task"], r["obs"], commands.index(r["command"]), r["policy"])):
             m, b = r["metrics"], r.get("budget") or {}
             if "success_rate" in m:

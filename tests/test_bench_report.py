@@ -29,13 +29,20 @@ def test_report_draws_the_plots_and_a_rerun_changes_nothing(tmp_path):
             {**record("latency", p50_ms=3.0, p99_ms=4.0), "device": "NVIDIA H200"},
             record("latency", p50_ms=30.0, p99_ms=40.0)]
     rows[0]["budget"]["train_minutes"] = 7.5
+    timeline = [{"step": 100, "minutes": 1.0, "success_rate": 0.2, "n_episodes": 20},
+                {"step": 200, "minutes": 2.0, "success_rate": 0.9, "n_episodes": 20}]
+    for command in ("vmp-bench lerobot --tag a", "vmp-bench lerobot --tag b"):  # one contender in two runs
+        rows.append({**record("comparison", success_rate=0.9, ci95_low=0.8, ci95_high=0.95, n_episodes=20, bar=0.95,
+                              time_to_bar_min=None, timeline=timeline, p50_ms=5.0, p99_ms=6.0, n_params=10),
+                     "command": command})
     for i, r in enumerate(rows):
         (results / f"r{i}.json").write_text(json.dumps(r))
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{BEGIN}\n{END}\n")
     main(["--results", str(results), "--readme", str(readme)])
     plots = sorted((tmp_path / "docs" / "plots").glob("*.png"))
-    assert [p.name for p in plots] == ["latency.png", "success.png", "success_vs_minutes.png"]
+    assert [p.name for p in plots] == ["latency.png", "lerobot_metaworld_mt_image.png", "success.png",
+                                       "success_vs_minutes.png"]
     first = {p.name: p.read_bytes() for p in plots}
     text = readme.read_text()
     assert "![latency](docs/plots/latency.png)" in text and "| 0.60 |" in text
