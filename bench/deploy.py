@@ -14,8 +14,6 @@ Writes one results record (JSON) per run::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import logging
 import os
 import platform
@@ -211,21 +209,19 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if load is not None:
             load.close()
-    rec = {
-        "kind": "jitter", "task": "-", "obs": "-", "policy": "synthetic",
-        "variant": f"{args.hz:g} Hz, blend={args.blend}, SimRobot(toy) over loopback, {args.n_steps}x MLP{args.width} per chunk, "
+    from vmp.bench.common import write_result
+
+    write_result(
+        Path(args.out).stem, "jitter", "-", "-", "synthetic",
+        f"{args.hz:g} Hz, blend={args.blend}, SimRobot(toy) over loopback, {args.n_steps}x MLP{args.width} per chunk, "
                    + ("inference thread, " if args.thread else "inference process, ")
                    + f"GIL switch {args.switch_interval_ms:g} ms" + (f", SCHED_FIFO {args.rt_priority}" if args.rt_priority else "")
                    + (f", policy sleeps {args.policy_sleep_ms:g} ms" if args.policy_sleep_ms else "")
                    + (f", {args.servo_hz:g} Hz set-points" if args.servo_hz else "")
                    + (f", under load (vmp-train + {Path(load.checkpoint).name if load.checkpoint else 'no'} inference)"
                       if load is not None else ""),
-        "metrics": metrics, "budget": {"seconds": args.seconds}, "device": device_name(),
-        "command": "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "git_rev": _git_rev(), "date": datetime.date.today().isoformat(),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rec, indent=2))
+        metrics, device_name(), "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:]),
+        budget={"seconds": args.seconds}, out_dir=Path(args.out).parent)
     print(f"{args.hz:g} Hz: jitter p50 {metrics['jitter_p50_ms']:.3f} ms p99 {metrics['jitter_p99_ms']:.3f} ms; "
           f"obs->action p50 {metrics['obs_to_action_p50_ms']:.2f} ms p99 {metrics['obs_to_action_p99_ms']:.2f} ms; "
           f"inference p50 {metrics['inference_p50_ms']:.1f} ms -> {args.out}")
@@ -325,10 +321,10 @@ def seam_sweep(args: argparse.Namespace, argv: list[str] | None) -> None:
                          "seam_jerk_median": float(np.median(agg["seam_jerk"])),
                          "seam_jump_ratio_median": float(np.median(agg["seam_jump_ratio"]))})
             log.info("%s", rows[-1])
+    from vmp.bench.common import write_result
+
     command = "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.checkpoint:
-        from vmp.bench.common import write_result
-
         engine = engine_for(0)
         obs = "image" if RGB in engine.policy.obs_kinds.values() else "lowdim"
         write_result(Path(args.out).stem, "seams", task, obs, getattr(engine.policy, "name", "policy"),
@@ -337,19 +333,10 @@ def seam_sweep(args: argparse.Namespace, argv: list[str] | None) -> None:
             "action-std units", {"rows": rows}, "simulated clock (policy on the CPU)", command,
             out_dir=Path(args.out).parent)
     else:
-        rec = {"kind": "seams", "task": "-", "obs": "-", "policy": "synthetic",
-               "variant": f"replay latency sweep, {hz:g} Hz, horizon 16, n_obs_steps 2, 8 toy episodes, lognormal(0.2) jitter, 5% 3x spikes",
-               "metrics": {"rows": rows}, "device": "simulated clock", "command": command,
-               "git_rev": _git_rev(), "date": datetime.date.today().isoformat()}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(rec, indent=2))
+        write_result(Path(args.out).stem, "seams", "-", "-", "synthetic",
+                     f"replay latency sweep, {hz:g} Hz, horizon 16, n_obs_steps 2, 8 toy episodes, lognormal(0.2) "
+                     "jitter, 5% 3x spikes", {"rows": rows}, "simulated clock", command, out_dir=Path(args.out).parent)
     print(f"seam sweep: {len(rows)} rows -> {args.out}")
-
-
-def _git_rev() -> str:
-    from vmp.policies.checkpoint import git_revision
-
-    return git_revision()
 
 
 if __name__ == "__main__":

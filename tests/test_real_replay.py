@@ -111,3 +111,19 @@ def test_delay_beyond_chunk_underruns_and_is_flagged(recorded):
     r = replay(_engine(), episodes[3], HZ, "prefix", 8, delay_s=20 * DT)
     assert r.holds > 0 and r.counters["underrun"] == r.holds
     assert r.counters.get("infeasible_delay", 0) > 0
+
+
+def test_synthetic_seam_sweep_writes_a_full_results_record(tmp_path):
+    """`vmp-bench deploy --seams` without a checkpoint writes a record like every other bench: machine and package
+    versions with it (they were missing), the same rows on a rerun."""
+    import json
+
+    from vmp.bench.deploy import main
+
+    records = []
+    for i in range(2):
+        main(["--seams", "--out", str(tmp_path / f"seams{i}.json")])
+        records.append(json.loads((tmp_path / f"seams{i}.json").read_text()))
+    assert records[0]["metrics"]["rows"] == records[1]["metrics"]["rows"]
+    assert {"machine", "versions", "git_rev", "command"} <= set(records[0])
+    assert records[0]["versions"]["torch"] and records[0]["kind"] == "seams"
