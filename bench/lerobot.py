@@ -93,9 +93,12 @@ def contender(name: str, obs_type: str) -> dict[str, Any]:
 def run_spec(name: str, obs_type: str, steps: int | None = None, ckpt_every: dict[str | None, int] | None = None,
              batch_size: int | None = None) -> dict[str, Any]:
     """A contender's spec with the command line's overrides: the schedule's steps, the checkpoint interval (``{None:
-    N}`` for every contender, ``{name: N}`` for one) and the batch size (every contender the same)."""
+    N}`` for every contender, ``{name: N}`` for one; neither for the latency-only ones) and the batch size (every
+    contender the same)."""
     spec = contender(name, obs_type)
     ckpt_every = ckpt_every or {}
+    if spec.get("latency_only"):  # a few steps, whatever the others' schedule: it is measured, not trained
+        steps, ckpt_every = None, {}
     if name in ckpt_every or None in ckpt_every:
         spec["ckpt_every"] = ckpt_every.get(name, ckpt_every.get(None))
     if steps:

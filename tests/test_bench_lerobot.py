@@ -45,6 +45,8 @@ def test_command_line_overrides_reach_each_contenders_spec():
     assert (every["steps"], every["ckpt_every"], batch_of(every)) == (3000, 200, 64)
     assert (one["steps"], one["ckpt_every"], batch_of(one)) == (3000, 400, 32)
     assert sum("batch_size" in a for a in every["args"]) == 1  # replaced, not appended beside the old one
+    default = run_spec("lerobot_diffusion_default", "lowdim", 3000, {None: 200}, 64)
+    assert (default["steps"], default["ckpt_every"], batch_of(default)) == (4, 4, 64)  # measured, not trained
     image_act = run_spec("lerobot_act", "image", batch_size=16)
     assert batch_of(image_act) == 16 and "--policy.pretrained_backbone_weights=null" in image_act["args"]
 
