@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vmp.bench.common import device_name, write_result
 from vmp.real.engine import InferenceEngine
 from vmp.real.loop import ControlLoop, LoopConfig, RealClock
 from vmp.real.safety import SafetyLayer
@@ -49,12 +49,6 @@ class BusyReachPolicy(ReachPolicy):
         for _ in range(self.n_steps):
             x = self.net(x)
         return super().predict_action_chunk(obs, goal, generator, prefix, prefix_weights)
-
-
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
 
 
 def busy_engine(n_steps: int, width: int, policy_sleep_s: float) -> InferenceEngine:
@@ -209,8 +203,6 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if load is not None:
             load.close()
-    from vmp.bench.common import write_result
-
     write_result(
         Path(args.out).stem, "jitter", "-", "-", "synthetic",
         f"{args.hz:g} Hz, blend={args.blend}, SimRobot(toy) over loopback, {args.n_steps}x MLP{args.width} per chunk, "
@@ -220,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
                    + (f", {args.servo_hz:g} Hz set-points" if args.servo_hz else "")
                    + (f", under load (vmp-train + {Path(load.checkpoint).name if load.checkpoint else 'no'} inference)"
                       if load is not None else ""),
-        metrics, device_name(), "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:]),
+        metrics, device_name("cuda" if torch.cuda.is_available() else "cpu"),
+        "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:]),
         budget={"seconds": args.seconds}, out_dir=Path(args.out).parent)
     print(f"{args.hz:g} Hz: jitter p50 {metrics['jitter_p50_ms']:.3f} ms p99 {metrics['jitter_p99_ms']:.3f} ms; "
           f"obs->action p50 {metrics['obs_to_action_p50_ms']:.2f} ms p99 {metrics['obs_to_action_p99_ms']:.2f} ms; "
@@ -245,8 +238,8 @@ def _toy_episodes() -> tuple[list[list[dict]], Any, float]:
 
 def _store_episodes(checkpoint: str, store_path: str, n: int) -> tuple[list[list[dict]], Any, np.ndarray, Any]:
     """n episodes spread over a store as per-tick observations for the checkpoint's policy, its engine (the sampling
-    noise seeded and the episode's instruction set per episode, so a row is reproducible), the action std of those episodes (seam units; dimensions
-    that barely move left out), the training config."""
+    noise seeded and the episode's instruction set per episode, so a row is reproducible), the action std of those
+    episodes (seam units; dimensions that barely move left out), the training config."""
     import torch
 
     from vmp.data.store import EpisodeStore
@@ -321,8 +314,6 @@ def seam_sweep(args: argparse.Namespace, argv: list[str] | None) -> None:
                          "seam_jerk_median": float(np.median(agg["seam_jerk"])),
                          "seam_jump_ratio_median": float(np.median(agg["seam_jump_ratio"]))})
             log.info("%s", rows[-1])
-    from vmp.bench.common import write_result
-
     command = "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.checkpoint:
         engine = engine_for(0)

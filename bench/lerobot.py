@@ -110,7 +110,7 @@ def run_spec(name: str, obs_type: str, steps: int | None = None, ckpt_every: dic
 
 
 def batch_of(spec: dict[str, Any]) -> int:
-    """The batch size a spec trains with (vmp-train's default is never used by a contender; LeRobot's is 8)."""
+    """The batch size a spec trains with (every contender's args name it; the last one counts)."""
     return int(next(a.split("=")[1] for a in reversed(spec["args"]) if "batch_size=" in a))
 
 

@@ -103,11 +103,11 @@ def plot_comparison(rows: list[dict], runs: list[str], path: Path) -> None:
     """Left: success against training minutes per contender (its checkpoints); right: chunk latency (log scale).
     Each contender is labelled with its run's number (`comparison_runs`): wall-clock compares within a run."""
     rows = sorted(rows, key=lambda r: (runs.index(r["command"]), r["policy"]))
-    labels = [f"{r['policy']} (run {runs.index(r['command']) + 1})" for r in rows]
+    run_of = [runs.index(r["command"]) for r in rows]
+    labels = [f"{r['policy']} (run {run + 1})" for r, run in zip(rows, run_of)]
     # one colour per contender, one marker and line style per run
     policies = sorted({r["policy"] for r in rows})
     colours = [f"C{policies.index(r['policy']) % 10}" for r in rows]
-    run_of = [sorted({runs.index(r["command"]) for r in rows}).index(runs.index(r["command"])) for r in rows]
     markers, styles = "osD^vPX", ("-", "--", ":", "-.")
     plt, (fig, left) = _figure(11, 5.2)
     left.set_position([0.07, 0.3, 0.4, 0.62])

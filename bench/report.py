@@ -128,7 +128,7 @@ def tables(records: list[dict]) -> str:
                        + (f"{_fmt(b.get('minutes_budget'), 1)} min" if "success_rate" in m else "a few steps")
                        + f", batch {b.get('batch_size')}, {b.get('trainer')} |")
         out += ["", "Runs:", "", *(f"{i}. `{c}`" for i, c in enumerate(commands, 1)), ""]
-    seams = [r for r in records if r["kind"] == "seams"]
+    seams = sorted((r for r in records if r["kind"] == "seams"), key=lambda r: (r["task"], r["policy"]))
     if seams:
         out += ["### Chunk seams per blend mode (vmp-bench deploy --seams)", "",
                 "Episodes replayed on a simulated clock with the inference delay drawn per request (lognormal, 5% "
@@ -137,13 +137,13 @@ def tables(records: list[dict]) -> str:
                 "percentile of step changes inside chunks.", "",
                 "| task | obs | head | delay (ticks) | blend | actions per chunk | late chunks | seam jump | ratio |",
                 "|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted(seams, key=lambda r: (r["task"], r["policy"])):
+        for r in seams:
             for row in r["metrics"]["rows"]:
                 blend = row["blend"] + (f" ({row['prefix_schedule']})" if row.get("prefix_schedule") else "")
                 out.append(f"| {r['task']} | {r['obs']} | {r['policy']} | {row['delay_ticks']} | {blend} | "
                            f"{row['exec_horizon']} | {row['late_chunks']} | {_fmt(row['seam_jump_median'])} | "
                            f"{_fmt(row['seam_jump_ratio_median'])} |")
-        out += ["", "Commands: " + "; ".join(f"`{r['command']}`" for r in sorted(seams, key=lambda r: (r["task"], r["policy"]))), ""]
+        out += ["", "Commands: " + "; ".join(f"`{r['command']}`" for r in seams), ""]
     other = [r for r in records if r["kind"] in ("throughput", "jitter")]
     if other:
         out += ["### Throughput and timing", "", "| kind | task | obs | what | metrics | device | command |", "|---|---|---|---|---|---|---|"]
