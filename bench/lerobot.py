@@ -91,10 +91,10 @@ def contender(name: str, obs_type: str) -> dict[str, Any]:
 
 
 def run_spec(name: str, obs_type: str, steps: int | None = None, ckpt_every: dict[str | None, int] | None = None,
-             batch_size: int | None = None) -> dict[str, Any]:
+             batch_size: int | None = None, tokenizer_steps: int | None = None) -> dict[str, Any]:
     """A contender's spec with the command line's overrides: the schedule's steps, the checkpoint interval (``{None:
-    N}`` for every contender, ``{name: N}`` for one; neither for the latency-only ones) and the batch size (every
-    contender the same)."""
+    N}`` for every contender, ``{name: N}`` for one; neither for the latency-only ones), the batch size (every
+    contender the same) and the length of CARP's tokenizer stage."""
     spec = contender(name, obs_type)
     ckpt_every = ckpt_every or {}
     if spec.get("latency_only"):  # a few steps, whatever the others' schedule: it is measured, not trained
@@ -106,6 +106,9 @@ def run_spec(name: str, obs_type: str, steps: int | None = None, ckpt_every: dic
     if batch_size:
         key = "--batch_size=" if spec["kind"] == "lerobot" else "training.batch_size="
         spec["args"] = [a for a in spec["args"] if not a.startswith(key)] + [f"{key}{batch_size}"]
+    if tokenizer_steps and "tokenizer" in spec:
+        key = "training.steps="
+        spec["tokenizer"] = [a for a in spec["tokenizer"] if not a.startswith(key)] + [f"{key}{tokenizer_steps}"]
     return spec
 
 
@@ -289,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
                         "stage keeps its own)")
     parser.add_argument("--steps", type=int, default=None, help="every contender's schedule length in steps "
                         "(default: each contender's, sized to its default budget)")
+    parser.add_argument("--tokenizer-steps", type=int, default=None, help="steps of CARP's tokenizer stage (default: "
+                        "3000 on low-dim, 2000 on images; its reconstruction has converged long before on low-dim Lift)")
     parser.add_argument("--tag", default="", help="suffix of the records' names, for a second budget beside the first "
                       "(e.g. --minutes 24 --tag 24min)")
     parser.add_argument("--bar", type=float, default=0.95, help="the success rate 'time to' measures")
@@ -308,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         if not value.isdigit() or int(value) == 0:
             parser.error(f"--ckpt-every {item}: the steps must be a positive integer")
         ckpt_every[name or None] = int(value)
-    for name in ("minutes", "episodes", "timeline_episodes", "steps", "batch_size"):
+    for name in ("minutes", "episodes", "timeline_episodes", "steps", "batch_size", "tokenizer_steps"):
         value = getattr(args, name)
         if value is not None and (value < 0 or (value == 0 and name != "timeline_episodes")):
             parser.error(f"--{name.replace('_', '-')} {value}: must be positive"
@@ -339,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, dict[str, Any]] = {}
     for name in args.contenders:
         record = out / name / "train.json"
-        spec = run_spec(name, obs_type, args.steps, ckpt_every, args.batch_size)
+        spec = run_spec(name, obs_type, args.steps, ckpt_every, args.batch_size, args.tokenizer_steps)
         kept = kept_training(record, args.minutes, spec)
         if kept is not None:
             runs[name] = kept

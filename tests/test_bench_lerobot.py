@@ -14,6 +14,7 @@ from vmp.bench.lerobot import batch_of, contender, kept_training, main, run_spec
     (["--timeline-episodes", "-1"], "--timeline-episodes -1: must be positive (or 0)"),
     (["--steps", "0"], "--steps 0: must be positive"),
     (["--batch-size", "0"], "--batch-size 0: must be positive"),
+    (["--tokenizer-steps", "-5"], "--tokenizer-steps -5: must be positive"),
     (["--ckpt-every", "bso=200"], "--ckpt-every bso=200: no contender 'bso'"),
     (["--ckpt-every", "beso=x"], "--ckpt-every beso=x: the steps must be a positive integer"),
 ])
@@ -49,6 +50,10 @@ def test_command_line_overrides_reach_each_contenders_spec():
     assert (default["steps"], default["ckpt_every"], batch_of(default)) == (4, 4, 64)  # measured, not trained
     image_act = run_spec("lerobot_act", "image", batch_size=16)
     assert batch_of(image_act) == 16 and "--policy.pretrained_backbone_weights=null" in image_act["args"]
+    carp = run_spec("carp", "lowdim", batch_size=64, tokenizer_steps=600)
+    assert [a for a in carp["tokenizer"] if a.startswith("training.steps=")] == ["training.steps=600"]
+    assert batch_of(carp) == 64 and "training.batch_size=64" not in carp["tokenizer"]  # the tokenizer keeps its batch
+    assert run_spec("beso", "lowdim", tokenizer_steps=600) == contender("beso", "lowdim")  # no tokenizer: unchanged
 
 
 def test_the_suites_comparison_commands_parse(tmp_path):
