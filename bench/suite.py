@@ -42,9 +42,9 @@ FULL = QUICK + [["deploy", "--seconds", "20", "--load", "--out", "results/bench_
 LEROBOT = [("stores/lift_dart.zarr", ["lerobot", "--store", "stores/lift_dart.zarr", "--task", "lift", "--minutes", "12"]),
            # time to 95% at equal batch, the figure the comparison's goal is read from
            ("stores/lift_dart.zarr", ["lerobot", "--store", "stores/lift_dart.zarr", "--task", "lift", "--contenders",
-                                      "beso", "lerobot_diffusion", "--minutes", "20", "--steps", "4000", "--ckpt-every",
-                                      "200", "lerobot_diffusion=400", "--batch-size", "64", "--tag", "b64", "--out",
-                                      "runs/lerobot-lift-b64"]),
+                                      "beso", "carp", "lerobot_diffusion", "--minutes", "20", "--steps", "4000",
+                                      "--ckpt-every", "200", "carp=100", "lerobot_diffusion=400", "--batch-size", "64",
+                                      "--tokenizer-steps", "600", "--tag", "b64", "--out", "runs/lerobot-lift-b64"]),
            ("stores/lift_image_dart.zarr", ["lerobot", "--store", "stores/lift_image_dart.zarr", "--task", "lift_image",
                                             "--minutes", "20", "--timeline-episodes", "0"])]
 # seams of the checkpoints of record (image Lift, Diffusion-VLA on MT10) on their store, where both are on disk:
