@@ -5,6 +5,8 @@ head's denoising steps) in an inference thread of the loop's process (``--thread
 in a process of its own (the daemon's default). ``--servo-hz`` streams set-points between ticks and reports their
 jitter. ``--load`` runs, for the whole measurement, a `vmp-train` process and a process running a real checkpoint's
 inference back to back, at normal priority: both cores busy, as on a robot computer that trains beside its loop.
+``--slice-us`` is the scheduler slice the loop's threads (and the simulated robot's) ask for, as the daemon's
+``sched_slice_us``; ``--slice-us 0 --spin-ms 2`` is the kernel's default slice with a 2 ms spin before each tick.
 Writes one results record (JSON) per run::
 
     python -m vmp.bench.deploy --hz 50 --seconds 20 --out results/bench_deploy_cpu.json
@@ -59,7 +61,8 @@ def busy_engine(n_steps: int, width: int, policy_sleep_s: float) -> InferenceEng
 
 
 def run(hz: float, seconds: float, switch_interval_s: float, blend: str, n_steps: int, width: int, rt_priority: int = 0,
-        policy_sleep_s: float = 0.0, process: bool = True, servo_hz: float | None = None, spin_s: float = 0.002) -> dict:
+        policy_sleep_s: float = 0.0, process: bool = True, servo_hz: float | None = None, spin_s: float = 0.0,
+        slice_us: int = 100) -> dict:
     import functools
 
     from vmp.real.inference_process import ProcessEngine
@@ -72,12 +75,13 @@ def run(hz: float, seconds: float, switch_interval_s: float, blend: str, n_steps
     engine = ProcessEngine(build) if process else build()
     engine.warmup(engine.example_window(), n=3)
     per_tick = int(round(servo_hz / hz)) if servo_hz else 1
-    with SimRobot(env) as sim:
+    with SimRobot(env, server={"sched_slice_us": slice_us}) as sim:  # the robot side as the loop: --slice-us
         robot = StreamingRobot(sim, per_tick) if servo_hz else sim
         safety = SafetyLayer(sim.spec.action_low, sim.spec.action_high, max_delta=0.5, watchdog_s=1.0, hold="zero")
         loop = ControlLoop(robot, engine, safety, LoopConfig(hz, exec_horizon=8, blend=blend, max_ticks=ticks,
                                                              stop_on_success=False, rt_priority=rt_priority,
-                                                             servo_hz=servo_hz), clock=RealClock(spin_s))
+                                                             sched_slice_us=slice_us, servo_hz=servo_hz),
+                           clock=RealClock(spin_s))
         try:
             # burn-in episode (imports, caches, first allocations), then the measured one
             loop.cfg.max_ticks = int(hz)
@@ -112,7 +116,8 @@ def run(hz: float, seconds: float, switch_interval_s: float, blend: str, n_steps
         "inference_p50_ms": q(inf, 50), "inference_p99_ms": q(inf, 99), "control_hz": hz, "n_ticks": int(res.ticks),
         "missed_ticks": m.counter("missed_ticks"), "overruns": m.counter("overruns"),
         "holds": int(res.counters.get("safety_hold", 0)), "switch_interval_ms": switch_interval_s * 1e3,
-        "rt_priority": rt_priority, "inference": "process" if process else "thread",
+        "rt_priority": rt_priority, "sched_slice_us": slice_us, "spin_ms": spin_s * 1e3,
+        "inference": "process" if process else "thread",
     }
 
 
@@ -170,7 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint", default=None, help="--seams: a trained policy instead of the synthetic one")
     ap.add_argument("--store", default=None, help="--seams --checkpoint: the recorded episodes to replay")
     ap.add_argument("--episodes", type=int, default=8, help="--seams --checkpoint: how many of the store's episodes")
-    ap.add_argument("--spin-ms", type=float, default=2.0, help="the loop's clock spins this long before each deadline")
+    ap.add_argument("--spin-ms", type=float, default=0.0, help="the loop's clock spins this long before each deadline")
+    ap.add_argument("--slice-us", type=int, default=100, help="the loop thread's scheduler slice at normal priority "
+                    "(the daemon's sched_slice_us; 0 = the kernel's default)")
     ap.add_argument("--thread", action="store_true", help="inference in a thread of the loop's process (not its own)")
     ap.add_argument("--servo-hz", type=float, default=None, help="stream set-points at this rate between ticks")
     ap.add_argument("--load", action="store_true", help="a vmp-train run and a checkpoint's inference load the cores")
@@ -197,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         metrics = run(args.hz, args.seconds, args.switch_interval_ms / 1e3, args.blend, args.n_steps, args.width,
                       args.rt_priority, args.policy_sleep_ms / 1e3, process=not args.thread, servo_hz=args.servo_hz,
-                      spin_s=args.spin_ms / 1e3)
+                      spin_s=args.spin_ms / 1e3, slice_us=args.slice_us)
         if load is not None:
             metrics["load_1m_after"] = round(os.getloadavg()[0], 2)
     finally:
@@ -207,10 +214,12 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.out).stem, "jitter", "-", "-", "synthetic",
         f"{args.hz:g} Hz, blend={args.blend}, SimRobot(toy) over loopback, {args.n_steps}x MLP{args.width} per chunk, "
                    + ("inference thread, " if args.thread else "inference process, ")
-                   + f"GIL switch {args.switch_interval_ms:g} ms" + (f", SCHED_FIFO {args.rt_priority}" if args.rt_priority else "")
+                   + f"GIL switch {args.switch_interval_ms:g} ms"
+                   + (f", SCHED_FIFO {args.rt_priority}" if args.rt_priority else f", slice {args.slice_us} us")
+                   + (f", spin {args.spin_ms:g} ms" if args.spin_ms else "")
                    + (f", policy sleeps {args.policy_sleep_ms:g} ms" if args.policy_sleep_ms else "")
                    + (f", {args.servo_hz:g} Hz set-points" if args.servo_hz else "")
-                   + (f", under load (vmp-train + {Path(load.checkpoint).name if load.checkpoint else 'no'} inference)"
+                   + (f", under load (vmp-train + {load.checkpoint.removeprefix('runs/') if load.checkpoint else 'no'} inference)"
                       if load is not None else ""),
         metrics, device_name("cuda" if torch.cuda.is_available() else "cpu"),
         "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:]),

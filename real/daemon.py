@@ -128,7 +128,7 @@ def build_safety(rcfg: DictConfig, spec: Any):
 
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """The daemon, callable from tests. Returns the summary dict (also written to JSON)."""
-    from vmp.real.loop import ControlLoop, InferenceError, LoopConfig
+    from vmp.real.loop import ControlLoop, InferenceError, LoopConfig, RealClock
     from vmp.real.camera import ResizingRobot, camera_resizes
     from vmp.real.metrics import Metrics, MetricsServer
     from vmp.real.operator import build_operator
@@ -176,6 +176,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         loop_cfg = LoopConfig(control_hz, exec_horizon, blend, float(cfg.ensemble_m), str(cfg.prefix_schedule),
                               float(cfg.epsilon_s), int(cfg.delay_window), max_ticks, bool(cfg.stop_on_success),
                               float(cfg.warn_late_frac), rt_priority=int(cfg.rt_priority),
+                              sched_slice_us=int(cfg.sched_slice_us),
                               servo_hz=float(cfg.servo_hz) if cfg.get("servo_hz") else None)
         task_name = str(task_cfg.name) if task_cfg is not None else spec.name
         if cfg.record.enabled:
@@ -191,7 +192,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             return operator.choose(f"episode seed {result.seed} ended ({result.reason}, {result.ticks} ticks): "
                                    "did it succeed?", {"y": "success", "n": "failure"}) == "y"
 
-        loop = ControlLoop(robot, engine, build_safety(cfg.robot, spec), loop_cfg, metrics, recorder, text=text,
+        loop = ControlLoop(robot, engine, build_safety(cfg.robot, spec), loop_cfg, metrics, recorder,
+                           clock=RealClock(float(cfg.spin_ms) / 1e3), text=text,
                            judge=judge if operator is not None and cfg.operator.mark_success else None,
                            end_requested=operator.stop_requested if operator is not None else None)
         loop_ref["loop"] = loop

@@ -34,6 +34,7 @@ import numpy as np
 
 from vmp.real import wire
 from vmp.real.robot import RobotSpec
+from vmp.real.sched import short_slice
 
 log = logging.getLogger("vmp.real.sim_server")
 
@@ -62,6 +63,7 @@ class SimServer:
         self.idle_timeout_s = float(cfg.get("idle_timeout_s", 300.0))
         self.frame_timeout_s = float(cfg.get("frame_timeout_s", 10.0))
         self.max_clients = int(cfg.get("max_clients", 4))
+        self.sched_slice_us = int(cfg.get("sched_slice_us", 100))
         self.lock = threading.Lock()  # one env, many client threads
         self.shutdown = threading.Event()
         self.clients = threading.BoundedSemaphore(self.max_clients)
@@ -191,7 +193,9 @@ class SimServer:
 
     def _client(self, conn: socket.socket) -> None:
         try:
-            with conn:
+            # a robot's controller answers on time whatever the computer beside it runs: the server's threads ask
+            # for the control loop's short scheduler slice while a client is connected
+            with conn, short_slice(self.sched_slice_us):
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._converse(conn)
         finally:

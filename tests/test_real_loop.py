@@ -154,3 +154,93 @@ def test_setpoints_stream_between_ticks_within_the_safety_limits():
         ControlLoop(robot, engine, safety, LoopConfig(control_hz=50, servo_hz=120))
     with pytest.raises(ValueError, match="robot SimRobot has no servo"):
         ControlLoop(sim, engine, safety, LoopConfig(control_hz=50, servo_hz=200))
+
+
+def test_loop_threads_ask_for_a_short_slice_during_an_episode_and_restore_it():
+    """At normal priority every thread of the loop's process (here: the loop thread and a helper started before the
+    episode) has a short scheduler slice while an episode runs, and the loop thread 1 ns timer slack (read in the
+    robot's observe, which the loop thread calls each tick); afterwards both are what they were."""
+    import threading
+
+    from vmp.real.sched import sched_slice_ns, timer_slack_ns
+
+    before = (sched_slice_ns(), timer_slack_ns())
+    if before[0] is None:
+        pytest.skip("sched_getattr is Linux-only (x86_64, aarch64)")
+    release = threading.Event()
+    helper = threading.Thread(target=release.wait, daemon=True)
+    helper.start()
+
+    class Probe:
+        def __init__(self, robot):
+            self.robot, self.seen = robot, []
+
+        def __getattr__(self, name):
+            return getattr(self.robot, name)
+
+        def observe(self):
+            self.seen.append((sched_slice_ns(), timer_slack_ns(), sched_slice_ns(helper.native_id)))
+            return self.robot.observe()
+
+    policy = ReachPolicy(n_obs_steps=2, horizon=16, seed=0)
+    try:
+        with SimRobot(toy()) as sim:
+            robot = Probe(sim)
+            loop = make_loop(robot, policy, max_ticks=5)
+            loop.cfg.sched_slice_us = 200
+            try:
+                loop.run_episode(seed=0)
+            finally:
+                loop.close()
+        assert robot.seen and set(robot.seen) == {(200_000, 1, 200_000)}
+        assert (sched_slice_ns(), timer_slack_ns()) == before
+        assert sched_slice_ns(helper.native_id) == before[0]
+    finally:
+        release.set()
+
+
+def test_setpoints_keep_a_fixed_grid_however_long_the_tick_takes_to_observe():
+    """On a simulated clock whose observations take 3 ms, the set-points still go out at tick + j * dt / 4 exactly:
+    the j-th of a tick's command on the grid, its last one at the next tick's start, before that tick observes."""
+    import numpy as np
+
+    class Clock:
+        t = 100.0
+
+        def now(self):
+            return self.t
+
+        def sleep_until(self, t):
+            self.t = max(self.t, t)
+
+    clock = Clock()
+
+    class SlowObserving:
+        def __init__(self, robot):
+            self.robot, self.sent = robot, []
+
+        def __getattr__(self, name):
+            return getattr(self.robot, name)
+
+        def observe(self):
+            clock.t += 0.003
+            return self.robot.observe()
+
+        def servo(self, setpoint):
+            self.sent.append(clock.now())
+            if len(self.sent) % 4 == 0:
+                self.robot.act(setpoint)
+
+    policy = ReachPolicy(n_obs_steps=2, horizon=16, seed=0)
+    with SimRobot(toy()) as sim:
+        robot = SlowObserving(sim)
+        safety = SafetyLayer([-0.5] * 2, [0.5] * 2, max_delta=0.2, watchdog_s=1.0, hold="zero")
+        cfg = LoopConfig(control_hz=50, exec_horizon=8, blend="none", max_ticks=20, servo_hz=200, stop_on_success=False)
+        loop = ControlLoop(robot, InferenceEngine(policy), safety, cfg, clock=clock)
+        try:
+            res = loop.run_episode(seed=0)
+        finally:
+            loop.close()
+    assert res.ticks == 20 and len(robot.sent) == 4 * 20
+    offsets = (np.array(robot.sent) - robot.sent[0]) / 0.005
+    np.testing.assert_allclose(offsets, np.arange(len(robot.sent)), atol=1e-6)  # 200 Hz, no set-point late
