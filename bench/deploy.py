@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--store", default=None, help="--seams --checkpoint: the recorded episodes to replay")
     ap.add_argument("--episodes", type=int, default=8, help="--seams --checkpoint: how many of the store's episodes")
     ap.add_argument("--spin-ms", type=float, default=0.0, help="the loop's clock spins this long before each deadline")
-    ap.add_argument("--slice-us", type=int, default=100, help="the loop thread's scheduler slice at normal priority "
+    ap.add_argument("--slice-us", type=int, default=100, help="the scheduler slice the loop's threads ask for at normal priority "
                     "(the daemon's sched_slice_us; 0 = the kernel's default)")
     ap.add_argument("--thread", action="store_true", help="inference in a thread of the loop's process (not its own)")
     ap.add_argument("--servo-hz", type=float, default=None, help="stream set-points at this rate between ticks")

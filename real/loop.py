@@ -39,6 +39,8 @@ class RealClock:
     against 0.3 ms sleeping); spin under SCHED_FIFO (the daemon's spin_ms), where nothing preempts it."""
 
     def __init__(self, spin_s: float = 0.0):
+        if spin_s < 0:
+            raise ValueError(f"the clock's spin (spin_ms) must be >= 0, got {spin_s * 1e3:g} ms")
         self.spin_s = spin_s
 
     def now(self) -> float:
@@ -125,7 +127,7 @@ class LoopConfig:
     warn_late_frac: float = 0.5  # a tick later than this fraction of dt counts as an overrun
     drain_timeout_s: float = 5.0
     rt_priority: int = 0  # > 0: run the loop thread SCHED_FIFO at this priority (Linux; needs CAP_SYS_NICE)
-    sched_slice_us: int = 100  # normal priority: the loop thread's scheduler slice (Linux EEVDF, 6.12+; 0 = default)
+    sched_slice_us: int = 100  # normal priority: the slice the loop's threads ask for (Linux EEVDF, 6.12+; 0 = default)
     servo_hz: float | None = None  # stream interpolated set-points at this rate (a multiple of control_hz) via robot.servo
 
 
@@ -157,6 +159,8 @@ class ControlLoop:
         self.clock = clock or RealClock()
         self.dt = 1.0 / cfg.control_hz
         self.servo_steps = 1  # set-points per tick: > 1 streams them through robot.servo
+        if cfg.sched_slice_us < 0:
+            raise ValueError(f"sched_slice_us={cfg.sched_slice_us} must be >= 0 (0: the kernel's default slice)")
         if cfg.servo_hz:
             ratio = float(cfg.servo_hz) / cfg.control_hz
             if ratio < 2 or abs(ratio - round(ratio)) > 1e-6:

@@ -83,7 +83,7 @@ def short_slice(slice_us: int):
 
     failed = set_slice(int(slice_us * 1000))
     if threading.get_native_id() in failed:
-        log.warning("sched_slice_us=%d: sched_setattr failed (%s): the loop thread keeps the default slice", slice_us,
+        log.warning("sched_slice_us=%d: sched_setattr failed (%s): this thread keeps the default slice", slice_us,
                     os.strerror(ctypes.get_errno()))
     libc.prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)
     try:

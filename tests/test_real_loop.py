@@ -6,7 +6,7 @@ import pytest
 
 from vmp.data import EpisodeStore
 from vmp.real.engine import InferenceEngine
-from vmp.real.loop import ControlLoop, InferenceError, LoopConfig
+from vmp.real.loop import ControlLoop, InferenceError, LoopConfig, RealClock
 from vmp.real.recorder import EpisodeRecorder
 from vmp.real.robot import RobotConnectionError
 from vmp.real.safety import SafetyLayer
@@ -154,6 +154,10 @@ def test_setpoints_stream_between_ticks_within_the_safety_limits():
         ControlLoop(robot, engine, safety, LoopConfig(control_hz=50, servo_hz=120))
     with pytest.raises(ValueError, match="robot SimRobot has no servo"):
         ControlLoop(sim, engine, safety, LoopConfig(control_hz=50, servo_hz=200))
+    with pytest.raises(ValueError, match=r"sched_slice_us=-1 must be >= 0"):
+        ControlLoop(sim, engine, safety, LoopConfig(control_hz=50, sched_slice_us=-1))
+    with pytest.raises(ValueError, match=r"spin \(spin_ms\) must be >= 0, got -2 ms"):
+        RealClock(-0.002)
 
 
 def test_loop_threads_ask_for_a_short_slice_during_an_episode_and_restore_it():
@@ -165,8 +169,8 @@ def test_loop_threads_ask_for_a_short_slice_during_an_episode_and_restore_it():
     from vmp.real.sched import sched_slice_ns, timer_slack_ns
 
     before = (sched_slice_ns(), timer_slack_ns())
-    if before[0] is None:
-        pytest.skip("sched_getattr is Linux-only (x86_64, aarch64)")
+    if not before[0]:  # None: not Linux; 0: a kernel before 6.12, which has no per-thread slice to ask for
+        pytest.skip("per-thread scheduler slices need Linux 6.12+ (x86_64, aarch64)")
     release = threading.Event()
     helper = threading.Thread(target=release.wait, daemon=True)
     helper.start()
