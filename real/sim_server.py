@@ -3,7 +3,8 @@
 Run as ``python -m vmp.real.sim_server CONFIG_JSON``. It binds loopback on an ephemeral port and prints
 ``VMP_SIM_PORT <port> <token>`` on stdout (a pipe only its parent reads). A client proves it holds the token in its
 ``hello``; until then it gets nothing but errors, so no other local process can reset, drive or stop the robot.
-Each client has a thread of its own (up to ``max_clients``; more are told the server is busy); the env is driven
+Each client has a thread of its own (up to ``max_clients``; more are told the server is busy, after a short grace
+for a slot that a leaving client is about to free, so a client that reconnects at once is not refused); the env is driven
 under one lock. A client that stays idle for ``idle_timeout_s`` or takes longer than ``frame_timeout_s`` to send a
 frame's bytes is dropped; a malformed frame or field gets an error reply, never a crash. The env steps once per
 ``act`` (lock-step with the daemon's ticks), so simulated time advances at
@@ -186,7 +187,7 @@ class SimServer:
                     log.warning("parent process is gone: exiting")
                     return
                 continue
-            if not self.clients.acquire(blocking=False):
+            if not self.clients.acquire(timeout=BUSY_GRACE_S):
                 _refuse(conn, f"busy: {self.max_clients} clients are connected")
                 continue
             threading.Thread(target=self._client, args=(conn,), daemon=True).start()
@@ -235,6 +236,9 @@ class SimServer:
                 reply = self.handle(msg)
             if not _send(conn, reply):
                 return
+
+
+BUSY_GRACE_S = 0.5  # how long a new client waits for a slot that a closing connection's thread has yet to free
 
 
 def _send(conn: socket.socket, msg: wire.Message) -> bool:

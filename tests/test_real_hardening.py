@@ -126,6 +126,18 @@ def test_clients_beyond_the_limit_are_refused_cleanly(robot):
         s.close()
 
 
+def test_a_client_taking_the_slot_of_one_that_just_left_is_served(robot):
+    others = [raw(robot) for _ in range(LIMITS["max_clients"] - 1)]  # with the real client: every slot taken
+    time.sleep(0.2)
+    others.pop().close()  # its server thread frees the slot a moment after the close
+    with raw(robot) as s:
+        wire.send(s, wire.Message("hello", {"version": wire.VERSION, "token": robot._token}))
+        assert wire.recv(s).type == "spec"  # not "busy"
+    real_step(robot)
+    for s in others:
+        s.close()
+
+
 ints = st.integers(-2**63, 2**63 - 1)  # what msgpack can carry
 names = st.one_of(st.text(max_size=4), ints, st.lists(ints, max_size=2), st.none())
 entries = st.fixed_dictionaries({}, optional={
