@@ -113,6 +113,115 @@ class InferenceWorker:
         self.thread.join(timeout=5)
 
 
+class SetpointStream:
+    """Set-points between ticks: ``n`` per control tick on a fixed grid, the j-th of tick k at ``t0 + k * dt + j *
+    dt / n``. A thread of the loop's process sends the ones between ticks; the loop thread sends each tick's last one
+    (the tick's command itself) when it wakes for the next tick, before that tick observes (one wake-up at the tick,
+    not two threads racing for it). The loop thread only posts each tick's command: the stream between ticks never
+    waits for an observation, the policy or the loop's work, so a driver that expects a steady stream (UR's RTDE,
+    Franka's) gets one. Each set-point moves ``1 / slots_left`` of the way from the previous set-point to the newest
+    command; a command posted after its tick's first slot makes the early slots repeat the previous set-point (a
+    hold) and the later ones catch up, within the safety layer's per-set-point rate limit. If the loop thread misses
+    a tick's last slot by a whole slot, the stream sends it. Created with the loop (before its episodes' short slice
+    is applied to every thread), idle between episodes."""
+
+    def __init__(self, robot: Any, safety: SafetyLayer, dt: float, n: int, clock: Any):
+        self.robot, self.safety, self.dt, self.n, self.clock = robot, safety, dt, n, clock
+        self.metrics = Metrics()  # the episode's, from start()
+        self._cv = threading.Condition()
+        self._sending = threading.Lock()  # held while a set-point is made and sent: one at a time, in slot order
+        self._t0: float | None = None  # tick 0's time while an episode streams, None when idle
+        self._sent = 0  # slots sent this episode
+        self._command: np.ndarray | None = None
+        self._pending_o2a: tuple[int, float] | None = None  # (tick, its start): the first slot moving to its command
+        self._last_send: float | None = None
+        self._closed = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="setpoint-stream", daemon=True)
+        self.thread.start()
+
+    def start(self, t0: float, metrics: Metrics) -> None:
+        """Stream an episode whose tick 0 is at ``t0``; until the first command, slots hold the last set-point."""
+        with self._cv:
+            self.metrics = metrics
+            self._t0, self._sent, self._command, self._pending_o2a, self._last_send = t0, 0, None, None, None
+            self.error = None
+            self._cv.notify_all()
+
+    def post(self, k: int, command: np.ndarray, tick_start: float) -> None:
+        """Tick ``k``'s command (already through the safety filter); ``tick_start`` for the latency metric."""
+        with self._cv:
+            self._command = np.asarray(command, np.float32).copy()
+            self._pending_o2a = (k, tick_start)
+
+    def end_tick(self, k: int) -> None:
+        """From the loop thread at tick ``k``'s start: tick ``k - 1``'s last set-point, if it is the next one due."""
+        self._send(k * self.n)
+
+    def stop(self) -> None:
+        """End the episode's stream; once this returns no set-point is in flight or will be sent."""
+        with self._cv:
+            self._t0 = None
+            self._cv.notify_all()
+        with self._sending:
+            pass
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed, self._t0 = True, None
+            self._cv.notify_all()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._closed or self._t0 is not None)
+                if self._closed:
+                    return
+                t0, slot = self._t0, self._sent + 1
+            due = t0 + slot * self.dt / self.n
+            if slot % self.n == 0:  # the loop thread's, at its tick; the stream's only if the loop is a slot late
+                with self._cv:
+                    timeout = due + self.dt / self.n - self.clock.now()
+                    if self._cv.wait_for(lambda: self._sent >= slot or self._t0 != t0, max(timeout, 0.0)):
+                        continue
+            else:
+                self.clock.sleep_until(due)
+            self._send(slot, t0)
+
+    def _send(self, slot: int, t0: float | None = None) -> None:
+        """Send set-point ``slot`` of the episode started at ``t0`` (None: the running one) unless it was sent or the
+        stream stopped meanwhile."""
+        with self._sending:
+            with self._cv:
+                if self._t0 is None or (t0 is not None and self._t0 != t0) or self._sent + 1 != slot:
+                    return
+                left = self.n - (slot - 1) % self.n  # slots left in this tick, this one included
+                last = self.safety.last_setpoint
+                target = last if self._command is None else last + (self._command - last) / left
+                point = self.safety.setpoint(target, self.n)
+                o2a = self._pending_o2a
+                moving = o2a is not None and (slot - 1) // self.n == o2a[0]
+            now = self.clock.now()
+            try:
+                self.robot.servo(point)
+            except Exception as exc:  # reported to the loop, which stops the robot
+                with self._cv:
+                    self.error, self._t0 = exc, None
+                    self._cv.notify_all()
+                return
+            if self._last_send is not None:
+                self.metrics.observe("servo_period_seconds", now - self._last_send, "time between consecutive set-points")
+            self._last_send = now
+            if moving:
+                self.metrics.observe("obs_to_action_seconds", now - o2a[1], "tick start (observe) to command delivered")
+            with self._cv:
+                if moving:
+                    self._pending_o2a = None
+                self._sent = slot
+                self._cv.notify_all()
+
+
 @dataclasses.dataclass
 class LoopConfig:
     control_hz: float
@@ -180,8 +289,8 @@ class ControlLoop:
         self._last_warn = -math.inf
         self._texts: dict[str, list[tuple[int, str]]] = {}  # text extras of this episode: name -> [(tick, text)]
         self.last_episode: EpisodeBuffer | None = None
-        self._last_servo: float | None = None
-        self._pending_setpoint: np.ndarray | None = None  # the last tick's command: its final set-point, due now
+        self.stream = (SetpointStream(robot, safety, self.dt, self.servo_steps, self.clock)
+                       if self.servo_steps > 1 else None)
 
     # called from the worker thread
     def _on_chunk(self, pred: Any, req: Request, now: float) -> None:
@@ -219,6 +328,8 @@ class ControlLoop:
 
     def close(self) -> None:
         self.worker.close()
+        if self.stream is not None:
+            self.stream.close()
 
     def run_episode(self, seed: int | None = None) -> EpisodeResult:
         """Reset the robot, run until success/done/max_ticks/stop, stop the robot, record. Raises
@@ -233,15 +344,18 @@ class ControlLoop:
         deadline preempts whatever keeps the cores busy."""
         prio = self.cfg.rt_priority
         if prio > 0 and hasattr(os, "sched_setscheduler"):
+            tids = [0] + ([self.stream.thread.native_id] if self.stream is not None else [])  # the loop's and the stream's
             try:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))
+                for tid in tids:
+                    os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(prio))
             except PermissionError:
                 log.warning("rt_priority=%d needs CAP_SYS_NICE (or an rtprio limit): running at normal priority", prio)
             else:
                 try:
                     yield
                 finally:
-                    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+                    for tid in tids:
+                        os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
                 return
         with short_slice(self.cfg.sched_slice_us):
             yield
@@ -271,7 +385,8 @@ class ControlLoop:
                 self._chunk_id += 1
                 self.scheduler.add_chunk(Chunk(first[self.engine.n_obs_steps - 1:], 0, t0, t0 - self.dt, self._chunk_id), t0 - self.dt)
             self.safety.reset(t0)
-            self._last_servo, self._pending_setpoint = None, None
+            if self.stream is not None:
+                self.stream.start(t0, self.metrics)
             prev_t = None
             while True:
                 deadline = t0 + k * self.dt
@@ -282,9 +397,13 @@ class ControlLoop:
                     m.observe("loop_period_seconds", now - prev_t, "time between consecutive ticks")
                 m.observe("tick_lateness_seconds", late, "tick start minus its deadline")
                 prev_t = now
-                if self._pending_setpoint is not None:  # the last tick's stream ends on its command, on time
-                    self._servo(self._pending_setpoint)
-                    self._pending_setpoint = None
+                if self.stream is not None:
+                    if k > 0:
+                        self.stream.end_tick(k)
+                    if self.stream.error is not None:  # raised by robot.servo here or in the stream's thread
+                        exc = self.stream.error
+                        raise exc if isinstance(exc, RobotConnectionError) else RobotConnectionError(
+                            f"the robot refused a set-point: {exc!r}")
                 if late > cfg.warn_late_frac * self.dt:
                     m.inc("overruns", help="ticks started later than warn_late_frac*dt")
                     if now - self._last_warn > 1.0:
@@ -336,8 +455,8 @@ class ControlLoop:
                     break
                 if status == "hold":
                     m.inc("holds", help="ticks that held the previous command (no planned action)")
-                if self.servo_steps > 1:
-                    self._stream(command, deadline, now)
+                if self.stream is not None:
+                    self.stream.post(k, command, now)
                 else:
                     self.robot.act(command)
                     m.observe("obs_to_action_seconds", self.clock.now() - now, "tick start (observe) to command delivered")
@@ -352,6 +471,8 @@ class ControlLoop:
         except InferenceError as exc:  # a blocking call to an inference process that died or failed
             reason, error = "inference_error", exc
         finally:
+            if self.stream is not None:
+                self.stream.stop()
             self._stop_robot(reason)
             self.worker.wait_idle(cfg.drain_timeout_s)
             with self.lock:
@@ -379,29 +500,6 @@ class ControlLoop:
             error.result = result  # type: ignore[attr-defined]
             raise error
         return result
-
-    def _stream(self, command: np.ndarray, deadline: float, tick_start: float) -> None:
-        """This tick's command as ``servo_steps`` set-points linearly interpolated from the previous set-point, on a
-        fixed grid: the j-th at ``deadline + j * dt / n`` for j = 1..n-1, and the last one (the command itself) at the
-        next tick's start, before it observes. So set-points never wait for an observation or the policy (their timing
-        stays as regular as the loop's ticks), at the price of reaching the robot up to dt / n later than right after
-        the tick's work. Each passes the safety layer when it is sent."""
-        n = self.servo_steps
-        start = self.safety.last_setpoint.copy()
-        for j in range(1, n):
-            self.clock.sleep_until(deadline + j * self.dt / n)
-            self._servo(start + j / n * (command - start))
-            if j == 1:
-                self.metrics.observe("obs_to_action_seconds", self.clock.now() - tick_start,
-                                     "tick start (observe) to command delivered")
-        self._pending_setpoint = np.asarray(command).copy()
-
-    def _servo(self, point: np.ndarray) -> None:
-        t = self.clock.now()
-        self.robot.servo(self.safety.setpoint(point, self.servo_steps))
-        if self._last_servo is not None:
-            self.metrics.observe("servo_period_seconds", t - self._last_servo, "time between consecutive set-points")
-        self._last_servo = t
 
     def _stop_robot(self, reason: str) -> None:
         try:

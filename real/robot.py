@@ -5,7 +5,8 @@ Every robot (SimRobot over a socket, a LeRobot arm) looks the same to the contro
 ``act(action[action_dim]) -> sent action``, ``stop()``, ``disconnect()``. Robots are context managers,
 so leaving a ``with`` block always stops and disconnects. A robot whose driver expects a stream of set-points (UR's
 RTDE servoj, Franka's) also offers ``servo(setpoint[action_dim])``, non-blocking; ``vmp-deploy servo_hz=...`` then
-streams interpolated set-points through it between control ticks instead of calling ``act``.
+streams interpolated set-points through it between control ticks instead of calling ``act``, from a thread of its own
+as well as the loop's (one call at a time, possibly while the loop thread is in ``observe``).
 """
 
 from __future__ import annotations

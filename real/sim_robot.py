@@ -12,6 +12,7 @@ import selectors
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -41,6 +42,7 @@ class SimRobot:
         self.sock: socket.socket | None = None
         self.spec: RobotSpec | None = None
         self._last_obs: Observation | None = None
+        self._link = threading.Lock()  # one request at a time: a set-point stream's thread shares the link
 
     # ---- lifecycle ----
     def connect(self) -> RobotSpec:
@@ -121,6 +123,10 @@ class SimRobot:
 
     # ---- requests ----
     def _request(self, msg: wire.Message, expect: str) -> wire.Message:
+        with self._link:
+            return self._request_locked(msg, expect)
+
+    def _request_locked(self, msg: wire.Message, expect: str) -> wire.Message:
         if self.sock is None:
             raise RobotConnectionError("SimRobot is not connected")
         try:

@@ -20,10 +20,11 @@ def toy(image_size=0, tol=0.0, steps=1000):
 
 
 def make_loop(robot, policy, low=-0.5, high=0.5, max_delta=0.2, watchdog_s=1.0, blend="none", s=3, max_ticks=60,
-              recorder=None, stop_on_success=False):
+              recorder=None, stop_on_success=False, servo_hz=None):
     engine = InferenceEngine(policy)
     safety = SafetyLayer([low] * 2, [high] * 2, max_delta=max_delta, watchdog_s=watchdog_s, hold="zero")
-    cfg = LoopConfig(control_hz=50, exec_horizon=s, blend=blend, max_ticks=max_ticks, stop_on_success=stop_on_success)
+    cfg = LoopConfig(control_hz=50, exec_horizon=s, blend=blend, max_ticks=max_ticks, stop_on_success=stop_on_success,
+                     servo_hz=servo_hz)
     return ControlLoop(robot, engine, safety, cfg, recorder=recorder)
 
 
@@ -60,18 +61,23 @@ def test_watchdog_stops_robot_on_long_stall(tmp_path):
     assert json.loads(status.read_text())["state"] == "stopped"
 
 
-def test_killed_robot_process_stops_safely_and_records(tmp_path):
+@pytest.mark.parametrize("servo_hz", [None, 200])
+def test_killed_robot_process_stops_safely_and_records(tmp_path, servo_hz):
+    """Also while set-points stream (the robot dies under a set-point, in whichever thread sent it)."""
+    from vmp.real.testing import StreamingRobot
+
     policy = ReachPolicy(n_obs_steps=2, horizon=16, seed=0)
-    robot = SimRobot(toy(), faults={"exit_after_steps": 25}, timeout_s=1.0)
-    spec = robot.connect()
+    sim = SimRobot(toy(), faults={"exit_after_steps": 25}, timeout_s=1.0)
+    spec = sim.connect()
+    robot = StreamingRobot(sim, per_tick=4) if servo_hz else sim
     rec = EpisodeRecorder(tmp_path / "rec.zarr", spec, {"task": "toy", "control_hz": 50})
-    loop = make_loop(robot, policy, s=8, max_ticks=100, recorder=rec)
+    loop = make_loop(robot, policy, s=8, max_ticks=100, recorder=rec, servo_hz=servo_hz)
     try:
         with pytest.raises(RobotConnectionError, match="exited with status 3") as info:
             loop.run_episode(seed=0)
     finally:
         loop.close()
-        robot.disconnect()
+        sim.disconnect()
         rec.close()
     assert info.value.result.reason == "robot_disconnected"
     with EpisodeStore.open(tmp_path / "rec.zarr") as store:
@@ -144,8 +150,9 @@ def test_setpoints_stream_between_ticks_within_the_safety_limits():
         commands = loop.last_episode.arrays()["action"]
     assert res.success, res
     points = np.stack([p for _, p in robot.setpoints])
-    assert len(points) == 4 * res.ticks
-    np.testing.assert_allclose(points[3::4], commands[: res.ticks], atol=1e-6)  # each tick ends on its command
+    assert 4 * res.ticks <= len(points) <= 4 * res.ticks + 1  # + the first of the last tick's, if it ended late
+    ends = np.isclose(points[3:4 * res.ticks:4], commands[: res.ticks], atol=1e-6).all(axis=1)
+    assert ends.mean() >= 0.9  # each tick ends on its command (unless it posted it late, after a hold)
     assert points.min() >= -0.5 and points.max() <= 0.5
     steps = np.abs(np.diff(np.concatenate([np.zeros((1, 2), np.float32), points]), axis=0))
     assert steps.max() <= 0.2 / 4 + 1e-6
@@ -203,48 +210,68 @@ def test_loop_threads_ask_for_a_short_slice_during_an_episode_and_restore_it():
         release.set()
 
 
-def test_setpoints_keep_a_fixed_grid_however_long_the_tick_takes_to_observe():
-    """On a simulated clock whose observations take 3 ms, the set-points still go out at tick + j * dt / 4 exactly:
-    the j-th of a tick's command on the grid, its last one at the next tick's start, before that tick observes."""
+def test_setpoints_keep_streaming_while_a_tick_observes():
+    """10 Hz control, 40 Hz set-points (a slot of 25 ms), observations that take 55 ms: the stream does not wait for
+    them. The slots due during a tick's observation repeat the previous set-point (the tick has no command yet), the
+    later ones catch up, and the tick ends on its command; each tick observes after the last one's final set-point."""
+    import threading
+    import time
+
     import numpy as np
 
-    class Clock:
-        t = 100.0
-
-        def now(self):
-            return self.t
-
-        def sleep_until(self, t):
-            self.t = max(self.t, t)
-
-    clock = Clock()
+    events: list[tuple[str, float, object]] = []
+    lock = threading.Lock()
 
     class SlowObserving:
         def __init__(self, robot):
-            self.robot, self.sent = robot, []
+            self.robot, self.n = robot, 0
 
         def __getattr__(self, name):
             return getattr(self.robot, name)
 
         def observe(self):
-            clock.t += 0.003
-            return self.robot.observe()
+            with lock:
+                events.append(("observe", time.monotonic(), self.n))
+            time.sleep(0.055)
+            obs = self.robot.observe()
+            with lock:
+                events.append(("observed", time.monotonic(), self.n))
+            return obs
 
         def servo(self, setpoint):
-            self.sent.append(clock.now())
-            if len(self.sent) % 4 == 0:
+            with lock:
+                self.n += 1
+                events.append(("servo", time.monotonic(), np.asarray(setpoint).copy()))
+            if self.n % 4 == 0:
                 self.robot.act(setpoint)
 
     policy = ReachPolicy(n_obs_steps=2, horizon=16, seed=0)
     with SimRobot(toy()) as sim:
         robot = SlowObserving(sim)
-        safety = SafetyLayer([-0.5] * 2, [0.5] * 2, max_delta=0.2, watchdog_s=1.0, hold="zero")
-        cfg = LoopConfig(control_hz=50, exec_horizon=8, blend="none", max_ticks=20, servo_hz=200, stop_on_success=False)
-        loop = ControlLoop(robot, InferenceEngine(policy), safety, cfg, clock=clock)
+        safety = SafetyLayer([-0.5] * 2, [0.5] * 2, max_delta=None, watchdog_s=1.0, hold="zero")
+        cfg = LoopConfig(control_hz=10, exec_horizon=8, blend="none", max_ticks=15, servo_hz=40, stop_on_success=False)
+        loop = ControlLoop(robot, InferenceEngine(policy), safety, cfg)
         try:
             res = loop.run_episode(seed=0)
         finally:
             loop.close()
-    assert res.ticks == 20 and len(robot.sent) == 4 * 20
-    offsets = (np.array(robot.sent) - robot.sent[0]) / 0.005
-    np.testing.assert_allclose(offsets, np.arange(len(robot.sent)), atol=1e-6)  # 200 Hz, no set-point late
+        commands = loop.last_episode.arrays()["action"]
+    assert res.ticks == 15
+    points = [e[2] for e in events if e[0] == "servo"]
+    assert len(points) >= 4 * 15
+    starts = [e[2] for e in events if e[0] == "observe"]  # set-points sent before each observation began
+    assert starts == [4 * k for k in range(1, 16)]  # after the previous tick's final one, never before
+    during, holds = 0, 0
+    inside, prev = False, np.zeros(2, np.float32)
+    for kind, _, value in events:
+        if kind in ("observe", "observed"):
+            inside = kind == "observe"
+        elif inside:  # sent while the tick observed: before its command existed, so it repeats the previous one
+            during += 1
+            holds += np.array_equal(value, prev)
+        if kind == "servo":
+            prev = value
+    assert during >= 14 and holds == during  # the stream went on through the observations (a blocked one sends none)
+    ends = np.stack(points[3:4 * 15:4])
+    on_command = np.all(np.isclose(ends, commands[:15], atol=1e-6), axis=1)
+    assert on_command.mean() >= 0.9  # a tick's command reached by its last slot (unless the tick ran very late)
