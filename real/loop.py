@@ -339,9 +339,9 @@ class ControlLoop:
 
     @contextlib.contextmanager
     def _realtime(self):
-        """While an episode runs, the calling (loop) thread gets SCHED_FIFO if configured and permitted; otherwise, at
-        normal priority, a short scheduler slice and 1 ns timer slack (both unprivileged), so that its wake-up at a
-        deadline preempts whatever keeps the cores busy."""
+        """While an episode runs, the calling (loop) thread and the set-point stream's get SCHED_FIFO if configured and
+        permitted; otherwise, at normal priority, every thread a short scheduler slice and the loop thread 1 ns timer
+        slack (both unprivileged), so that a wake-up at a deadline preempts whatever keeps the cores busy."""
         prio = self.cfg.rt_priority
         if prio > 0 and hasattr(os, "sched_setscheduler"):
             tids = [0] + ([self.stream.thread.native_id] if self.stream is not None else [])  # the loop's and the stream's
