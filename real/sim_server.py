@@ -177,6 +177,12 @@ class SimServer:
     def serve(self, listener: socket.socket) -> None:
         """Accept clients, each on a thread of its own, until an authenticated client says ``bye`` with shutdown or
         the parent process is gone (no orphan servers after a daemon is killed)."""
+        # a robot's controller answers on time whatever the computer beside it runs: the server's threads ask for the
+        # control loop's short scheduler slice for the server's life (client threads inherit it from this one)
+        with short_slice(self.sched_slice_us):
+            self._accept(listener)
+
+    def _accept(self, listener: socket.socket) -> None:
         parent = os.getppid()
         listener.settimeout(1.0)
         while not self.shutdown.is_set():
@@ -194,9 +200,7 @@ class SimServer:
 
     def _client(self, conn: socket.socket) -> None:
         try:
-            # a robot's controller answers on time whatever the computer beside it runs: the server's threads ask
-            # for the control loop's short scheduler slice while a client is connected
-            with conn, short_slice(self.sched_slice_us):
+            with conn:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._converse(conn)
         finally:

@@ -1,6 +1,7 @@
 """The control loop against a real SimRobot process: stalls, crashes, dropped frames, recording."""
 
 import json
+import time
 
 import pytest
 
@@ -208,6 +209,27 @@ def test_loop_threads_ask_for_a_short_slice_during_an_episode_and_restore_it():
         assert sched_slice_ns(helper.native_id) == before[0]
     finally:
         release.set()
+
+
+def test_the_simulated_robot_keeps_its_short_slice_while_clients_come_and_go():
+    """Every thread of the SimRobot server has the configured slice for the server's life: the first client to leave
+    does not hand the threads serving the others back to the kernel's default."""
+    import os
+    import socket
+
+    from vmp.real.sched import sched_slice_ns
+
+    if not sched_slice_ns():
+        pytest.skip("per-thread scheduler slices need Linux 6.12+ (x86_64, aarch64)")
+    with SimRobot(toy(), server={"sched_slice_us": 200}) as sim:
+        with socket.create_connection(("127.0.0.1", sim._port), timeout=2.0) as other:  # a second client stays
+            sim.disconnect(shutdown=False)  # the first leaves
+            time.sleep(0.3)
+            tids = [int(t) for t in os.listdir(f"/proc/{sim.process.pid}/task")]
+            slices = {sched_slice_ns(tid) for tid in tids} - {None}
+            other.close()
+        sim.connect()
+    assert len(tids) >= 3 and slices == {200_000}  # the server's own threads and the remaining client's
 
 
 def test_setpoints_keep_streaming_while_a_tick_observes():
