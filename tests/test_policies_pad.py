@@ -161,6 +161,26 @@ def test_latent_cache_is_reused_and_keyed_by_store_size(tmp_path, monkeypatch, v
     assert cached_latents(grown, "cam_image", str(vae_dir)).shape == (13, 4, 8, 8)
 
 
+def test_latents_of_a_store_at_another_size_are_encoded_at_the_tasks_size(tmp_path, monkeypatch, vae_dir):
+    """A store recorded at twice the task's resolution: its frames are resized before encoding, as the sampler
+    resizes the frames it reads, so the latents match the task's size (and here those of the small store exactly)."""
+    monkeypatch.setenv("VMP_CACHE", str(tmp_path / "cache"))
+    small = EpisodeStore.open(two_task_store(tmp_path / "s.zarr", n_per_task=1, length=5))
+    schema = {**small.schema, "cam_image": KeySpec((32, 32, 3), "uint8")}
+    with EpisodeStore.create(tmp_path / "big.zarr", schema, {"task": "two_tasks", "control_hz": 10}) as big:
+        for e in range(small.n_episodes):
+            ep = small.episode(e)
+            big.append_episode({**ep, "cam_image": ep["cam_image"].repeat(2, axis=1).repeat(2, axis=2)},
+                               text={"language": INSTRUCTIONS[e % 2]})
+    big = EpisodeStore.open(tmp_path / "big.zarr")
+    task = OmegaConf.create({"name": "two_tasks", "shape_meta": SHAPE_META})
+    config = PADConfig(vae=str(vae_dir))
+    latents = PADPolicy.precompute(config, task, big)["cam_image_latent"]
+    assert latents.shape == (10, 4, 8, 8)  # 16 px frames, not the store's 32 px
+    np.testing.assert_allclose(latents, cached_latents(small, "cam_image", str(vae_dir)), atol=1e-5)
+    assert latent_cache_path(big, "cam_image", str(vae_dir), (16, 16)) != latent_cache_path(big, "cam_image", str(vae_dir))
+
+
 def test_prefix_is_inpainted_into_the_action_part_only(vae_dir):
     """Real-time chunking: the chunk starts with the given prefix where its weight is 1; images stay free."""
     policy = small_pad(vae_dir).eval()

@@ -295,13 +295,16 @@ class PADPolicy(Policy):
     @classmethod
     def precompute(cls, config: PADConfig, task: Any, store: Any) -> dict[str, np.ndarray]:
         """{camera_latent: [n_steps, C, h, w] float32}: every frame of ``store`` encoded once by the frozen VAE
-        (posterior mean, unscaled), cached under $VMP_CACHE (default ~/.cache/vmp) by store content and VAE file."""
+        (posterior mean, unscaled) at the task's image size (frames of another size are resized first, as the
+        sampler resizes the frames it reads), cached under $VMP_CACHE (default ~/.cache/vmp) by store content, size
+        and VAE file."""
         if not config.vae:
             raise ValueError("policy.vae is null: point it at a pad_vae checkpoint or a diffusers VAE directory")
         camera = _single_camera(config.camera, _rgb_keys(task), f"task {task.name}")
         if camera not in store.schema:
             raise KeyError(f"store {store.path} has no {camera!r} frames to encode; keys: {store.keys}")
-        return {camera + LATENT_SUFFIX: cached_latents(store, camera, config.vae)}
+        size = tuple(int(d) for d in task.shape_meta.obs[camera].shape[:2])
+        return {camera + LATENT_SUFFIX: cached_latents(store, camera, config.vae, size)}
 
     def checkpoint_settings(self) -> dict[str, Any]:
         """Settings fixed only once training reads its inputs: the autoencoder's architecture."""
@@ -465,9 +468,10 @@ def attention_mask(layout: dict[str, Any]) -> torch.Tensor:
     return mask
 
 
-def latent_cache_path(store: Any, camera: str, vae_path: str) -> Path:
-    """Where `cached_latents` keeps the latents of ``store[camera]`` under the VAE at ``vae_path``: a file named by
-    the store (path, size) and the VAE (file, size, mtime), under $VMP_CACHE (default ~/.cache/vmp)."""
+def latent_cache_path(store: Any, camera: str, vae_path: str, size: tuple[int, int] | None = None) -> Path:
+    """Where `cached_latents` keeps the latents of ``store[camera]`` (at frame ``size``) under the VAE at
+    ``vae_path``: a file named by the store (path, size), the frame size and the VAE (file, size, mtime), under
+    $VMP_CACHE (default ~/.cache/vmp)."""
     vae_file = Path(vae_path)
     if not (vae_file / "config.json").is_file():
         from vmp.policies.checkpoint import resolve_checkpoint
@@ -477,19 +481,24 @@ def latent_cache_path(store: Any, camera: str, vae_path: str) -> Path:
     from vmp.data.store import is_url
 
     where = str(store.path) if is_url(store.path) else str(Path(store.path).resolve())
-    key = hashlib.sha1(repr((where, store.n_steps, store.n_episodes, camera,
+    size = tuple(store.schema[camera].shape[:2]) if size is None else tuple(int(d) for d in size)
+    key = hashlib.sha1(repr((where, store.n_steps, store.n_episodes, camera, size,
                              str(vae_file.resolve()), stat.st_size, stat.st_mtime_ns)).encode()).hexdigest()[:16]
     cache_dir = Path(os.environ.get("VMP_CACHE", Path.home() / ".cache" / "vmp")) / "latents"
     return cache_dir / f"{Path(str(store.path)).stem}-{camera}-{key}.npy"
 
 
-def cached_latents(store: Any, camera: str, vae_path: str, batch_size: int = 256) -> np.ndarray:
-    """The VAE posterior means of every committed frame of ``store[camera]`` -> float32 [n_steps, C, h, w], read
-    from the on-disk cache (`latent_cache_path`) when this store and this VAE were encoded before."""
+def cached_latents(store: Any, camera: str, vae_path: str, size: tuple[int, int] | None = None,
+                   batch_size: int = 256) -> np.ndarray:
+    """The VAE posterior means of every committed frame of ``store[camera]``, resized to ``size`` (H, W) first when
+    given -> float32 [n_steps, C, h, w], read from the on-disk cache (`latent_cache_path`) when this store, size and
+    VAE were encoded before."""
     from tqdm import tqdm
 
+    from vmp.data.images import resize_frames
+
     n = store.n_steps
-    path = latent_cache_path(store, camera, vae_path)
+    path = latent_cache_path(store, camera, vae_path, size)
     if path.is_file():
         latents = np.load(path)
         if latents.shape[0] == n:
@@ -499,7 +508,10 @@ def cached_latents(store: Any, camera: str, vae_path: str, batch_size: int = 256
     chunks = []
     with torch.inference_mode():
         for start in tqdm(range(0, n, batch_size), desc=f"encode {camera} latents", unit="batch"):
-            x = torch.from_numpy(np.asarray(frames[start : min(start + batch_size, n)])).permute(0, 3, 1, 2)
+            batch = np.asarray(frames[start : min(start + batch_size, n)])
+            if size is not None:
+                batch = resize_frames(batch, size)
+            x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
             chunks.append(vae.encode(_to_unit(x)).latent_dist.mean.float().numpy())
     latents = np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
