@@ -79,7 +79,49 @@ class Prediction:
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-class Policy(nn.Module, abc.ABC):
+class Trainable(nn.Module, abc.ABC):
+    """What `vmp-train` trains: a head (`Policy`) or a model a head is built on (`StageOneModel`). The hooks say
+    what it trains on; their defaults ask for nothing beyond observations and actions.
+
+    ``reads_obs`` False: the trainer samples actions only (no image reads for an action tokenizer).
+    """
+
+    reads_obs: bool = True
+
+    @abc.abstractmethod
+    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Training loss; the dict holds ``loss`` (the scalar to minimise) and any scalars worth logging."""
+
+    @classmethod
+    def batch_requirements(cls, config: Any, task: Any) -> dict[str, Any]:
+        """What this head trains on beyond observations and actions, as `SequenceSampler` settings: ``future_keys``
+        and ``future_offsets`` (predicted frames), ``train_keys`` (training-only targets that reach the loss and never
+        the policy at run time), ``text_keys`` (per-step text such as the expert's phase and reasoning)."""
+        return {}
+
+    @classmethod
+    def prepare_settings(cls, config: Any, task: Any, store: Any) -> dict[str, Any]:
+        """Head settings learned from the training store before the head is built (e.g. Diffusion-VLA's subword
+        tokenizer, trained on the store's annotations): merged into ``policy.*`` and kept in the checkpoint."""
+        return {}
+
+    @classmethod
+    def precompute(cls, config: Any, task: Any, store: Any) -> dict[str, np.ndarray]:
+        """Per-step arrays derived once from a store before training ({key: [n_steps, *shape]}, e.g. PAD's image
+        latents from its frozen autoencoder), sampled like in-memory low-dim keys under their own names."""
+        return {}
+
+    def checkpoint_settings(self) -> dict[str, Any]:
+        """Head settings fixed only when training builds the head from its inputs (e.g. the architecture of a
+        stage-one model it was given), recorded in the checkpoint's config so that it rebuilds without them."""
+        return {}
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """DistributedDataParallel calls forward: it is the training loss."""
+        return self.compute_loss(batch)
+
+
+class Policy(Trainable, abc.ABC):
     """Base class for every head.
 
     Batches are dicts: ``obs`` {key: [B, n_obs_steps, *shape]} (images uint8 [B, T, C, H, W]),
@@ -126,34 +168,6 @@ class Policy(nn.Module, abc.ABC):
         super().__init_subclass__(**kwargs)
         if not abc.ABC in cls.__bases__ and not cls.name:
             raise TypeError(f"{cls.__name__} must set a class attribute `name`")
-
-    @abc.abstractmethod
-    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Training loss; the dict holds ``loss`` (the scalar to minimise) and any scalars worth logging."""
-
-    @classmethod
-    def batch_requirements(cls, config: Any, task: Any) -> dict[str, Any]:
-        """What this head trains on beyond observations and actions, as `SequenceSampler` settings: ``future_keys``
-        and ``future_offsets`` (predicted frames), ``train_keys`` (training-only targets that reach the loss and never
-        the policy at run time), ``text_keys`` (per-step text such as the expert's phase and reasoning)."""
-        return {}
-
-    @classmethod
-    def prepare_settings(cls, config: Any, task: Any, store: Any) -> dict[str, Any]:
-        """Head settings learned from the training store before the head is built (e.g. Diffusion-VLA's subword
-        tokenizer, trained on the store's annotations): merged into ``policy.*`` and kept in the checkpoint."""
-        return {}
-
-    @classmethod
-    def precompute(cls, config: Any, task: Any, store: Any) -> dict[str, np.ndarray]:
-        """Per-step arrays derived once from a store before training ({key: [n_steps, *shape]}, e.g. PAD's image
-        latents from its frozen autoencoder), sampled like in-memory low-dim keys under their own names."""
-        return {}
-
-    def checkpoint_settings(self) -> dict[str, Any]:
-        """Head settings fixed only when training builds the head from its inputs (e.g. the architecture of a
-        stage-one model it was given), recorded in the checkpoint's config so that it rebuilds without them."""
-        return {}
 
     @abc.abstractmethod
     def predict_action_chunk(
@@ -310,34 +324,17 @@ def _first_row(value: Any) -> Any:
     return (value.float() if value.is_floating_point() else value).cpu().numpy()
 
 
-class StageOneModel(nn.Module, abc.ABC):
+class StageOneModel(Trainable, abc.ABC):
     """A model that a head is built on, trained by `vmp-train` but never acting (CARP's action tokenizer; PAD's image
-    autoencoder). Built from (config, normalizer, action_dim); batches as for `Policy.compute_loss`.
-
-    ``reads_obs`` False: the trainer samples actions only (no image reads for an action tokenizer).
-    """
+    autoencoder). Built from (config, normalizer, action_dim); batches as for `Policy.compute_loss`."""
 
     name: str = ""
     config_class: Any = None
-    reads_obs: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if not abc.ABC in cls.__bases__ and not (cls.name and cls.config_class):
             raise TypeError(f"{cls.__name__} must set class attributes `name` and `config_class`")
-
-    @abc.abstractmethod
-    def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Training loss; ``loss`` plus any scalars worth logging."""
-
-    @classmethod
-    def batch_requirements(cls, config: Any, task: Any) -> dict[str, Any]:
-        """`SequenceSampler` settings beyond observations and actions (see `Policy.batch_requirements`)."""
-        return {}
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """DistributedDataParallel calls forward: it is the training loss."""
-        return self.compute_loss(batch)
 
 
 class ConditionalPolicy(Policy, abc.ABC):
@@ -407,10 +404,6 @@ class ConditionalPolicy(Policy, abc.ABC):
         if self.null_goal is not None:
             drop_goal = torch.rand(actions.shape[0], device=actions.device) < getattr(self.config, "goal_dropout", 0.0)
         return actions, self.condition(batch["obs"], batch.get("goal"), drop_goal)
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """DistributedDataParallel calls forward: it is the training loss."""
-        return self.compute_loss(batch)
 
     @staticmethod
     def masked_mse(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor | None) -> torch.Tensor:

@@ -215,15 +215,13 @@ def train(cfg: DictConfig) -> Path:
     if cfg.get("store_prefetch", True):
         store.prefetch()  # a URL store: all of it into the local cache first, so no step waits on the network
     head_cls = HEADS[cfg.policy.name]
-    prepare = getattr(head_cls, "prepare_settings", None)  # settings learned from the store (a tokenizer, ...)
-    learned = prepare(head_settings, cfg.task, store) if prepare is not None else {}
+    learned = head_cls.prepare_settings(head_settings, cfg.task, store)  # learned from the store (a tokenizer, ...)
     if learned:
         with open_dict(cfg):
             for key, value in learned.items():
                 cfg.policy[key] = value
         head_settings = head_config(cfg)
-    reads_obs = getattr(head_cls, "reads_obs", True)  # an action tokenizer samples actions only
-    obs_keys = list(cfg.task.shape_meta.obs.keys()) if reads_obs else []
+    obs_keys = list(cfg.task.shape_meta.obs.keys()) if head_cls.reads_obs else []  # a tokenizer samples actions only
     goal_keys = list(cfg.task.get("goal_keys") or [])
     sampler_kwargs = dict(
         keys=obs_keys, n_obs_steps=head_settings.n_obs_steps, horizon=head_settings.horizon,
@@ -235,10 +233,9 @@ def train(cfg: DictConfig) -> Path:
     sampler_kwargs.update(head_cls.batch_requirements(head_settings, cfg.task))
     sampled = {*sampler_kwargs["keys"], *goal_keys, *(sampler_kwargs.get("future_keys") or [])}
     sampler_kwargs["image_sizes"] = {k: v for k, v in task_image_sizes(cfg.task, store).items() if k in sampled}
-    precompute = getattr(head_cls, "precompute", None)  # e.g. PAD's image latents, encoded once per store
 
     def sampler(source, split: str):
-        derived = precompute(head_settings, cfg.task, source) if precompute is not None else None
+        derived = head_cls.precompute(head_settings, cfg.task, source)  # e.g. PAD's image latents, encoded once
         return SequenceSampler(source, split=split, derived=derived or None, **sampler_kwargs)
 
     train_set = SequenceDataset(sampler(store, "train"))
@@ -275,7 +272,7 @@ def train(cfg: DictConfig) -> Path:
     normalizer = Normalizer.from_store(store, modes, episodes={k: stats_sampler.stats_episodes(k) if k in stats_sampler.kinds
                                                             else stats_sampler.train_episodes for k in modes})
     policy = build_model(cfg, normalizer).to(device)
-    settings = policy.checkpoint_settings() if hasattr(policy, "checkpoint_settings") else {}
+    settings = policy.checkpoint_settings()
     if settings:  # recorded in the checkpoint's config (e.g. PAD's autoencoder architecture)
         with open_dict(cfg):
             for key, value in settings.items():

@@ -403,10 +403,6 @@ class PADPolicy(Policy):
         out["loss"] = loss
         return out
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """DistributedDataParallel calls forward: it is the training loss."""
-        return self.compute_loss(batch)
-
     # ---- sampling ----
     def _sample(self, obs: dict[str, Any], generator: torch.Generator | None, prefix: torch.Tensor | None = None,
                 prefix_weights: torch.Tensor | None = None) -> torch.Tensor:
