@@ -6,9 +6,11 @@ observation-window-to-chunk path every caller shares (`Policy.predict_window`; i
 Writes results/latency_<obs>_<head>_<variant>_<device>.json (results-record format).
 
 `--engine` times what `vmp-deploy` runs instead: `real.engine.InferenceEngine` (host arrays in and out; on CUDA bf16
-autocast and each head's chunk replayed from a CUDA graph), after its warm-up has captured the graphs.
+autocast and each head's chunk replayed from a CUDA graph), after its warm-up has captured the graphs; `--compile`
+adds torch.compile (`engine.compile=true`), recorded apart (`..._engine_compiled_<device>.json`).
 
     vmp-bench latency [--device cuda] [--obs lowdim image] [--repeats 50] [--heads carp beso] [--variants ...] [--engine]
+                      [--compile]
 """
 
 from __future__ import annotations
@@ -87,13 +89,13 @@ def sliding_windows(policy, seed: int = 0):
         steps = [*steps[1:], step()]
 
 
-def measure_engine(policy, device: str, repeats: int) -> tuple[list[float], str, dict]:
+def measure_engine(policy, device: str, repeats: int, compile: bool = False) -> tuple[list[float], str, dict]:
     """Latency of `InferenceEngine.infer` (numpy window in, numpy chunk out) -> (seconds per call, variant suffix,
     extra metrics: how many input signatures replay from CUDA graphs, and on bf16 the largest deviation of a chunk
     from float32 on the same observation and noise)."""
     from vmp.real.engine import InferenceEngine
 
-    engine = InferenceEngine(policy, device=device)
+    engine = InferenceEngine(policy, device=device, compile=compile)
     windows = sliding_windows(policy)
     window = next(windows)
     engine.warmup(window, n=3)
@@ -175,8 +177,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heads", nargs="+", default=None, help="only these heads (default: every registered one)")
     parser.add_argument("--variants", nargs="+", default=None, help='only these variants, e.g. "3-step euler"')
     parser.add_argument("--engine", action="store_true", help="time the deployment engine's path (see above)")
+    parser.add_argument("--compile", action="store_true",
+                        help="with --engine: torch.compile the head too (fuses the small kernels a CUDA graph still "
+                             "launches one by one; compiling takes minutes)")
     parser.add_argument("--batch", type=int, default=1, help="> 1: chunks for this many observations in one call")
     args = parser.parse_args(argv)
+    if args.compile and not args.engine:
+        parser.error("--compile times the deployment engine's compiled path: it needs --engine")
     for flag, chosen, known in (("--heads", args.heads, {h for h, _, _ in SETTINGS}),
                                 ("--variants", args.variants, {v for _, v, _ in SETTINGS})):
         unknown = sorted(set(chosen or ()) - known)
@@ -201,9 +208,9 @@ def main(argv: list[str] | None = None) -> None:
                 command += f" --heads {head}"
             slug = variant.replace(",", "").replace(" ", "-")
             if args.engine:
-                command += f" --heads {head} --variants '{variant}' --engine"
-                slug += "_engine"
-                times, suffix, extra = measure_engine(policy, args.device, args.repeats)
+                command += f" --heads {head} --variants '{variant}' --engine" + (" --compile" if args.compile else "")
+                slug += "_engine" + ("_compiled" if args.compile else "")
+                times, suffix, extra = measure_engine(policy, args.device, args.repeats, args.compile)
                 variant = f"{variant}, {suffix}"
             elif args.batch > 1:
                 command += f" --batch {args.batch}"

@@ -1,0 +1,33 @@
+"""vmp-bench latency's engine options: --compile reaches the deployment engine and is recorded apart; without
+--engine it is refused by name."""
+
+import pytest
+
+import vmp.real.engine
+from vmp.bench import latency
+
+
+def test_compile_reaches_the_engine_and_its_record_is_kept_apart(monkeypatch):
+    asked, written = [], []
+    real_engine = vmp.real.engine.InferenceEngine
+
+    def engine(policy, device="cpu", compile=False, **kw):  # what the bench asked for; built eager (no minutes here)
+        asked.append(compile)
+        return real_engine(policy, device=device, **kw)
+
+    monkeypatch.setattr(vmp.real.engine, "InferenceEngine", engine)
+    monkeypatch.setattr(latency, "write_result", lambda name, *args: written.append((name, args[-1])))
+    latency.main(["--obs", "lowdim", "--heads", "beso", "--variants", "3-step euler", "--engine", "--compile",
+                  "--repeats", "2"])
+    assert asked == [True]
+    (name, command), = written
+    assert name == "latency_lowdim_beso_3-step-euler_engine_compiled_cpu" and command.endswith("--engine --compile")
+    latency.main(["--obs", "lowdim", "--heads", "beso", "--variants", "3-step euler", "--engine", "--repeats", "2"])
+    assert asked == [True, False] and written[1][0] == "latency_lowdim_beso_3-step-euler_engine_cpu"
+
+
+def test_compile_without_the_engine_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit):
+        latency.main(["--obs", "lowdim", "--heads", "beso", "--compile"])
+    err = capsys.readouterr().err
+    assert "--compile times the deployment engine's compiled path: it needs --engine" in err
