@@ -16,12 +16,15 @@ def test_compile_reaches_the_engine_and_its_record_is_kept_apart(monkeypatch):
         return real_engine(policy, device=device, **kw)
 
     monkeypatch.setattr(vmp.real.engine, "InferenceEngine", engine)
-    monkeypatch.setattr(latency, "write_result", lambda name, *args: written.append((name, args[-1])))
+    monkeypatch.setattr(latency, "write_result", lambda name, *args: written.append((name, args[-1], args[5])))
     latency.main(["--obs", "lowdim", "--heads", "beso", "--variants", "3-step euler", "--engine", "--compile",
                   "--repeats", "2"])
     assert asked == [True]
-    (name, command), = written
+    (name, command, metrics), = written
     assert name == "latency_lowdim_beso_3-step-euler_engine_compiled_cpu" and command.endswith("--engine --compile")
+    # a chunk drives n_action_steps control steps: actions per second are that many times the chunks per second
+    assert metrics["chunks_per_s"] == pytest.approx(1e3 / metrics["mean_ms"])
+    assert metrics["actions_per_s"] == pytest.approx(metrics["n_action_steps"] * metrics["chunks_per_s"])
     latency.main(["--obs", "lowdim", "--heads", "beso", "--variants", "3-step euler", "--engine", "--repeats", "2"])
     assert asked == [True, False] and written[1][0] == "latency_lowdim_beso_3-step-euler_engine_cpu"
 
