@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
             stats.update(batch=batch, horizon=policy.horizon, n_action_steps=policy.n_action_steps,
                          chunks_per_s=batch * 1e3 / stats["mean_ms"],
                          actions_per_s=batch * policy.n_action_steps * 1e3 / stats["mean_ms"],
-                         n_params=sum(p.numel() for p in policy.parameters()), host_load_1m=round(os.getloadavg()[0], 2))
+                         n_params=sum(p.numel() for p in policy.parameters()),
+                         host_load_1m=round(os.getloadavg()[0], 2))
             rows.append((obs, head, variant, stats))
             write_result(f"latency_{obs}_{head}_{slug}_{args.device.split(':')[0]}", "latency", "-",
                          obs, head, variant, stats, device_name(args.device), command)

@@ -211,7 +211,8 @@ class SetpointStream:
                     self._cv.notify_all()
                 return
             if self._last_send is not None:
-                self.metrics.observe("servo_period_seconds", now - self._last_send, "time between consecutive set-points")
+                self.metrics.observe("servo_period_seconds", now - self._last_send,
+                                     "time between consecutive set-points")
             self._last_send = now
             if moving:
                 self.metrics.observe("obs_to_action_seconds", now - o2a[1], "tick start (observe) to command delivered")
@@ -344,7 +345,8 @@ class ControlLoop:
         slack (both unprivileged), so that a wake-up at a deadline preempts whatever keeps the cores busy."""
         prio = self.cfg.rt_priority
         if prio > 0 and hasattr(os, "sched_setscheduler"):
-            tids = [0] + ([self.stream.thread.native_id] if self.stream is not None else [])  # the loop's and the stream's
+            # the loop thread and the set-point stream's
+            tids = [0] + ([self.stream.thread.native_id] if self.stream is not None else [])
             try:
                 for tid in tids:
                     os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(prio))

@@ -178,7 +178,8 @@ def test_latents_of_a_store_at_another_size_are_encoded_at_the_tasks_size(tmp_pa
     latents = PADPolicy.precompute(config, task, big)["cam_image_latent"]
     assert latents.shape == (10, 4, 8, 8)  # 16 px frames, not the store's 32 px
     np.testing.assert_allclose(latents, cached_latents(small, "cam_image", str(vae_dir)), atol=1e-5)
-    assert latent_cache_path(big, "cam_image", str(vae_dir), (16, 16)) != latent_cache_path(big, "cam_image", str(vae_dir))
+    at_task_size = latent_cache_path(big, "cam_image", str(vae_dir), (16, 16))
+    assert at_task_size != latent_cache_path(big, "cam_image", str(vae_dir))  # the cache is keyed by the size
 
 
 def test_prefix_is_inpainted_into_the_action_part_only(vae_dir):
