@@ -292,6 +292,7 @@ class ControlLoop:
         self.last_episode: EpisodeBuffer | None = None
         self.stream = (SetpointStream(robot, safety, self.dt, self.servo_steps, self.clock)
                        if self.servo_steps > 1 else None)
+        self.fifo = False  # whether the last episode ran SCHED_FIFO (rt_priority asked for and granted)
 
     # called from the worker thread
     def _on_chunk(self, pred: Any, req: Request, now: float) -> None:
@@ -347,18 +348,24 @@ class ControlLoop:
         if prio > 0 and hasattr(os, "sched_setscheduler"):
             # the loop thread and the set-point stream's
             tids = [0] + ([self.stream.thread.native_id] if self.stream is not None else [])
+            done = []
             try:
                 for tid in tids:
                     os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(prio))
+                    done.append(tid)
             except PermissionError:
+                for tid in done:  # all of them or none
+                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
                 log.warning("rt_priority=%d needs CAP_SYS_NICE (or an rtprio limit): running at normal priority", prio)
             else:
+                self.fifo = True
                 try:
                     yield
                 finally:
                     for tid in tids:
                         os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
                 return
+        self.fifo = False
         with short_slice(self.cfg.sched_slice_us):
             yield
 

@@ -232,6 +232,39 @@ def test_the_simulated_robot_keeps_its_short_slice_while_clients_come_and_go():
     assert len(tids) >= 3 and slices == {200_000}  # the server's own threads and the remaining client's
 
 
+def test_sched_fifo_for_both_threads_or_neither(monkeypatch):
+    """rt_priority asks SCHED_FIFO for the loop thread and the set-point stream's: granted for both (and undone after
+    the episode), or, where the second is refused, for neither (the first is put back), and the loop says which ran."""
+    import os
+
+    from vmp.real.testing import StreamingRobot
+
+    calls = []
+
+    def fake_setscheduler(tid, policy, param):
+        calls.append((tid, policy))
+        if refuse and tid != 0 and policy == os.SCHED_FIFO:
+            raise PermissionError("no CAP_SYS_NICE")
+
+    monkeypatch.setattr(os, "sched_setscheduler", fake_setscheduler)
+    policy = ReachPolicy(n_obs_steps=2, horizon=16, seed=0)
+    with SimRobot(toy()) as sim:
+        loop = make_loop(StreamingRobot(sim, per_tick=4), policy, max_ticks=3, servo_hz=200)
+        loop.cfg.rt_priority = 10
+        stream = loop.stream.thread.native_id
+        try:
+            refuse = False
+            loop.run_episode(seed=0)
+            assert loop.fifo and calls == [(0, os.SCHED_FIFO), (stream, os.SCHED_FIFO),
+                                           (0, os.SCHED_OTHER), (stream, os.SCHED_OTHER)]
+            calls.clear()
+            refuse = True
+            loop.run_episode(seed=0)
+            assert not loop.fifo and calls == [(0, os.SCHED_FIFO), (stream, os.SCHED_FIFO), (0, os.SCHED_OTHER)]
+        finally:
+            loop.close()
+
+
 def test_setpoints_keep_streaming_while_a_tick_observes():
     """10 Hz control, 40 Hz set-points (a slot of 25 ms), observations that take 55 ms: the stream does not wait for
     them. The slots due during a tick's observation repeat the previous set-point (the tick has no command yet), the
