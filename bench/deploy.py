@@ -116,7 +116,8 @@ def run(hz: float, seconds: float, switch_interval_s: float, blend: str, n_steps
         "inference_p50_ms": q(inf, 50), "inference_p99_ms": q(inf, 99), "control_hz": hz, "n_ticks": int(res.ticks),
         "missed_ticks": m.counter("missed_ticks"), "overruns": m.counter("overruns"),
         "holds": int(res.counters.get("safety_hold", 0)), "switch_interval_ms": switch_interval_s * 1e3,
-        "rt_priority": rt_priority if loop.fifo else 0, "sched_slice_us": slice_us,  # what ran, not what was asked "spin_ms": spin_s * 1e3,
+        "rt_priority": rt_priority if loop.fifo else 0,  # what ran, not what was asked
+        "sched_slice_us": slice_us, "spin_ms": spin_s * 1e3,
         "inference": "process" if process else "thread",
     }
 

@@ -59,7 +59,8 @@ def timer_slack_ns() -> int | None:
 @contextlib.contextmanager
 def short_slice(slice_us: int):
     """Every thread of this process asks the scheduler for a ``slice_us`` slice, and the calling one for 1 ns timer
-    slack, restored on exit; policies and nice values stay as they are.
+    slack; on exit the threads go back to the kernel's default slice and the calling one to its timer slack. Policies
+    and nice values stay as they are; threads started meanwhile by a sliced thread inherit its slice.
 
     Linux's EEVDF scheduler (6.12+) gives a thread that asks for a short slice an early virtual deadline, so its
     wake-up preempts a thread that is using a longer one; no privilege is needed. All threads, not only the loop's:
