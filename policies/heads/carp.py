@@ -219,13 +219,18 @@ class NextScaleTransformer(nn.Module):
         x = c_BW[:, None] + self.start if k == 0 else self.word_in(inputs_BnC)
         return x + self.pos[:, first - self.n_cond : last - self.n_cond] + self.level_emb.weight[k + 1]
 
-    def run(self, x_BSW: torch.Tensor, c_BW: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
+    def modulations(self, c_BW: torch.Tensor) -> list[torch.Tensor]:
+        """adaLN vector -> the adaLN parameters of every block, then of the output norm. One set serves every scale
+        of a chunk (c does not change between them), so generation computes it once, not once per scale."""
+        return [block.modulation(c_BW) for block in self.blocks] + [self.ada_out(c_BW)[:, None]]
+
+    def run(self, x_BSW: torch.Tensor, mods: list[torch.Tensor], start: int, cache: KVCache | None) -> torch.Tensor:
         """Blocks over sequence positions [start, start + S) (earlier ones come from the cache) -> logits [B, S, G, V]."""
         end = start + x_BSW.shape[1]
         mask = self.mask[start:end, :end]
-        for layer, block in enumerate(self.blocks):
-            x_BSW = block(x_BSW, c_BW, mask, cache, layer)
-        shift, scale = self.ada_out(c_BW)[:, None].chunk(2, dim=-1)
+        for layer, (block, mod) in enumerate(zip(self.blocks, mods)):
+            x_BSW = block(x_BSW, mod, mask, cache, layer)
+        shift, scale = mods[-1].chunk(2, dim=-1)
         logits = self.head(self.norm_out(x_BSW) * (1 + scale) + shift)
         return rearrange(logits, "b s (g v) -> b s g v", g=self.groups)
 
@@ -233,7 +238,7 @@ class NextScaleTransformer(nn.Module):
         """Teacher forcing: inputs for scales 1..K-1, each [B, l_k, G*C] -> logits for every action token [B, T, G, V]."""
         obs, c = self.embed_cond(cond_BND)
         x = torch.cat([obs] + [self.embed_scale(k, c, inputs[k - 1] if k else None) for k in range(len(self.bounds))], dim=1)
-        return self.run(x, c, 0, None)[:, self.n_cond :]
+        return self.run(x, self.modulations(c), 0, None)[:, self.n_cond :]
 
 
 class CARPPolicy(ConditionalPolicy):
@@ -363,6 +368,7 @@ class CARPPolicy(ConditionalPolicy):
         use_cache = self.config.kv_cache if kv_cache is None else kv_cache
         gpt = self.gpt
         obs, c = gpt.embed_cond(cond_BND)
+        mods = gpt.modulations(c)
         cache = KVCache(gpt.depth) if use_cache else None
         prefix = [obs]  # embeddings fed so far (only used without the cache)
         f_hat, nxt, idx_list = None, None, []
@@ -370,10 +376,10 @@ class CARPPolicy(ConditionalPolicy):
             x_k = gpt.embed_scale(k, c, None if k == 0 else self._to_inputs(nxt))
             if cache is not None:
                 fed = torch.cat([obs, x_k], dim=1) if k == 0 else x_k
-                logits = gpt.run(fed, c, cache.length, cache)
+                logits = gpt.run(fed, mods, cache.length, cache)
             else:
                 prefix.append(x_k)
-                logits = gpt.run(torch.cat(prefix, dim=1), c, 0, None)
+                logits = gpt.run(torch.cat(prefix, dim=1), mods, 0, None)
             idx = self._sample(logits[:, -x_k.shape[1] :], generator)
             idx = rearrange(idx, "b l g -> b g l")
             idx_list.append(idx)

@@ -54,6 +54,6 @@ class DiTDenoiser(nn.Module):
             mask = mask[:, None]  # one mask for every head
         x_BSW = x_BSW + self.pos[:, :s]
         for layer, block in enumerate(self.blocks):
-            x_BSW = block(x_BSW, c_BW, mask, None, layer)
+            x_BSW = block(x_BSW, block.modulation(c_BW), mask, None, layer)
         shift, scale = self.ada_out(c_BW)[:, None].chunk(2, dim=-1)
         return self.norm_out(x_BSW) * (1 + scale) + shift

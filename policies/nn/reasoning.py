@@ -125,10 +125,16 @@ class ScratchBackbone(Backbone):
         self.norm = nn.LayerNorm(width)
         self.lm_head = nn.Linear(width, vocab_size)
 
-    def _run(self, x_BSW: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
-        c = self.cond.expand(x_BSW.shape[0], -1)
-        for i, block in enumerate(self.blocks):
-            x_BSW = block(x_BSW, c, mask, cache, i)
+    def _modulations(self, batch: int) -> list[torch.Tensor]:
+        """Every block's adaLN parameters: the condition is one learned vector, so a generation computes them once."""
+        c = self.cond.expand(batch, -1)
+        return [block.modulation(c) for block in self.blocks]
+
+    def _run(self, x_BSW: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None,
+             mods: list[torch.Tensor] | None = None) -> torch.Tensor:
+        mods = self._modulations(x_BSW.shape[0]) if mods is None else mods
+        for i, (block, mod) in enumerate(zip(self.blocks, mods)):
+            x_BSW = block(x_BSW, mod, mask, cache, i)
         return self.norm(x_BSW)
 
     def _prefix(self, prefix_BND: torch.Tensor) -> torch.Tensor:
@@ -155,10 +161,11 @@ class ScratchBackbone(Backbone):
         if max_new_tokens > self.max_len + 1:
             raise ValueError(f"max_new_tokens {max_new_tokens} exceeds the {self.max_len + 1} positions trained")
         cache = KVCache(len(self.blocks))
-        hidden = self._run(self._prefix(prefix_BND), None, cache)  # the prefix attends to itself only
+        mods = self._modulations(prefix_BND.shape[0])
+        hidden = self._run(self._prefix(prefix_BND), None, cache, mods)  # the prefix attends to itself only
         # one new token per step; keys and values of the past come from the cache
         def next_logits(token: torch.Tensor, i: int) -> torch.Tensor:
-            return self.lm_head(self._run(self.token_emb(token) + self.text_pos[:, i:i + 1], None, cache)[:, -1])
+            return self.lm_head(self._run(self.token_emb(token) + self.text_pos[:, i:i + 1], None, cache, mods)[:, -1])
 
         return hidden, greedy_decode(next_logits, prefix_BND.shape[0], max_new_tokens, bos_id, eos_id, pad_id,
                                      prefix_BND.device)

@@ -39,8 +39,15 @@ class AdaLNSelfAttnBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x_BSW: torch.Tensor, c_BW: torch.Tensor, mask_SqSk: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c_BW)[:, None].chunk(6, dim=-1)
+    def modulation(self, c_BW: torch.Tensor) -> torch.Tensor:
+        """Conditioning vector [B, W] -> this block's shift, scale and gate [B, 1, 6W]. Apart from forward so that a
+        caller whose condition holds over several passes (CARP's scales, generated tokens) computes it once."""
+        return self.ada(c_BW)[:, None]
+
+    def forward(self, x_BSW: torch.Tensor, mod_B1X: torch.Tensor, mask_SqSk: torch.Tensor | None, cache: KVCache | None,
+                layer: int) -> torch.Tensor:
+        """x [B, S, W] with its modulation(c) -> [B, S, W]."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod_B1X.chunk(6, dim=-1)
         h = self.norm1(x_BSW) * (1 + scale1) + shift1
         x_BSW = x_BSW + gate1 * self._attend(h, mask_SqSk, cache, layer)
         h = self.norm2(x_BSW) * (1 + scale2) + shift2
