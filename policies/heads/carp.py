@@ -219,19 +219,22 @@ class NextScaleTransformer(nn.Module):
         x = c_BW[:, None] + self.start if k == 0 else self.word_in(inputs_BnC)
         return x + self.pos[:, first - self.n_cond : last - self.n_cond] + self.level_emb.weight[k + 1]
 
-    def modulations(self, c_BW: torch.Tensor) -> list[torch.Tensor]:
-        """adaLN vector -> the adaLN parameters of every block, then of the output norm. One set serves every scale
-        of a chunk (c does not change between them), so generation computes it once, not once per scale."""
-        return [block.modulation(c_BW) for block in self.blocks] + [self.ada_out(c_BW)[:, None]]
+    def modulations(self, c_BW: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """adaLN vector -> the adaLN parameters of every block, then (shift, 1 + scale) of the output norm. One set
+        serves every scale of a chunk (c does not change between them), so generation computes it once, not once per
+        scale."""
+        shift, scale = self.ada_out(c_BW)[:, None].chunk(2, dim=-1)
+        return [block.modulation(c_BW) for block in self.blocks] + [(shift, 1 + scale)]
 
-    def run(self, x_BSW: torch.Tensor, mods: list[torch.Tensor], start: int, cache: KVCache | None) -> torch.Tensor:
+    def run(self, x_BSW: torch.Tensor, mods: list[tuple[torch.Tensor, ...]], start: int, cache: KVCache | None
+            ) -> torch.Tensor:
         """Blocks over sequence positions [start, start + S) (earlier ones come from the cache) -> logits [B, S, G, V]."""
         end = start + x_BSW.shape[1]
         mask = self.mask[start:end, :end]
         for layer, (block, mod) in enumerate(zip(self.blocks, mods)):
             x_BSW = block(x_BSW, mod, mask, cache, layer)
-        shift, scale = mods[-1].chunk(2, dim=-1)
-        logits = self.head(self.norm_out(x_BSW) * (1 + scale) + shift)
+        shift, gain = mods[-1]
+        logits = self.head(self.norm_out(x_BSW) * gain + shift)
         return rearrange(logits, "b s (g v) -> b s g v", g=self.groups)
 
     def forward(self, cond_BND: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:

@@ -125,13 +125,13 @@ class ScratchBackbone(Backbone):
         self.norm = nn.LayerNorm(width)
         self.lm_head = nn.Linear(width, vocab_size)
 
-    def _modulations(self, batch: int) -> list[torch.Tensor]:
+    def _modulations(self, batch: int) -> list[tuple[torch.Tensor, ...]]:
         """Every block's adaLN parameters: the condition is one learned vector, so a generation computes them once."""
         c = self.cond.expand(batch, -1)
         return [block.modulation(c) for block in self.blocks]
 
     def _run(self, x_BSW: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None,
-             mods: list[torch.Tensor] | None = None) -> torch.Tensor:
+             mods: list[tuple[torch.Tensor, ...]] | None = None) -> torch.Tensor:
         mods = self._modulations(x_BSW.shape[0]) if mods is None else mods
         for i, (block, mod) in enumerate(zip(self.blocks, mods)):
             x_BSW = block(x_BSW, mod, mask, cache, i)

@@ -39,18 +39,20 @@ class AdaLNSelfAttnBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def modulation(self, c_BW: torch.Tensor) -> torch.Tensor:
-        """Conditioning vector [B, W] -> this block's shift, scale and gate [B, 1, 6W]. Apart from forward so that a
-        caller whose condition holds over several passes (CARP's scales, generated tokens) computes it once."""
-        return self.ada(c_BW)[:, None]
+    def modulation(self, c_BW: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Conditioning vector [B, W] -> this block's (shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2), each
+        [B, 1, W]. Apart from forward so that a caller whose condition holds over several passes (CARP's scales,
+        generated tokens) computes it once."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c_BW)[:, None].chunk(6, dim=-1)
+        return shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2
 
-    def forward(self, x_BSW: torch.Tensor, mod_B1X: torch.Tensor, mask_SqSk: torch.Tensor | None, cache: KVCache | None,
-                layer: int) -> torch.Tensor:
+    def forward(self, x_BSW: torch.Tensor, mod: tuple[torch.Tensor, ...], mask_SqSk: torch.Tensor | None,
+                cache: KVCache | None, layer: int) -> torch.Tensor:
         """x [B, S, W] with its modulation(c) -> [B, S, W]."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod_B1X.chunk(6, dim=-1)
-        h = self.norm1(x_BSW) * (1 + scale1) + shift1
+        shift1, gain1, gate1, shift2, gain2, gate2 = mod  # gain = 1 + scale
+        h = self.norm1(x_BSW) * gain1 + shift1
         x_BSW = x_BSW + gate1 * self._attend(h, mask_SqSk, cache, layer)
-        h = self.norm2(x_BSW) * (1 + scale2) + shift2
+        h = self.norm2(x_BSW) * gain2 + shift2
         return x_BSW + gate2 * self.mlp(h)
 
     def _attend(self, h_BSW: torch.Tensor, mask_SqSk: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
