@@ -52,7 +52,10 @@ _BP_CARP = ("task=blockpush policy=carp store=stores/blockpush_dart1k.zarr polic
             "training.steps=12000 training.lr=1e-3")
 _BP_VARIANT = "goal-conditioned; horizon 8, 2 actions per chunk"
 _CARP = "greedy, 4 scales, kv-cache"
-_PAD = "task=metaworld_mt policy=pad device=cuda training.batch_size=128 training.steps=8000"
+_PAD = "task=metaworld_mt policy=pad device=cuda training.batch_size=128 training.steps=8000 training.num_workers=4"
+_MT_DIVLA = ("task=metaworld_mt policy=divla encoder=compact_cnn encoder.image_output=tokens training.batch_size=64 "
+             "training.steps=8000 training.num_workers=1")
+_MT_DIVLA_VARIANT = "compact CNN tokens of the 64 px image, proprioception; 500 DART demos, 8000 x 64 steps (CPU)"
 _MT_LOWDIM = ("task=metaworld_mt_lowdim encoder=lowdim training.steps=2500 training.batch_size=64 "
               "training.warmup_steps=100 training.val_every=500")
 _MT_LOWDIM_VARIANT = "500 DART demos, 2500 x 64 steps (CPU)"
@@ -127,6 +130,8 @@ RECIPES = [
         f"vmp-train {_PAD} policy.predict_future=false run_dir=runs/metaworld_mt-pad-nofuture",
         "vmp-train task=metaworld_mt policy=beso encoder=compact_cnn training.batch_size=64 training.steps=8000 "
         "training.num_workers=1 run_dir=runs/metaworld_mt-beso",
+        f"vmp-train {_MT_DIVLA} run_dir=runs/metaworld_mt-divla",
+        f"vmp-train {_MT_DIVLA} policy.inject_reasoning=false run_dir=runs/metaworld_mt-divla-noinject",
         _eval("metaworld_mt-pad", "success_metaworld_mt_image_pad", "10-step DDIM; VAE latents 8x8x4, DiT width 192 "
               "depth 6; co-trained on 200 action-free video episodes (weight 0.5)", episodes=200, videos=10),
         _eval("metaworld_mt-pad-novideo", "success_metaworld_mt_image_pad_novideo",
@@ -136,6 +141,10 @@ RECIPES = [
         _eval("metaworld_mt-beso", "success_metaworld_mt_image_beso",
               "3-step euler; compact CNN on the 64 px image, proprioception, learned instruction token",
               episodes=200, videos=10),
+        _eval("metaworld_mt-divla", "success_metaworld_mt_image_divla",
+              f"reasoning injected by FiLM; {_MT_DIVLA_VARIANT}", episodes=200, videos=10),
+        _eval("metaworld_mt-divla-noinject", "success_metaworld_mt_image_divla_noinject",
+              f"ablation: no reasoning injection; {_MT_DIVLA_VARIANT}", episodes=200, videos=0),
     ]),
     Recipe("metaworld_mt_lowdim", {"stores/metaworld_mt_lowdim.zarr": "vmp-collect task=metaworld_mt_lowdim "
                                                                       "n_episodes=500 action_noise=0.1"}, [
