@@ -310,13 +310,15 @@ class ControlLoop:
         self.metrics.inc("stale_actions", stale, help="chunk actions dropped because their tick had passed")
 
     def _log_extras(self, extras: dict[str, Any], tick: int) -> None:
-        """Reasoning text is logged when it changes and kept for the episode's record; arrays at debug level."""
+        """Reasoning text is logged when it changes, shown in the metrics (its current value) and kept for the
+        episode's record; arrays at debug level."""
         for name, value in extras.items():
             if isinstance(value, str):
                 if not self._texts.get(name) or self._texts[name][-1][1] != value:
                     self._texts.setdefault(name, []).append((tick, value))
                     log.info("tick %d %s: %s", tick, name, value)
                     self.metrics.inc(f"{name}_changes", help=f"times the policy's {name} text changed")
+                    self.metrics.info(name, {"text": value}, help=f"the policy's current {name} text")
             else:
                 log.debug("tick %d %s: %s %s", tick, name, getattr(value, "dtype", type(value).__name__),
                           getattr(value, "shape", ""))

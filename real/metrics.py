@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -30,6 +30,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._counters: dict[str, float] = collections.defaultdict(float)
         self._gauges: dict[str, float] = {}
+        self._infos: dict[str, dict[str, str]] = {}
         self._samples: dict[str, collections.deque] = {}
         self._sums: dict[str, tuple[float, int]] = {}
         self._help: dict[str, str] = {}
@@ -53,6 +54,12 @@ class Metrics:
             self._check(name, help)
             self._gauges[name] = float(value)
 
+    def info(self, name: str, labels: dict[str, str], help: str | None = None) -> None:
+        """A text value, e.g. the policy's current reasoning: exposed as ``<prefix>_<name>_info{label="..."} 1``."""
+        with self._lock:
+            self._check(name, help)
+            self._infos[name] = {str(k): str(v) for k, v in labels.items()}
+
     def observe(self, name: str, value: float, help: str | None = None) -> None:
         with self._lock:
             self._check(name, help)
@@ -71,7 +78,8 @@ class Metrics:
     def summary(self) -> dict[str, Any]:
         """Plain dict for logs/JSON: counters, gauges, and p50/p99/max/count per summary."""
         with self._lock:
-            out: dict[str, Any] = {"counters": dict(self._counters), "gauges": dict(self._gauges), "summaries": {}}
+            out: dict[str, Any] = {"counters": dict(self._counters), "gauges": dict(self._gauges),
+                                   "infos": {k: dict(v) for k, v in self._infos.items()}, "summaries": {}}
             for name, dq in self._samples.items():
                 a = np.asarray(dq, dtype=np.float64)
                 out["summaries"][name] = {"count": self._sums[name][1], "p50": _q(a, 0.5), "p99": _q(a, 0.99),
@@ -88,6 +96,8 @@ class Metrics:
                 yield family
             for name, v in sorted(self._gauges.items()):
                 yield GaugeMetricFamily(f"{self.prefix}_{name}", self._help.get(name, name), value=v)
+            for name, labels in sorted(self._infos.items()):
+                yield InfoMetricFamily(f"{self.prefix}_{name}", self._help.get(name, name), value=labels)
             for name, dq in sorted(self._samples.items()):
                 full = f"{self.prefix}_{name}"
                 a = np.asarray(dq, dtype=np.float64)
