@@ -187,7 +187,7 @@ def test_reset_once_per_episode_in_eval_and_in_the_control_loop(tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
     families = {f.name: f for f in text_string_to_metric_families(loop.metrics.prometheus())}
-    assert [(s.labels, s.value) for s in families["vmp_deploy_reasoning"].samples] == [({"text": "plan 2"}, 1.0)]
+    assert [(s.labels, s.value) for s in families["vmp_deploy_reasoning_info"].samples] == [({"text": "plan 2"}, 1.0)]
     assert loop.metrics.summary()["infos"]["reasoning"] == {"text": "plan 2"}
     with EpisodeStore.open(tmp_path / "rec.zarr") as store:  # the daemon records the reasoning it was given
         assert store.episode_text(1)["reasoning"] == [{"tick": 0, "text": "plan 2"}]
