@@ -183,7 +183,7 @@ def test_reset_once_per_episode_in_eval_and_in_the_control_loop(tmp_path):
             loop.close()
             recorder.close()
     assert policy.resets == 2
-    # a person reads the current reasoning off the metrics endpoint, and how often it changed
+    # a person reads the current reasoning off the metrics endpoint
     from prometheus_client.parser import text_string_to_metric_families
 
     families = {f.name: f for f in text_string_to_metric_families(loop.metrics.prometheus())}
