@@ -76,7 +76,7 @@ class Metrics:
             return self._counters.get(name, 0.0)
 
     def summary(self) -> dict[str, Any]:
-        """Plain dict for logs/JSON: counters, gauges, and p50/p99/max/count per summary."""
+        """Plain dict for logs/JSON: counters, gauges, infos (their labels), and p50/p99/max/count per summary."""
         with self._lock:
             out: dict[str, Any] = {"counters": dict(self._counters), "gauges": dict(self._gauges),
                                    "infos": {k: dict(v) for k, v in self._infos.items()}, "summaries": {}}

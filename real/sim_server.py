@@ -5,8 +5,8 @@ Run as ``python -m vmp.real.sim_server CONFIG_JSON``. It binds loopback on an ep
 ``hello``; until then it gets nothing but errors, so no other local process can reset, drive or stop the robot.
 Each client has a thread of its own (up to ``max_clients``; more are told the server is busy, after a short grace
 for a slot that a leaving client is about to free, so a client that reconnects at once is not refused); the env is
-driven under one lock. A client that stays idle for ``idle_timeout_s`` or takes longer than ``frame_timeout_s`` to send a
-frame's bytes is dropped; a malformed frame or field gets an error reply, never a crash. The env steps once per
+driven under one lock. A client that stays idle for ``idle_timeout_s`` or takes longer than ``frame_timeout_s`` to
+send a frame's bytes is dropped; a malformed frame or field gets an error reply, never a crash. The env steps once per
 ``act`` (lock-step with the daemon's ticks), so simulated time advances at
 the daemon's control rate. Faults are injected here so that the daemon sees them through the real wire:
 ``latency_s``/``jitter_s`` delay observation replies, ``drop_prob`` drops camera frames (the reply carries
