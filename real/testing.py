@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -75,6 +76,7 @@ class ReachPolicy(Policy):
         if self.fault is not None and self.fault_at_step > 0 and step >= self.fault_at_step:
             fault, self.fault = self.fault, None
             if fault == "die":
+                print(f"ReachPolicy: killing the inference process at control step {step}", file=sys.stderr, flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
             if fault == "stall":
                 time.sleep(3600)

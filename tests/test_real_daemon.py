@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,7 +131,12 @@ def test_killed_inference_process_stops_robot_next_tick_and_exits_nonzero(tmp_pa
     assert "the inference process died (killed by signal 9)" in summary["error"]
     episode = summary["episodes"][0]
     assert episode["reason"] == "inference_error"
-    assert FAULT_STEP <= episode["ticks"] <= FAULT_STEP + 2  # stopped within one control period of the death
+    # The kill comes with the first request for a tick >= FAULT_STEP, which under load may be a tick or two later.
+    # The kernel then tears the process down before its pipe reads EOF: 16-19 ms (about one 20 ms period) measured
+    # here for a process holding torch. The loop stops the robot at its first tick after the EOF.
+    killed_at = int(re.search(r"killing the inference process at control step (\d+)", proc.stderr).group(1))
+    assert killed_at >= FAULT_STEP
+    assert killed_at + 1 <= episode["ticks"] <= killed_at + 3
     assert json.loads(status.read_text())["state"] == "stopped"
     with EpisodeStore.open(tmp_path / "rec.zarr") as store:
         assert store.n_episodes == 1 and store.episode_text(0)["outcome"] == "inference_error"
