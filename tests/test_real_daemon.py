@@ -134,7 +134,9 @@ def test_killed_inference_process_stops_robot_next_tick_and_exits_nonzero(tmp_pa
     # The kill comes with the first request for a tick >= FAULT_STEP, which under load may be a tick or two later.
     # The kernel then tears the process down before its pipe reads EOF: 16-19 ms (about one 20 ms period) measured
     # here for a process holding torch. The loop stops the robot at its first tick after the EOF.
-    killed_at = int(re.search(r"killing the inference process at control step (\d+)", proc.stderr).group(1))
+    found = re.search(r"killing the inference process at control step (\d+)", proc.stderr)
+    assert found, proc.stderr
+    killed_at = int(found.group(1))
     assert killed_at >= FAULT_STEP
     assert killed_at + 1 <= episode["ticks"] <= killed_at + 3
     assert json.loads(status.read_text())["state"] == "stopped"
