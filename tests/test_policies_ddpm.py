@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from test_policies_beso import fit, make_policy, toy_cfg, two_mode_batch
 
-from vmp.policies.nn import MLP, DDPMDiffusion
+from vmp.policies.nn import MLP, DiscreteTimeDiffusion
 
 T = 20
 
@@ -21,7 +21,7 @@ def time_mlp(hidden: int) -> tuple[MLP, Callable]:
 
 # ---------------------------------------------------------------- the helper: loss
 def test_masked_out_sample_adds_exactly_zero_loss_and_gradient():
-    diffusion = DDPMDiffusion(T, "squaredcos_cap_v2")
+    diffusion = DiscreteTimeDiffusion(T, "squaredcos_cap_v2")
     x0 = torch.randn(4, 5, 2)
     gain = torch.ones(4, 1, 1, requires_grad=True)  # one parameter per sample: its gradient says who contributed
     mask = torch.ones(4, 5, dtype=torch.bool)
@@ -36,7 +36,7 @@ def test_masked_out_sample_adds_exactly_zero_loss_and_gradient():
 
 
 def test_per_sample_mask_equals_its_per_step_expansion():
-    diffusion = DDPMDiffusion(T, "squaredcos_cap_v2")
+    diffusion = DiscreteTimeDiffusion(T, "squaredcos_cap_v2")
     x0, keep = torch.randn(4, 5, 2), torch.tensor([True, False, True, True])
     fn = lambda x, t: 0.5 * x  # noqa: E731
     per_sample = diffusion.loss(fn, x0, keep, generator=torch.Generator().manual_seed(0))
@@ -50,7 +50,7 @@ def test_per_sample_mask_equals_its_per_step_expansion():
 def test_training_targets_follow_the_prediction_type():
     x0 = torch.randn(64, 3)
     for prediction_type in ("epsilon", "sample", "v_prediction"):
-        diffusion = DDPMDiffusion(T, "squaredcos_cap_v2", prediction_type=prediction_type)
+        diffusion = DiscreteTimeDiffusion(T, "squaredcos_cap_v2", prediction_type=prediction_type)
         noisy, t, target = diffusion.training_target(x0, torch.Generator().manual_seed(0))
         a = diffusion.scheduler.alphas_cumprod[t][:, None]
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
@@ -58,13 +58,13 @@ def test_training_targets_follow_the_prediction_type():
         expected = {"epsilon": noise, "sample": x0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0}
         assert torch.allclose(target, expected[prediction_type], atol=1e-6), prediction_type
     with pytest.raises(ValueError, match="prediction_type"):
-        DDPMDiffusion(T, "squaredcos_cap_v2", prediction_type="x0")
+        DiscreteTimeDiffusion(T, "squaredcos_cap_v2", prediction_type="x0")
 
 
 # ---------------------------------------------------------------- the helper: sampling
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_sampling_from_a_given_noise_is_deterministic(sampler):
-    diffusion = DDPMDiffusion(T, "squaredcos_cap_v2")
+    diffusion = DiscreteTimeDiffusion(T, "squaredcos_cap_v2")
     torch.manual_seed(0)
     _, fn = time_mlp(16)
     noise = torch.randn(8, 1, generator=torch.Generator().manual_seed(0))
@@ -83,7 +83,7 @@ def test_sampling_from_a_given_noise_is_deterministic(sampler):
 
 
 def test_sampling_arguments_are_checked():
-    diffusion = DDPMDiffusion(T, "squaredcos_cap_v2")
+    diffusion = DiscreteTimeDiffusion(T, "squaredcos_cap_v2")
     fn = lambda x, t: x  # noqa: E731
     with pytest.raises(ValueError, match="sampler"):
         diffusion.sample(fn, (2, 1), 10, "euler")
@@ -98,7 +98,7 @@ def test_helper_learns_a_gaussian():
     (known in closed form for a Gaussian) gives from the same noise. Few-step samplers shrink the spread a little:
     the last step returns the posterior mean at the smallest noise level."""
     mu, sd = 0.3, 0.2
-    diffusion = DDPMDiffusion(T, "squaredcos_cap_v2")
+    diffusion = DiscreteTimeDiffusion(T, "squaredcos_cap_v2")
     torch.manual_seed(0)
     net, fn = time_mlp(64)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)

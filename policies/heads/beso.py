@@ -8,12 +8,12 @@ Choices:
   distribution truncated to [sigma_min, sigma_max] (inverse-CDF draws, not clipping: with the defaults clipping put a
   fifth of all samples exactly at sigma_max). Sampling is decoupled from training: the sampler (euler = DDIM /
   DPM-Solver-1, euler_ancestral, dpmpp_2m), the sigma schedule (exponential, karras) and the step count (3 by default)
-  are inference settings. Euler and DPM-Solver++ come from diffusers' EDM schedulers; Euler-ancestral is the k-diffusion
-  update written here over the same sigmas and preconditioning (diffusers has no EDM ancestral scheduler).
+  are inference settings. The sigma schedule comes from diffusers' EDM schedulers; the samplers and the scalings are
+  `vmp.policies.nn.samplers`'.
 - Goal dropout (p = 0.1) trains the goal-free policy in the same network; with a goal and guidance_weight w != 1 the
   sampler mixes F_uncond + w (F_cond - F_uncond) from one doubled batch.
 - `prefix` / `prefix_weights` inpaint the start of the chunk for real-time chunking (vmp-deploy blend=prefix): at every step the
-  denoised estimate is replaced by W*Y + (1-W)*D, expressed back as the F that yields it, so any scheduler applies it.
+  denoised estimate is replaced by W*Y + (1-W)*D inside the `denoise` closure, so every sampler applies it.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 
 from vmp.policies.base import Capabilities, ConditionalPolicy, DiffusionHeadConfig
 from vmp.policies.nn import TransformerDenoiser
-
-SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m")
+from vmp.policies.nn.samplers import SAMPLERS, edm_scalings, noise_draws
 
 
 @dataclasses.dataclass
@@ -48,7 +47,7 @@ class BESOConfig(DiffusionHeadConfig):
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"policy.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+            raise ValueError(f"policy.sampler must be one of {tuple(SAMPLERS)}, got {self.sampler!r}")
         if self.noise_distribution not in ("loglogistic", "lognormal"):
             raise ValueError(f"policy.noise_distribution must be loglogistic or lognormal, got {self.noise_distribution!r}")
         if self.sigma_schedule not in ("exponential", "karras"):
@@ -76,11 +75,7 @@ class BESOPolicy(ConditionalPolicy):
     # ---- EDM preconditioning ----
     def scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """sigma [B] -> (c_skip, c_out, c_in, c_noise), each [B]."""
-        sd = self.config.sigma_data
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
-        c_in = 1.0 / (sigma**2 + sd**2).sqrt()
-        return c_skip, c_out, c_in, sigma.log() / 4.0
+        return edm_scalings(sigma, self.config.sigma_data)
 
     def sample_training_sigmas(self, n: int, device: torch.device) -> torch.Tensor:
         """Draws from the noise distribution truncated to [sigma_min, sigma_max] by inverse-CDF sampling (as the
@@ -131,13 +126,7 @@ class BESOPolicy(ConditionalPolicy):
 
     def sampling_noise_shape(self, batch: int) -> tuple[int, ...]:
         """The Gaussian noise one chunk consumes: the start, plus a fresh draw per step for euler_ancestral."""
-        draws = 1 + (self.config.n_steps if self.config.sampler == "euler_ancestral" else 0)
-        return (draws, batch, self.horizon, self.action_dim)
-
-    def _float_scalings(self, sigma: float) -> tuple[float, float, float, float]:
-        sd = self.config.sigma_data
-        return (sd**2 / (sigma**2 + sd**2), sigma * sd / math.sqrt(sigma**2 + sd**2), 1.0 / math.sqrt(sigma**2 + sd**2),
-                math.log(sigma) / 4.0)
+        return (noise_draws(self.config.sampler, self.config.n_steps), batch, self.horizon, self.action_dim)
 
     def _model_output(self, x_in: torch.Tensor, c_noise: float, cond: torch.Tensor, cond_free: torch.Tensor | None) -> torch.Tensor:
         b = x_in.shape[0]
@@ -162,8 +151,8 @@ class BESOPolicy(ConditionalPolicy):
 
         prefix: [B, L, A] unnormalized actions to keep at the chunk start, weighted by prefix_weights [L] in [0, 1].
         noise: the standard Gaussian draws to use, `sampling_noise_shape(B)` (default: drawn from ``generator``).
-        The updates are written over precomputed float sigmas, with no host synchronisation, so the whole chunk can
-        be captured in a CUDA graph; they equal diffusers' EDM Euler and DPM-Solver++(2M) steps (tested).
+        The samplers run over precomputed float sigmas, with no host synchronisation, so the whole chunk can be
+        captured in a CUDA graph.
         """
         cfg = self.config
         cond = self.condition(obs, goal)
@@ -178,29 +167,11 @@ class BESOPolicy(ConditionalPolicy):
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape} (sampling_noise_shape), got {tuple(noise.shape)}")
 
-        sigmas = self.sigma_schedule()
-        x = noise[0] * sigmas[0]
-        old_denoised = None
-        for i in range(len(sigmas) - 1):
-            sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            c_skip, c_out, c_in, c_noise = self._float_scalings(sigma)
+        def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            c_skip, c_out, c_in, c_noise = edm_scalings(sigma, cfg.sigma_data)
             denoised = c_skip * x + c_out * self._model_output(c_in * x, c_noise, cond, cond_free)
-            if target_y is not None:
-                denoised = target_w * target_y + (1 - target_w) * denoised
-            if sigma_next == 0:
-                x = denoised
-            elif cfg.sampler == "euler":  # DDIM / DPM-Solver-1: the ODE step to sigma_next
-                x = denoised + (sigma_next / sigma) * (x - denoised)
-            elif cfg.sampler == "euler_ancestral":  # k-diffusion, eta = 1: to sigma_down, then fresh noise of sigma_up
-                sigma_up = math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
-                sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
-                x = denoised + (sigma_down / sigma) * (x - denoised) + sigma_up * noise[i + 1]
-            else:  # dpmpp_2m: DPM-Solver++(2M) in log-sigma time, first order on the first step
-                h = math.log(sigma / sigma_next)
-                d = denoised
-                if old_denoised is not None:
-                    r = math.log(sigmas[i - 1] / sigma) / h
-                    d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-                x = (sigma_next / sigma) * x - math.expm1(-h) * d
-            old_denoised = denoised
+            return denoised if target_y is None else target_w * target_y + (1 - target_w) * denoised
+
+        sigmas = self.sigma_schedule()
+        x = SAMPLERS[cfg.sampler](denoise, noise[0] * sigmas[0], sigmas, noise[1:])
         return self.normalizer.unnormalize("action", x.clamp(-1.0, 1.0))

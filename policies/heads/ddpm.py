@@ -1,6 +1,6 @@
 """DDPM baseline: diffusion_policy's default head (epsilon prediction, 100 training and sampling steps) on the same
 transformer denoiser and encoders as BESO, so success and latency compare like with like. DDIM with fewer steps is an
-inference option. Training and sampling are `DDPMDiffusion`'s, on diffusers' `DDPMScheduler` / `DDIMScheduler`
+inference option. Training and sampling are `DiscreteTimeDiffusion`'s, on diffusers' `DDPMScheduler` / `DDIMScheduler`
 (squared-cosine betas, clipped samples).
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from vmp.policies.base import Capabilities, ConditionalPolicy, DiffusionHeadConfig
-from vmp.policies.nn import DDPMDiffusion, TransformerDenoiser
+from vmp.policies.nn import DiscreteTimeDiffusion, TransformerDenoiser
 
 
 @dataclasses.dataclass
@@ -40,7 +40,7 @@ class DDPMPolicy(ConditionalPolicy):
         self.denoiser = TransformerDenoiser(
             action_dim, config.horizon, encoder.n_tokens, config.d_model, config.n_layers, config.n_heads, config.dropout
         )
-        self.diffusion = DDPMDiffusion(
+        self.diffusion = DiscreteTimeDiffusion(
             config.num_train_timesteps, config.beta_schedule, prediction_type="epsilon", clip_sample=True
         )
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from vmp.data.schema import LANGUAGE_KEY, PHASE_KEY
 from vmp.policies.base import Capabilities, ConditionalPolicy, DiffusionHeadConfig, Prediction
-from vmp.policies.nn import DDPMDiffusion, TransformerDenoiser
+from vmp.policies.nn import DiscreteTimeDiffusion, TransformerDenoiser
 from vmp.policies.nn.reasoning import HFBackbone, ReasoningEmbedding, ScratchBackbone, TextTokenizer, train_tokenizer
 
 
@@ -92,7 +92,7 @@ class DiVLAPolicy(ConditionalPolicy):
         self.denoiser = TransformerDenoiser(action_dim, config.horizon, encoder.n_tokens, config.d_model,
                                             config.n_layers, config.n_heads, config.dropout,
                                             film_dim=config.d_model if config.inject_reasoning else 0)
-        self.diffusion = DDPMDiffusion(config.num_train_timesteps, config.beta_schedule, "epsilon", clip_sample=True)
+        self.diffusion = DiscreteTimeDiffusion(config.num_train_timesteps, config.beta_schedule, "epsilon", clip_sample=True)
         self.context_every = config.reasoning_every
         self._reasoning: tuple[torch.Tensor, list[str]] | None = None  # cached (ids [B, L], texts)
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vmp.policies.base import Capabilities, ConditionalPolicy, DiffusionHeadConfig, Prediction
-from vmp.policies.nn import MLP, DDPMDiffusion, TransformerDenoiser
+from vmp.policies.nn import MLP, DiscreteTimeDiffusion, TransformerDenoiser
 
 TRAIN_KEYS = ("nav_path", "critic_paths", "critic_scores")
 SELECTIONS = ("critic", "single", "random")
@@ -150,7 +150,7 @@ class NavDPPolicy(ConditionalPolicy):
         self.denoiser = TransformerDenoiser(2, k, encoder.n_tokens, d, config.n_layers, config.n_heads, config.dropout)
         self.path_in = MLP(2 * k, 2 * d, d)
         self.critic_out = MLP(d, d, 1)
-        self.diffusion = DDPMDiffusion(config.num_train_timesteps, config.beta_schedule, prediction_type="epsilon",
+        self.diffusion = DiscreteTimeDiffusion(config.num_train_timesteps, config.beta_schedule, prediction_type="epsilon",
                                        clip_sample=True)
         # where the camera tokens sit in each observation step's tokens: after the one low-dim token
         self._n_lowdim_tokens = 1 if encoder.lowdim_keys else 0

@@ -18,8 +18,9 @@ SAMPLERS = ("ddpm", "ddim")
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, timesteps [B]) -> prediction shaped like x_t
 
 
-class DDPMDiffusion:
-    """A DDPM noise schedule: training targets and a loss for it, and DDPM or DDIM sampling over its timesteps.
+class DiscreteTimeDiffusion:
+    """A discrete-time (DDPM) noise schedule: training targets and a loss for it, and DDPM or DDIM sampling over its
+    timesteps. (The EDM heads' continuous-sigma samplers are `vmp.policies.nn.samplers`.)
 
     Not a module: it holds no weights, so a head that owns one keeps its state dict unchanged.
     """
