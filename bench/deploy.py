@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from vmp.bench.common import device_name, write_result
+from vmp.results import latency_summary
 from vmp.real.engine import InferenceEngine
 from vmp.real.loop import ControlLoop, LoopConfig, RealClock
 from vmp.real.safety import SafetyLayer
@@ -102,18 +103,18 @@ def run(hz: float, seconds: float, switch_interval_s: float, blend: str, n_steps
     inf = m.samples("inference_latency_seconds")
     jitter = np.abs(period - dt)
 
-    def q(a, p):
-        return float(np.percentile(a, p) * 1e3) if a.size else float("nan")
+    def named(name: str, seconds: np.ndarray, keys=("p50_ms", "p99_ms", "max_ms")) -> dict[str, float | None]:
+        """`latency_summary`'s figures of these seconds as {name}_p50_ms ..."""
+        summary = latency_summary(seconds * 1e3)
+        return {f"{name}_{k}": summary[k] for k in keys}
 
     servo = {}
     if servo_hz:
         servo_jitter = np.abs(m.samples("servo_period_seconds") - 1.0 / servo_hz)
-        servo = {"servo_hz": servo_hz, "servo_jitter_p50_ms": q(servo_jitter, 50), "servo_jitter_p99_ms": q(servo_jitter, 99),
-                 "servo_jitter_max_ms": float(servo_jitter.max() * 1e3), "n_setpoints": int(servo_jitter.size + 1)}
-    return {**servo,
-        "jitter_p50_ms": q(jitter, 50), "jitter_p99_ms": q(jitter, 99), "jitter_max_ms": float(jitter.max() * 1e3),
-        "lateness_p99_ms": q(late, 99), "obs_to_action_p50_ms": q(o2a, 50), "obs_to_action_p99_ms": q(o2a, 99),
-        "inference_p50_ms": q(inf, 50), "inference_p99_ms": q(inf, 99), "control_hz": hz, "n_ticks": int(res.ticks),
+        servo = {"servo_hz": servo_hz, **named("servo_jitter", servo_jitter), "n_setpoints": int(servo_jitter.size + 1)}
+    return {**servo, **named("jitter", jitter), **named("lateness", late, ("p99_ms",)),
+        **named("obs_to_action", o2a, ("p50_ms", "p99_ms")), **named("inference", inf, ("p50_ms", "p99_ms")),
+        "control_hz": hz, "n_ticks": int(res.ticks),
         "missed_ticks": m.counter("missed_ticks"), "overruns": m.counter("overruns"),
         "holds": int(res.counters.get("safety_hold", 0)), "switch_interval_ms": switch_interval_s * 1e3,
         "rt_priority": rt_priority if loop.fifo else 0,  # what ran, not what was asked

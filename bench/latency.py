@@ -20,7 +20,8 @@ import os
 import logging
 import time
 
-from vmp.bench.common import device_name, percentiles_ms, write_result
+from vmp.bench.common import device_name, write_result
+from vmp.results import latency_summary
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
                 variant = f"{variant}, batch {args.batch}"
             else:
                 times = measure(policy, args.device, args.repeats)
-            stats = percentiles_ms(times)
+            stats = latency_summary(t * 1e3 for t in times)
             if args.engine:
                 stats.update(extra)
             batch = 1 if args.engine else args.batch

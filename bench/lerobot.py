@@ -259,17 +259,17 @@ def latency_rows(checkpoints: dict[str, str], repeats: int) -> dict[str, dict[st
     process: ``repeats`` calls after 2 unmeasured ones, fewer (5 at least) for a head slower than a minute."""
     import torch
 
-    from vmp.bench.common import percentiles_ms
     from vmp.bench.latency import measure
     from vmp.policies.checkpoint import load_policy
     from vmp.policies.lerobot_policy import LeRobotPolicy, pretrained_dir
+    from vmp.results import latency_summary
 
     torch.set_num_threads(1)
     rows = {}
     for name, path in checkpoints.items():
         policy = LeRobotPolicy(path) if pretrained_dir(path) else load_policy(path)[0]
         times = measure(policy, "cpu", repeats, burn_in=2, max_seconds=60.0)
-        rows[name] = {**percentiles_ms(times), "latency_calls": len(times),
+        rows[name] = {**latency_summary(t * 1e3 for t in times), "latency_calls": len(times),
                       "n_params": int(sum(p.numel() for p in policy.parameters()))}
         log.info("%s: chunk latency p50 %.1f ms over %d calls", name, rows[name]["p50_ms"], len(times))
     return rows

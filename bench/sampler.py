@@ -10,8 +10,6 @@ generated into a temporary directory (rendered-looking synthetic frames: flat co
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import logging
 import os
 import sys
@@ -178,30 +176,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics["host_load_1m_before"] = round(load_before, 2)
     metrics.update(measure_training_rate(batch_size=args.batch_size))
     metrics["data_bound"] = metrics["windows_per_s"] < metrics["train_windows_per_s"]
-    from vmp.policies.checkpoint import git_revision
+    from vmp.results import make_record, write_record
 
-    result = {
-        "kind": "throughput",
-        "task": "-",
-        "obs": "image",
-        "policy": "-",
-        "variant": (f"SequenceDataset, {metrics['n_episodes']} episodes x 50 steps, 2 x 84x84 RGB + state, "
-                    f"n_obs_steps={metrics['n_obs_steps']} horizon={metrics['horizon']}, "
-                    f"batch {metrics['batch']}, {metrics['num_workers']} DataLoader workers"),
-        "metrics": metrics,
-        "budget": {},
-        "device": f"cpu ({os.cpu_count()} cores, torch {torch.get_num_threads()} threads)",
-        "command": " ".join(["python -m vmp.bench.sampler", *(sys.argv[1:] if argv is None else argv)]).strip(),
-        "git_rev": git_revision(),
-        "date": datetime.date.today().isoformat(),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    variant = (f"SequenceDataset, {metrics['n_episodes']} episodes x 50 steps, 2 x 84x84 RGB + state, "
+               f"n_obs_steps={metrics['n_obs_steps']} horizon={metrics['horizon']}, "
+               f"batch {metrics['batch']}, {metrics['num_workers']} DataLoader workers")
+    command = " ".join(["python -m vmp.bench.sampler", *(sys.argv[1:] if argv is None else argv)]).strip()
+    record = make_record("throughput", "-", "image", "-", variant, metrics, command=command,
+                         device=f"cpu ({os.cpu_count()} cores, torch {torch.get_num_threads()} threads)")
+    out = write_record(args.out, record)
     print(f"sampler: {metrics['windows_per_s']} windows/s (batch {metrics['batch']}, {metrics['num_workers']} workers); "
           f"BESO image training consumes {metrics['train_windows_per_s']} windows/s "
           f"({'data-bound' if metrics['data_bound'] else 'not data-bound'}) -> {out}")
-    return result
+    return record
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Checkpoints: one file holding the config, every state dict, the step and the git revision.
+"""Checkpoints: one file holding the config, every state dict, the step and the git revision (`vmp.results`).
 
 Written atomically (temporary name, fsync, rename) so a crash never leaves a truncated checkpoint. Loaded with
 `torch.load(weights_only=True)`: a checkpoint holds tensors and plain containers only, never pickled objects.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,43 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 FORMAT = "vmp-checkpoint"
 VERSION = 1
 log = logging.getLogger(__name__)
-
-
-def git_revision() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def environment() -> dict[str, Any]:
-    """Where a measurement ran, for results records: the machine (CPU model, cores, memory, GPU) and the versions of
-    the packages it ran on."""
-    import importlib.metadata
-    import platform
-
-    versions = {"python": platform.python_version()}
-    for package in ("torch", "numpy", "mujoco", "robosuite", "metaworld", "diffusers", "zarr", "lerobot"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    try:
-        memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        memory_gb = None
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"machine": {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "gpu": gpu,
-                        "system": platform.system()}, "versions": versions}
 
 
 def model_io(cfg: DictConfig) -> dict[str, Any]:

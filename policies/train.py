@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
-import sys
 import os
 import signal
 import time
@@ -179,11 +178,12 @@ def train(cfg: DictConfig) -> Path:
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
     from torch.nn.parallel import DistributedDataParallel
-    from tqdm import tqdm
 
     from vmp.data import EpisodeStore, Normalizer, SequenceDataset, SequenceSampler
     from vmp.policies.build import build_model, head_config, normalizer_modes
-    from vmp.policies.checkpoint import check_same_io, git_revision, model_io, read_checkpoint, resolve_device, save_checkpoint
+    from vmp.policies.checkpoint import check_same_io, model_io, read_checkpoint, resolve_device, save_checkpoint
+    from vmp.progress import progress
+    from vmp.results import git_revision
 
     tcfg = cfg.training
     check_training_types(tcfg)
@@ -358,8 +358,8 @@ def train(cfg: DictConfig) -> Path:
     epoch, batch_in_epoch = divmod(step, batches_per_epoch)
     data_iter = iter(loader(epoch, batch_in_epoch))
     policy.train()
-    bar = tqdm(total=steps, initial=step, disable=not is_main, desc=f"train {cfg.policy.name}", dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 30.0)
+    # a line every 30 s in a log (nohup, a cluster job), redrawn in place on a terminal
+    bar = progress(total=steps, initial=step, disable=not is_main, desc=f"train {cfg.policy.name}", dynamic_ncols=True)
     last_time, last_step, sums, n_sum = time.perf_counter(), step, {}, 0
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if is_main else None
     try:

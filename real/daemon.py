@@ -9,7 +9,6 @@ http://127.0.0.1:<metrics.port>/metrics while running; a summary JSON is written
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import signal
@@ -302,35 +301,25 @@ def _summary(cfg: DictConfig, results: list[dict], metrics: Any, engine: Any, si
         "obs_to_action_p50_ms": ms("obs_to_action_seconds", "p50"), "obs_to_action_p99_ms": ms("obs_to_action_seconds", "p99"),
         "inference_latency_p50_ms": ms("inference_latency_seconds", "p50"),
         "inference_latency_p99_ms": ms("inference_latency_seconds", "p99"),
-        "engine": engine.latency_percentiles(),
+        "engine": engine.latency_summary(),
         "counters": m["counters"],
     }
 
 
 def _write_results(cfg: DictConfig, summary: dict, task_cfg: Any, policy_name: str) -> None:
+    from vmp.results import make_record, write_record
     from vmp.sim.evaluate import wilson_interval
 
     n, k = summary["n_episodes"], summary["successes"]
     lo, hi = wilson_interval(k, n)
     blend = summary.get("blend", cfg.blend)
-    rec = {"kind": "success", "task": str(task_cfg.name) if task_cfg is not None else "-",
-           "obs": str(task_cfg.obs_type) if task_cfg is not None else "-", "policy": policy_name,
-           "variant": f"vmp-deploy robot={cfg.robot.kind} {summary.get('control_hz', 0):g} Hz blend={blend}"
-                      f"{f' ({cfg.prefix_schedule})' if blend == 'prefix' else ''} s={cfg.exec_horizon or 'n_action_steps'}",
-           "metrics": {"success_rate": summary["success_rate"], "ci95_low": lo, "ci95_high": hi, "n_episodes": n},
-           "device": summary.get("device", str(cfg.device)), "command": "vmp-deploy " + " ".join(sys.argv[1:]),
-           "git_rev": _git_rev(), "date": datetime.date.today().isoformat()}
-    Path(cfg.results_json).parent.mkdir(parents=True, exist_ok=True)
-    Path(cfg.results_json).write_text(json.dumps(rec, indent=2))
-
-
-def _git_rev() -> str:
-    try:
-        from vmp.policies.checkpoint import git_revision
-
-        return git_revision()
-    except ImportError:
-        return "unknown"
+    variant = (f"vmp-deploy robot={cfg.robot.kind} {summary.get('control_hz', 0):g} Hz blend={blend}"
+               f"{f' ({cfg.prefix_schedule})' if blend == 'prefix' else ''} s={cfg.exec_horizon or 'n_action_steps'}")
+    record = make_record("success", str(task_cfg.name) if task_cfg is not None else "-",
+                         str(task_cfg.obs_type) if task_cfg is not None else "-", policy_name, variant,
+                         {"success_rate": summary["success_rate"], "ci95_low": lo, "ci95_high": hi, "n_episodes": n},
+                         device=summary.get("device", str(cfg.device)), command="vmp-deploy " + " ".join(sys.argv[1:]))
+    write_record(cfg.results_json, record)
 
 
 @hydra.main(config_path="pkg://vmp.configs", config_name="deploy", version_base=None)

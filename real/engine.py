@@ -19,6 +19,7 @@ import torch
 
 from vmp.policies.base import Prediction
 from vmp.policies.checkpoint import resolve_device
+from vmp.results import latency_summary
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +76,6 @@ def _signature(obs: dict[str, Any], goal: dict[str, Any] | None, kwargs: dict[st
                             for k, v in (d or {}).items()))
 
     return sig(obs), sig(goal), sig(kwargs)
-
-
-def latency_percentiles(latencies_ms: list[float]) -> dict[str, float]:
-    a = np.asarray(latencies_ms)
-    if not a.size:
-        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "n": 0}
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "n": int(a.size)}
 
 
 def check_robot_keys(obs_shapes: dict[str, tuple[int, ...]], robot_obs: dict[str, tuple[tuple[int, ...], str]]) -> None:
@@ -212,8 +206,8 @@ class InferenceEngine:
         self.policy.reset()
         self.latencies_ms.clear()
 
-    def latency_percentiles(self) -> dict[str, float]:
-        return latency_percentiles(self.latencies_ms)
+    def latency_summary(self) -> dict[str, Any]:
+        return latency_summary(self.latencies_ms)
 
     def example_window(self) -> dict[str, np.ndarray]:
         """A zero observation window of the right shapes (for warm-up). Images uint8, the rest float32."""

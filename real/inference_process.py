@@ -188,11 +188,11 @@ class ProcessEngine:
         self._call({"op": "warmup", "n": int(n)}, timeout_s=None)
         self.latencies_ms.clear()
 
-    def latency_percentiles(self) -> dict[str, float]:
+    def latency_summary(self) -> dict[str, Any]:
         """Request-to-chunk times seen from this process (shared-memory and pipe hand-over included)."""
-        from vmp.real.engine import latency_percentiles
+        from vmp.results import latency_summary
 
-        return latency_percentiles(self.latencies_ms)
+        return latency_summary(self.latencies_ms)
 
     def infer(self, obs_window: dict[str, np.ndarray], goal: dict[str, np.ndarray] | None = None,
               prefix: np.ndarray | None = None, prefix_weights: np.ndarray | None = None, step: int = 0) -> Prediction:

@@ -157,9 +157,8 @@ def collect(
     ``launcher``: where the experts run (`vmp.sim.workers.make_pool`: local processes by default, or Ray actors);
     episodes come back in any order and this process alone appends them, in seed order.
     """
-    from tqdm import tqdm
-
     from vmp.data import EpisodeStore
+    from vmp.progress import progress as progress_bar
     from vmp.sim import _plain
     from vmp.sim.experts import EXPERTS, make_expert
     from vmp.sim.workers import Job, make_pool
@@ -212,7 +211,7 @@ def collect(
             yield Job(submitted, first_seed + submitted)
             submitted += 1
 
-    bar = tqdm(total=n_episodes, desc=f"collect {task['name']}", unit="ep", disable=not progress)
+    bar = progress_bar(total=n_episodes, desc=f"collect {task['name']}", unit="ep", disable=not progress)
     pool = make_pool(
         launcher, functools.partial(_init_collect, task, expert_kwargs),
         functools.partial(_run_collect, action_noise=float(action_noise)), n_workers, episode_timeout_s=episode_timeout_s

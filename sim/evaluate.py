@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +25,11 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from vmp.results import latency_summary
+
 log = logging.getLogger(__name__)
+
+VIDEO_SIZE = 256  # px: the side of the rollout videos' frames (tasks render 128 px by default: too small to watch)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -55,13 +58,21 @@ class _EvalState:
         self.env.close()
 
 
+def video_env_kwargs(task_cfg: dict) -> dict[str, Any]:
+    """Env settings of an evaluation that records videos: ``render_size`` raised to ``VIDEO_SIZE`` px, so that a person
+    can watch them. ``render()`` draws only the video frame: the policy's camera observations keep their size."""
+    env_kwargs = {**dict(task_cfg.get("env_kwargs") or {}), **dict(task_cfg.get("eval_env_kwargs") or {})}
+    size = env_kwargs.get("render_size")
+    return {"render_size": VIDEO_SIZE} if size is not None and int(size) < VIDEO_SIZE else {}
+
+
 def _init_eval(task_cfg: dict, make_policy: Callable[[], Any], render: bool, video_dir: str | None,
                max_episode_steps: int | None, first_seed: int = 0) -> _EvalState:
     from vmp.sim import make
 
     # a task may evaluate on other env settings than it trains on (pointnav: held-out scenes)
     env = make(task_cfg, render_mode="rgb_array" if render else None, max_episode_steps=max_episode_steps,
-               **dict(task_cfg.get("eval_env_kwargs") or {}))
+               **{**dict(task_cfg.get("eval_env_kwargs") or {}), **(video_env_kwargs(task_cfg) if render else {})})
     policy = make_policy()
     bind = getattr(policy, "bind_env", None)
     if callable(bind):
@@ -261,8 +272,7 @@ def evaluate_cells(
 ) -> list[dict[str, Any]]:
     """Every cell's episodes in one pool (a sweep keeps all workers busy across cells; each worker builds a cell's
     env and policy on its first episode of it and keeps the latest ones); -> each cell's metrics, in order."""
-    from tqdm import tqdm
-
+    from vmp.progress import progress as progress_bar
     from vmp.sim.workers import Job, make_pool
 
     if n_episodes < 1:
@@ -281,8 +291,8 @@ def evaluate_cells(
     episodes: list[dict[str, Any] | None] = [None] * len(jobs)
     start = time.perf_counter()
     n_ok = 0
-    bar = tqdm(total=len(jobs), desc=f"eval {cells[0].task['name'] if len(cells) == 1 else f'{len(cells)} cells'}",
-               unit="ep", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc=f"eval {cells[0].task['name'] if len(cells) == 1 else f'{len(cells)} cells'}",
+                       unit="ep", disable=not progress)
     try:
         with make_pool(launcher, init, _run_eval, n_workers, episode_timeout_s=episode_timeout_s) as pool:
             for res in pool.run(jobs):
@@ -322,6 +332,7 @@ def summarize(episodes: list[dict[str, Any]], task: dict) -> dict[str, Any]:
     low, high = wilson_interval(successes, n)
     lengths = np.array([e["length"] for e in episodes], dtype=float)
     lat = np.array([t for e in episodes for t in e["latencies_ms"]], dtype=float)
+    latency = latency_summary(lat)
     per_episode = [{k: v for k, v in e.items() if k != "latencies_ms"} for e in episodes]
     per_task: dict[str, dict[str, Any]] = {}
     for e in episodes:
@@ -344,8 +355,7 @@ def summarize(episodes: list[dict[str, Any]], task: dict) -> dict[str, Any]:
         "episode_length_median": float(np.median(lengths)),
         "episode_length_max": int(lengths.max()),
         "n_chunks": int(lat.size),
-        "p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-        "p99_ms": float(np.percentile(lat, 99)) if lat.size else None,
+        **{k: latency[k] for k in ("p50_ms", "p99_ms")},
         "videos": [e["video"] for e in episodes if e.get("video")],
         **({"per_task": dict(sorted(per_task.items()))} if per_task else {}),
         **({"env_metrics": env_metrics} if env_metrics else {}),
@@ -363,25 +373,15 @@ def refuse_all_errored(metrics: dict[str, Any], out_dir: str | Path) -> None:
 
 def results_record(metrics: dict, task: dict, policy: str, variant: str = "", budget: dict | None = None,
                    device: str | None = None, command: str | None = None) -> dict[str, Any]:
-    """A results record (the format the README describes) of an evaluation (kind "expert" for experts, else "success")."""
-    from vmp.policies.checkpoint import environment, git_revision
+    """An evaluation's results record (kind "expert" for experts, else "success")."""
+    from vmp.results import make_record
 
     keep = ("success_rate", "ci95_low", "ci95_high", "n_episodes", "episode_length_mean", "p50_ms", "p99_ms")
-    return {
-        "kind": "expert" if policy == "expert" else "success",
-        "task": task["name"],
-        "obs": task.get("obs_type", "-"),
-        "policy": policy,
-        "variant": variant,
-        "metrics": {**{k: metrics[k] for k in keep if metrics.get(k) is not None},
-                    **{k: metrics[k] for k in ("per_task", "env_metrics") if metrics.get(k)}},
-        "budget": budget or {},
-        "device": device or f"cpu ({os.environ.get('OMP_NUM_THREADS', os.cpu_count())} threads)",
-        "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "git_rev": git_revision(),
-        "date": datetime.date.today().isoformat(),
-        **environment(),
-    }
+    figures = {**{k: metrics[k] for k in keep if metrics.get(k) is not None},
+               **{k: metrics[k] for k in ("per_task", "env_metrics") if metrics.get(k)}}
+    return make_record("expert" if policy == "expert" else "success", task["name"], task.get("obs_type", "-"), policy,
+                       variant, figures, budget=budget, command=command,
+                       device=device or f"cpu ({os.environ.get('OMP_NUM_THREADS', os.cpu_count())} threads)")
 
 
 # ---- policy factories (module level so they pickle into spawned workers) ----
@@ -547,9 +547,10 @@ def main(cfg: DictConfig) -> None:
 
         resolved = resolve_device(str(cfg.device))
         device = torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else None
-        rec = results_record(metrics, _plain(task_cfg), policy_name, variant=variant, budget=budget, device=device)
-        Path(cfg.results_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.results_json).write_text(json.dumps(rec, indent=2) + "\n")
+        from vmp.results import write_record
+
+        write_record(cfg.results_json, results_record(metrics, _plain(task_cfg), policy_name, variant=variant,
+                                                      budget=budget, device=device))
     lat = f", latency p50 {metrics['p50_ms']:.1f} ms p99 {metrics['p99_ms']:.1f} ms" if metrics["p50_ms"] is not None else ""
     print(
         f"{metrics['task']}: success {metrics['success_rate']:.1%} [{metrics['ci95_low']:.1%}, {metrics['ci95_high']:.1%}] "

@@ -75,7 +75,7 @@ def test_expert_eval_writes_metrics_and_videos(tmp_path):
     import imageio.v3 as iio
 
     frames = iio.imread(video)
-    assert frames.shape[0] == metrics["per_episode"][0]["length"] + 1 and frames.shape[-1] == 3
+    assert frames.shape[0] == metrics["per_episode"][0]["length"] + 1 and frames.shape[1:] == (256, 256, 3)  # VIDEO_SIZE
 
 
 def test_crashed_worker_is_reported_not_hung(tmp_path):
@@ -109,3 +109,27 @@ def _broken_policy():
 def test_worker_init_failure_is_raised_with_cause():
     with pytest.raises(RuntimeError, match="cannot build this policy"):
         run_evaluation(_task(), _broken_policy, n_episodes=1, n_workers=1, n_videos=0, progress=False)
+
+
+def test_videos_are_256_px_and_policy_images_unchanged():
+    """Episodes with a video render 256 px frames; the policy's camera observations keep the task's size and pixels."""
+    from vmp.sim import make
+    from vmp.sim.evaluate import VIDEO_SIZE, _init_eval
+
+    task = load_task_cfg("blockpush_image", max_episode_steps=3)
+    assert task.env_kwargs.render_size < VIDEO_SIZE == 256
+    state = _init_eval(task, lambda: None, render=True, video_dir=None, max_episode_steps=3)
+    plain = make(task)
+    try:
+        obs, _ = state.env.reset(seed=0)
+        ref, _ = plain.reset(seed=0)
+        assert state.env.render().shape == (256, 256, 3)
+        for _ in range(2):
+            action = np.array([0.5, -0.5], np.float32)
+            (obs, *_), (ref, *_) = state.env.step(action), plain.step(action)
+            state.env.render()
+        assert obs["overhead_image"].shape == (96, 96, 3)
+        np.testing.assert_array_equal(obs["overhead_image"], ref["overhead_image"])
+    finally:
+        state.close()
+        plain.close()

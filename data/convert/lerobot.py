@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+
+from vmp.progress import progress
 
 from ..schema import ACTION_KEY, KeySpec
 from ..store import EpisodeStore
@@ -108,7 +109,7 @@ def import_lerobot(root: str | os.PathLike, out_path: str | os.PathLike, repo_id
     store = EpisodeStore.create(out_path, schema, attrs, overwrite=overwrite)
     try:
         episodes = ds.meta.episodes
-        for e in tqdm(range(ds.num_episodes), desc=f"import {root.name}", unit="episode"):
+        for e in progress(range(ds.num_episodes), desc=f"import {root.name}", unit="episode"):
             lo, hi = int(episodes["dataset_from_index"][e]), int(episodes["dataset_to_index"][e])
             frames = [ds[i] for i in range(lo, hi)]
             episode = {}
@@ -220,7 +221,7 @@ def export_lerobot(store_path: str | os.PathLike, out_root: str | os.PathLike, r
     ds = LeRobotDataset.create(repo_id or out_root.name, fps=int(round(float(fps))), features=features, root=out_root,
                                use_videos=video)
     exported = 0
-    for e in tqdm(range(store.n_episodes), desc=f"export {Path(str(store.path)).name}", unit="episode"):
+    for e in progress(range(store.n_episodes), desc=f"export {Path(str(store.path)).name}", unit="episode"):
         if not store.has_action[e]:
             log.warning("episode %d has no actions: not exported", e)
             continue

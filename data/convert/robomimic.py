@@ -16,7 +16,8 @@ from typing import Any
 
 import h5py
 import numpy as np
-from tqdm import tqdm
+
+from vmp.progress import progress
 
 from ..schema import ACTION_KEY, KeySpec
 from ..store import EpisodeStore
@@ -101,7 +102,7 @@ def import_robomimic(hdf5_path: str | os.PathLike, out_path: str | os.PathLike, 
 
         store = EpisodeStore.create(out_path, schema, attrs, overwrite=overwrite)
         try:
-            for name in tqdm(demos, desc=f"import {hdf5_path.name}", unit="demo"):
+            for name in progress(demos, desc=f"import {hdf5_path.name}", unit="demo"):
                 demo = data[name]
                 episode = {}
                 for k, (_, _, squeeze) in layout.items():

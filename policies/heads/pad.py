@@ -34,7 +34,7 @@ from torch import nn
 
 from vmp.data.schema import LANGUAGE_KEY
 from vmp.policies.base import Capabilities, Policy, Prediction, StageOneModel, has_action_stats
-from vmp.policies.nn import MLP, DDPMDiffusion, DiTDenoiser
+from vmp.policies.nn import MLP, DiscreteTimeDiffusion, DiTDenoiser
 from vmp.policies.nn.text import make_text_encoder
 
 log = logging.getLogger(__name__)
@@ -278,7 +278,7 @@ class PADPolicy(Policy):
         self.dit = DiTDenoiser(w, config.depth, config.n_heads, config.mlp_ratio, config.dropout,
                                max_len=self.layout["length"], cond_dim=w)
         self.register_buffer("mask", attention_mask(self.layout), persistent=False)
-        self.diffusion = DDPMDiffusion(config.num_train_timesteps, config.beta_schedule, "epsilon", clip_sample=False)
+        self.diffusion = DiscreteTimeDiffusion(config.num_train_timesteps, config.beta_schedule, "epsilon", clip_sample=False)
 
     # ---- what training reads ----
     @classmethod
@@ -489,7 +489,7 @@ def cached_latents(store: Any, camera: str, vae_path: str, size: tuple[int, int]
     """The VAE posterior means of every committed frame of ``store[camera]``, resized to ``size`` (H, W) first when
     given -> float32 [n_steps, C, h, w], read from the on-disk cache (`latent_cache_path`) when this store, size and
     VAE were encoded before."""
-    from tqdm import tqdm
+    from vmp.progress import progress
 
     from vmp.data.images import resize_frames
 
@@ -503,7 +503,7 @@ def cached_latents(store: Any, camera: str, vae_path: str, size: tuple[int, int]
     frames = store.array(camera)
     chunks = []
     with torch.inference_mode():
-        for start in tqdm(range(0, n, batch_size), desc=f"encode {camera} latents", unit="batch"):
+        for start in progress(range(0, n, batch_size), desc=f"encode {camera} latents", unit="batch"):
             batch = np.asarray(frames[start : min(start + batch_size, n)])
             if size is not None:
                 batch = resize_frames(batch, size)
