@@ -90,13 +90,16 @@ def load_task_cfg(name: str, **overrides: Any):
     """
     from omegaconf import OmegaConf
 
-    cfg = _compose_task(name, ())
+    cfg = OmegaConf.create()
+    for layer in _task_layers(name, ()):  # merged one after another, as hydra does: a later one can empty a key
+        cfg.merge_with(layer)
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, force_add=True)
     return cfg
 
 
-def _compose_task(name: str, chain: tuple[str, ...]):
+def _task_layers(name: str, chain: tuple[str, ...]) -> list:
+    """The configs a task is merged from, in hydra's order (its defaults depth-first, `_self_` where listed)."""
     from importlib import resources
 
     from omegaconf import OmegaConf
@@ -112,10 +115,10 @@ def _compose_task(name: str, chain: tuple[str, ...]):
     defaults = [str(d) for d in (own.pop("defaults", None) or [])]
     if "_self_" not in defaults:
         defaults.append("_self_")  # hydra >= 1.1: a config without _self_ in its defaults list comes after them
-    cfg = OmegaConf.create()
+    layers = []
     for entry in defaults:
-        cfg.merge_with(own if entry == "_self_" else _compose_task(entry, (*chain, name)))
-    return cfg
+        layers += [own] if entry == "_self_" else _task_layers(entry, (*chain, name))
+    return layers
 
 
 __all__ = ["make", "register", "load_task_cfg"]
