@@ -9,6 +9,11 @@
                                        length, key meanings) from the store's own schema:
                                        vmp_configs/task/<name>.yaml, trained with
                                        vmp-train --config-dir vmp_configs task=<name> ...
+    vmp-data view STORE [--episode N] [--save FILE.rrd]
+                                       watch episodes in Rerun (camera frames, state/action plots, episode text;
+                                       the first 5 unless --episode N); also a vmp-eval output folder's rollouts;
+                                       --save writes a recording instead of opening the viewer
+                                       (needs `pip install vmp[viewer]`)
 """
 
 from __future__ import annotations
@@ -243,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", nargs=2, type=int, default=None, metavar=("H", "W"),
                    help="train camera keys at this size (frames are resized when read; vmp-deploy resizes the robot's)")
     p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("view", help="watch a store's episodes (or a vmp-eval folder's rollouts) in Rerun")
+    p.add_argument("path", help="a store (vmp-collect, vmp-record, vmp-deploy, imports) or a vmp-eval output folder")
+    p.add_argument("--episode", type=int, default=None, metavar="N",
+                   help="the episode to show (negative: from the end; default: the first 5)")
+    p.add_argument("--save", default=None, metavar="FILE.rrd",
+                   help="write a Rerun recording (open it with `rerun FILE.rrd`) instead of opening the viewer")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -301,6 +312,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{config['control_hz']:g} Hz, max_episode_steps {config['max_episode_steps']}\n"
               f"train with: vmp-train --config-dir {args.out} task={name} policy=beso encoder="
               f"{'lowdim' if config['obs_type'] == 'lowdim' else 'compact_cnn'}")
+        return 0
+    if args.cmd == "view":
+        from .view import ViewError, view
+
+        try:
+            print(view(args.path, episode=args.episode, save=args.save))
+        except ViewError as e:
+            print(f"vmp-data view: {e}", file=sys.stderr)
+            return 1
         return 0
     return 2  # unreachable: argparse enforces the subcommand
 
