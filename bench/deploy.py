@@ -16,6 +16,7 @@ Writes one results record (JSON) per run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -63,7 +64,7 @@ def busy_engine(n_steps: int, width: int, policy_sleep_s: float) -> InferenceEng
 
 def run(hz: float, seconds: float, switch_interval_s: float, blend: str, n_steps: int, width: int, rt_priority: int = 0,
         policy_sleep_s: float = 0.0, process: bool = True, servo_hz: float | None = None, spin_s: float = 0.0,
-        slice_us: int = 100) -> dict:
+        slice_us: int = 100, flood: bool = False) -> dict:
     import functools
 
     from vmp.real.inference_process import ProcessEngine
@@ -87,11 +88,14 @@ def run(hz: float, seconds: float, switch_interval_s: float, blend: str, n_steps
             # burn-in episode (imports, caches, first allocations), then the measured one
             loop.cfg.max_ticks = int(hz)
             loop.run_episode(seed=0)
-            from vmp.real.metrics import Metrics
+            from vmp.real.metrics import Metrics, MetricsServer
 
             loop.metrics = Metrics()
             loop.cfg.max_ticks = ticks
-            res = loop.run_episode(seed=1)
+            # the metrics endpoint is served as vmp-deploy serves it; --flood: a neighbour floods it meanwhile
+            with MetricsServer(loop.metrics) as server, ThreadCount() as threads:
+                with Flood(server.address) if flood else contextlib.nullcontext():
+                    res = loop.run_episode(seed=1)
         finally:
             loop.close()
             engine.close()
@@ -120,7 +124,85 @@ def run(hz: float, seconds: float, switch_interval_s: float, blend: str, n_steps
         "rt_priority": rt_priority if loop.fifo else 0,  # what ran, not what was asked
         "sched_slice_us": slice_us, "spin_ms": spin_s * 1e3,
         "inference": "process" if process else "thread",
+        "threads_max": threads.peak, "metrics_connections": dict(server.counts),
     }
+
+
+class ThreadCount:
+    """The most threads this (the control) process held while it was entered, sampled every 50 ms."""
+
+    def __enter__(self) -> "ThreadCount":
+        import threading
+
+        self.peak, self._stop = threading.active_count(), threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(0.05):
+                self.peak = max(self.peak, threading.active_count() - 1)  # not this sampler
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _flood(address: tuple[str, int], idle: int, per_s: float, stop: Any) -> None:
+    """A neighbour of the robot: ``idle`` connections held open (renewed when the server drops them) and ``per_s``
+    connect/close more each second, until ``stop`` is set."""
+    import socket
+    import time
+
+    held: list[socket.socket] = []
+    next_t = time.monotonic()
+    while not stop.is_set():
+        while len(held) < idle:
+            try:
+                held.append(socket.create_connection(address, timeout=1))
+            except OSError:
+                break
+        next_t += 1.0 / per_s
+        try:
+            socket.create_connection(address, timeout=1).close()
+        except OSError:
+            pass
+        held = [c for c in held if not _closed(c)]
+        time.sleep(max(0.0, next_t - time.monotonic()))
+    for c in held:
+        c.close()
+
+
+def _closed(sock: Any) -> bool:
+    import socket
+
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class Flood:
+    """`_flood` in a process of its own (its work is not the control process's), for the `with` block."""
+
+    def __init__(self, address: tuple[str, int], idle: int = 300, per_s: float = 200.0):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.stop = ctx.Event()
+        self.process = ctx.Process(target=_flood, args=(address, idle, per_s, self.stop), daemon=True)
+
+    def __enter__(self) -> "Flood":
+        self.process.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.process.join(timeout=10)
 
 
 class Load:
@@ -186,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--load-checkpoint", default="runs/lift_image-beso-dart",
                     help="the checkpoint whose inference loads the CPU with --load (skipped if missing)")
     ap.add_argument("--inference-load", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--flood", action="store_true", help="interleaved quiet / flooded runs: a neighbour holds 300 idle "
+                    "connections to the metrics endpoint and opens 200 more a second (tick lateness as a ratio)")
+    ap.add_argument("--pairs", type=int, default=3, help="--flood: quiet/flooded pairs")
     ap.add_argument("--out", default="results/bench_deploy_cpu.json")
     args = ap.parse_args(argv)
     if args.inference_load:
@@ -194,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.seams:
         return seam_sweep(args, argv)
+    if args.flood:
+        return flood_pairs(args, argv)
     load = None
     if args.load:
         checkpoint = args.load_checkpoint if Path(args.load_checkpoint).exists() else None
@@ -229,6 +316,34 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.hz:g} Hz: jitter p50 {metrics['jitter_p50_ms']:.3f} ms p99 {metrics['jitter_p99_ms']:.3f} ms; "
           f"obs->action p50 {metrics['obs_to_action_p50_ms']:.2f} ms p99 {metrics['obs_to_action_p99_ms']:.2f} ms; "
           f"inference p50 {metrics['inference_p50_ms']:.1f} ms -> {args.out}")
+
+
+def flood_pairs(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """Quiet and flooded runs interleaved (the VM's noise drifts over minutes): lateness p99 flooded / quiet per pair,
+    and the control process's threads in each."""
+    rows = []
+    for pair in range(args.pairs):
+        for flood in (False, True):
+            m = run(args.hz, args.seconds, args.switch_interval_ms / 1e3, args.blend, args.n_steps, args.width,
+                    slice_us=args.slice_us, flood=flood)
+            rows.append({"pair": pair, "flood": flood, **{k: m[k] for k in (
+                "lateness_p99_ms", "jitter_p99_ms", "jitter_max_ms", "missed_ticks", "threads_max", "metrics_connections")}})
+            log.info("pair %d %s: lateness p99 %.3f ms, %d threads", pair, "flooded" if flood else "quiet",
+                     m["lateness_p99_ms"], m["threads_max"])
+    quiet = [r for r in rows if not r["flood"]]
+    flooded = [r for r in rows if r["flood"]]
+    ratios = [f["lateness_p99_ms"] / q["lateness_p99_ms"] for q, f in zip(quiet, flooded)]
+    metrics = {"lateness_p99_ratio_median": float(np.median(ratios)), "lateness_p99_ratios": ratios,
+               "threads_max_quiet": max(r["threads_max"] for r in quiet),
+               "threads_max_flooded": max(r["threads_max"] for r in flooded), "runs": rows, "control_hz": args.hz}
+    write_result(Path(args.out).stem, "jitter", "-", "-", "synthetic",
+                 f"{args.hz:g} Hz, metrics endpoint quiet vs flooded (300 idle + 200 connects/s), {args.pairs} "
+                 f"interleaved pairs of {args.seconds:g} s, inference process", metrics,
+                 device_name("cuda" if torch.cuda.is_available() else "cpu"),
+                 "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:]),
+                 budget={"seconds": 2 * args.pairs * args.seconds}, out_dir=Path(args.out).parent)
+    print(f"lateness p99 flooded/quiet: median {metrics['lateness_p99_ratio_median']:.2f} ({', '.join(f'{r:.2f}' for r in ratios)}); "
+          f"threads quiet {metrics['threads_max_quiet']} flooded {metrics['threads_max_flooded']} -> {args.out}")
 
 
 def _toy_episodes() -> tuple[list[list[dict]], Any, float]:

@@ -1,16 +1,18 @@
 """Health and latency metrics: counters, gauges and sample summaries, exposed through prometheus-client (its
 registry and text exposition) on loopback (``GET /metrics``) and summarised at exit. Thread-safe: the control loop
-and the inference worker write, the HTTP thread reads.
+and the inference worker write, the one serving thread reads.
 """
 
 from __future__ import annotations
 
 import collections
-import http.server
 import logging
 import math
 import re
+import selectors
+import socket
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -118,54 +120,156 @@ def _q(a: np.ndarray, q: float) -> float:
     return float(np.quantile(a, q)) if a.size else math.nan
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    request_queue_size = 64
-    daemon_threads = True
-
-
 class MetricsServer:
-    """Serves ``metrics.prometheus()`` at http://host:port/metrics from a daemon thread (port 0 = any free).
+    """Serves ``metrics.prometheus()`` at http://host:port/metrics (port 0 = any free) from ONE thread, whatever
+    the clients do: a robot's timing must not depend on how many scrapers connect.
 
-    A connection that sends no complete request within ``timeout_s`` is closed, so idle clients cannot pile up
-    threads; the listen queue holds 64 pending connections."""
+    The thread multiplexes its sockets with `selectors` instead of a thread per connection. At most
+    ``max_connections`` are open at once: a new one closes the oldest that has not sent its request yet (so idle
+    clients cannot lock a scraper out); a connection that has not sent a complete request within ``timeout_s`` is
+    closed; a request larger than 8 KiB is refused with 431; the exposition is
+    rendered at most every ``min_render_s`` (scrapes in between get the same text), so a flood of scrapes costs the
+    control process no more than one render per interval."""
 
-    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 5.0):
-        handler = _handler(metrics, timeout_s)
-        self.httpd = _Server((host, port), handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics-http", daemon=True)
+    MAX_REQUEST = 8192
+
+    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 5.0,
+                 max_connections: int = 32, min_render_s: float = 0.1):
+        self.metrics, self.timeout_s, self.max_connections, self.min_render_s = metrics, timeout_s, max_connections, min_render_s
+        self.listener = socket.create_server((host, port), backlog=64)
+        self.listener.setblocking(False)
+        self.address = self.listener.getsockname()[:2]
+        self.counts = collections.Counter()  # accepted, evicted, refused_full, timed_out, served, bad_request
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stop = False
+        self._rendered: tuple[float, bytes] = (-math.inf, b"")
+        self.thread = threading.Thread(target=self._serve, name="metrics-http", daemon=True)
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
+        host, port = self.address
         return f"http://{host}:{port}/metrics"
 
     def __enter__(self) -> "MetricsServer":
         self.thread.start()
-        log.info("metrics at %s", self.url)
+        log.info("metrics at %s (one thread, at most %d connections)", self.url, self.max_connections)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._stop = True
+        self._wake_w.send(b"x")
         self.thread.join(timeout=2)
+        for sock in (self.listener, self._wake_r, self._wake_w):
+            sock.close()
 
+    # ---- the serving thread ----
+    def _serve(self) -> None:
+        sel = self._selector
+        sel.register(self.listener, selectors.EVENT_READ, None)
+        sel.register(self._wake_r, selectors.EVENT_READ, None)
+        conns: dict[socket.socket, _Connection] = {}
+        while not self._stop:
+            now = time.monotonic()
+            timeout = min((c.deadline for c in conns.values()), default=now + 1.0) - now
+            for key, events in sel.select(timeout=max(0.0, min(timeout, 1.0))):
+                sock = key.fileobj
+                if sock is self.listener:
+                    self._accept(conns)
+                elif sock is not self._wake_r and sock in conns:
+                    self._step(conns, conns[sock], events)
+            now = time.monotonic()
+            for conn in [c for c in conns.values() if c.deadline < now]:
+                self.counts["timed_out"] += 1
+                self._close(conns, conn)
+        for conn in list(conns.values()):
+            self._close(conns, conn)
+        sel.close()
 
-def _handler(metrics: Metrics, timeout_s: float):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        timeout = timeout_s  # applied to the connection's socket: an idle client is dropped, its thread ends
-
-        def do_GET(self) -> None:
-            if self.path.split("?")[0] not in ("/metrics", "/"):
-                self.send_error(404, "only /metrics is served")
+    def _accept(self, conns: dict) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
                 return
-            body = metrics.prometheus().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            except OSError as exc:  # e.g. out of file descriptors: keep serving those already open
+                log.warning("metrics: accept failed: %s", exc)
+                return
+            if len(conns) >= self.max_connections:  # make room: drop the oldest that has not finished its request
+                waiting = [c for c in conns.values() if c.out is None]
+                if not waiting:
+                    self.counts["refused_full"] += 1
+                    sock.close()
+                    continue
+                self.counts["evicted"] += 1
+                self._close(conns, min(waiting, key=lambda c: c.deadline))
+            self.counts["accepted"] += 1
+            sock.setblocking(False)
+            conn = _Connection(sock, time.monotonic() + self.timeout_s)
+            conns[sock] = conn
+            self._selector.register(sock, selectors.EVENT_READ, None)
 
-        def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug("metrics http: " + fmt, *args)
+    def _step(self, conns: dict, conn: "_Connection", events: int) -> None:
+        try:
+            if conn.out is None and events & selectors.EVENT_READ:
+                data = conn.sock.recv(4096)
+                if not data:
+                    self._close(conns, conn)
+                    return
+                conn.inbox += data
+                if b"\r\n\r\n" in conn.inbox or b"\n\n" in conn.inbox:
+                    self._respond(conn)
+                    self._selector.modify(conn.sock, selectors.EVENT_WRITE, None)
+                elif len(conn.inbox) > self.MAX_REQUEST:
+                    conn.out = _response(431, b"request too large\n", "text/plain")
+                    self.counts["bad_request"] += 1
+                    self._selector.modify(conn.sock, selectors.EVENT_WRITE, None)
+            if conn.out is not None and events & selectors.EVENT_WRITE:
+                sent = conn.sock.send(conn.out)
+                conn.out = conn.out[sent:]
+                if not conn.out:
+                    self._close(conns, conn)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:  # the client went away
+            self._close(conns, conn)
 
-    return Handler
+    def _respond(self, conn: "_Connection") -> None:
+        line = conn.inbox.split(b"\n", 1)[0].decode("latin-1").split()
+        if len(line) < 2 or line[0] not in ("GET", "HEAD"):
+            conn.out = _response(400, b"only GET /metrics is served\n", "text/plain")
+            self.counts["bad_request"] += 1
+        elif line[1].split("?")[0] not in ("/metrics", "/"):
+            conn.out = _response(404, b"only /metrics is served\n", "text/plain")
+            self.counts["bad_request"] += 1
+        else:
+            now = time.monotonic()
+            if now - self._rendered[0] >= self.min_render_s:
+                self._rendered = (now, self.metrics.prometheus().encode())
+            conn.out = _response(200, self._rendered[1] if line[0] == "GET" else b"", CONTENT_TYPE_LATEST,
+                                 length=len(self._rendered[1]))
+            self.counts["served"] += 1
+
+    def _close(self, conns: dict, conn: "_Connection") -> None:
+        conns.pop(conn.sock, None)
+        try:
+            self._selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+
+class _Connection:
+    __slots__ = ("sock", "deadline", "inbox", "out")
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        self.sock, self.deadline, self.inbox, self.out = sock, deadline, b"", None
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large"}
+
+
+def _response(status: int, body: bytes, content_type: str, length: int | None = None) -> bytes:
+    head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\nConnection: close\r\n\r\n")
+    return head.encode() + body
