@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 export MUJOCO_GL ?= egl
 
-.PHONY: demo test test-lerobot bench clean
+.PHONY: demo test docs test-lerobot bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests
 
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link, anchor or API reference fails it.
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict -d site
+
 # LeRobot 0.4 needs torch<2.11: a separate environment, never the core one. Only the test tools of the dev extra:
 # its transformers (the hf backbone's test) pins a huggingface-hub LeRobot 0.4 cannot take.
 test-lerobot:
@@ -29,9 +33,9 @@ test-lerobot:
 	.venv-lerobot/bin/python -m pip install -q -e ".[lerobot]" "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100"
 	.venv-lerobot/bin/python -m pytest -q tests -m lerobot
 
-# The CPU benchmarks (each writes its results/*.json), then the README tables and plots regenerated from results/.
+# The CPU benchmarks (each writes its results/*.json), then docs/results.md's tables and plots regenerated from results/.
 bench: $(BIN)/.installed
 	$(BIN)/vmp-bench suite=quick
 
 clean:
-	rm -rf $(VENV) .venv-lerobot stores outputs runs
+	rm -rf $(VENV) .venv-lerobot stores outputs runs site

@@ -1,4 +1,5 @@
-"""vmp-bench: run one benchmark (each writes a results record, JSON under results/) or regenerate the README tables.
+"""vmp-bench: run one benchmark (each writes a results record, JSON under results/) or regenerate the results page
+(docs/results.md).
 
     vmp-bench latency [--device cuda]     action-chunk latency per head and sampler
     vmp-bench sampler                     training data throughput (windows/s)
@@ -6,7 +7,7 @@
     vmp-bench deploy                      control-loop jitter and observation-to-action latency
     vmp-bench scaleout                    episodes/min on Ray vs local workers; training data from S3 vs disk
     vmp-bench lerobot                     our heads against LeRobot's Diffusion Policy and ACT (same data, seeds, budget)
-    vmp-bench report                      rewrite README.md's results tables and plots from results/*.json
+    vmp-bench report                      rewrite docs/results.md's tables and plots from results/*.json
     vmp-bench suite=quick | suite=full    all of the above in one command (quick: ~10 min on 2 CPU cores), then report
 """
 

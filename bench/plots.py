@@ -1,4 +1,5 @@
-"""The README's plots, drawn with matplotlib from the results records (`vmp-bench report` calls `write_plots`).
+"""The results page's plots (docs/plots/), drawn with matplotlib from the results records (`vmp-bench report`
+calls `write_plots`).
 
 - latency.png: chunk latency p50 per head and setting at batch 1 (log scale), CPU and GPU side by side;
 - success.png: success per task and head with 95% intervals (Wilson);
@@ -18,7 +19,7 @@ PLOTS = ("latency.png", "success.png", "success_vs_minutes.png")
 
 def comparison_runs(records: list[dict]) -> list[str]:
     """The commands of the `vmp-bench lerobot` runs among the records, in order: run N is the N-th (1-based) in the
-    README's table and in the comparison plots' labels."""
+    results page's table and in the comparison plots' labels."""
     return sorted({r["command"] for r in records if r["kind"] == "comparison"})
 
 

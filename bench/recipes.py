@@ -1,8 +1,8 @@
 """The results table's rows, each as the commands that make it: collect the demonstrations, train, evaluate.
 
 `vmp-bench suite=full` runs them (a store already on disk is kept; trainings rerun into their run folders; every
-evaluation rewrites its results JSON), `vmp-bench report` writes them into the README between their markers, and
-tests compose every command against the configs, so a renamed option fails a test rather than a rerun hours in.
+evaluation rewrites its results JSON), `vmp-bench report` writes them into docs/results.md between their markers,
+and tests compose every command against the configs, so a renamed option fails a test rather than a rerun hours in.
 
     vmp-bench suite full --recipes lift_lowdim lift_image      # only these groups
 """
@@ -196,5 +196,5 @@ def run_of(command: str) -> str | None:
 
 
 def markdown(recipe: Recipe) -> str:
-    """The recipe as the README shows it: a bash block of its commands, one per line, its notes as comments."""
+    """The recipe as the results page shows it: a bash block of its commands, one per line, its notes as comments."""
     return "```bash\n" + "\n".join(recipe.commands() + [f"# {note}" for note in recipe.notes]) + "\n```"

@@ -1,8 +1,9 @@
-"""Regenerate the README's results tables and plots from results/*.json (the only source of quoted figures).
+"""Regenerate the results page's tables and plots from results/*.json (the only source of quoted figures).
 
-    vmp-bench report            # rewrites the block between the results markers in README.md, and docs/plots/*.png
+    vmp-bench report            # rewrites the block between the results markers in docs/results.md, and
+                                # docs/plots/*.png (the plots folder is relative to the page)
 
-It also copies each results-table recipe (`vmp.bench.recipes`) between its own markers, so the README shows the
+It also copies each results-table recipe (`vmp.bench.recipes`) between its own markers, so the page shows the
 commands the full suite runs, from one source.
 """
 
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 BEGIN, END = "<!-- results:begin (vmp-bench report) -->", "<!-- results:end -->"
 
 
 def fill_recipes(text: str) -> str:
-    """Each recipe's commands between its README markers (a README without a recipe's markers keeps its text)."""
+    """Each recipe's commands between its markers on the page (a page without a recipe's markers keeps its text)."""
     from vmp.bench.recipes import RECIPES, markdown
 
     for recipe in RECIPES:
@@ -26,6 +28,20 @@ def fill_recipes(text: str) -> str:
             _, tail = rest.split(end, 1)
             text = f"{head}{begin}\n{markdown(recipe)}\n{end}{tail}"
     return text
+
+
+def shown(command: str) -> str:
+    """A recorded command as the page shows it: without `--python /abs/path` (the python it ran in, this machine's
+    path; the default is the python that runs `vmp-bench`), so the page holds no paths of the machine that measured."""
+    words, out = shlex.split(command), []
+    i = 0
+    while i < len(words):
+        if words[i] == "--python" and i + 1 < len(words) and words[i + 1].startswith("/"):
+            i += 2
+            continue
+        out.append(words[i])
+        i += 1
+    return shlex.join(out) if out != words else command
 
 
 def _fmt(x, digits=2):
@@ -127,7 +143,7 @@ def tables(records: list[dict]) -> str:
                        f"{_fmt(m.get('samples_per_s'), 0)} | {b.get('train_steps', '-')} | "
                        + (f"{_fmt(b.get('minutes_budget'), 1)} min" if "success_rate" in m else "a few steps")
                        + f", batch {b.get('batch_size')}, {b.get('trainer')} |")
-        out += ["", "Runs:", "", *(f"{i}. `{c}`" for i, c in enumerate(commands, 1)), ""]
+        out += ["", "Runs:", "", *(f"{i}. `{shown(c)}`" for i, c in enumerate(commands, 1)), ""]
     seams = sorted((r for r in records if r["kind"] == "seams"), key=lambda r: (r["task"], r["policy"]))
     if seams:
         out += ["### Chunk seams per blend mode (vmp-bench deploy --seams)", "",
@@ -156,10 +172,11 @@ def tables(records: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="vmp-bench report", description="Regenerate README tables from results/*.json")
+    parser = argparse.ArgumentParser(prog="vmp-bench report",
+                                     description="Regenerate the results page's tables and plots from results/*.json")
     parser.add_argument("--results", default="results")
-    parser.add_argument("--readme", default="README.md")
-    parser.add_argument("--plots", default="docs/plots", help="where the PNG plots go (relative to the README)")
+    parser.add_argument("--page", default="docs/results.md", help="the Markdown page holding the results markers")
+    parser.add_argument("--plots", default="plots", help="where the PNG plots go (relative to the page's folder)")
     args = parser.parse_args(argv)
     records = []
     for path in sorted(Path(args.results).glob("*.json")):
@@ -167,18 +184,19 @@ def main(argv: list[str] | None = None) -> None:
         if not {"kind", "metrics", "task"} <= set(record):
             raise ValueError(f"{path} is not a results record (needs kind, task, metrics)")
         records.append(record)
-    readme = Path(args.readme)
-    text = readme.read_text()
+    page = Path(args.page)
+    text = page.read_text()
     if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme} has no '{BEGIN}' ... '{END}' block to fill")
+        raise ValueError(f"{page} has no '{BEGIN}' ... '{END}' block to fill")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     from vmp.bench.plots import write_plots
 
-    plots = write_plots(records, readme.parent / args.plots)
-    figures = "\n".join(f"![{p.stem.replace('_', ' ')}]({p.relative_to(readme.parent).as_posix()})" for p in plots)
-    readme.write_text(fill_recipes(f"{head}{BEGIN}\n{figures}\n\n{tables(records)}\n{END}{tail}"))
-    print(f"{readme}: {len(records)} records from {args.results}/")
+    # image links relative to the page, as Markdown (and mkdocs, which rewrites them per page) resolves them
+    plots = write_plots(records, page.parent / args.plots)
+    figures = "\n".join(f"![{p.stem.replace('_', ' ')}]({p.relative_to(page.parent).as_posix()})" for p in plots)
+    page.write_text(fill_recipes(f"{head}{BEGIN}\n{figures}\n\n{tables(records)}\n{END}{tail}"))
+    print(f"{page}: {len(records)} records from {args.results}/")
 
 
 if __name__ == "__main__":

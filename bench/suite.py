@@ -1,10 +1,10 @@
-"""`vmp-bench suite=quick` (or `vmp-bench suite quick`): every CPU benchmark in one command, then the README's tables
-and plots regenerated from results/. `suite=full` adds the slower rows: deployment under load, scale-out, chunk
-seams of the image-Lift and Diffusion-VLA checkpoints of record (where they and their store are on disk), the
-side-by-side comparisons with LeRobot on low-dim and image Lift (when the LeRobot environment, .venv-lerobot,
-exists and the Lift stores of record do), the GPU rows (latency, the deployment engine) when a GPU is present, and
-then the results table itself: every recipe in `vmp.bench.recipes` (collect where the store is missing, train,
-evaluate), hours on 2 CPU cores. A training that fails skips the evaluations of its run folder.
+"""`vmp-bench suite=quick` (or `vmp-bench suite quick`): every CPU benchmark in one command, then the results page's
+tables and plots (docs/results.md) regenerated from results/. `suite=full` adds the slower rows: deployment under
+load, scale-out, chunk seams of the image-Lift and Diffusion-VLA checkpoints of record (where they and their store
+are on disk), the side-by-side comparisons with LeRobot on low-dim and image Lift (when the LeRobot environment,
+.venv-lerobot, exists and the Lift stores of record do), the GPU rows (latency, the deployment engine) when a GPU is
+present, and then the results table itself: every recipe in `vmp.bench.recipes` (collect where the store is missing,
+train, evaluate), hours on 2 CPU cores. A training that fails skips the evaluations of its run folder.
 
 Each benchmark runs in a process of its own (they set process-wide state: thread counts, the GIL switch interval)
 and writes its own results JSON; the suite records what ran and how long in results/bench_suite_<name>.json.
@@ -74,7 +74,7 @@ def train_rates(argv: list[str] | None = None) -> None:
 
 
 def recipe_steps(names: list[str], gpu: bool) -> list[tuple[str, list[str] | None, str]]:
-    """The results table's recipes as suite steps: (command as the README shows it, argv or None, why skipped).
+    """The results table's recipes as suite steps: (command as the results page shows it, argv or None, why skipped).
     A store on disk is kept; a training pinned to `device=cuda` without a GPU is skipped, and so are the
     evaluations of its run folder; trainings rerun into their run folders (`overwrite=true`)."""
     from vmp.bench import recipes

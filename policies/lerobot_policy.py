@@ -115,7 +115,7 @@ class LeRobotPolicy(Policy):
         self.image_features = list(config.image_features)
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError("LeRobot policies train with lerobot-train (see the README's LeRobot section)")
+        raise NotImplementedError("LeRobot policies train with lerobot-train (see docs/lerobot.md)")
 
     def lerobot_batch(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Our batch {key: [B, T, ...]} (training layout) -> LeRobot features [B, T, ...] (ACT: [B, ...])."""

@@ -1,5 +1,5 @@
 """The results table's recipes: every command composes against the configs, every success record has its recipe,
-the README shows them as they are, and the full suite skips what it cannot run here and says why."""
+the results page shows them as they are, and the full suite skips what it cannot run here and says why."""
 
 import json
 import shlex
@@ -61,11 +61,11 @@ def test_every_success_record_has_a_recipe_and_every_evaluation_a_training_befor
             assert f"results_json={name}" in json.loads(path.read_text())["command"], name
 
 
-def test_the_readme_shows_the_recipes_as_they_are():
-    readme = (ROOT / "README.md").read_text()
+def test_the_results_page_shows_the_recipes_as_they_are():
+    page = (ROOT / "docs" / "results.md").read_text()
     for recipe in recipes.RECIPES:
-        assert f"<!-- recipe:{recipe.name}:begin" in readme, f"README.md lacks the markers of recipe {recipe.name}"
-    assert fill_recipes(readme) == readme, "README.md's recipe blocks are stale: run vmp-bench report"
+        assert f"<!-- recipe:{recipe.name}:begin" in page, f"docs/results.md lacks the markers of recipe {recipe.name}"
+    assert fill_recipes(page) == page, "docs/results.md's recipe blocks are stale: run vmp-bench report"
 
 
 def test_recipe_argv_runs_the_module_and_refuses_other_programs():
@@ -120,7 +120,7 @@ def test_full_suite_skips_the_evaluation_of_a_failed_training_and_fails(tmp_path
     assert exit_.value.code == 1
     assert not any("vmp.sim.evaluate checkpoint=runs/lift_image-beso-dart" in c for c in calls)
     assert any("vmp.sim.evaluate checkpoint=runs/lift_image-carp-sc50" in c for c in calls)
-    assert any(c.endswith("vmp.bench.cli report") for c in calls)  # the README still regenerated
+    assert any(c.endswith("vmp.bench.cli report") for c in calls)  # the results page still regenerated
     record = json.loads((tmp_path / "results" / "bench_suite_full.json").read_text())
     steps = record["metrics"]["steps"]
     assert record["metrics"]["failed"] == 1 and record["command"] == "vmp-bench suite=full --recipes lift_image"

@@ -1,4 +1,5 @@
-"""vmp-bench report: the README tables come from the results records, per-task success and env metrics included."""
+"""vmp-bench report: the results page's tables come from the results records, per-task success and env metrics
+included."""
 
 from vmp.bench.report import tables
 
@@ -37,20 +38,21 @@ def test_report_draws_the_plots_and_a_rerun_changes_nothing(tmp_path):
                      "command": command})
     for i, r in enumerate(rows):
         (results / f"r{i}.json").write_text(json.dumps(r))
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n{BEGIN}\n{END}\n")
-    main(["--results", str(results), "--readme", str(readme)])
-    plots = sorted((tmp_path / "docs" / "plots").glob("*.png"))
+    page = tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    page.write_text(f"# x\n{BEGIN}\n{END}\n")
+    main(["--results", str(results), "--page", str(page)])
+    plots = sorted((tmp_path / "docs" / "plots").glob("*.png"))  # beside the page: docs/plots
     assert [p.name for p in plots] == ["latency.png", "lerobot_metaworld_mt_image.png", "success.png",
                                        "success_vs_minutes.png"]
     first = {p.name: p.read_bytes() for p in plots}
-    text = readme.read_text()
-    assert "![latency](docs/plots/latency.png)" in text and "| 0.60 |" in text
-    main(["--results", str(results), "--readme", str(readme)])
-    assert {p.name: p.read_bytes() for p in plots} == first and readme.read_text() == text  # a rerun: the same bytes
+    text = page.read_text()
+    assert "![latency](plots/latency.png)" in text and "| 0.60 |" in text  # linked relative to the page (mkdocs)
+    main(["--results", str(results), "--page", str(page)])
+    assert {p.name: p.read_bytes() for p in plots} == first and page.read_text() == text  # a rerun: the same bytes
     rows[2]["metrics"]["p50_ms"] = 60.0  # another measurement: another latency plot, the others unchanged
     (results / "r2.json").write_text(json.dumps(rows[2]))
-    main(["--results", str(results), "--readme", str(readme)])
+    main(["--results", str(results), "--page", str(page)])
     again = {p.name: p.read_bytes() for p in plots}
     assert again["latency.png"] != first["latency.png"] and again["success.png"] == first["success.png"]
 
@@ -72,3 +74,16 @@ def test_comparison_rows_tell_reached_not_reached_and_not_measured_apart():
     assert "| 3.60 (≥0.95; every 300 steps) |" in lines["beso"]  # how finely the time was measured, beside it
     assert "| not reached (≥0.95; every 300 steps) |" in lines["act"]
     assert "| not measured (end of budget only) |" in lines["dp"]  # one checkpoint evaluated: no timeline to read
+
+
+def test_runs_are_listed_without_the_measuring_machine_paths():
+    from vmp.bench.report import shown
+
+    command = "vmp-bench lerobot --python /home/me/.venv/bin/python --python /home/me/.venv/bin/python --task lift"
+    assert shown(command) == "vmp-bench lerobot --task lift"
+    assert shown("vmp-bench lerobot --python .venv/bin/python --task lift") == \
+        "vmp-bench lerobot --python .venv/bin/python --task lift"  # a relative path names no machine: kept
+    r = {**record("comparison", success_rate=0.9, ci95_low=0.8, ci95_high=0.95, n_episodes=20, bar=0.95,
+                  time_to_bar_min=None, timeline=[], p50_ms=5.0, p99_ms=6.0, n_params=10),
+         "command": command}
+    assert "1. `vmp-bench lerobot --task lift`" in tables([r])

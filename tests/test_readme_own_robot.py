@@ -1,5 +1,5 @@
-"""The README's "Your own robot" walk-through runs as written (record -> task -> train -> deploy, on the toy robot),
-in a fresh folder, through the installed commands."""
+"""The "Your own robot" walk-through (docs/own-robot.md) runs as written (record -> task -> train -> deploy, on the toy
+robot), in a fresh folder, through the installed commands."""
 
 from __future__ import annotations
 
@@ -15,18 +15,18 @@ import pytest
 
 from vmp.data import EpisodeStore
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "own-robot.md"
 
 
 def walkthrough() -> list[str]:
-    text = README.read_text()
+    text = PAGE.read_text()
     block = re.search(r"<!-- own-robot:begin.*?-->\s*```bash\n(.*?)```\s*<!-- own-robot:end -->", text, re.S)
-    assert block, "README.md lacks the own-robot walk-through block"
+    assert block, "docs/own-robot.md lacks the own-robot walk-through block"
     return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
 
 
 @pytest.mark.slow
-def test_readme_own_robot_walkthrough_runs_as_written(tmp_path):
+def test_own_robot_walkthrough_runs_as_written(tmp_path):
     lines = walkthrough()
     assert [shlex.split(line)[0] for line in lines] == ["vmp-record", "vmp-data", "vmp-train", "vmp-deploy"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
