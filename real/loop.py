@@ -26,7 +26,7 @@ from vmp.real.metrics import Metrics
 from vmp.real.recorder import EpisodeBuffer, EpisodeRecorder
 from vmp.real.robot import RobotConnectionError, RobotError
 from vmp.real.safety import SafetyLayer
-from vmp.real.sched import short_slice
+from vmp.real.cpu_slice import short_slice
 from vmp.real.scheduler import ActionScheduler, Chunk, Request
 
 log = logging.getLogger(__name__)

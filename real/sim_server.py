@@ -35,7 +35,7 @@ import numpy as np
 
 from vmp.real import wire
 from vmp.real.robot import RobotSpec
-from vmp.real.sched import short_slice
+from vmp.real.cpu_slice import short_slice
 
 log = logging.getLogger("vmp.real.sim_server")
 

@@ -176,7 +176,7 @@ def test_loop_threads_ask_for_a_short_slice_during_an_episode_and_restore_it():
     robot's observe, which the loop thread calls each tick); afterwards both are what they were."""
     import threading
 
-    from vmp.real.sched import sched_slice_ns, timer_slack_ns
+    from vmp.real.cpu_slice import sched_slice_ns, timer_slack_ns
 
     before = (sched_slice_ns(), timer_slack_ns())
     if not before[0]:  # None: not Linux; 0: a kernel before 6.12, which has no per-thread slice to ask for
@@ -219,7 +219,7 @@ def test_the_simulated_robot_keeps_its_short_slice_while_clients_come_and_go():
     import os
     import socket
 
-    from vmp.real.sched import sched_slice_ns
+    from vmp.real.cpu_slice import sched_slice_ns
 
     if not sched_slice_ns():
         pytest.skip("per-thread scheduler slices need Linux 6.12+ (x86_64, aarch64)")

@@ -23,7 +23,7 @@ def _record_cfg(tmp_path, *overrides):
 
 
 def test_record_train_deploy_with_operator(tmp_path, monkeypatch):
-    from vmp.real import record
+    from vmp.real import teleop_record as record
 
     # save (success), discard, re-record, save the re-recorded one (success), save (marked failure)
     operator = ScriptedOperator(["s", "y", "d", "r", "s", "y", "s", "n"])
@@ -95,7 +95,7 @@ def test_scripted_operator_refuses_unknown_and_missing_answers():
 
 
 def test_record_refuses_a_store_of_other_keys(tmp_path):
-    from vmp.real import record
+    from vmp.real import teleop_record as record
 
     EpisodeStore.create(tmp_path / "demos.zarr", {"action": KeySpec((3,), "float32"), "state": KeySpec((4,), "float32")},
                         {"task": "x", "control_hz": 10})

@@ -5,7 +5,7 @@
 
 Per episode: the operator resets the scene and starts; the teleoperator drives the robot at its control rate
 (through the robot config's safety limits) until the episode ends (the operator's Enter on a terminal, a simulated
-task's success, or ``max_steps``); the robot stops; the operator saves, discards (next seed) or re-records (same
+task's success, or ``max_ticks``); the robot stops; the operator saves, discards (next seed) or re-records (same
 seed) it, and marks success. Saved episodes hold the robot's observation keys (camera frames resized to
 ``image_size`` when set), ``action`` (the command sent) and ``tick_time``; their text the instruction, success
 and who judged it. The store is appended episode by episode (crash-safe): a new run adds to it.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-log = logging.getLogger("vmp.real.record")
+log = logging.getLogger(__name__)
 
 CHOICES = {"s": "save", "d": "discard", "r": "re-record"}
 
@@ -54,18 +53,21 @@ def open_store(path: Path, schema: dict[str, Any], attrs: dict[str, Any]):
 
 
 def record_episode(robot: Any, teleop: Any, safety: Any, operator: Any, seed: int, control_hz: float,
-                   max_steps: int, stop_on_success: bool) -> tuple[dict[str, np.ndarray], bool, str]:
-    """One teleoperated episode -> (arrays, the robot's success flag, why it ended). The robot is stopped on return."""
-    dt = 1.0 / control_hz
+                   max_ticks: int, stop_on_success: bool) -> tuple[dict[str, np.ndarray], bool, str]:
+    """One teleoperated episode -> (arrays, the robot's success flag, why it ended: the control loop's end reasons).
+    Ticks on the control loop's clock (`RealClock`) at fixed deadlines. The robot is stopped on return."""
+    from vmp.real.loop import RealClock
+
+    clock, dt = RealClock(), 1.0 / control_hz
     rows: dict[str, list] = {}
-    success, reason = False, "max_steps"
+    success, reason = False, "max_ticks"
     obs = robot.reset(seed)
-    t0 = time.monotonic()
+    t0 = clock.now()
     safety.reset(t0)
     teleop.start_episode()
     try:
-        for k in range(max_steps):
-            time.sleep(max(0.0, t0 + k * dt - time.monotonic()))
+        for k in range(max_ticks):
+            clock.sleep_until(t0 + k * dt)
             if k > 0:
                 obs = robot.observe()
             if obs.success:
@@ -79,7 +81,7 @@ def record_episode(robot: Any, teleop: Any, safety: Any, operator: Any, seed: in
             if teleop.end_requested() or (operator is not None and not teleop.reads_terminal and operator.stop_requested()):
                 reason = "operator"
                 break
-            command, status = safety.filter(teleop.action(obs), time.monotonic())
+            command, status = safety.filter(teleop.action(obs), clock.now())
             if status == "stop":
                 reason = "watchdog"
                 break
@@ -87,7 +89,7 @@ def record_episode(robot: Any, teleop: Any, safety: Any, operator: Any, seed: in
             for key, value in obs.data.items():
                 rows.setdefault(key, []).append(np.asarray(value))
             rows.setdefault("action", []).append(np.asarray(sent, np.float32))
-            rows.setdefault("tick_time", []).append(np.array([time.monotonic() - t0]))
+            rows.setdefault("tick_time", []).append(np.array([clock.now() - t0]))
     finally:
         teleop.end_episode()
         robot.stop()
@@ -120,20 +122,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             spec = robot.spec
         teleop.connect(robot)
         control_hz = float(cfg.robot.control_hz or spec.control_hz)
-        max_steps = int(cfg.max_steps or cfg.robot.max_ticks)
+        max_ticks = int(cfg.max_ticks or cfg.robot.max_ticks)
         task = str(cfg.task_name or out.stem)
         store = open_store(out, store_schema(spec), {"task": task, "control_hz": control_hz, "robot": spec.name,
-                                                         "recorded_by": "vmp-record", "max_episode_steps": max_steps})
+                                                         "recorded_by": "vmp-record", "max_episode_steps": max_ticks})
         safety = build_safety(cfg.robot, spec)
         log.info("recording %d episodes of %s on %s at %.0f Hz into %s (teleop %s)", cfg.n_episodes, task, spec.name,
                  control_hz, out, cfg.teleop.kind)
         while len(saved) < int(cfg.n_episodes):
             seed = int(cfg.seed) + seed_index
             label = f"episode {len(saved) + 1}/{cfg.n_episodes} (seed {seed})"
-            if operator is not None:
+            if operator is not None and cfg.operator.reset_pause:
                 operator.wait(f"{label}: reset the scene, then start")
             arrays, robot_success, reason = record_episode(robot, teleop, safety, operator, seed, control_hz,
-                                                           max_steps, bool(cfg.stop_on_success))
+                                                           max_ticks, bool(cfg.stop_on_success))
             attempts += 1
             n = len(arrays.get("action", ()))
             choice = "s"
