@@ -4,10 +4,10 @@ Public API: `EpisodeStore`, `KeySpec`, `SequenceSampler`, `SequenceDataset`, `Mi
 """
 
 from .schema import SCHEMA_VERSION, KeySpec
-from .store import EpisodeStore, SchemaVersionError, StoreLockedError
+from .store import CorruptChunkError, EpisodeStore, SchemaVersionError, StoreLockedError
 
 __all__ = ["EpisodeStore", "KeySpec", "SequenceSampler", "SequenceDataset", "MixedSequenceDataset", "Normalizer",
-           "StoreLockedError", "SchemaVersionError", "SCHEMA_VERSION"]
+           "StoreLockedError", "SchemaVersionError", "CorruptChunkError", "SCHEMA_VERSION"]
 
 
 def __getattr__(name: str):

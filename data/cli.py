@@ -2,7 +2,8 @@
 
     vmp-data info PATH                 episodes (and how many are action-free), steps, keys, action statistics,
                                        size and compression
-    vmp-data validate PATH             structural checks; exit code 1 with the problems listed
+    vmp-data validate PATH [--deep]    structural checks; exit code 1 with the problems listed; --deep also reads
+                                       every chunk and names each one that fails its checksum (array, episodes)
     vmp-data import-robomimic IN OUT   robomimic HDF5 -> store
     vmp-data import-lerobot IN OUT     LeRobot dataset -> store (needs `pip install vmp[lerobot]`)
     vmp-data task --from-store STORE   write the task config vmp-train reads (shape_meta, control rate, episode
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .schema import ACTION_KEY, DEPTH, LANGUAGE_KEY, LOW_DIM, PHASE_KEY, RGB, SCHEMA_VERSION
-from .store import EpisodeStore, _committed_count, disk_usage
+from .store import CorruptChunkError, EpisodeStore, _committed_count, disk_usage
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +70,17 @@ def store_info(store: EpisodeStore) -> dict[str, Any]:
     return info
 
 
-def validate_store(path: str | Path) -> list[str]:
-    """Problems found in the store at ``path`` (empty list = valid). Never raises for a bad store."""
+def validate_store(path: str | Path, deep: bool = False) -> list[str]:
+    """Problems found in the store at ``path`` (empty list = valid). Never raises for a bad store.
+
+    ``deep`` also reads every chunk of every array: a structural check reads only metadata and a few arrays, so
+    it cannot see a damaged image chunk."""
     problems: list[str] = []
     try:
         store = EpisodeStore.open(path, mode="r")
     except (OSError, ValueError, KeyError, TypeError) as e:  # a failure to open is a finding, not a crash
         return [f"cannot open: {type(e).__name__}: {e}"]
+    corrupt = [str(e) for e in store.corrupt_chunks()] if deep else []
     attrs = store.attrs
     if not store.legacy:
         for a in ("vmp_schema_version", "task", "control_hz", "schema"):
@@ -100,16 +105,20 @@ def validate_store(path: str | Path) -> list[str]:
     n = store.n_steps
     if ACTION_KEY not in store.schema:
         problems.append(f"the store has no {ACTION_KEY!r} key (keys: {sorted(store.schema)}): nothing to train a policy on")
-    if ACTION_KEY in store.schema and n:
-        act = store.array(ACTION_KEY)[:n]
-        bad = ~np.isfinite(act)
-        if bad.any():
-            problems.append(f"data/action holds {int(bad.sum())} NaN/inf value(s) (first at step {int(np.argwhere(bad)[0][0])})")
-    if store.phase_names and "phase" in store.schema and n:
-        ph = store.array("phase")[:n]
-        if ph.min() < 0 or ph.max() >= len(store.phase_names):
-            problems.append(f"data/phase values outside [0, {len(store.phase_names)})")
-    return problems
+    try:
+        if ACTION_KEY in store.schema and n:
+            act = store.array(ACTION_KEY)[:n]
+            bad = ~np.isfinite(act)
+            if bad.any():
+                problems.append(f"data/action holds {int(bad.sum())} NaN/inf value(s) (first at step {int(np.argwhere(bad)[0][0])})")
+        if store.phase_names and "phase" in store.schema and n:
+            ph = store.array("phase")[:n]
+            if ph.min() < 0 or ph.max() >= len(store.phase_names):
+                problems.append(f"data/phase values outside [0, {len(store.phase_names)})")
+    except CorruptChunkError as e:  # a damaged chunk is a finding (--deep lists them all)
+        if not corrupt:
+            problems.append(str(e))
+    return problems + corrupt
 
 
 # Keys vmp's own recorders add for bookkeeping: never observations.
@@ -219,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p = sub.add_parser("validate", help="check a store; exit code 1 on problems")
     p.add_argument("path")
+    p.add_argument("--deep", action="store_true",
+                   help="also read every chunk and report each one that fails its checksum (slow: reads the whole store)")
     p = sub.add_parser("import-robomimic", help="convert a robomimic HDF5 file to a store")
     p.add_argument("input")
     p.add_argument("output")
@@ -270,7 +281,13 @@ def main(argv: list[str] | None = None) -> int:
             _print_info(info)
         return 0
     if args.cmd == "validate":
-        problems = validate_store(args.path)
+        problems = validate_store(args.path, deep=args.deep)
+        if args.deep and not any(p.startswith("cannot open") for p in problems):
+            unchecked = EpisodeStore.open(args.path, mode="r").unchecksummed()
+            if unchecked:
+                print(f"{args.path}: note: {len(unchecked)} array(s) carry no checksums (written before vmp stored "
+                      f"a crc32c with every chunk): {', '.join(unchecked)}; --deep finds only chunks there that fail "
+                      f"to decode, not flipped bits, which read back as data")
         if problems:
             print(f"{args.path}: INVALID")
             for pr in problems:

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numcodecs
 import numpy as np
 import zarr.codecs
@@ -33,7 +34,7 @@ import zarr.storage
 
 from .images import resize_frames
 from .schema import ACTION_KEY, LANGUAGE_KEY, PHASE_KEY, REASONING_KEY
-from .store import LOW_DIM, EpisodeStore, is_url
+from .store import LOW_DIM, CorruptChunkError, EpisodeStore, is_url
 
 log = logging.getLogger(__name__)
 
@@ -63,23 +64,30 @@ class FrameReader:
     zarr's general read path costs ~0.2 ms per call, ~25x the cost of reading and Blosc-decoding one
     84x84 frame, so the hot path reads ``<array>/c.<t>.0.0[.0]`` (stores written before: ``c/<t>/0/0[/0]``)
     itself. Only used for arrays this module can decode exactly (local directory, default chunk keys, bytes + Blosc
-    codecs, one frame per chunk); `FrameReader.for_array` returns None otherwise and the sampler reads through zarr.
+    [+ crc32c] codecs, one frame per chunk); `FrameReader.for_array` returns None otherwise and the sampler reads
+    through zarr. A chunk's crc32c is checked before it is decoded, as zarr does: a damaged frame raises
+    `CorruptChunkError` (named by ``store`` when given), never returns.
     """
 
-    def __init__(self, directory: Path, frame_shape: tuple, dtype: np.dtype, fill_value: Any, separator: str = "."):
+    def __init__(self, directory: Path, frame_shape: tuple, dtype: np.dtype, fill_value: Any, separator: str = ".",
+                 checksum: bool = False, store: EpisodeStore | None = None, key: str | None = None):
         self.directory, self.frame_shape, self.dtype = directory, frame_shape, np.dtype(dtype)
         self.fill_value, self.separator = fill_value, separator
+        self.checksum, self.store, self.key = checksum, store, key
         self.suffix = separator.join(["0"] * len(frame_shape))
         self.frame_bytes = int(np.prod(frame_shape)) * self.dtype.itemsize
 
     @classmethod
-    def for_array(cls, store_path: Path | None, key: str, arr: Any) -> FrameReader | None:
-        """``store_path``: the folder holding every file of the store (`EpisodeStore.local_path`), or None."""
+    def for_array(cls, store_path: Path | None, key: str, arr: Any, store: EpisodeStore | None = None
+                  ) -> FrameReader | None:
+        """``store_path``: the folder holding every file of the store (`EpisodeStore.local_path`), or None;
+        ``store``: the store, to name a damaged frame's episode."""
         meta = getattr(arr, "metadata", None)
         if store_path is None or getattr(meta, "zarr_format", None) != 3:
             return None
         codecs, enc = meta.codecs, meta.chunk_key_encoding
-        if len(codecs) != 2 or not isinstance(codecs[0], zarr.codecs.BytesCodec) \
+        checksum = len(codecs) == 3 and isinstance(codecs[2], zarr.codecs.Crc32cCodec)
+        if len(codecs) != 2 + checksum or not isinstance(codecs[0], zarr.codecs.BytesCodec) \
                 or not isinstance(codecs[1], zarr.codecs.BloscCodec):
             return None
         endian = codecs[0].endian
@@ -90,7 +98,8 @@ class FrameReader:
         if tuple(arr.chunks) != (1, *arr.shape[1:]):
             return None
         directory = Path(store_path) / "data" / key
-        reader = cls(directory, tuple(arr.shape[1:]), np.dtype(arr.dtype), meta.fill_value, enc.separator)
+        reader = cls(directory, tuple(arr.shape[1:]), np.dtype(arr.dtype), meta.fill_value, enc.separator,
+                     checksum, store, key)
         if arr.shape[0] and not os.path.exists(reader._chunk_path(0)):
             return None
         return reader
@@ -101,7 +110,7 @@ class FrameReader:
     def read(self, rows: np.ndarray) -> np.ndarray:
         """Frames ``rows`` (1-D int array) -> [len(rows), *frame_shape]."""
         out = np.empty((len(rows), *self.frame_shape), dtype=self.dtype)
-        max_bytes = self.frame_bytes + 4096  # a Blosc frame never exceeds raw size + header
+        max_bytes = self.frame_bytes + 4096 + 4  # a Blosc frame never exceeds raw size + header; + its crc32c
         for j, t in enumerate(rows.tolist()):
             try:
                 fd = os.open(self._chunk_path(t), os.O_RDONLY)
@@ -112,8 +121,23 @@ class FrameReader:
                 raw = os.read(fd, max_bytes)
             finally:
                 os.close(fd)
-            numcodecs.blosc.decompress(raw, out[j])
+            body = raw[:-4] if self.checksum else raw
+            try:
+                if self.checksum and google_crc32c.value(body) != int.from_bytes(raw[-4:], "little"):
+                    raise ValueError("Stored and computed checksum do not match")
+                numcodecs.blosc.decompress(body, out[j])
+            except (ValueError, RuntimeError) as e:
+                raise self._corrupt(t, e) from e
         return out
+
+    def _corrupt(self, t: int, cause: Exception) -> Exception:
+        """The named error for frame ``t`` (the store's, which rereads the chunk through zarr)."""
+        if self.store is not None and self.key is not None:
+            error = self.store._chunk_error(f"data/{self.key}", self.store._arrays[self.key], [t], cause)
+            if error is not None:
+                return error
+        return CorruptChunkError(f"{self._chunk_path(t)}: frame {t} failed its checksum or could not be decoded "
+                                 f"({cause}): the store is corrupted there")
 
 
 class SequenceSampler:
@@ -354,7 +378,7 @@ class SequenceSampler:
             for k in self.kinds:
                 if k not in self._cache:
                     arr = self._store.array(k)
-                    reader = FrameReader.for_array(self._store.local_path, k, arr) if self.fast_reads else None
+                    reader = FrameReader.for_array(self._store.local_path, k, arr, self._store) if self.fast_reads else None
                     self._images[k] = reader or arr
         return self._images
 

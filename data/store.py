@@ -18,6 +18,12 @@ so after a kill the store holds every committed episode; rows, text and flags be
 ignored by readers and overwritten by the next append. A torn commit (episode_ends resized but its new value not
 yet written) reads as a non-increasing tail, which is ignored as well.
 
+Checksums: every chunk of a store created by this vmp ends in its crc32c (zarr's ``crc32c`` codec after the
+compressor), so a flipped bit fails the read instead of being trained on. Reads through `EpisodeStore` raise
+`CorruptChunkError` naming the array, chunk, episodes and store; `EpisodeStore.corrupt_chunks` checks them all
+(``vmp-data validate --deep``). Stores written before have no checksums and still read; arrays an append creates
+later (``meta/has_action``) get one.
+
 diffusion_policy replay buffers (zarr v2, ``data/<key>`` + ``meta/episode_ends``, no schema attrs) open
 read-only; their schema is inferred from array shapes and dtypes and reported in ``inferred``.
 
@@ -31,6 +37,7 @@ fresh cache rather than stale chunks. A cache folder may be deleted at any time.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -58,6 +65,104 @@ LOCK_NAME = ".append.lock"
 REQUIRED_ATTRS = ("task", "control_hz")
 TEXT_BLOCK = 256  # episodes per episode_text attrs group
 HAS_ACTION = "has_action"  # meta array of per-episode action flags
+
+
+def _compressors(codec: dict) -> list:
+    """Blosc, then the chunk's crc32c: zarr checks it before decompressing, so corrupted bytes never decode."""
+    return [zarr.codecs.BloscCodec(**codec), zarr.codecs.Crc32cCodec()]
+
+
+# What reading a damaged chunk raises in zarr: ValueError("Stored and computed checksum do not match ...") from the
+# crc32c codec, RuntimeError("error during blosc decompression") from a store without checksums.
+DECODE_ERRORS = (ValueError, RuntimeError)
+
+
+def _is_damage(e: Exception) -> bool:
+    """A read error that says the chunk's bytes are bad (not, e.g., a bad selection)."""
+    return isinstance(e, RuntimeError) or "checksum" in str(e)
+
+
+class CorruptChunkError(ValueError):
+    """A chunk whose bytes are not those written (crc32c mismatch, or undecodable): raised instead of returning them.
+
+    ``key`` the array ("data/action"), ``chunks`` the bad chunk indices, ``episodes`` the episodes they hold."""
+
+    def __init__(self, message: str, key: str | None = None, chunks: list[int] = (), episodes: list[int] = ()):
+        super().__init__(message)
+        self.key, self.chunks, self.episodes = key, list(chunks), list(episodes)
+
+    def __reduce__(self):  # keeps the fields across processes
+        return type(self), (self.args[0], self.key, self.chunks, self.episodes)
+
+
+def has_checksum(arr: Any) -> bool:
+    """Whether ``arr``'s chunks carry a crc32c (zarr v3 ``crc32c`` codec)."""
+    codecs = getattr(getattr(arr, "metadata", None), "codecs", None) or ()
+    return any(isinstance(c, zarr.codecs.Crc32cCodec) for c in codecs)
+
+
+class CheckedArray:
+    """A store array whose reads raise `CorruptChunkError` (naming array, chunk, episodes, store) when a chunk is
+    damaged, where zarr's own error names none of them; every other attribute is the zarr array's."""
+
+    def __init__(self, store: EpisodeStore, name: str, arr: zarr.Array):
+        self._store, self._name, self._arr = store, name, arr
+
+    def __getattr__(self, attr: str) -> Any:
+        if "_arr" not in self.__dict__:  # half-built (copy, pickle): no zarr array to defer to
+            raise AttributeError(attr)
+        value = getattr(self._arr, attr)
+        if attr.startswith("get_") and attr.endswith("_selection"):
+            return functools.partial(self._read, value)
+        return value
+
+    def __getitem__(self, selection: Any) -> Any:
+        return self._read(self._arr.__getitem__, selection)
+
+    def __setitem__(self, selection: Any, value: Any) -> None:
+        self._arr[selection] = value
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self[...], dtype=dtype)
+
+    def __len__(self) -> int:
+        return len(self._arr)
+
+    def __repr__(self) -> str:
+        return f"CheckedArray({self._name!r}, {self._arr!r})"
+
+    def _read(self, read: Any, selection: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return read(selection, *args, **kwargs)
+        except DECODE_ERRORS as e:
+            if not _is_damage(e):
+                raise
+            error = self._store._chunk_error(self._name, self._arr, _selected_chunks(self._arr, selection), e)
+            if error is None:  # no chunk fails on its own: not corruption (e.g. a bad selection)
+                raise
+            raise error from e
+
+
+def _selected_chunks(arr: zarr.Array, selection: Any) -> list[int]:
+    """Indices of the first-axis chunks a selection touches (all of them when it cannot tell)."""
+    n, size = int(arr.shape[0]), int(arr.chunks[0])
+    first = selection[0] if isinstance(selection, tuple) and selection else selection
+    try:
+        if isinstance(first, slice):
+            start, stop, _ = first.indices(n)
+            return list(range(start // size, (max(stop, start + 1) - 1) // size + 1)) if stop > start else []
+        rows = np.asarray(first)
+        if rows.dtype.kind in "iu":
+            return np.unique((rows.reshape(-1) % max(n, 1)) // size).tolist()
+    except (TypeError, ValueError):
+        pass
+    return list(range(-(-n // size)))
+
+
+def _span(episodes: range) -> str:
+    if not episodes:
+        return "no committed episode"
+    return f"episode {episodes[0]}" if len(episodes) == 1 else f"episodes {episodes[0]}-{episodes[-1]}"
 
 
 class StoreLockedError(RuntimeError):
@@ -255,9 +360,9 @@ class EpisodeStore:
                     row = max(1, int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize)
                     chunks, codec = (max(1, min(LOWDIM_CHUNK_STEPS, LOWDIM_CHUNK_BYTES // row)), *spec.shape), LOWDIM_CODEC
                 data.create_array(key, shape=(0, *spec.shape), dtype=spec.dtype, chunks=chunks,
-                                  compressors=zarr.codecs.BloscCodec(**codec), fill_value=0, chunk_key_encoding=keys)
+                                  compressors=_compressors(codec), fill_value=0, chunk_key_encoding=keys)
             meta.create_array("episode_ends", shape=(0,), dtype="int64", chunks=(EPISODE_ENDS_CHUNK,),
-                              compressors=zarr.codecs.BloscCodec(**LOWDIM_CODEC), fill_value=0)
+                              compressors=_compressors(LOWDIM_CODEC), fill_value=0)
             meta.create_group("episode_text")
             log.info("created store %s with keys %s", path, list(schema))
             return cls(root, path, "a", lock)
@@ -399,10 +504,38 @@ class EpisodeStore:
         self._check_key(key)
         return self._kinds[key]
 
-    def array(self, key: str) -> zarr.Array:
-        """The raw zarr array of ``key`` (rows beyond ``n_steps`` are uncommitted: ignore them)."""
+    def array(self, key: str) -> CheckedArray:
+        """The zarr array of ``key`` (rows beyond ``n_steps`` are uncommitted: ignore them); a damaged chunk raises
+        `CorruptChunkError` instead of zarr's bare error."""
         self._check_key(key)
-        return self._arrays[key]
+        return CheckedArray(self, f"data/{key}", self._arrays[key])
+
+    def unchecksummed(self) -> list[str]:
+        """Arrays ("data/<key>", "meta/<name>") whose chunks carry no crc32c (stores written before checksums):
+        a flipped bit there reads back as data."""
+        arrays = {f"data/{k}": a for k, a in self._arrays.items()}
+        arrays.update({f"meta/{n}": a for n, a in sorted(self._meta.arrays())})
+        return [name for name, a in arrays.items() if not has_checksum(a)]
+
+    def corrupt_chunks(self, block_bytes: int = 64 << 20) -> list[CorruptChunkError]:
+        """Read every chunk of every array (data: the committed rows; meta: all) and return one error per damaged
+        chunk. Reads ~``block_bytes`` at a time and looks at single chunks only in a block that fails."""
+        arrays = [(f"data/{k}", a, self.n_steps) for k, a in self._arrays.items()]
+        arrays += [(f"meta/{n}", a, a.shape[0]) for n, a in sorted(self._meta.arrays())]
+        found = []
+        for name, arr, rows in arrays:
+            size = int(arr.chunks[0])
+            row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * np.dtype(arr.dtype).itemsize)
+            step = max(1, block_bytes // (row_bytes * size)) * size
+            for lo in range(0, rows, step):
+                try:
+                    arr[lo:min(lo + step, rows)]
+                except DECODE_ERRORS as e:
+                    for c in range(lo // size, (min(lo + step, rows) - 1) // size + 1):
+                        error = self._chunk_error(name, arr, [c], e, hint=False)
+                        if error is not None:
+                            found.append(error)
+        return found
 
     # ------------------------------------------------------------------ reading
     def episode_slice(self, i: int) -> slice:
@@ -419,7 +552,7 @@ class EpisodeStore:
         keys = self.keys if keys is None else keys
         for k in keys:
             self._check_key(k)
-        return {k: self._arrays[k][sl] for k in keys}
+        return {k: self.array(k)[sl] for k in keys}
 
     def episode_text(self, i: int) -> dict[str, Any]:
         """Per-episode text (e.g. ``{"language": "lift the cube"}``); ``{}`` when none was stored."""
@@ -509,11 +642,49 @@ class EpisodeStore:
         """``meta/has_action``, created on the first append to a store that predates it (all True so far)."""
         if HAS_ACTION not in self._meta:  # fill_value True: the committed episodes all have actions
             return self._meta.create_array(HAS_ACTION, shape=(self.n_episodes,), dtype="bool", chunks=(EPISODE_ENDS_CHUNK,),
-                                           compressors=zarr.codecs.BloscCodec(**LOWDIM_CODEC), fill_value=True)
+                                           compressors=_compressors(LOWDIM_CODEC), fill_value=True)
         return self._meta[HAS_ACTION]
 
+    def _chunk_error(self, name: str, arr: zarr.Array, chunks: list[int], cause: Exception, hint: bool = True
+                     ) -> CorruptChunkError | None:
+        """The error for the first of ``chunks`` (first-axis chunk indices of array ``name``) that fails to read on
+        its own, naming the episodes it holds; None when none fails. ``hint``: point to ``validate --deep``."""
+        size, n = int(arr.chunks[0]), int(arr.shape[0])
+        bad = []
+        for c in chunks:
+            try:
+                arr[c * size:min((c + 1) * size, n)]
+            except DECODE_ERRORS as e:
+                if _is_damage(e):
+                    bad.append((c, e))
+        if not bad:
+            return None
+        c, e = bad[0]
+        lo, hi = c * size, min((c + 1) * size, n)
+        if name.startswith("meta/"):  # a meta array holds one entry per episode
+            episodes, where = range(lo, hi), f"entries {lo}-{hi - 1}"
+        else:
+            ends = getattr(self, "_ends", np.zeros(0, np.int64))
+            first = int(np.searchsorted(ends, lo, side="right"))
+            episodes = range(first, min(int(np.searchsorted(ends, hi - 1, side="right")) + 1, ends.size))
+            where = f"steps {lo}-{hi - 1}"
+        what = "failed its checksum" if "checksum" in str(e) else f"could not be decoded ({type(e).__name__}: {e})"
+        more = f" ({len(bad) - 1} more damaged chunk(s) in this read)" if len(bad) > 1 else ""
+        if name.startswith("meta/"):
+            fix = "the store's episode index is damaged; restore the store from a copy"
+        elif episodes:
+            fix = f"re-collect {_span(episodes)} or leave {'it' if len(episodes) == 1 else 'them'} out of the store"
+        else:
+            fix = "these rows are uncommitted (an interrupted append) and the next append overwrites them"
+        cache = (f"; if only the local cache copy is damaged, deleting {self.cache_dir} fetches it again"
+                 if self.cache_dir is not None else "")
+        message = (f"{self.path}: {name} chunk {c} ({where}, {_span(episodes)}) {what}{more}: the store is corrupted "
+                   f"there, so its data is not returned; {fix}{cache}"
+                   + (f". `vmp-data validate {self.path} --deep` lists every damaged chunk" if hint else ""))
+        return CorruptChunkError(message, name, [b for b, _ in bad], list(episodes))
+
     def _load_ends(self) -> None:
-        raw = np.asarray(self._ends_array[:], dtype=np.int64)
+        raw = np.asarray(CheckedArray(self, "meta/episode_ends", self._ends_array)[:], dtype=np.int64)
         data_len = min((a.shape[0] for a in self._arrays.values()), default=0)
         n = _committed_count(raw, data_len)
         if n < raw.size:
@@ -524,7 +695,7 @@ class EpisodeStore:
         # Entries missing at the end can only come from a writer that predates action-free episodes.
         self._has_action = np.ones(n, dtype=bool)
         if HAS_ACTION in self._meta:
-            flags = np.asarray(self._meta[HAS_ACTION][:n], dtype=bool)
+            flags = np.asarray(CheckedArray(self, f"meta/{HAS_ACTION}", self._meta[HAS_ACTION])[:n], dtype=bool)
             self._has_action[:flags.size] = flags
 
     def _repair(self) -> None:
@@ -562,4 +733,5 @@ def disk_usage(path: str | os.PathLike) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-__all__ = ["EpisodeStore", "StoreLockedError", "SchemaVersionError", "disk_usage", "is_url", "RGB", "DEPTH", "LOW_DIM"]
+__all__ = ["EpisodeStore", "StoreLockedError", "SchemaVersionError", "CorruptChunkError", "CheckedArray", "has_checksum",
+           "disk_usage", "is_url", "RGB", "DEPTH", "LOW_DIM"]
