@@ -371,6 +371,30 @@ class EpisodeStore:
             raise
 
     @classmethod
+    def open_or_create(cls, path: str | os.PathLike, schema: Mapping[str, KeySpec], attrs: Mapping[str, Any],
+                       same_attrs: tuple[str, ...] = ()) -> EpisodeStore:
+        """The store at ``path`` open for appending, created when there is none. An existing one must hold exactly
+        ``schema``'s keys, each with its shape and dtype, and the values of ``attrs`` named in ``same_attrs``;
+        otherwise it is refused (closed, untouched) with every difference named. The one way `vmp-collect`,
+        `vmp-record` and `vmp-deploy`'s recorder continue a store."""
+        path = Path(path)
+        if not (path / "zarr.json").exists():
+            return cls.create(path, schema, attrs)
+        store = cls.open(path, mode="a")  # repairs what a killed append left behind
+        theirs = {k: (tuple(s.shape), np.dtype(s.dtype).name) for k, s in store.schema.items()}
+        ours = {k: (tuple(s.shape), np.dtype(s.dtype).name) for k, s in schema.items()}
+        differ = [f"key {k!r}: the store has {theirs.get(k, 'none')}, this run writes {ours.get(k, 'none')}"
+                  for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+        differ += [f"attribute {a!r}: the store has {store.attrs.get(a)!r}, this run {attrs.get(a)!r}"
+                   for a in same_attrs if store.attrs.get(a) != attrs.get(a)]
+        if differ:
+            store.close()
+            raise ValueError(f"{path} holds other data than this run writes ({'; '.join(differ)}); write to a new "
+                             f"store instead")
+        log.info("appending to %s (%d episodes there)", path, store.n_episodes)
+        return store
+
+    @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r", storage_options: Mapping[str, Any] | None = None
              ) -> EpisodeStore:
         """Open an existing store: ``"r"`` read-only (default, no lock) or ``"a"`` to append (takes the lock).

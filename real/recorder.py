@@ -42,27 +42,29 @@ class EpisodeBuffer:
         return {k: np.stack(v) for k, v in self.rows.items()}
 
 
+def robot_episode_schema(spec: RobotSpec) -> dict[str, Any]:
+    """The one schema of a robot's episodes, whether `vmp-deploy` or `vmp-record` drove it: the robot's observation
+    keys, the command sent, what the policy or teleoperator asked for, the tick time and the safety layer's status."""
+    from vmp.data import KeySpec
+
+    schema = {k: KeySpec(shape, dtype, f"robot observation {k}") for k, (shape, dtype) in spec.obs.items()}
+    schema["action"] = KeySpec((spec.action_dim,), "float32", "command sent to the robot, after the safety layer")
+    schema["policy_action"] = KeySpec((spec.action_dim,), "float32",
+                                      "action the plan or teleoperator asked for (last one on a hold)")
+    schema["tick_time"] = KeySpec((1,), "float64", "seconds since the episode's tick 0 (monotonic clock)")
+    schema["command_status"] = KeySpec((1,), "int8", "0 ok, 1 clamped, 2 hold")
+    return schema
+
+
 class EpisodeRecorder:
-    """Owns the store: ``create`` a new one or append to an existing one with the same keys."""
+    """Owns the store: a new one, or an existing one with this robot's schema (`EpisodeStore.open_or_create`)."""
 
     def __init__(self, path: str | Path, spec: RobotSpec, attrs: dict[str, Any]):
-        from vmp.data import EpisodeStore, KeySpec
+        from vmp.data import EpisodeStore
 
         self.path = Path(path)
         self.obs_keys = sorted(spec.obs)
-        schema = {k: KeySpec(shape, dtype, f"robot observation {k}") for k, (shape, dtype) in spec.obs.items()}
-        schema["action"] = KeySpec((spec.action_dim,), "float32", "command sent to the robot, after the safety layer")
-        schema["policy_action"] = KeySpec((spec.action_dim,), "float32", "action the plan asked for (last one on a hold)")
-        schema["tick_time"] = KeySpec((1,), "float64", "seconds since the episode's tick 0 (monotonic clock)")
-        schema["command_status"] = KeySpec((1,), "int8", "0 ok, 1 clamped, 2 hold")
-        if (self.path / "zarr.json").exists():
-            self.store = EpisodeStore.open(self.path, mode="a")
-            if set(self.store.keys) != set(schema):
-                got = sorted(self.store.keys)
-                self.store.close()
-                raise KeyError(f"recording store {self.path} has keys {got}, this robot records {sorted(schema)}: use a new path")
-        else:
-            self.store = EpisodeStore.create(self.path, schema, attrs)
+        self.store = EpisodeStore.open_or_create(self.path, robot_episode_schema(spec), attrs)
 
     def new_episode(self) -> EpisodeBuffer:
         return EpisodeBuffer(self.obs_keys)

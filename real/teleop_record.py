@@ -7,8 +7,9 @@ Per episode: the operator resets the scene and starts; the teleoperator drives t
 (through the robot config's safety limits) until the episode ends (the operator's Enter on a terminal, a simulated
 task's success, or ``max_ticks``); the robot stops; the operator saves, discards (next seed) or re-records (same
 seed) it, and marks success. Saved episodes hold the robot's observation keys (camera frames resized to
-``image_size`` when set), ``action`` (the command sent) and ``tick_time``; their text the instruction, success
-and who judged it. The store is appended episode by episode (crash-safe): a new run adds to it.
+``image_size`` when set) and what `vmp-deploy` records beside them (``action``, the command sent; ``policy_action``,
+what the teleoperator asked for; ``tick_time``; ``command_status``); their text the instruction, success and who
+judged it. The store is appended episode by episode (crash-safe): a new run adds to it.
 """
 
 from __future__ import annotations
@@ -22,34 +23,12 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from vmp.data import EpisodeStore
+from vmp.real.recorder import EpisodeBuffer, robot_episode_schema
+
 log = logging.getLogger(__name__)
 
 CHOICES = {"s": "save", "d": "discard", "r": "re-record"}
-
-
-def store_schema(spec: Any) -> dict[str, Any]:
-    from vmp.data import KeySpec
-
-    schema = {key: KeySpec(shape, dtype, f"robot observation {key}") for key, (shape, dtype) in spec.obs.items()}
-    schema["action"] = KeySpec((spec.action_dim,), "float32", "command sent to the robot (after the safety limits)")
-    schema["tick_time"] = KeySpec((1,), "float64", "seconds since the episode's first tick")
-    return schema
-
-
-def open_store(path: Path, schema: dict[str, Any], attrs: dict[str, Any]):
-    """A new store, or the existing one at ``path`` when its keys and shapes are this robot's."""
-    from vmp.data import EpisodeStore
-
-    if not path.exists():
-        return EpisodeStore.create(path, schema, attrs)
-    store = EpisodeStore.open(path, mode="a")
-    theirs = {k: (s.shape, s.dtype) for k, s in store.schema.items()}
-    ours = {k: (s.shape, s.dtype) for k, s in schema.items()}
-    if theirs != ours:
-        store.close()
-        raise ValueError(f"out={path} holds keys {theirs}, this robot records {ours}: choose another out path")
-    log.info("appending to %s (%d episodes there)", path, store.n_episodes)
-    return store
 
 
 def record_episode(robot: Any, teleop: Any, safety: Any, operator: Any, seed: int, control_hz: float,
@@ -59,7 +38,7 @@ def record_episode(robot: Any, teleop: Any, safety: Any, operator: Any, seed: in
     from vmp.real.loop import RealClock
 
     clock, dt = RealClock(), 1.0 / control_hz
-    rows: dict[str, list] = {}
+    buf = EpisodeBuffer(sorted(robot.spec.obs))
     success, reason = False, "max_ticks"
     obs = robot.reset(seed)
     t0 = clock.now()
@@ -81,19 +60,17 @@ def record_episode(robot: Any, teleop: Any, safety: Any, operator: Any, seed: in
             if teleop.end_requested() or (operator is not None and not teleop.reads_terminal and operator.stop_requested()):
                 reason = "operator"
                 break
-            command, status = safety.filter(teleop.action(obs), clock.now())
+            asked = teleop.action(obs)
+            command, status = safety.filter(asked, clock.now())
             if status == "stop":
                 reason = "watchdog"
                 break
             sent = robot.act(command)
-            for key, value in obs.data.items():
-                rows.setdefault(key, []).append(np.asarray(value))
-            rows.setdefault("action", []).append(np.asarray(sent, np.float32))
-            rows.setdefault("tick_time", []).append(np.array([clock.now() - t0]))
+            buf.add(obs.data, command if sent is None else sent, asked, k * dt, status)  # tick_time as the loop's
     finally:
         teleop.end_episode()
         robot.stop()
-    return {key: np.stack(values) for key, values in rows.items()}, success, reason
+    return (buf.arrays() if len(buf) else {}), success, reason
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -124,7 +101,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         control_hz = float(cfg.robot.control_hz or spec.control_hz)
         max_ticks = int(cfg.max_ticks or cfg.robot.max_ticks)
         task = str(cfg.task_name or out.stem)
-        store = open_store(out, store_schema(spec), {"task": task, "control_hz": control_hz, "robot": spec.name,
+        store = EpisodeStore.open_or_create(out, robot_episode_schema(spec), {"task": task, "control_hz": control_hz, "robot": spec.name,
                                                          "recorded_by": "vmp-record", "max_episode_steps": max_ticks})
         safety = build_safety(cfg.robot, spec)
         log.info("recording %d episodes of %s on %s at %.0f Hz into %s (teleop %s)", cfg.n_episodes, task, spec.name,

@@ -188,9 +188,9 @@ def collect(
         attrs["action_free"] = True
     schema = store_schema(task, phase_names, expert_extra_specs(probe))
     first_seed = seed
-    if append and Path(out, "zarr.json").exists():
-        store = EpisodeStore.open(out, mode="a")  # repairs what a killed append left behind
-        first_seed = _continue_from(store, attrs, schema)
+    if append:  # the store collected with these settings, or a new one
+        store = EpisodeStore.open_or_create(out, schema, attrs, same_attrs=tuple(attrs))
+        first_seed = _next_seed(store, seed)
         n_episodes -= store.n_episodes
         log.info("%s holds %d episodes: continuing from seed %d", out, store.n_episodes, first_seed)
     else:
@@ -262,17 +262,10 @@ def collect(
     return summary
 
 
-def _continue_from(store: Any, attrs: dict[str, Any], schema: dict) -> int:
-    """Check that ``store`` was collected with these settings; -> the seed to try next."""
-    differ = [f"{k}: store {store.attrs.get(k)!r} vs now {v!r}" for k, v in attrs.items() if store.attrs.get(k) != v]
-    if store.schema != schema:
-        differ.append(f"schema: store {sorted(store.schema)} vs now {sorted(schema)}")
-    if differ:
-        store.close()
-        raise ValueError(f"append=true: {store.path} was collected differently ({'; '.join(differ)}); collect into a "
-                         f"new store instead")
+def _next_seed(store: Any, seed: int) -> int:
+    """The seed after the last collected episode's (``seed`` for an empty store)."""
     if store.n_episodes == 0:
-        return int(attrs["seed"])
+        return seed
     last = store.episode_text(store.n_episodes - 1).get("seed")
     if last is None:
         store.close()

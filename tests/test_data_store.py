@@ -376,3 +376,22 @@ def test_store_without_action_flags_reads_all_actions_and_gains_flags_on_append(
     with EpisodeStore.open(tmp_path / "s.zarr", mode="a") as w:
         w.append_episode(ep, action_free=True)
     np.testing.assert_array_equal(EpisodeStore.open(tmp_path / "s.zarr").has_action, [True, True, False])
+
+
+def test_open_or_create_creates_continues_and_refuses_other_data_by_name(tmp_path):
+    schema = {"state": KeySpec((3,), "float32"), "action": KeySpec((2,), "float32")}
+    path = tmp_path / "s.zarr"
+    with EpisodeStore.open_or_create(path, schema, {"task": "t", "control_hz": 10, "seed": 0}) as store:
+        store.append_episode({"state": np.zeros((4, 3), np.float32), "action": np.zeros((4, 2), np.float32)})
+    with EpisodeStore.open_or_create(path, schema, {"task": "t", "control_hz": 10, "seed": 0}, ("seed",)) as store:
+        store.append_episode({"state": np.ones((2, 3), np.float32), "action": np.ones((2, 2), np.float32)})
+    other = {"state": KeySpec((4,), "float32"), "action": KeySpec((2,), "float64"), "extra": KeySpec((1,), "int8")}
+    with pytest.raises(ValueError) as info:
+        EpisodeStore.open_or_create(path, other, {"task": "t", "control_hz": 10, "seed": 0})
+    message = str(info.value)
+    assert str(path) in message and "key 'state': the store has ((3,), 'float32'), this run writes ((4,), 'float32')" in message
+    assert "key 'action'" in message and "key 'extra': the store has none" in message
+    with pytest.raises(ValueError, match="attribute 'seed': the store has 0, this run 1"):
+        EpisodeStore.open_or_create(path, schema, {"task": "t", "control_hz": 10, "seed": 1}, ("seed",))
+    with EpisodeStore.open(path) as store:  # refused runs left it as it was, and unlocked
+        assert store.n_episodes == 2 and store.n_steps == 6

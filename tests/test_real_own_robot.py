@@ -34,7 +34,7 @@ def test_record_train_deploy_with_operator(tmp_path, monkeypatch):
     assert [e["seed"] for e in summary["episodes"]] == [10, 12, 13]  # 11 discarded; 12 re-recorded, same seed
     assert sum("reset the scene" in p for p in operator.asked) == 5 and not operator.answers
     store = EpisodeStore.open(tmp_path / "demos.zarr")
-    assert store.n_episodes == 3 and set(store.keys) == {"pos", "target", "action", "tick_time"}
+    assert store.n_episodes == 3 and set(store.keys) == {"pos", "target", "action", "policy_action", "tick_time", "command_status"}
     texts = [store.episode_text(i) for i in range(3)]
     assert [t["success"] for t in texts] == [True, True, False]
     assert {t["success_marked_by"] for t in texts} == {"operator"} and {t["language"] for t in texts} == {"reach the target"}
@@ -99,7 +99,7 @@ def test_record_refuses_a_store_of_other_keys(tmp_path):
 
     EpisodeStore.create(tmp_path / "demos.zarr", {"action": KeySpec((3,), "float32"), "state": KeySpec((4,), "float32")},
                         {"task": "x", "control_hz": 10})
-    with pytest.raises(ValueError, match="choose another out path"):
+    with pytest.raises(ValueError, match=r"key 'state': the store has \(\(4,\), 'float32'\), this run writes none.*new store"):
         record.run(_record_cfg(tmp_path, "operator.kind=none"))
 
 

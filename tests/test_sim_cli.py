@@ -78,4 +78,4 @@ def test_collect_killed_then_appended_equals_an_uninterrupted_run(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "vmp.sim.collect", "task=blockpush", "n_episodes=70",
                               "action_noise=0.1", f"out={killed}", "append=true"], capture_output=True, text=True,
                              cwd=tmp_path, timeout=300)
-    assert refused.returncode != 0 and "action_noise: store 0.3 vs now 0.1" in refused.stderr
+    assert refused.returncode != 0 and "attribute 'action_noise': the store has 0.3, this run 0.1" in refused.stderr
