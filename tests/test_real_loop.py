@@ -225,13 +225,14 @@ def test_the_simulated_robot_keeps_its_short_slice_while_clients_come_and_go():
         pytest.skip("per-thread scheduler slices need Linux 6.12+ (x86_64, aarch64)")
     with SimRobot(toy(), server={"sched_slice_us": 200}) as sim:
         with socket.create_connection(("127.0.0.1", sim._port), timeout=2.0) as other:  # a second client stays
-            sim.disconnect(shutdown=False)  # the first leaves
+            sim.disconnect(shutdown=False)  # the first leaves (its thread ends: its exit once reset the slices)
             time.sleep(0.3)
             tids = [int(t) for t in os.listdir(f"/proc/{sim.process.pid}/task")]
             slices = {sched_slice_ns(tid) for tid in tids} - {None}
             other.close()
         sim.connect()
-    assert len(tids) >= 3 and slices == {200_000}  # the server's own threads and the remaining client's
+    # the server's accepting thread and the remaining client's (and the first client's, if it has not ended yet)
+    assert len(tids) >= 2 and slices == {200_000}
 
 
 def test_sched_fifo_for_both_threads_or_neither(monkeypatch):
