@@ -80,7 +80,7 @@ def run(hz: float, seconds: float, switch_interval_s: float, blend: str, n_steps
     with SimRobot(env, server={"sched_slice_us": slice_us}) as sim:  # the robot side as the loop: --slice-us
         robot = StreamingRobot(sim, per_tick) if servo_hz else sim
         safety = SafetyLayer(sim.spec.action_low, sim.spec.action_high, max_delta=0.5, watchdog_s=1.0, hold="zero")
-        loop = ControlLoop(robot, engine, safety, LoopConfig(hz, exec_horizon=8, blend=blend, max_ticks=ticks,
+        loop = ControlLoop(robot, engine, safety, LoopConfig(control_hz=hz, exec_horizon=8, blend=blend, max_ticks=ticks,
                                                              stop_on_success=False, rt_priority=rt_priority,
                                                              sched_slice_us=slice_us, servo_hz=servo_hz),
                            clock=RealClock(spin_s))

@@ -172,10 +172,11 @@ def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         task_limit = task_cfg.get("max_episode_steps") if task_cfg is not None else None
         max_ticks = int(cfg.max_ticks or task_limit or cfg.robot.max_ticks)  # a task may not state its own limit
         exec_horizon = int(cfg.exec_horizon) if cfg.exec_horizon is not None else int(engine.n_action_steps)
-        loop_cfg = LoopConfig(control_hz, exec_horizon, blend, float(cfg.ensemble_m), str(cfg.prefix_schedule),
-                              float(cfg.epsilon_s), int(cfg.delay_window), max_ticks, bool(cfg.stop_on_success),
-                              float(cfg.warn_late_frac), rt_priority=int(cfg.rt_priority),
-                              sched_slice_us=int(cfg.sched_slice_us),
+        loop_cfg = LoopConfig(control_hz=control_hz, exec_horizon=exec_horizon, blend=blend,
+                              ensemble_m=float(cfg.ensemble_m), prefix_schedule=str(cfg.prefix_schedule),
+                              epsilon_s=float(cfg.epsilon_s), delay_window=int(cfg.delay_window), max_ticks=max_ticks,
+                              stop_on_success=bool(cfg.stop_on_success), warn_late_frac=float(cfg.warn_late_frac),
+                              rt_priority=int(cfg.rt_priority), sched_slice_us=int(cfg.sched_slice_us),
                               servo_hz=float(cfg.servo_hz) if cfg.get("servo_hz") else None)
         task_name = str(task_cfg.name) if task_cfg is not None else spec.name
         if cfg.record.enabled:

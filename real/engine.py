@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -91,6 +91,38 @@ def check_robot_keys(obs_shapes: dict[str, tuple[int, ...]], robot_obs: dict[str
                                                       f"{tuple(robot_obs[k][0])}" for k in wrong))
         raise KeyError(f"checkpoint observation keys do not match the robot: {'; '.join(parts)} "
                        f"(checkpoint keys {sorted(obs_shapes)}, robot keys {sorted(robot_obs)})")
+
+
+class Worker(Protocol):
+    """Runs an engine's chunks off the control loop's thread: one request at a time, the newest window."""
+
+    error: BaseException | None  # what the last request raised (the loop stops the robot and reports it)
+
+    @property
+    def idle(self) -> bool: ...
+
+    def submit(self, req: Any, window: dict[str, np.ndarray], goal: Any = None) -> None: ...
+
+    def wait_idle(self, timeout: float) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the control loop needs of an inference engine: `InferenceEngine` (in the loop's process) and
+    `vmp.real.inference_process.ProcessEngine` (in a process of its own) both are one."""
+
+    horizon: int
+    n_obs_steps: int
+    obs_shapes: dict[str, tuple[int, ...]]
+
+    def reset(self) -> None: ...
+
+    def infer(self, obs_window: dict[str, np.ndarray], goal: dict[str, np.ndarray] | None = None,
+              prefix: np.ndarray | None = None, prefix_weights: np.ndarray | None = None, step: int = 0) -> Prediction: ...
+
+    def start_worker(self, on_chunk: Any, clock: Any) -> Worker: ...
 
 
 class InferenceEngine:

@@ -18,16 +18,19 @@ import math
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from vmp.real.metrics import Metrics
 from vmp.real.recorder import EpisodeBuffer, EpisodeRecorder
-from vmp.real.robot import RobotConnectionError, RobotError
+from vmp.real.robot import Robot, RobotConnectionError, RobotError
 from vmp.real.safety import SafetyLayer
 from vmp.real.cpu_slice import short_slice
 from vmp.real.scheduler import ActionScheduler, Chunk, Request
+
+if TYPE_CHECKING:  # the engine module imports torch; the loop itself does not need it
+    from vmp.real.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +226,7 @@ class SetpointStream:
                 self._cv.notify_all()
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class LoopConfig:
     control_hz: float
     exec_horizon: int = 8
@@ -253,11 +256,28 @@ class EpisodeResult:
     marked_by: str = "robot"  # who judged success: the robot (simulation) or the operator
 
 
+@dataclasses.dataclass
+class _Episode:
+    """What one episode carries from tick to tick."""
+
+    seed: int | None
+    buf: EpisodeBuffer
+    obs: Any = None
+    history: collections.deque | None = None
+    goal: Any = None
+    t0: float = 0.0
+    k: int = 0
+    prev_t: float | None = None
+    success: bool = False
+    reason: str = "max_ticks"
+    error: BaseException | None = None
+
+
 class ControlLoop:
     """Drives one robot with one engine; ``run_episode`` is the unit. ``stop_event`` ends the current episode
     safely (signal handlers set it)."""
 
-    def __init__(self, robot: Any, engine: Any, safety: SafetyLayer, cfg: LoopConfig, metrics: Metrics | None = None,
+    def __init__(self, robot: Robot, engine: Engine, safety: SafetyLayer, cfg: LoopConfig, metrics: Metrics | None = None,
                  recorder: EpisodeRecorder | None = None, clock: RealClock | None = None, text: dict | None = None,
                  judge: Callable[[EpisodeResult], bool] | None = None,
                  end_requested: Callable[[], bool] | None = None):
@@ -372,144 +392,162 @@ class ControlLoop:
             yield
 
     def _run_episode(self, seed: int | None) -> EpisodeResult:
-        cfg, m = self.cfg, self.metrics
-        buf = self.recorder.new_episode() if self.recorder else EpisodeBuffer(sorted(self.robot.spec.obs))
-        self.last_episode = buf
-        reason, success, k, error = "max_ticks", False, 0, None
+        ep = _Episode(seed, self.recorder.new_episode() if self.recorder else EpisodeBuffer(sorted(self.robot.spec.obs)))
+        self.last_episode = ep.buf
         with self.lock:
             self._episode += 1
         self.worker.error = None
         self._texts = {}
         try:
-            self.engine.reset()
-            obs = self.robot.reset(seed)
-            history: collections.deque = collections.deque([obs.data] * self.engine.n_obs_steps, maxlen=self.engine.n_obs_steps)
-            # First chunk before tick 0: the robot is at rest, nothing is late yet.
-            goal = obs.goal
-            pred = self.engine.infer(self._window(history), goal=goal, step=0)
-            self._log_extras(pred.extras, 0)
-            first = pred.actions
-            t0 = self.clock.now() + self.dt
-            with self.lock:
-                self.scheduler.reset(t0)
-                self.scheduler.last_request_tick = 0
-                self._chunk_id += 1
-                self.scheduler.add_chunk(Chunk(first[self.engine.n_obs_steps - 1:], 0, t0, t0 - self.dt, self._chunk_id), t0 - self.dt)
-            self.safety.reset(t0)
-            if self.stream is not None:
-                self.stream.start(t0, self.metrics)
-            prev_t = None
-            while True:
-                deadline = t0 + k * self.dt
-                self.clock.sleep_until(deadline)
-                now = self.clock.now()
-                late = now - deadline
-                if prev_t is not None:
-                    m.observe("loop_period_seconds", now - prev_t, "time between consecutive ticks")
-                m.observe("tick_lateness_seconds", late, "tick start minus its deadline")
-                prev_t = now
-                if self.stream is not None:
-                    if k > 0:
-                        self.stream.end_tick(k)
-                    if self.stream.error is not None:  # raised by robot.servo here or in the stream's thread
-                        exc = self.stream.error
-                        raise exc if isinstance(exc, RobotConnectionError) else RobotConnectionError(
-                            f"the robot refused a set-point: {exc!r}")
-                if late > cfg.warn_late_frac * self.dt:
-                    m.inc("overruns", help="ticks started later than warn_late_frac*dt")
-                    if now - self._last_warn > 1.0:
-                        self._last_warn = now
-                        log.warning("control loop below its target rate: tick %d started %.1f ms late (dt %.1f ms)", k, late * 1e3, self.dt * 1e3)
-                    skipped = int(late // self.dt)
-                    if skipped:
-                        m.inc("missed_ticks", skipped, help="ticks skipped because the loop fell behind")
-                        k += skipped
-                        continue
-                if self.stop_event.is_set():
-                    reason = "signal"
-                    break
-                if self.end_requested is not None and self.end_requested():
-                    reason = "operator"
-                    break
-                if self.worker.error is not None:
-                    reason, error = "inference_error", InferenceError(f"inference failed: {self.worker.error}")
-                    break
-                if k > 0:
-                    obs = self.robot.observe()
-                    if obs.dropped:
-                        m.inc("dropped_frames", help="observations whose camera frame was not refreshed")
-                    history.append(obs.data)
-                if obs.success:
-                    success = True
-                    if cfg.stop_on_success:
-                        reason = "success"
-                        break
-                if obs.done:
-                    reason = "done"
-                    break
-                if k >= cfg.max_ticks:
-                    reason = "max_ticks"
-                    break
-                with self.lock:
-                    if self.worker.idle and self.scheduler.should_request(k):
-                        req = self.scheduler.make_request(k)
-                        req.episode = self._episode
-                        self.worker.submit(req, self._window(history), goal)
-                    action, _ = self.scheduler.pop(k)
-                command, status = self.safety.filter(action, now)
-                if status == "stop":
-                    reason = "watchdog"
-                    if not self.worker.idle:  # no command for watchdog_s because no chunk came: a fault to report
-                        reason = "inference_stalled"
-                        error = InferenceError(f"inference stalled: no action chunk within the watchdog's "
-                                               f"{self.safety.watchdog_s:g} s (tick {k})")
-                    break
-                if status == "hold":
-                    m.inc("holds", help="ticks that held the previous command (no planned action)")
-                if self.stream is not None:
-                    self.stream.post(k, command, now)
-                else:
-                    self.robot.act(command)
-                    m.observe("obs_to_action_seconds", self.clock.now() - now, "tick start (observe) to command delivered")
-                with self.lock:
-                    self.scheduler.mark_sent(k, command)
-                buf.add(obs.data, command, action if action is not None else command, deadline - t0, status)
-                m.set("tick", k)
-                k += 1
+            self._start(ep)
+            while self._tick(ep):
+                pass
         except RobotConnectionError as exc:
-            reason, error = "robot_disconnected", exc
-            log.error("robot link lost at tick %d: %s", k, exc)
+            ep.reason, ep.error = "robot_disconnected", exc
+            log.error("robot link lost at tick %d: %s", ep.k, exc)
         except InferenceError as exc:  # a blocking call to an inference process that died or failed
-            reason, error = "inference_error", exc
+            ep.reason, ep.error = "inference_error", exc
         finally:
-            if self.stream is not None:
-                self.stream.stop()
-            self._stop_robot(reason)
-            self.worker.wait_idle(cfg.drain_timeout_s)
-            with self.lock:
-                for name, v in self.scheduler.counters.items():
-                    m.set(f"scheduler_{name}", v)
-            counters = dict(self.scheduler.counters)
-            counters.update({f"safety_{n}": v for n, v in self.safety.counters.items()})
-            result = EpisodeResult(seed, success, k, reason, counters)
-            if self.judge is not None and reason != "signal":
-                try:
-                    result.success = success = bool(self.judge(result))
-                    result.marked_by = "operator"
-                except (EOFError, ValueError) as exc:  # nobody left to ask: keep the robot's verdict, end the run
-                    log.error("no success mark for this episode: %s; stopping after it", exc)
-                    self.stop_event.set()
-            if self.recorder is not None:
-                texts = {name: [{"tick": t, "text": v} for t, v in items] for name, items in self._texts.items()}
-                result.episode_index = self.recorder.append(buf, {**self.text, **texts, "outcome": reason,
-                                                                 "success": success, "success_marked_by": result.marked_by,
-                                                                 "seed": seed})
-            m.inc("episodes", help="episodes run")
-            if success:
-                m.inc("successes", help="episodes that reached the task's success")
-        if error is not None:
-            error.result = result  # type: ignore[attr-defined]
-            raise error
+            result = self._finish(ep)
+        if ep.error is not None:
+            ep.error.result = result  # type: ignore[attr-defined]
+            raise ep.error
+        return result
+
+    def _start(self, ep: "_Episode") -> None:
+        """Reset, the first chunk before tick 0 (the robot is at rest, nothing is late yet), the plan and the clocks."""
+        self.engine.reset()
+        ep.obs = self.robot.reset(ep.seed)
+        ep.history = collections.deque([ep.obs.data] * self.engine.n_obs_steps, maxlen=self.engine.n_obs_steps)
+        ep.goal = ep.obs.goal
+        pred = self.engine.infer(self._window(ep.history), goal=ep.goal, step=0)
+        self._log_extras(pred.extras, 0)
+        first = pred.actions
+        ep.t0 = t0 = self.clock.now() + self.dt
+        with self.lock:
+            self.scheduler.reset(t0)
+            self.scheduler.last_request_tick = 0
+            self._chunk_id += 1
+            self.scheduler.add_chunk(Chunk(first[self.engine.n_obs_steps - 1:], 0, t0, t0 - self.dt, self._chunk_id), t0 - self.dt)
+        self.safety.reset(t0)
+        if self.stream is not None:
+            self.stream.start(t0, self.metrics)
+
+    def _tick(self, ep: "_Episode") -> bool:
+        """Tick ``ep.k``: wait for its deadline, observe, request a chunk when due, command the robot. -> False when
+        the episode ends (``ep.reason`` says why)."""
+        cfg, m = self.cfg, self.metrics
+        k = ep.k
+        deadline = ep.t0 + k * self.dt
+        self.clock.sleep_until(deadline)
+        now = self.clock.now()
+        late = now - deadline
+        if ep.prev_t is not None:
+            m.observe("loop_period_seconds", now - ep.prev_t, "time between consecutive ticks")
+        m.observe("tick_lateness_seconds", late, "tick start minus its deadline")
+        ep.prev_t = now
+        if self.stream is not None:
+            if k > 0:
+                self.stream.end_tick(k)
+            if self.stream.error is not None:  # raised by robot.servo here or in the stream's thread
+                exc = self.stream.error
+                raise exc if isinstance(exc, RobotConnectionError) else RobotConnectionError(
+                    f"the robot refused a set-point: {exc!r}")
+        if late > cfg.warn_late_frac * self.dt:
+            m.inc("overruns", help="ticks started later than warn_late_frac*dt")
+            if now - self._last_warn > 1.0:
+                self._last_warn = now
+                log.warning("control loop below its target rate: tick %d started %.1f ms late (dt %.1f ms)", k, late * 1e3, self.dt * 1e3)
+            skipped = int(late // self.dt)
+            if skipped:
+                m.inc("missed_ticks", skipped, help="ticks skipped because the loop fell behind")
+                ep.k += skipped
+                return True
+        reason = self._end_reason(ep)
+        if reason is not None:
+            ep.reason = reason
+            return False
+        with self.lock:
+            if self.worker.idle and self.scheduler.should_request(k):
+                req = self.scheduler.make_request(k)
+                req.episode = self._episode
+                self.worker.submit(req, self._window(ep.history), ep.goal)
+            action, _ = self.scheduler.pop(k)
+        command, status = self.safety.filter(action, now)
+        if status == "stop":
+            ep.reason = "watchdog"
+            if not self.worker.idle:  # no command for watchdog_s because no chunk came: a fault to report
+                ep.reason = "inference_stalled"
+                ep.error = InferenceError(f"inference stalled: no action chunk within the watchdog's "
+                                          f"{self.safety.watchdog_s:g} s (tick {k})")
+            return False
+        if status == "hold":
+            m.inc("holds", help="ticks that held the previous command (no planned action)")
+        if self.stream is not None:
+            self.stream.post(k, command, now)
+        else:
+            self.robot.act(command)
+            m.observe("obs_to_action_seconds", self.clock.now() - now, "tick start (observe) to command delivered")
+        with self.lock:
+            self.scheduler.mark_sent(k, command)
+        ep.buf.add(ep.obs.data, command, action if action is not None else command, deadline - ep.t0, status)
+        m.set("tick", k)
+        ep.k = k + 1
+        return True
+
+    def _end_reason(self, ep: "_Episode") -> str | None:
+        """Why the episode ends at this tick (signal, operator, inference error, the robot's success or end, the
+        tick limit), or None; observes the robot on every tick after the first."""
+        if self.stop_event.is_set():
+            return "signal"
+        if self.end_requested is not None and self.end_requested():
+            return "operator"
+        if self.worker.error is not None:
+            ep.error = InferenceError(f"inference failed: {self.worker.error}")
+            return "inference_error"
+        if ep.k > 0:
+            ep.obs = self.robot.observe()
+            if ep.obs.dropped:
+                self.metrics.inc("dropped_frames", help="observations whose camera frame was not refreshed")
+            ep.history.append(ep.obs.data)
+        if ep.obs.success:
+            ep.success = True
+            if self.cfg.stop_on_success:
+                return "success"
+        if ep.obs.done:
+            return "done"
+        if ep.k >= self.cfg.max_ticks:
+            return "max_ticks"
+        return None
+
+    def _finish(self, ep: "_Episode") -> EpisodeResult:
+        """Stop the robot first, then drain inference, count, ask the judge, and record the episode."""
+        m = self.metrics
+        if self.stream is not None:
+            self.stream.stop()
+        self._stop_robot(ep.reason)
+        self.worker.wait_idle(self.cfg.drain_timeout_s)
+        with self.lock:
+            for name, v in self.scheduler.counters.items():
+                m.set(f"scheduler_{name}", v)
+        counters = dict(self.scheduler.counters)
+        counters.update({f"safety_{n}": v for n, v in self.safety.counters.items()})
+        result = EpisodeResult(ep.seed, ep.success, ep.k, ep.reason, counters)
+        if self.judge is not None and ep.reason != "signal":
+            try:
+                result.success = ep.success = bool(self.judge(result))
+                result.marked_by = "operator"
+            except (EOFError, ValueError) as exc:  # nobody left to ask: keep the robot's verdict, end the run
+                log.error("no success mark for this episode: %s; stopping after it", exc)
+                self.stop_event.set()
+        if self.recorder is not None:
+            texts = {name: [{"tick": t, "text": v} for t, v in items] for name, items in self._texts.items()}
+            result.episode_index = self.recorder.append(ep.buf, {**self.text, **texts, "outcome": ep.reason,
+                                                                "success": ep.success, "success_marked_by": result.marked_by,
+                                                                "seed": ep.seed})
+        m.inc("episodes", help="episodes run")
+        if ep.success:
+            m.inc("successes", help="episodes that reached the task's success")
         return result
 
     def _stop_robot(self, reason: str) -> None:

@@ -64,7 +64,7 @@ def test_camera_robot_adds_frames_and_counts_stale_ones_as_dropped(tmp_path):
     spec = robot.connect()
     assert spec.obs["wrist_image"] == ((12, 16, 3), "uint8")
     engine = InferenceEngine(ReachPolicy())
-    loop = ControlLoop(robot, engine, SafetyLayer([-1, -1], [1, 1]), LoopConfig(50, max_ticks=40, stop_on_success=False))
+    loop = ControlLoop(robot, engine, SafetyLayer([-1, -1], [1, 1]), LoopConfig(control_hz=50, max_ticks=40, stop_on_success=False))
     try:
         res = loop.run_episode(seed=0)
     finally:

@@ -110,3 +110,13 @@ def test_process_engine_matches_the_in_process_engine_and_checks_windows():
     finally:
         remote.close()
     assert not remote.proc.is_alive()
+
+
+def test_both_engines_are_what_the_control_loop_takes():
+    """The loop is typed on the `Engine` protocol; the in-process and the process engine both provide it."""
+    from vmp.real.engine import Engine, InferenceEngine
+    from vmp.real.inference_process import ProcessEngine
+
+    assert isinstance(InferenceEngine(ReachPolicy()), Engine)
+    for member in ("reset", "infer", "start_worker"):
+        assert callable(getattr(ProcessEngine, member)), member
