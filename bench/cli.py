@@ -9,6 +9,7 @@
     vmp-bench lerobot                     our heads against LeRobot's Diffusion Policy and ACT (same data, seeds, budget)
     vmp-bench report                      rewrite docs/results.md's tables and plots from results/*.json
     vmp-bench suite=quick | suite=full    all of the above in one command (quick: ~10 min on 2 CPU cores), then report
+    vmp-bench soak [--minutes 60]         vmp-deploy under faults (not in the suite): stops, recording, memory, threads
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 
 COMMANDS = {"latency": "vmp.bench.latency", "sampler": "vmp.bench.sampler", "render": "vmp.bench.render",
             "deploy": "vmp.bench.deploy", "scaleout": "vmp.bench.scaleout", "report": "vmp.bench.report", "lerobot": "vmp.bench.lerobot",
-            "suite": "vmp.bench.suite"}
+            "suite": "vmp.bench.suite", "soak": "vmp.bench.soak"}
 
 
 def main() -> None:
