@@ -15,7 +15,7 @@ import abc
 import collections
 import dataclasses
 import time
-from typing import Any
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -136,6 +136,15 @@ class Policy(Trainable, abc.ABC):
 
     name: str = ""
     capabilities: Capabilities = Capabilities()
+    # Optional hooks, declared here so that no caller probes for them:
+    own_encoder: ClassVar[bool] = False  # built on its own image encoder (PAD's autoencoder), not the shared ObsEncoder
+    camera: str | None = None  # the camera whose future frames `predict` returns (extras "future_frames") ...
+    future_offsets: Sequence[int] = ()  # ... at these steps after the current one
+
+    def sampling_noise_shape(self, batch: int) -> tuple[int, ...] | None:
+        """The Gaussian noise one chunk of ``batch`` consumes, when `predict` takes it drawn outside (``noise=``: CUDA
+        graphs replay it); None for heads that draw their own."""
+        return None
 
     def __init__(self, n_obs_steps: int, horizon: int, n_action_steps: int, action_dim: int,
                  obs_shapes: dict[str, tuple[int, ...]] | None = None, obs_kinds: dict[str, str] | None = None):

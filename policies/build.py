@@ -58,7 +58,7 @@ def build_model(cfg: DictConfig, normalizer: Normalizer | None = None) -> Policy
     cls = HEADS[cfg.policy.name]
     if issubclass(cls, StageOneModel):
         return cls(config, normalizer, action_dim=action_dim)
-    if getattr(cls, "own_encoder", False):  # PAD: images through its own autoencoder, not the shared encoder
+    if cls.own_encoder:  # PAD: images through its own autoencoder, not the shared encoder
         return cls(config, shape_meta, normalizer, action_dim=action_dim)
     encoder = ObsEncoder(
         shape_meta,

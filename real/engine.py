@@ -191,10 +191,9 @@ class InferenceEngine:
             return Prediction((graph or self._chunk_fn)(obs, goal, generator, **kwargs))
 
     def _capture(self, obs: dict[str, Any], goal: Any, kwargs: dict[str, Any]) -> CapturedChunk | None:
-        noise_fn = getattr(self.policy, "sampling_noise_shape", None)
         batch = next(iter(v for v in obs.values() if isinstance(v, torch.Tensor))).shape[0]
         try:
-            return CapturedChunk(self._chunk_fn, obs, goal, kwargs, noise_fn(batch) if noise_fn else None)
+            return CapturedChunk(self._chunk_fn, obs, goal, kwargs, self.policy.sampling_noise_shape(batch))
         except Exception as exc:  # capture can fail in many ways (host syncs, CPU tensors): eager still works
             log.warning("%s: CUDA graph capture failed (%s: %s); this input signature runs eager", self.policy.name,
                         type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
