@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 class RealClock:
     """time.monotonic with a hybrid sleep: OS sleep until ``spin_s`` before the deadline, then spin. No spin by
     default: at normal priority with a short scheduler slice (``LoopConfig.sched_slice_us``) a spin spends the slice
-    just before the deadline, and the thread is preempted at the tick (p99 about 4 ms on a loaded 2-core machine,
-    against 0.3 ms sleeping); spin under SCHED_FIFO (the daemon's spin_ms), where nothing preempts it."""
+    just before the deadline, and the thread is preempted at the tick; spin under SCHED_FIFO (the daemon's spin_ms),
+    where nothing preempts it (`vmp-bench deploy` measures both)."""
 
     def __init__(self, spin_s: float = 0.0):
         if spin_s < 0:
