@@ -41,3 +41,17 @@ def test_stack_image_variant():
         assert set(obs) == {"agentview_image", "eye_in_hand_image", "eef_pos", "eef_quat", "gripper_qpos"}
     finally:
         env.close()
+
+
+def test_square_expert_under_action_noise():
+    """DART collection (vmp-collect action_noise=0.1: noisy execution, clean labels): the square expert still fits
+    the nut, its closed-loop servo and retries absorbing the noise; phases stay within its vocabulary."""
+    cfg = load_task_cfg("square")
+    env = make(cfg)
+    try:
+        expert = make_expert(cfg.expert, env)
+        res = rollout_expert(env, expert, 3, action_noise=0.1)
+        assert res["success"], f"square seed 3 with action noise: {res['text']['reasoning']}"
+        assert res["episode"]["phase"].max() < len(expert.phase_names)
+    finally:
+        env.close()

@@ -235,19 +235,44 @@ class PickPlaceCanExpert(_PickPlaceExpert):
 
 
 class SquareExpert(_PickPlaceExpert):
-    """Pick the square nut by its handle and fit it over the square peg (peg 1)."""
+    """Pick the square nut by its handle and fit it over the square peg (peg 1), closed loop with retries.
+
+    The fingers close across the handle (not along it: along it one finger ends up inside the hole and lands on
+    the peg top). The hand is kept pointing straight down (roll and pitch servoed too, so the nut hangs level even
+    under action noise). Carry and lower servo the hole's centre (not the hand) onto the peg's axis and turn the
+    nut's yaw to a multiple of 90 degrees; above the peg top the nut descends only while centred and aligned.
+    Retries: a grasp that does not lift the nut (or a nut lost on the way) opens, backs off and approaches again;
+    a nut that stalls above the peg is lifted clear, re-centred and lowered again.
+    """
 
     name = "square"
     phase_names = ("approach nut handle", "descend to nut handle", "grasp nut handle", "lift nut",
-                   "carry nut over the square peg", "lower nut onto the peg", "release nut", "retreat")
-    lift_z = 1.05
-    grasp_depth = 0.0
-    place_tol = 0.003
-    lower_tol = 0.003
-    lower_step = 0.01
-    retry_stalled = True
-    handle_reach = 1.0  # grasp point: this far out along centre -> handle site
+                   "carry nut over the square peg", "lower nut onto the peg", "release nut", "retreat",
+                   "open and back off to grasp the nut again", "lift nut off the peg top to retry")
+    APPROACH, DESCEND, GRASP, LIFT, CARRY, LOWER, RELEASE, RETREAT, REGRASP, UNJAM = range(10)
 
+    lift_z = 1.02  # end-effector height for carrying (m): the nut's bottom clears the peg top (0.95 m)
+    yaw_symmetry = np.pi  # the two fingers are interchangeable
+    handle_reach = 1.15  # grasp point: this far out along centre -> handle site (clear of the hole's wall)
+    tilt_gain = 1.0  # roll/pitch error (rad) -> rotation action
+    hover_gap = 0.012  # nut bottom above the peg top before the insertion (m)
+    hole_half, peg_half = 0.0227, 0.016  # half widths (m) of the nut's square hole and of the square peg (robosuite)
+    entry_margin = 0.0025  # the nut enters the peg only with this clearance (m) left at its xy and yaw error
+    entry_step = 0.006  # m per step while entering
+    insert_step = 0.03  # m per step at most once on the peg
+    insert_gain = 20.0  # position gain over the peg: a stiffer servo holds the nut centred against action noise
+    nut_half_height = 0.01
+    max_retries = 6  # regrasps and unjams together, per episode
+
+    def reset(self, seed: int | None = None) -> None:
+        super().reset(seed)
+        self._retries = 0
+        self._hold_xy: np.ndarray | None = None
+        self._grasp_offset: np.ndarray | None = None  # handle point -> hand, at the grasp
+        self._nut_goal_yaw: float | None = None
+        self._rim_steps, self._lowest, self._since_lowest = 0, np.inf, 0
+
+    # ---- geometry ----
     def _site(self, name: str) -> np.ndarray:
         sim = self.env.rs_env.sim
         return np.array(sim.data.site_xpos[sim.model.site_name2id(name)])
@@ -258,16 +283,156 @@ class SquareExpert(_PickPlaceExpert):
         return centre + self.handle_reach * (handle - centre), p["SquareNut_quat"]
 
     def _held_point(self):
-        # the hole's centre: the mean of the nut's four wall geoms (the centre site is off the hole)
+        # the hole's centre: the mean of the nut's four wall geoms
         sim = self.env.rs_env.sim
         ids = [sim.model.geom_name2id(f"SquareNut_g{i}") for i in range(4)]
         return np.mean([sim.data.geom_xpos[i] for i in ids], axis=0)
 
+    def _peg(self) -> tuple[np.ndarray, float]:
+        """(peg axis xy, peg top z)."""
+        env = self.env.rs_env
+        sim = env.sim
+        gid = next(i for i in range(sim.model.ngeom) if sim.model.geom_bodyid[i] == env.peg1_body_id)
+        top = float(sim.data.geom_xpos[gid][2] + sim.model.geom_size[gid][2])
+        return np.array(sim.data.body_xpos[env.peg1_body_id][:2]), top
+
     def _place_point(self):
         env = self.env.rs_env
-        peg = np.array(env.sim.data.body_xpos[env.peg1_body_id])
-        return np.array([peg[0], peg[1], env.table_offset[2] + 0.03])
+        xy, _ = self._peg()
+        return np.array([xy[0], xy[1], env.table_offset[2] + 0.03])
 
     def _carry_yaw_err(self) -> float:
-        # the peg's faces are axis-aligned: turn the nut's yaw to a multiple of 90 degrees
-        return wrap(0.0 - yaw_of(self._priv()["SquareNut_quat"]), np.pi / 2)
+        # the peg's faces are axis-aligned: turn the nut's yaw to a multiple of 90 degrees, but not to 0 (the
+        # handle, and so the hand, would point away from the robot, at the edge of its reach over the peg)
+        yaw = yaw_of(self._priv()["SquareNut_quat"])
+        if self._nut_goal_yaw is None:  # chosen once per carry (a choice remade every step can dither)
+            goal = yaw + wrap(0.0 - yaw, np.pi / 2)
+            if abs(wrap(goal, 2 * np.pi)) < 0.1:
+                goal = np.pi / 2 if yaw > 0 else -np.pi / 2
+            self._nut_goal_yaw = float(goal)
+        return wrap(self._nut_goal_yaw - yaw, 2 * np.pi)
+
+    # ---- control ----
+    def _move(self, target: np.ndarray, gripper: float, yaw_err: float = 0.0, max_action: float = 1.0,
+              gain: float | None = None) -> np.ndarray:
+        a = super()._move(target, gripper, yaw_err)
+        eef = self._priv()["robot0_eef_pos"]
+        a[:3] = np.clip((gain or self.pos_gain) * (np.asarray(target) - eef), -max_action, max_action)
+        # roll/pitch: the rotation (base frame) that turns the hand's approach axis straight down
+        approach = quat_to_mat(self._priv()["robot0_eef_quat"])[:, 2]
+        tilt = np.cross(approach, [0.0, 0.0, -1.0])
+        a[3:5] = np.clip(self.tilt_gain * tilt[:2], -1.0, 1.0)
+        return a
+
+    def _entry_margin(self, xy_off: np.ndarray, yaw_err: float) -> float:
+        """Clearance (m) left between the peg and the hole's walls at this centring and yaw error."""
+        yaw = abs(wrap(yaw_err, np.pi / 2))
+        return self.hole_half - self.peg_half * (np.cos(yaw) + np.sin(yaw)) - float(np.linalg.norm(xy_off))
+
+    def _nut_touches_peg(self) -> bool:
+        sim = self.env.rs_env.sim
+        nut, peg = self.env.rs_env.obj_body_id["SquareNut"], self.env.rs_env.peg1_body_id
+        for c in sim.data.contact[: sim.data.ncon]:
+            bodies = {sim.model.geom_bodyid[c.geom1], sim.model.geom_bodyid[c.geom2]}
+            if bodies == {nut, peg}:
+                return True
+        return False
+
+    def _nut_in_hand(self) -> bool:
+        """The fingers still hold the handle: not closed on nothing, and the handle near where it was grasped."""
+        if self._grasp_offset is None:
+            return False
+        p = self._priv()
+        width = float(p["robot0_gripper_qpos"][0] - p["robot0_gripper_qpos"][1])
+        grasp, _ = self._grasp()
+        return width > 0.02 and bool(np.linalg.norm(p["robot0_eef_pos"] - grasp - self._grasp_offset) < 0.04)
+
+    def _retry(self, phase: int) -> None:
+        self._retries += 1
+        self._rim_steps, self._lowest, self._since_lowest = 0, np.inf, 0
+        self.phase, self._count, self._z_hist = phase, 0, []
+
+    def _act(self, obs):
+        p = self._priv()
+        eef = p["robot0_eef_pos"]
+        ph = self.phase
+        if ph <= self.GRASP:
+            grasp, quat = self._grasp()
+            yaw_err = self._yaw_err(quat, self.yaw_symmetry)
+            if ph == self.APPROACH:
+                hover = grasp + [0, 0, 0.06]
+                over = np.linalg.norm(grasp[:2] - eef[:2]) < 0.005 and abs(eef[2] - hover[2]) < 0.02
+                if over and abs(yaw_err) < 0.06:
+                    self.phase, self._z_hist = self.DESCEND, []
+                return self._move(hover, OPEN, yaw_err)
+            if ph == self.DESCEND:
+                if eef[2] - grasp[2] < 0.005 or self._stalled(eef[2]):
+                    self.phase, self._count = self.GRASP, 0
+                return self._move(grasp, OPEN, yaw_err, max_action=0.5)
+            self._count += 1
+            if self._count >= self.grasp_steps:
+                self.phase, self._count = self.LIFT, 0
+                self._hold_xy = eef[:2].copy()
+                self._grasp_offset = eef - grasp
+                self._nut_goal_yaw = None
+            return self._move(grasp, CLOSE)
+        if ph == self.REGRASP:  # open, rise, and approach the handle again
+            self._count += 1
+            if self._count >= 8:
+                self.phase, self._count, self._z_hist = self.APPROACH, 0, []
+            return self._move(np.array([eef[0], eef[1], max(eef[2], self._grasp()[0][2] + 0.08)]), OPEN)
+        if ph in (self.RELEASE, self.RETREAT):
+            if ph == self.RELEASE:
+                self._count += 1
+                if self._count >= self.release_steps:
+                    self.phase, self._count = self.RETREAT, 0
+                return self._move(eef, OPEN)
+            return self._move(np.array([eef[0], eef[1], eef[2] + 0.1]), OPEN)
+
+        # holding the nut: lift, carry, lower, unjam
+        if not self._nut_in_hand() and self._retries < self.max_retries:
+            self._retry(self.REGRASP)  # grasp failed or the nut slipped out: open and start over
+            return self._move(eef, OPEN)
+        held = self._held_point()
+        peg_xy, peg_top = self._peg()
+        xy_off = peg_xy - held[:2]
+        yaw_err = self._carry_yaw_err()
+        bottom = held[2] - self.nut_half_height
+        hover_z = peg_top + self.hover_gap + self.nut_half_height  # the held point's height above the peg
+        if ph == self.LIFT:  # straight up
+            if eef[2] > self.lift_z - 0.02:
+                self.phase = self.CARRY
+            return self._move(np.array([*self._hold_xy, self.lift_z]), CLOSE, max_action=0.6)
+        if ph == self.CARRY:  # over the peg at carry height, nut yaw aligned
+            if np.linalg.norm(xy_off) < 0.01 and abs(yaw_err) < 0.1:
+                self.phase, self._z_hist = self.LOWER, []
+            dz = max(self.lift_z - eef[2], hover_z - held[2]) if np.linalg.norm(xy_off) > 0.03 else hover_z - held[2]
+            target = eef + np.array([xy_off[0], xy_off[1], dz])
+            return self._move(target, CLOSE, yaw_err, max_action=0.6)
+        if ph == self.UNJAM:  # lift the nut clear of the peg top, then lower again
+            target = eef + np.array([xy_off[0], xy_off[1], hover_z + 0.01 - held[2]])
+            if held[2] > hover_z + 0.005:
+                self.phase, self._z_hist = self.LOWER, []
+            return self._move(target, CLOSE, yaw_err, max_action=0.4, gain=self.insert_gain)
+        # LOWER: centred and aligned, the nut enters the peg; otherwise it waits just above the peg top while the
+        # servo centres it; once its bottom is past the peg top the peg guides it: slide down to the release height
+        place_z = self._place_point()[2]
+        engaged = bottom < peg_top - 0.001
+        if engaged:
+            dz = max(place_z - held[2], -self.insert_step)
+        elif self._entry_margin(xy_off, yaw_err) > self.entry_margin and bottom < peg_top + 0.008:
+            dz = -self.entry_step
+        else:
+            dz = float(np.clip(peg_top + 0.005 - bottom, -self.entry_step, 0.01))
+        target = eef + np.array([xy_off[0], xy_off[1], dz])
+        if held[2] < place_z + 0.005:
+            self.phase, self._count = self.RELEASE, 0
+        elif self._retries < self.max_retries:
+            self._rim_steps = self._rim_steps + 1 if not engaged and self._nut_touches_peg() else 0
+            if held[2] < self._lowest - 0.002:
+                self._lowest, self._since_lowest = float(held[2]), 0
+            elif engaged:
+                self._since_lowest += 1
+            if self._rim_steps >= 3 or self._since_lowest >= 20:
+                self._retry(self.UNJAM)  # caught on the peg top or wedged on the peg: lift clear and centre again
+        return self._move(target, CLOSE, yaw_err, max_action=0.6, gain=self.insert_gain)
