@@ -607,23 +607,35 @@ class EpisodeStore:
         start, n = self.n_steps, self.n_episodes
         length = next(iter(arrays.values())).shape[0]
         stop = start + length
-        for key, arr in arrays.items():
-            z = self._arrays[key]
-            if z.shape[0] != stop:
-                z.resize((stop, *z.shape[1:]))
-            z[start:stop] = arr
-        group = self._text_group(n, create=bool(text))
-        if text:
-            group.attrs[str(n)] = text
-        elif group is not None and str(n) in group.attrs:  # stale text of an interrupted append
-            del group.attrs[str(n)]
-        flags = self._has_action_array()
-        if flags.shape[0] != n + 1:
-            flags.resize((n + 1,))
-        flags[n] = not action_free  # always written: overwrites the flag of an interrupted append
-        # Commit: the episode exists once episode_ends holds its end.
-        self._ends_array.resize((n + 1,))
-        self._ends_array[n] = stop
+        writing = "data"
+        try:
+            for key, arr in arrays.items():
+                writing = f"data/{key}"
+                z = self._arrays[key]
+                if z.shape[0] != stop:
+                    z.resize((stop, *z.shape[1:]))
+                z[start:stop] = arr
+            writing = "meta/episode_text"
+            group = self._text_group(n, create=bool(text))
+            if text:
+                group.attrs[str(n)] = text
+            elif group is not None and str(n) in group.attrs:  # stale text of an interrupted append
+                del group.attrs[str(n)]
+            writing = f"meta/{HAS_ACTION}"
+            flags = self._has_action_array()
+            if flags.shape[0] != n + 1:
+                flags.resize((n + 1,))
+            flags[n] = not action_free  # always written: overwrites the flag of an interrupted append
+            # Commit: the episode exists once episode_ends holds its end.
+            writing = "meta/episode_ends"
+            self._ends_array.resize((n + 1,))
+            self._ends_array[n] = stop
+        except OSError as err:  # a full disk (ENOSPC), a quota: zarr's own error names neither store nor file
+            if err.errno is None:
+                raise
+            raise OSError(err.errno, f"store {self.path}: could not append episode {n} ({length} steps), writing "
+                                     f"{self.path / writing}: {err.strerror or err}; the {n} episode(s) before it "
+                                     f"are intact (the next append overwrites what this one left)") from err
         self._ends = np.append(self._ends, np.int64(stop))
         self._has_action = np.append(self._has_action, not action_free)
         return n

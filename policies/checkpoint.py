@@ -42,15 +42,36 @@ def check_same_io(ours: dict[str, Any], theirs: dict[str, Any], ours_name: str, 
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically. A failed write (a full disk) leaves the file there as it was, removes
+    its temporary file and raises OSError naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **payload}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)  # a partial file would hold the space the next attempt needs
+        cause = _os_error(err)  # torch.save reports a failed write as RuntimeError("... unexpected pos ...")
+        if cause is None:
+            raise
+        kept = f"; {path.name} there is unchanged" if path.exists() else ""
+        raise OSError(cause.errno, f"could not write checkpoint {path}: {cause.strerror or cause}{kept}") from err
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    """The OSError (with an errno) that ``err`` is or was raised while handling, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno is not None:
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,6 +28,19 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("vmp.train")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # what a write to a full disk (or an exhausted quota) fails with
+
+
+@contextlib.contextmanager
+def writing(what: str | Path):
+    """An OSError raised inside names ``what`` (the file or folder being written): Python's own write errors name
+    no file ("[Errno 28] No space left on device")."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno is None:
+            raise
+        raise OSError(err.errno, f"could not write {what}: {err.strerror or err}") from err
 
 
 class EpochSampler:
@@ -77,42 +92,74 @@ class MetricsLog:
     STANDARD = ["step", "loss", "lr", "samples_per_s", "val_loss", "success_rate"]
 
     def __init__(self, path: Path, resume_step: int = 0, tensorboard: bool = False):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.tb_dir = path, path.parent / "tensorboard"
         self.columns: list[str] | None = None
-        if resume_step > 0 and path.exists() and path.stat().st_size > 0:
-            with open(path, newline="") as f:
-                rows = list(csv.reader(f))
-            self.columns = rows[0]
-            kept = [r for r in rows[1:] if r and int(float(r[0])) <= resume_step]
-            tmp = path.with_name(f".{path.name}.tmp")
-            with open(tmp, "w", newline="") as f:
-                csv.writer(f).writerows([self.columns, *kept])
-            os.replace(tmp, path)
-        self.fh = open(path, "a" if self.columns else "w", newline="")
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if resume_step > 0 and path.exists() and path.stat().st_size > 0:
+                self.columns = self._keep_rows(path, resume_step)
+            self.fh = open(path, "a" if self.columns else "w", newline="")
         self.writer = csv.writer(self.fh)
 
         self.tensorboard = None
         if tensorboard:  # the same scalars for TensorBoard (tensorboard --logdir RUN_DIR/tensorboard)
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"), purge_step=resume_step or None)
+            # purge_step: TensorBoard hides the events at this step and later that an earlier run logged; a resumed
+            # run logs from resume_step + 1 on, so those up to resume_step stay (as metrics.csv's rows do)
+            with writing(f"the TensorBoard log in {self.tb_dir}"):
+                self.tensorboard = SummaryWriter(str(self.tb_dir), purge_step=resume_step + 1 if resume_step else None)
+
+    @staticmethod
+    def _keep_rows(path: Path, resume_step: int) -> list[str] | None:
+        """Rewrite ``path`` with its rows up to ``resume_step``; -> its columns (None: no complete header). A line
+        cut short by a failed write (a full disk) has no line end and is dropped."""
+        text = path.read_text()
+        if not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+        rows = list(csv.reader(text.splitlines()))
+        if not rows:
+            return None
+        columns = rows[0]
+        kept = [r for r in rows[1:] if len(r) == len(columns) and int(float(r[0])) <= resume_step]
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            with open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows([columns, *kept])
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return columns
 
     def write(self, row: dict[str, Any]) -> None:
-        if self.columns is None:
-            self.columns = self.STANDARD + sorted(set(row) - set(self.STANDARD))
-            self.writer.writerow(self.columns)
-        self.writer.writerow(["" if row.get(c) is None else row.get(c, "") for c in self.columns])
-        self.fh.flush()
+        with writing(self.path):
+            if self.columns is None:
+                self.columns = self.STANDARD + sorted(set(row) - set(self.STANDARD))
+                self.writer.writerow(self.columns)
+            self.writer.writerow(["" if row.get(c) is None else row.get(c, "") for c in self.columns])
+            self.fh.flush()
         if self.tensorboard is not None:
-            for key, value in row.items():
-                if key != "step" and value is not None:
-                    self.tensorboard.add_scalar(key, float(value), int(row["step"]))
-            self.tensorboard.flush()
+            with writing(f"the TensorBoard log in {self.tb_dir}"):  # its writer thread's error surfaces in flush
+                for key, value in row.items():
+                    if key != "step" and value is not None:
+                        self.tensorboard.add_scalar(key, float(value), int(row["step"]))
+                self.tensorboard.flush()
 
-    def close(self) -> None:
-        self.fh.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+    def close(self, quiet: bool = False) -> None:
+        """``quiet``: a failed final flush is logged, not raised (training already stops on another error)."""
+        errors = []
+        for what, close in ((self.path, self.fh.close),
+                            (self.tb_dir, self.tensorboard.close if self.tensorboard is not None else None)):
+            try:
+                if close is not None:
+                    with writing(what):
+                        close()
+            except OSError as err:
+                errors.append(err)
+        if errors and not quiet:
+            raise errors[0]
+        for err in errors:
+            log.warning("%s", err.strerror)
 
 
 def _raise_interrupt(signum, frame):
@@ -324,6 +371,8 @@ def train(cfg: DictConfig) -> Path:
                  "micro-batch(es) of %d, %s", cfg.policy.name, n_params / 1e6, len(train_set),
                  len(val_set) if val_set else 0, device, world, tcfg.batch_size, world, accumulate, micro, tcfg.precision)
 
+    saved = {"step": step if ckpt_path.exists() and cfg.resume else None}  # what latest.pt holds
+
     def checkpoint(at_step: int) -> None:
         if is_main:
             save_checkpoint(ckpt_path, {"best": best,
@@ -336,6 +385,7 @@ def train(cfg: DictConfig) -> Path:
                            else torch.cuda.get_device_name(device),
                            "n_demos": store.n_episodes},
             })
+            saved["step"] = at_step
 
     @torch.no_grad()
     def validate() -> float:
@@ -434,12 +484,22 @@ def train(cfg: DictConfig) -> Path:
         log.warning("interrupted at step %d: saving %s (continue with resume=true)", step, ckpt_path)
         checkpoint(step)
         raise
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        # a full disk: every further write fails too. Stop, saying what survives and how to go on.
+        if saved["step"] is None:
+            kept = "no checkpoint was saved yet: free some space, then start again"
+        else:
+            kept = (f"{ckpt_path} holds step {saved['step']}: free some space, then run the same command with "
+                    f"resume=true to continue from step {saved['step']}")
+        raise OSError(err.errno, f"{err.strerror}. Training stopped at step {step}; {kept}") from err
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
         bar.close()
         if metrics_log is not None:
-            metrics_log.close()
+            metrics_log.close(quiet=sys.exc_info()[0] is not None)
         if world > 1:
             dist.destroy_process_group()
     if is_main:
@@ -458,11 +518,15 @@ def keep_copy(src: Path, dst: Path) -> None:
 
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
+    with writing(dst):
+        try:
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copy2(src, tmp)
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)  # a partial copy would hold the space the next attempt needs
 
 
 def evaluate_checkpoint(cfg: DictConfig, ckpt_path: Path, step: int) -> float:
@@ -487,7 +551,13 @@ def _load_policy_only(path: str):
 
 @hydra.main(config_path="pkg://vmp.configs", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    try:
+        train(cfg)
+    except OSError as err:  # a full disk: one line naming the file and what survives, not torch's traceback
+        if err.errno not in DISK_FULL:
+            raise
+        log.error("vmp-train: %s", str(err).removeprefix(f"[Errno {err.errno}] "))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

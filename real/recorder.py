@@ -64,17 +64,36 @@ class EpisodeRecorder:
 
         self.path = Path(path)
         self.obs_keys = sorted(spec.obs)
-        self.store = EpisodeStore.open_or_create(self.path, robot_episode_schema(spec), attrs)
+        try:
+            self.store = EpisodeStore.open_or_create(self.path, robot_episode_schema(spec), attrs)
+        except OSError as err:  # e.g. a disk already full: zarr's error names no file
+            if err.errno is None or err.filename is not None:
+                raise
+            raise OSError(err.errno, f"could not open or create the recording store {self.path}: "
+                                     f"{err.strerror}") from err
 
     def new_episode(self) -> EpisodeBuffer:
         return EpisodeBuffer(self.obs_keys)
 
     def append(self, buf: EpisodeBuffer, text: dict[str, Any]) -> int | None:
-        """Append the episode (skipped when it has no ticks); returns its index."""
+        """Append the episode (skipped when it has no ticks); returns its index.
+
+        A write that fails (a full disk) raises, so the run stops: the episode is lost but the store keeps every
+        earlier one, and each further episode would be lost too. The control loop appends after it has stopped the
+        robot."""
         if len(buf) == 0:
             log.warning("episode with no ticks not recorded (%s)", text)
             return None
-        i = self.store.append_episode(buf.arrays(), text=text)
+        try:
+            i = self.store.append_episode(buf.arrays(), text=text)
+        except OSError as err:
+            if err.errno is None:
+                raise
+            seed = f" (seed {text['seed']})" if isinstance(text, dict) and "seed" in text else ""
+            error = OSError(err.errno, f"the deployed episode{seed} was not recorded: {err.strerror}. Recording "
+                                       f"stops the run; free some space, then deploy again (it appends to {self.path})")
+            log.error("%s", error.strerror)
+            raise error from err
         log.info("recorded episode %d (%d ticks) to %s", i, len(buf), self.path)
         return i
 

@@ -14,6 +14,7 @@ judged it. The store is appended episode by episode (crash-safe): a new run adds
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from vmp.real.recorder import EpisodeBuffer, robot_episode_schema
 log = logging.getLogger(__name__)
 
 CHOICES = {"s": "save", "d": "discard", "r": "re-record"}
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # what a write to a full disk (or an exhausted quota) fails with
 
 
 def record_episode(robot: Any, teleop: Any, safety: Any, operator: Any, seed: int, control_hz: float,
@@ -101,8 +103,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         control_hz = float(cfg.robot.control_hz or spec.control_hz)
         max_ticks = int(cfg.max_ticks or cfg.robot.max_ticks)
         task = str(cfg.task_name or out.stem)
-        store = EpisodeStore.open_or_create(out, robot_episode_schema(spec), {"task": task, "control_hz": control_hz, "robot": spec.name,
-                                                         "recorded_by": "vmp-record", "max_episode_steps": max_ticks})
+        try:
+            attrs = {"task": task, "control_hz": control_hz, "robot": spec.name, "recorded_by": "vmp-record",
+                     "max_episode_steps": max_ticks}
+            store = EpisodeStore.open_or_create(out, robot_episode_schema(spec), attrs)
+        except OSError as err:  # e.g. a disk already full: zarr's error names no file
+            if err.errno not in DISK_FULL or err.filename is not None:
+                raise
+            raise OSError(err.errno, f"could not open or create store {out}: {err.strerror}") from err
         safety = build_safety(cfg.robot, spec)
         log.info("recording %d episodes of %s on %s at %.0f Hz into %s (teleop %s)", cfg.n_episodes, task, spec.name,
                  control_hz, out, cfg.teleop.kind)
@@ -132,7 +140,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             text = {"success": success, "success_marked_by": marked_by, "seed": seed, "outcome": reason}
             if cfg.instruction:
                 text["language"] = str(cfg.instruction)
-            index = store.append_episode(arrays, text=text)
+            try:
+                index = store.append_episode(arrays, text=text)
+            except OSError as err:  # the robot is stopped (record_episode); every further episode would fail too
+                if err.errno is None:
+                    raise
+                raise OSError(err.errno, f"{label} was not saved: {err.strerror}. Recording stopped (the robot is "
+                                         f"stopped) with {len(saved)} episode(s) saved in this session: free some "
+                                         f"space, then run vmp-record again to add to {out}") from err
             saved.append({"index": index, "seed": seed, "steps": n, "success": success, "marked_by": marked_by})
             log.info("%s: saved as episode %d (%d steps, %s)", label, index, n, "success" if success else "failure")
     finally:
@@ -157,6 +172,11 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     except EOFError as exc:
         log.error("vmp-record: %s (episodes saved so far are in the store)", exc)
+        sys.exit(1)
+    except OSError as exc:  # a full disk: one line naming the store, not zarr's traceback
+        if exc.errno not in DISK_FULL:
+            raise
+        log.error("vmp-record: %s", str(exc).removeprefix(f"[Errno {exc.errno}] "))
         sys.exit(1)
     print(f"vmp-record: saved {summary['saved']} episode(s) of {summary['attempts']} attempt(s) into {summary['out']}; "
           f"{summary['successes']} marked successful. Next: vmp-data task --from-store {summary['out']}")

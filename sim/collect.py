@@ -13,8 +13,10 @@ episode stores ``language`` and ``reasoning`` text.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # what a write to a full disk (or an exhausted quota) fails with
 
 
 @dataclasses.dataclass
@@ -188,13 +191,18 @@ def collect(
         attrs["action_free"] = True
     schema = store_schema(task, phase_names, expert_extra_specs(probe))
     first_seed = seed
-    if append:  # the store collected with these settings, or a new one
-        store = EpisodeStore.open_or_create(out, schema, attrs, same_attrs=tuple(attrs))
-        first_seed = _next_seed(store, seed)
-        n_episodes -= store.n_episodes
-        log.info("%s holds %d episodes: continuing from seed %d", out, store.n_episodes, first_seed)
-    else:
-        store = EpisodeStore.create(out, schema, attrs, overwrite=overwrite)
+    try:
+        if append:  # the store collected with these settings, or a new one
+            store = EpisodeStore.open_or_create(out, schema, attrs, same_attrs=tuple(attrs))
+            first_seed = _next_seed(store, seed)
+            n_episodes -= store.n_episodes
+            log.info("%s holds %d episodes: continuing from seed %d", out, store.n_episodes, first_seed)
+        else:
+            store = EpisodeStore.create(out, schema, attrs, overwrite=overwrite)
+    except OSError as err:  # e.g. a disk already full: zarr's error names no file
+        if err.errno not in DISK_FULL or err.filename is not None:
+            raise
+        raise OSError(err.errno, f"could not {'open' if append else 'create'} store {out}: {err.strerror}") from err
     if n_episodes <= 0:
         log.info("%s already holds %d episodes: nothing to collect", out, store.n_episodes)
         store.close()
@@ -236,7 +244,14 @@ def collect(
                         episode = r.value["episode"]
                         if action_free:
                             episode = {k: v for k, v in episode.items() if k != "action"}
-                        store.append_episode(episode, r.value["text"], action_free=action_free)
+                        try:
+                            store.append_episode(episode, r.value["text"], action_free=action_free)
+                        except OSError as err:
+                            if err.errno not in DISK_FULL:
+                                raise
+                            raise OSError(err.errno, f"{err.strerror}. Collection stopped: free some space, then run "
+                                                     f"the same command with append=true to collect the rest (the "
+                                                     f"same episodes an uninterrupted run would have)") from err
                         kept += 1
                         steps += r.value["length"]
                         bar.update(1)
@@ -279,21 +294,27 @@ def main(cfg: DictConfig) -> None:
     """CLI entry point (hydra app)."""
     if cfg.out is None:
         cfg.out = cfg.task.store
-    summary = collect(
-        cfg.task,
-        n_episodes=int(cfg.n_episodes),
-        out=cfg.out,
-        n_workers=int(cfg.n_workers),
-        seed=int(cfg.seed),
-        keep_failed=bool(cfg.keep_failed),
-        max_attempts=cfg.max_attempts,
-        overwrite=bool(cfg.overwrite),
-        episode_timeout_s=float(cfg.episode_timeout_s),
-        action_noise=float(cfg.action_noise),
-        append=bool(cfg.append),
-        action_free=bool(cfg.action_free),
-        launcher=OmegaConf.to_container(cfg.launcher, resolve=True) if cfg.get("launcher") is not None else None,
-    )
+    try:
+        summary = collect(
+            cfg.task,
+            n_episodes=int(cfg.n_episodes),
+            out=cfg.out,
+            n_workers=int(cfg.n_workers),
+            seed=int(cfg.seed),
+            keep_failed=bool(cfg.keep_failed),
+            max_attempts=cfg.max_attempts,
+            overwrite=bool(cfg.overwrite),
+            episode_timeout_s=float(cfg.episode_timeout_s),
+            action_noise=float(cfg.action_noise),
+            append=bool(cfg.append),
+            action_free=bool(cfg.action_free),
+            launcher=OmegaConf.to_container(cfg.launcher, resolve=True) if cfg.get("launcher") is not None else None,
+        )
+    except OSError as err:  # a full disk: one line naming the store, not zarr's traceback
+        if err.errno not in DISK_FULL:
+            raise
+        log.error("vmp-collect: %s", str(err).removeprefix(f"[Errno {err.errno}] "))
+        sys.exit(1)
     print(
         f"{summary['task']}: {summary['episodes']} episodes ({summary['steps']} steps) -> {summary['out']}; "
         f"expert success {summary['expert_success_rate']:.1%} over {summary['attempted']} attempts; "

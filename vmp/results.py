@@ -90,15 +90,22 @@ def make_record(kind: str, task: str, obs: str, policy: str, variant: str, metri
 
 
 def write_record(path: str | Path, record: dict[str, Any]) -> Path:
-    """Write a record as JSON, atomically (temporary name in the same folder, then rename)."""
+    """Write a record as JSON, atomically (temporary name in the same folder, flushed to disk, then rename). A failed
+    write (a full disk) leaves the record there as it was, removes the temporary file and raises OSError naming
+    ``path`` and the reason ("No space left on device")."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    text = json.dumps(record, indent=2) + "\n"  # a record that is not JSON fails here, before any file is touched
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         tmp.replace(path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise OSError(err.errno, f"could not write the results record {path}: {err.strerror}") from err
+        kept = "; the record there is unchanged" if path.exists() else ""
+        raise OSError(err.errno, f"could not write the results record {path}: {err.strerror or err}{kept}") from err
     log.info("wrote %s", path)
     return path
