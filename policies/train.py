@@ -222,13 +222,12 @@ def train(cfg: DictConfig) -> Path:
     """Run (or resume) training; returns the path of the final checkpoint."""
     import torch
     import torch.distributed as dist
-    from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
     from torch.nn.parallel import DistributedDataParallel
 
     from vmp.data import EpisodeStore, Normalizer, SequenceDataset, SequenceSampler
     from vmp.policies.build import build_model, head_config, normalizer_modes
-    from vmp.policies.checkpoint import check_same_io, model_io, read_checkpoint, resolve_device, save_checkpoint
+    from vmp.policies.checkpoint import model_io, resolve_device, save_checkpoint
     from vmp.progress import progress
     from vmp.results import git_revision
 
@@ -324,15 +323,7 @@ def train(cfg: DictConfig) -> Path:
         with open_dict(cfg):
             for key, value in settings.items():
                 cfg.policy[key] = value
-    decay, no_decay = [], []
-    for name, p in policy.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 and not name.startswith("normalizer") else no_decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=tcfg.lr, betas=tuple(tcfg.betas),
-    )
-    lr_schedule = get_cosine_schedule_with_warmup(optimizer, tcfg.warmup_steps, steps)
+    optimizer, lr_schedule = configure_optimizers(policy, tcfg, steps)
     ema = EMAModel(policy.parameters(), decay=tcfg.ema_decay, use_ema_warmup=True, power=tcfg.ema_power)
     ema.to(device)
     step, train_minutes, run_start = 0, 0.0, time.perf_counter()
@@ -340,30 +331,13 @@ def train(cfg: DictConfig) -> Path:
     # lowest validation loss; kept beside latest.pt (and step_N.pt every training.keep_every steps)
     best_metric = "success_rate" if tcfg.eval_every > 0 else "val_loss"
     best: dict[str, Any] = {"metric": best_metric, "value": None, "step": None}
-    if cfg.resume and ckpt_path.exists():
-        payload = read_checkpoint(ckpt_path, map_location=device)
-        check_same_io(model_io(OmegaConf.create(payload["cfg"])), model_io(cfg), str(ckpt_path), "this run's config")
-        policy.load_state_dict(payload["policy"])
-        optimizer.load_state_dict(payload["optimizer"])
-        lr_schedule.load_state_dict(payload["lr_schedule"])
-        ema.load_state_dict(payload["ema"])
+    resumed = resume_or_start(cfg, ckpt_path, {"policy": policy, "optimizer": optimizer, "lr_schedule": lr_schedule,
+                                               "ema": ema}, device, is_main)
+    if resumed is not None:
         ema.to(device)
-        step = int(payload["step"])
-        best.update(payload.get("best") or {})
-        train_minutes = float(payload.get("budget", {}).get("train_minutes", 0.0))
-        if is_main:
-            log.info("resumed from %s at step %d", ckpt_path, step)
-    elif cfg.resume and is_main:
-        log.warning("resume=true but %s does not exist: starting from scratch", ckpt_path)
-    elif ckpt_path.exists() and not cfg.get("overwrite", False):
-        raise FileExistsError(f"run_dir {run_dir} already holds a checkpoint (step {read_checkpoint(ckpt_path)['step']}): "
-                              f"resume=true to continue it, overwrite=true to start afresh there, or another run_dir")
-    elif cfg.get("overwrite", False) and is_main:  # afresh: nothing of the old run may pass for this one's
-        import shutil
-
-        for old in [*ckpt_path.parent.glob("best.pt"), *ckpt_path.parent.glob("step_*.pt")]:
-            old.unlink()
-        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        step = int(resumed["step"])
+        best.update(resumed.get("best") or {})
+        train_minutes = float(resumed.get("budget", {}).get("train_minutes", 0.0))
     model = DistributedDataParallel(policy) if world > 1 else policy
     n_params = sum(p.numel() for p in policy.parameters())
     if is_main:
@@ -422,21 +396,9 @@ def train(cfg: DictConfig) -> Path:
                     epoch += 1
                     data_iter = iter(loader(epoch))
             optimizer.zero_grad(set_to_none=True)
-            step_losses: dict[str, float] = {}
-            for a, batch in enumerate(micro_batches):
-                torch.manual_seed(step_seed(cfg.seed, step, rank * accumulate + a))
-                # gradients are all-reduced once per step, on its last micro-batch
-                sync = contextlib.nullcontext() if world == 1 or a == accumulate - 1 else model.no_sync()
-                with sync:
-                    with autocast:
-                        losses = model(to_device(batch, device))
-                    loss = losses["loss"]
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower training.lr or check the store")
-                    (loss / accumulate).backward()
-                for key, value in losses.items():
-                    value = float(value.detach() if torch.is_tensor(value) else value)
-                    step_losses[key] = step_losses.get(key, 0.0) + value / accumulate
+            step_losses = accumulate_gradients(model, micro_batches, device, autocast,
+                                               [step_seed(cfg.seed, step, rank * accumulate + a) for a in range(accumulate)],
+                                               sync_last_only=world > 1, step=step)
             if tcfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), tcfg.grad_clip)
             optimizer.step()
@@ -505,6 +467,78 @@ def train(cfg: DictConfig) -> Path:
     if is_main:
         log.info("done: %d steps, checkpoint %s", step, ckpt_path)
     return ckpt_path
+
+
+def configure_optimizers(policy: Any, tcfg: DictConfig, steps: int) -> tuple[Any, Any]:
+    """AdamW with weight decay on matrices only (not biases, norms, embeddings' 1-d parameters or the normalizer's
+    statistics), and a cosine learning-rate schedule with linear warm-up over ``steps``."""
+    import torch
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    decay, no_decay = [], []
+    for name, p in policy.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and not name.startswith("normalizer") else no_decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tcfg.lr, betas=tuple(tcfg.betas),
+    )
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, tcfg.warmup_steps, steps)
+
+
+def resume_or_start(cfg: DictConfig, ckpt_path: Path, state: dict[str, Any], device: Any, is_main: bool
+                    ) -> dict[str, Any] | None:
+    """With ``resume=true`` and a checkpoint: load it into ``state`` (policy, optimizer, lr_schedule, ema) and return
+    it. Otherwise start afresh: refuse a run_dir that holds a checkpoint unless ``overwrite=true``, which clears what
+    of the old run could pass for this one's (best.pt, step_N.pt, TensorBoard). -> None."""
+    from vmp.policies.checkpoint import check_same_io, model_io, read_checkpoint
+
+    run_dir = Path(cfg.run_dir)
+    if cfg.resume and ckpt_path.exists():
+        payload = read_checkpoint(ckpt_path, map_location=device)
+        check_same_io(model_io(OmegaConf.create(payload["cfg"])), model_io(cfg), str(ckpt_path), "this run's config")
+        for name, obj in state.items():
+            obj.load_state_dict(payload[name])
+        if is_main:
+            log.info("resumed from %s at step %d", ckpt_path, int(payload["step"]))
+        return payload
+    if cfg.resume and is_main:
+        log.warning("resume=true but %s does not exist: starting from scratch", ckpt_path)
+    elif ckpt_path.exists() and not cfg.get("overwrite", False):
+        raise FileExistsError(f"run_dir {run_dir} already holds a checkpoint (step {read_checkpoint(ckpt_path)['step']}): "
+                              f"resume=true to continue it, overwrite=true to start afresh there, or another run_dir")
+    elif cfg.get("overwrite", False) and is_main:  # afresh: nothing of the old run may pass for this one's
+        import shutil
+
+        for old in [*ckpt_path.parent.glob("best.pt"), *ckpt_path.parent.glob("step_*.pt")]:
+            old.unlink()
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    return None
+
+
+def accumulate_gradients(model: Any, micro_batches: list, device: Any, autocast: Any, seeds: list[int],
+                         sync_last_only: bool, step: int) -> dict[str, float]:
+    """Forward and backward over one step's micro-batches (each seeded, so a step's noise does not depend on how the
+    batch is split across processes) -> the step's mean losses. Under DDP gradients are all-reduced once, on the
+    last micro-batch."""
+    import torch
+
+    accumulate = len(micro_batches)
+    step_losses: dict[str, float] = {}
+    for a, batch in enumerate(micro_batches):
+        torch.manual_seed(seeds[a])
+        sync = model.no_sync() if sync_last_only and a < accumulate - 1 else contextlib.nullcontext()
+        with sync:
+            with autocast:
+                losses = model(to_device(batch, device))
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower training.lr or check the store")
+            (loss / accumulate).backward()
+        for key, value in losses.items():
+            value = float(value.detach() if torch.is_tensor(value) else value)
+            step_losses[key] = step_losses.get(key, 0.0) + value / accumulate
+    return step_losses
 
 
 def _better(value: float, best: float | None, lower: bool) -> bool:
