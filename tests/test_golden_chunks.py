@@ -174,6 +174,16 @@ def _load(head: str) -> Policy:
     return policy.eval()
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Bit-identical needs the same float reductions: one intra-op thread, as the fixtures were written with (two
+    threads split a matmul's sums differently)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("head", sorted(HEADS))
 def test_tiny_checkpoint_gives_the_recorded_chunks_bit_for_bit(head):
     expected = np.load(FIXTURES / f"{head}_chunks.npz")
@@ -186,6 +196,7 @@ def test_tiny_checkpoint_gives_the_recorded_chunks_bit_for_bit(head):
 def write(heads: list[str]) -> None:
     """Fresh tiny heads with every weight perturbed (a zero-initialised output layer would hide the network)."""
     FIXTURES.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)  # as the test runs
     for head in heads or HEADS:
         torch.manual_seed(0)
         policy = HEADS[head][0]()
