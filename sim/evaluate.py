@@ -73,14 +73,12 @@ def _init_eval(task_cfg: dict, make_policy: Callable[[], Any], render: bool, vid
     # a task may evaluate on other env settings than it trains on (pointnav: held-out scenes)
     env = make(task_cfg, render_mode="rgb_array" if render else None, max_episode_steps=max_episode_steps,
                **{**dict(task_cfg.get("eval_env_kwargs") or {}), **(video_env_kwargs(task_cfg) if render else {})})
-    from vmp.policies.base import Policy
-    from vmp.sim.experts.base import Expert
-
     policy = make_policy()
-    if isinstance(policy, Expert):
-        policy.bind_env(env)  # privileged experts read the env's state
+    bind = getattr(policy, "bind_env", None)
+    if callable(bind):
+        bind(env)  # privileged experts read the env's state
     annotator = None
-    if isinstance(policy, Policy) and "reasoning" in policy.capabilities.extras and task_cfg.get("expert"):
+    if "reasoning" in getattr(getattr(policy, "capabilities", None), "extras", ()) and task_cfg.get("expert"):
         from vmp.sim.experts import make_expert
 
         annotator = make_expert(task_cfg["expert"], env=env, **dict(task_cfg.get("expert_kwargs") or {}))
@@ -100,7 +98,6 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False,
     track its phase; each chunk's ``reasoning`` is compared with the phase name the expert gives the same state, and
     the episode's ``metrics["reasoning_accuracy"]`` is the fraction of chunks whose reasoning matched.
     """
-    from vmp.policies.base import Policy
     from vmp.sim.experts.base import Expert
     from vmp.sim.render import extras_panel
 
@@ -121,12 +118,11 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False,
         policy.set_goal(info["goal"])
     if info.get("language"):
         policy.set_language(info["language"])
-    head = policy if isinstance(policy, Policy) else None  # else a scripted expert: no extras, no timings
-    if head is not None:
-        head.decode_frames = record_video  # predicted frames are only drawn into videos
-    times = getattr(policy, "inference_times_ms", None)  # any actor may time its chunks (a Policy always does)
+    if hasattr(policy, "decode_frames"):
+        policy.decode_frames = record_video  # predicted frames are only drawn into videos
+    times = getattr(policy, "inference_times_ms", None)
     n_times = len(times) if times is not None else 0
-    panel = head is not None and bool(head.capabilities.extras)  # a head that returns extras
+    panel = bool(getattr(getattr(policy, "capabilities", None), "extras", ()))  # a head that returns extras
 
     def frame_now(extras: dict) -> np.ndarray:
         frame = _frame(env, obs)
@@ -135,7 +131,7 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False,
     frames = [frame_now({})] if record_video else None
     # the real frames of the camera a head predicts, to set beside its predictions (heads that return future_frames
     # name their camera and offsets: PAD)
-    camera, offsets = (head.camera, head.future_offsets) if head is not None else (None, ())
+    camera, offsets = getattr(policy, "camera", None), getattr(policy, "future_offsets", None)
     seen = [obs[camera]] if record_video and offsets and camera in obs else None
     texts: list[dict[str, Any]] = []
     futures: list[tuple[int, np.ndarray]] = []
@@ -147,7 +143,7 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False,
         action = np.asarray(policy.select_action(obs))
         if not np.isfinite(action).all():
             raise FloatingPointError(f"non-finite action at step {length} of seed {seed}: {action}")
-        new = (head.last_extras if head is not None else None) or {}
+        new = getattr(policy, "last_extras", None) or {}
         if new is not extras:  # a new chunk came with extras
             extras = new
             if annotator is not None and isinstance(extras.get("reasoning"), str):
