@@ -99,8 +99,13 @@ def test_torchrun_two_processes_resumed_as_one_match_one_process(tmp_path):
     part = read_checkpoint(tmp_path / "ddp" / "checkpoints" / "latest.pt")
     assert part["step"] == 6 and part["budget"]["processes"] == 2 and part["budget"]["batch_size"] == 16
     assert "DistributedDataParallel" not in str(list(part["policy"])[:3])  # the bare policy's keys, not module.*
-    resumed = read_checkpoint(train(compose_cfg(store, tmp_path / "ddp", *common, "resume=true")))
-    single = read_checkpoint(train(compose_cfg(store, tmp_path / "one", *common)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the torchrun ranks (OMP_NUM_THREADS=1): make test's two threads sum otherwise
+    try:
+        resumed = read_checkpoint(train(compose_cfg(store, tmp_path / "ddp", *common, "resume=true")))
+        single = read_checkpoint(train(compose_cfg(store, tmp_path / "one", *common)))
+    finally:
+        torch.set_num_threads(threads)
     assert resumed["step"] == single["step"] == 12 and resumed["budget"]["processes"] == 1
     tensors = {k: v for k, v in single["policy"].items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
     moved = max((v - part["policy"][k]).abs().max().item() for k, v in tensors.items())
