@@ -172,6 +172,14 @@ RECIPES = [
               f"random pick among 16 (critic ablated); {_NAV}", extra="+overrides.selection=random",
               out="eval_random", videos=0),
     ]),
+    Recipe("can_lowdim", {"stores/can_dart.zarr": "vmp-collect task=can n_episodes=200 out=stores/can_dart.zarr "
+                                                  "action_noise=0.1"}, [
+        "vmp-train task=can policy=beso store=stores/can_dart.zarr training.batch_size=128 training.steps=8000 "
+        "training.keep_every=1000 training.stop_after=5000 run_dir=runs/can-beso-seed0 seed=0",
+        *(f"vmp-eval checkpoint=runs/can-beso-seed0/checkpoints/step_000{k}.pt n_episodes=50 n_workers=1 n_videos=1 "
+          f"out_dir=runs/can-beso-seed0/eval_step{k} 'variant=\"3-step euler; seed 0, step {k} of 8000 (stopped at "
+          f"5000)\"' results_json=results/success_can_lowdim_beso_seed0_step{k}.json" for k in (2000, 3000, 4000, 5000)),
+    ]),
 ]
 BY_NAME = {r.name: r for r in RECIPES}
 
