@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
 import logging
 import os
@@ -218,50 +219,75 @@ def check_training_types(training: DictConfig) -> None:
             raise ValueError(f"training.{key}={value!r} must be {type(default).__name__} like its default ({default!r})")
 
 
-def train(cfg: DictConfig) -> Path:
-    """Run (or resume) training; returns the path of the final checkpoint."""
-    import torch
-    import torch.distributed as dist
-    from diffusers.training_utils import EMAModel
-    from torch.nn.parallel import DistributedDataParallel
+@dataclasses.dataclass
+class TrainingData:
+    """What one run trains and validates on, and how a rank draws its batches of an epoch."""
 
-    from vmp.data import EpisodeStore, Normalizer, SequenceDataset, SequenceSampler
-    from vmp.policies.build import build_model, head_config, normalizer_modes
-    from vmp.policies.checkpoint import model_io, resolve_device, save_checkpoint
-    from vmp.progress import progress
-    from vmp.results import git_revision
+    store: Any  # the main store (normalizer statistics, n_demos in the budget)
+    train_set: Any
+    val_set: Any | None
+    stats_sampler: Any  # the main store's training sampler: which episodes the statistics may see
+    batch_size: int
+    micro_batch_size: int
+    num_workers: int
+    seed: int
+    rank: int = 0
+    world: int = 1
+    pin_memory: bool = False
 
-    tcfg = cfg.training
-    check_training_types(tcfg)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = resolve_device(cfg.device)
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    is_main = rank == 0
-    micro, accumulate = accumulation_steps(int(tcfg.batch_size), tcfg.micro_batch_size, world)
-    if tcfg.precision not in ("fp32", "bf16"):
-        raise ValueError(f"training.precision={tcfg.precision!r} must be fp32 or bf16")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.precision == "bf16")
-    steps = 20 if tcfg.debug else int(tcfg.steps)
-    stop_at = min(steps, int(tcfg.stop_after)) if tcfg.get("stop_after") else steps
-    run_dir = Path(cfg.run_dir)
-    ckpt_path = run_dir / "checkpoints" / "latest.pt"
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.train_set) // self.batch_size
 
-    # ---- data ----
+    def loader(self, epoch: int, start_batch: int = 0):
+        import torch
+
+        sampler = EpochSampler(len(self.train_set), self.seed, epoch, self.batch_size, self.rank, self.world, start_batch)
+        return torch.utils.data.DataLoader(
+            self.train_set, batch_size=self.micro_batch_size, sampler=sampler, drop_last=True,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, persistent_workers=False,
+            generator=torch.Generator().manual_seed(self.seed + epoch),
+        )
+
+    def batches(self, step: int, per_step: int) -> Iterator[list]:
+        """The micro-batches of each step from ``step`` on, ``per_step`` at a time, across epochs."""
+        epoch, batch_in_epoch = divmod(step, self.batches_per_epoch)
+        data_iter = iter(self.loader(epoch, batch_in_epoch))
+        while True:
+            micro_batches = []
+            while len(micro_batches) < per_step:
+                try:
+                    micro_batches.append(next(data_iter))
+                except StopIteration:  # an epoch holds whole steps, so only reached between steps
+                    epoch += 1
+                    data_iter = iter(self.loader(epoch))
+            yield micro_batches
+
+
+def _open_store(path: str, store_options: dict | None, prefetch: bool):
+    from vmp.data import EpisodeStore
+
+    store = EpisodeStore.open(path, storage_options=store_options)
+    if prefetch:
+        store.prefetch()  # a URL store: all of it into the local cache first, so no step waits on the network
+    return store
+
+
+def build_data(cfg: DictConfig, micro: int, rank: int, world: int, device: Any) -> TrainingData:
+    """The stores, samplers and datasets of a run. A head may first learn settings from the store (a tokenizer's
+    ranges, ...): they are written into ``cfg.policy``, so the checkpoint's config holds them."""
+    from vmp.data import SequenceDataset, SequenceSampler
     from vmp.data.dataset import MixedSequenceDataset
+    from vmp.policies.build import head_config
     from vmp.policies.heads import HEADS
 
+    tcfg = cfg.training
     head_settings = head_config(cfg)  # an unknown head or setting is refused here, before the data is read
     store_options = OmegaConf.to_container(cfg.store_options, resolve=True) if cfg.get("store_options") else None
-    store = EpisodeStore.open(cfg.store, storage_options=store_options)
-    if cfg.get("store_prefetch", True):
-        store.prefetch()  # a URL store: all of it into the local cache first, so no step waits on the network
+    prefetch = bool(cfg.get("store_prefetch", True))
+    store = _open_store(cfg.store, store_options, prefetch)
     head_cls = HEADS[cfg.policy.name]
-    learned = head_cls.prepare_settings(head_settings, cfg.task, store)  # learned from the store (a tokenizer, ...)
+    learned = head_cls.prepare_settings(head_settings, cfg.task, store)
     if learned:
         with open_dict(cfg):
             for key, value in learned.items():
@@ -280,182 +306,287 @@ def train(cfg: DictConfig) -> Path:
     sampled = {*sampler_kwargs["keys"], *goal_keys, *(sampler_kwargs.get("future_keys") or [])}
     sampler_kwargs["image_sizes"] = {k: v for k, v in task_image_sizes(cfg.task, store).items() if k in sampled}
 
-    def sampler(source, split: str):
+    def dataset(source, split: str):
         derived = head_cls.precompute(head_settings, cfg.task, source)  # e.g. PAD's image latents, encoded once
-        return SequenceSampler(source, split=split, derived=derived or None, **sampler_kwargs)
+        return SequenceDataset(SequenceSampler(source, split=split, derived=derived or None, **sampler_kwargs))
 
-    train_set = SequenceDataset(sampler(store, "train"))
+    train_set = dataset(store, "train")
     stats_sampler = train_set.sampler
-    val_set = SequenceDataset(sampler(store, "val")) if tcfg.val_ratio > 0 else None
+    val_set = dataset(store, "val") if tcfg.val_ratio > 0 else None
     if cfg.get("mix"):  # further stores in the same run (e.g. action-free video), weighted against the main one
         members, weights = [train_set], [1.0]
         for i, entry in enumerate(cfg.mix):
             if entry.get("store") is None or entry.get("weight") is None:
                 raise ValueError(f"mix[{i}] must give `store` and `weight`, got {OmegaConf.to_container(entry)}")
-            member = EpisodeStore.open(str(entry.store), storage_options=store_options)
-            if cfg.get("store_prefetch", True):
-                member.prefetch()
-            members.append(SequenceDataset(sampler(member, "train")))
+            members.append(dataset(_open_store(str(entry.store), store_options, prefetch), "train"))
             weights.append(float(entry.weight))
         train_set = MixedSequenceDataset(members, weights, seed=cfg.seed)
     if len(train_set) < tcfg.batch_size:
         raise ValueError(f"{cfg.store}: {len(train_set)} training windows, fewer than one batch of {tcfg.batch_size}")
-    batches_per_epoch = len(train_set) // tcfg.batch_size
+    return TrainingData(store, train_set, val_set, stats_sampler, int(tcfg.batch_size), micro, int(tcfg.num_workers),
+                        int(cfg.seed), rank, world, pin_memory=device.type == "cuda")
 
-    def loader(epoch: int, start_batch: int = 0):
-        sampler = EpochSampler(len(train_set), cfg.seed, epoch, tcfg.batch_size, rank, world, start_batch)
-        return torch.utils.data.DataLoader(
-            train_set, batch_size=micro, sampler=sampler, drop_last=True, num_workers=tcfg.num_workers,
-            pin_memory=device.type == "cuda", persistent_workers=False,
-            generator=torch.Generator().manual_seed(cfg.seed + epoch),
-        )
 
-    # ---- model, optimizer, EMA ----
+def build_policy(cfg: DictConfig, data: TrainingData, device: Any):
+    """The head, its normalizer fit on the main store's training split (actions: only episodes that have them):
+    validation episodes must not leak into what the model is given."""
+    import torch
+
+    from vmp.data import Normalizer
+    from vmp.policies.build import build_model, normalizer_modes
+
     torch.manual_seed(cfg.seed)
-    # Statistics from the main store's training split (actions: only episodes that have them): validation episodes
-    # must not leak into what the model is given.
     modes = normalizer_modes(cfg)
-    normalizer = Normalizer.from_store(store, modes, episodes={k: stats_sampler.stats_episodes(k) if k in stats_sampler.kinds
-                                                            else stats_sampler.train_episodes for k in modes})
-    policy = build_model(cfg, normalizer).to(device)
+    sampler = data.stats_sampler
+    episodes = {k: sampler.stats_episodes(k) if k in sampler.kinds else sampler.train_episodes for k in modes}
+    policy = build_model(cfg, Normalizer.from_store(data.store, modes, episodes=episodes)).to(device)
     settings = policy.checkpoint_settings()
     if settings:  # recorded in the checkpoint's config (e.g. PAD's autoencoder architecture)
         with open_dict(cfg):
             for key, value in settings.items():
                 cfg.policy[key] = value
+    return policy
+
+
+@dataclasses.dataclass
+class Run:
+    """One training run's state between steps: what a checkpoint saves and what the step, validation and
+    bookkeeping read."""
+
+    cfg: DictConfig
+    data: TrainingData
+    policy: Any
+    model: Any  # the policy, or its DistributedDataParallel wrapper
+    optimizer: Any
+    lr_schedule: Any
+    ema: Any
+    device: Any
+    ckpt_path: Path
+    is_main: bool
+    step: int = 0
+    train_minutes: float = 0.0  # of earlier sessions of this run (resume)
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+    best: dict[str, Any] = dataclasses.field(default_factory=dict)
+    saved_step: int | None = None  # the step latest.pt holds
+
+    def checkpoint(self) -> None:
+        """latest.pt (rank 0): model, EMA, optimizer, schedule, best, and the budget spent so far."""
+        import torch
+
+        from vmp.policies.checkpoint import model_io, save_checkpoint
+        from vmp.results import git_revision
+
+        if not self.is_main:
+            return
+        cfg, tcfg = self.cfg, self.cfg.training
+        device = (f"cpu ({torch.get_num_threads()} threads)" if self.device.type == "cpu"
+                  else torch.cuda.get_device_name(self.device))
+        save_checkpoint(self.ckpt_path, {
+            "best": self.best, "cfg": OmegaConf.to_yaml(cfg), "io": model_io(cfg), "policy": self.policy.state_dict(),
+            "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(), "step": self.step, "git_rev": git_revision(),
+            "budget": {"train_steps": self.step, "batch_size": int(tcfg.batch_size), "processes": self.data.world,
+                       "train_minutes": round(self.train_minutes + (time.perf_counter() - self.start) / 60, 2),
+                       "device": device, "n_demos": self.data.store.n_episodes},
+        })
+        self.saved_step = self.step
+
+    def validate(self) -> float:
+        """Mean loss of the EMA weights over the first ``training.val_batches`` validation batches."""
+        import torch
+
+        tcfg = self.cfg.training
+        losses = []
+        val_loader = torch.utils.data.DataLoader(self.data.val_set, batch_size=tcfg.batch_size, shuffle=False,
+                                                 num_workers=tcfg.num_workers)
+        with torch.no_grad():
+            self.ema.store(self.policy.parameters())
+            self.ema.copy_to(self.policy.parameters())
+            self.policy.eval()
+            torch.manual_seed(step_seed(self.cfg.seed, -1, 0))
+            for i, batch in enumerate(val_loader):
+                if i >= tcfg.val_batches:
+                    break
+                losses.append(self.policy.compute_loss(to_device(batch, self.device))["loss"].item())
+            self.ema.restore(self.policy.parameters())
+        self.policy.train()
+        return sum(losses) / max(len(losses), 1)
+
+    def optimizer_step(self, micro_batches: list, autocast: Any) -> dict[str, float]:
+        """One optimizer step over the step's micro-batches -> its mean losses."""
+        import torch
+
+        tcfg, accumulate, rank = self.cfg.training, len(micro_batches), self.data.rank
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = accumulate_gradients(self.model, micro_batches, self.device, autocast,
+                                      [step_seed(self.cfg.seed, self.step, rank * accumulate + a)
+                                       for a in range(accumulate)],
+                                      sync_last_only=self.data.world > 1, step=self.step)
+        if tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), tcfg.grad_clip)
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.ema.step(self.policy.parameters())
+        self.step += 1
+        return losses
+
+    def after_step(self, row: dict[str, Any], steps: int, stop_at: int) -> dict[str, Any]:
+        """Rank 0's bookkeeping after a step: validation, periodic evaluation, latest/best/kept checkpoints. ``row``
+        holds the step's logged losses (empty between log steps); -> the row with what was measured."""
+        tcfg, step = self.cfg.training, self.step
+        if self.data.val_set is not None and (step % tcfg.val_every == 0 or step == steps):
+            row["val_loss"] = self.validate()
+            log.info("step %d val_loss %.4f", step, row["val_loss"])
+        evaluate = tcfg.eval_every > 0 and (step % tcfg.eval_every == 0 or step == steps)
+        improved = (self.best["metric"] == "val_loss" and "val_loss" in row
+                    and _better(row["val_loss"], self.best["value"], lower=True))
+        if improved:
+            self.best.update(value=row["val_loss"], step=step)
+        keep = tcfg.keep_every > 0 and step % tcfg.keep_every == 0
+        if step % tcfg.ckpt_every == 0 or step == stop_at or improved or keep or evaluate:
+            self.checkpoint()
+        if evaluate:
+            row["success_rate"] = evaluate_checkpoint(self.cfg, self.ckpt_path, step)
+            if _better(row["success_rate"], self.best["value"], lower=False):
+                self.best.update(value=row["success_rate"], step=step)
+                improved = True
+        if improved:
+            keep_copy(self.ckpt_path, self.ckpt_path.with_name("best.pt"))
+        if keep:
+            keep_copy(self.ckpt_path, self.ckpt_path.with_name(f"step_{step:07d}.pt"))
+        return row
+
+    def disk_full(self, err: OSError) -> OSError:
+        """A full disk: every further write fails too. The error to stop with, saying what survives and how to go on."""
+        if self.saved_step is None:
+            kept = "no checkpoint was saved yet: free some space, then start again"
+        else:
+            kept = (f"{self.ckpt_path} holds step {self.saved_step}: free some space, then run the same command with "
+                    f"resume=true to continue from step {self.saved_step}")
+        return OSError(err.errno, f"{err.strerror}. Training stopped at step {self.step}; {kept}")
+
+
+class LossMeter:
+    """Mean losses over the steps since the last logged one, and the samples per second they took."""
+
+    def __init__(self, step: int, batch_size: int):
+        self.batch_size, self.last_step, self.last_time = batch_size, step, time.perf_counter()
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, losses: dict[str, float]) -> None:
+        for key, value in losses.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.n += 1
+
+    def row(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        row = {key: value / self.n for key, value in self.sums.items()}
+        row["samples_per_s"] = (step - self.last_step) * self.batch_size / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_step, self.sums, self.n = now, step, {}, 0
+        return row
+
+
+def setup_processes(cfg: DictConfig) -> tuple[Any, int, int]:
+    """(device, rank, world size): a torchrun-launched process joins its group (gloo on CPU, nccl on GPU)."""
+    import torch
+    import torch.distributed as dist
+
+    from vmp.policies.checkpoint import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(cfg.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, rank, world
+
+
+def start_run(cfg: DictConfig, data: TrainingData, device: Any, steps: int) -> Run:
+    """The policy, optimizer, schedule and EMA, fresh or resumed from run_dir's latest.pt."""
+    from diffusers.training_utils import EMAModel
+    from torch.nn.parallel import DistributedDataParallel
+
+    tcfg, is_main = cfg.training, data.rank == 0
+    policy = build_policy(cfg, data, device)
     optimizer, lr_schedule = configure_optimizers(policy, tcfg, steps)
     ema = EMAModel(policy.parameters(), decay=tcfg.ema_decay, use_ema_warmup=True, power=tcfg.ema_power)
     ema.to(device)
-    step, train_minutes, run_start = 0, 0.0, time.perf_counter()
+    ckpt_path = Path(cfg.run_dir) / "checkpoints" / "latest.pt"
     # best.pt: the checkpoint with the best periodic-evaluation success (when training.eval_every > 0), else the
     # lowest validation loss; kept beside latest.pt (and step_N.pt every training.keep_every steps)
-    best_metric = "success_rate" if tcfg.eval_every > 0 else "val_loss"
-    best: dict[str, Any] = {"metric": best_metric, "value": None, "step": None}
+    best = {"metric": "success_rate" if tcfg.eval_every > 0 else "val_loss", "value": None, "step": None}
+    run = Run(cfg, data, policy, policy, optimizer, lr_schedule, ema, device, ckpt_path, is_main, best=best)
     resumed = resume_or_start(cfg, ckpt_path, {"policy": policy, "optimizer": optimizer, "lr_schedule": lr_schedule,
                                                "ema": ema}, device, is_main)
     if resumed is not None:
         ema.to(device)
-        step = int(resumed["step"])
-        best.update(resumed.get("best") or {})
-        train_minutes = float(resumed.get("budget", {}).get("train_minutes", 0.0))
-    model = DistributedDataParallel(policy) if world > 1 else policy
-    n_params = sum(p.numel() for p in policy.parameters())
-    if is_main:
+        run.step = run.saved_step = int(resumed["step"])
+        run.best.update(resumed.get("best") or {})
+        run.train_minutes = float(resumed.get("budget", {}).get("train_minutes", 0.0))
+    if data.world > 1:
+        run.model = DistributedDataParallel(policy)
+    return run
+
+
+def train(cfg: DictConfig) -> Path:
+    """Run (or resume) training; returns the path of the final checkpoint."""
+    import torch
+    import torch.distributed as dist
+
+    from vmp.progress import progress
+
+    tcfg = cfg.training
+    check_training_types(tcfg)
+    device, rank, world = setup_processes(cfg)
+    micro, accumulate = accumulation_steps(int(tcfg.batch_size), tcfg.micro_batch_size, world)
+    if tcfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"training.precision={tcfg.precision!r} must be fp32 or bf16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.precision == "bf16")
+    steps = 20 if tcfg.debug else int(tcfg.steps)
+    stop_at = min(steps, int(tcfg.stop_after)) if tcfg.get("stop_after") else steps
+    data = build_data(cfg, micro, rank, world, device)
+    run = start_run(cfg, data, device, steps)
+    if run.is_main:
         log.info("%s head, %.2fM parameters, %d train windows (%d val), device %s, %d process(es), batch %d = %d x %d "
-                 "micro-batch(es) of %d, %s", cfg.policy.name, n_params / 1e6, len(train_set),
-                 len(val_set) if val_set else 0, device, world, tcfg.batch_size, world, accumulate, micro, tcfg.precision)
-
-    saved = {"step": step if ckpt_path.exists() and cfg.resume else None}  # what latest.pt holds
-
-    def checkpoint(at_step: int) -> None:
-        if is_main:
-            save_checkpoint(ckpt_path, {"best": best,
-                "cfg": OmegaConf.to_yaml(cfg), "io": model_io(cfg), "policy": policy.state_dict(), "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(), "step": at_step,
-                "git_rev": git_revision(),
-                "budget": {"train_steps": at_step, "batch_size": int(tcfg.batch_size), "processes": world,
-                           "train_minutes": round(train_minutes + (time.perf_counter() - run_start) / 60, 2),
-                           "device": f"cpu ({torch.get_num_threads()} threads)" if device.type == "cpu"
-                           else torch.cuda.get_device_name(device),
-                           "n_demos": store.n_episodes},
-            })
-            saved["step"] = at_step
-
-    @torch.no_grad()
-    def validate() -> float:
-        ema.store(policy.parameters())
-        ema.copy_to(policy.parameters())
-        policy.eval()
-        losses = []
-        val_loader = torch.utils.data.DataLoader(val_set, batch_size=tcfg.batch_size, shuffle=False, num_workers=tcfg.num_workers)
-        torch.manual_seed(step_seed(cfg.seed, -1, 0))
-        for i, batch in enumerate(val_loader):
-            if i >= tcfg.val_batches:
-                break
-            losses.append(policy.compute_loss(to_device(batch, device))["loss"].item())
-        ema.restore(policy.parameters())
-        policy.train()
-        return sum(losses) / max(len(losses), 1)
-
-    metrics_log = MetricsLog(run_dir / "metrics.csv", resume_step=step, tensorboard=bool(tcfg.tensorboard)) if is_main else None
-
-    epoch, batch_in_epoch = divmod(step, batches_per_epoch)
-    data_iter = iter(loader(epoch, batch_in_epoch))
-    policy.train()
+                 "micro-batch(es) of %d, %s", cfg.policy.name, sum(p.numel() for p in run.policy.parameters()) / 1e6,
+                 len(data.train_set), len(data.val_set) if data.val_set else 0, device, world, tcfg.batch_size, world,
+                 accumulate, micro, tcfg.precision)
+    metrics_log = (MetricsLog(Path(cfg.run_dir) / "metrics.csv", resume_step=run.step,
+                              tensorboard=bool(tcfg.tensorboard)) if run.is_main else None)
+    run.policy.train()
     # a line every 30 s in a log (nohup, a cluster job), redrawn in place on a terminal
-    bar = progress(total=steps, initial=step, disable=not is_main, desc=f"train {cfg.policy.name}", dynamic_ncols=True)
-    last_time, last_step, sums, n_sum = time.perf_counter(), step, {}, 0
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if is_main else None
+    bar = progress(total=steps, initial=run.step, disable=not run.is_main, desc=f"train {cfg.policy.name}",
+                   dynamic_ncols=True)
+    meter = LossMeter(run.step, int(tcfg.batch_size))
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if run.is_main else None
     try:
-        while step < stop_at:
-            micro_batches = []
-            while len(micro_batches) < accumulate:
-                try:
-                    micro_batches.append(next(data_iter))
-                except StopIteration:  # an epoch holds whole steps, so only reached between steps
-                    epoch += 1
-                    data_iter = iter(loader(epoch))
-            optimizer.zero_grad(set_to_none=True)
-            step_losses = accumulate_gradients(model, micro_batches, device, autocast,
-                                               [step_seed(cfg.seed, step, rank * accumulate + a) for a in range(accumulate)],
-                                               sync_last_only=world > 1, step=step)
-            if tcfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), tcfg.grad_clip)
-            optimizer.step()
-            lr_schedule.step()
-            ema.step(policy.parameters())
-            step += 1
-            for key, value in step_losses.items():
-                sums[key] = sums.get(key, 0.0) + value
-            n_sum += 1
-            if not is_main:
+        batches = data.batches(run.step, accumulate)
+        while run.step < stop_at:
+            meter.add(run.optimizer_step(next(batches), autocast))
+            if not run.is_main:
                 continue
             bar.update(1)
             row = {}
-            if step % tcfg.log_every == 0 or step == stop_at:
-                now = time.perf_counter()
-                rate = (step - last_step) * tcfg.batch_size / max(now - last_time, 1e-9)
-                row = {key: value / n_sum for key, value in sums.items()}
-                row.update(lr=lr_schedule.get_last_lr()[0], samples_per_s=rate)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{rate:.0f}")
-                last_time, last_step, sums, n_sum = now, step, {}, 0
-            if val_set is not None and (step % tcfg.val_every == 0 or step == steps):
-                row["val_loss"] = validate()
-                log.info("step %d val_loss %.4f", step, row["val_loss"])
-            evaluate = tcfg.eval_every > 0 and (step % tcfg.eval_every == 0 or step == steps)
-            improved = best_metric == "val_loss" and "val_loss" in row and _better(row["val_loss"], best["value"], lower=True)
-            if improved:
-                best.update(value=row["val_loss"], step=step)
-            keep = tcfg.keep_every > 0 and step % tcfg.keep_every == 0
-            if step % tcfg.ckpt_every == 0 or step == stop_at or improved or keep or evaluate:
-                checkpoint(step)
-            if evaluate:
-                row["success_rate"] = evaluate_checkpoint(cfg, ckpt_path, step)
-                if _better(row["success_rate"], best["value"], lower=False):
-                    best.update(value=row["success_rate"], step=step)
-                    improved = True
-            if improved:
-                keep_copy(ckpt_path, ckpt_path.with_name("best.pt"))
-            if keep:
-                keep_copy(ckpt_path, ckpt_path.with_name(f"step_{step:07d}.pt"))
+            if run.step % tcfg.log_every == 0 or run.step == stop_at:
+                row = {**meter.row(run.step), "lr": run.lr_schedule.get_last_lr()[0]}
+                bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{row['samples_per_s']:.0f}")
+            row = run.after_step(row, steps, stop_at)
             if row:
-                metrics_log.write({"step": step, **row})
+                metrics_log.write({"step": run.step, **row})
         if world > 1:
             dist.barrier()  # every rank done (rank 0 may still be writing its checkpoint) before the group is torn down
     except KeyboardInterrupt:
-        log.warning("interrupted at step %d: saving %s (continue with resume=true)", step, ckpt_path)
-        checkpoint(step)
+        log.warning("interrupted at step %d: saving %s (continue with resume=true)", run.step, run.ckpt_path)
+        run.checkpoint()
         raise
     except OSError as err:
         if err.errno not in DISK_FULL:
             raise
-        # a full disk: every further write fails too. Stop, saying what survives and how to go on.
-        if saved["step"] is None:
-            kept = "no checkpoint was saved yet: free some space, then start again"
-        else:
-            kept = (f"{ckpt_path} holds step {saved['step']}: free some space, then run the same command with "
-                    f"resume=true to continue from step {saved['step']}")
-        raise OSError(err.errno, f"{err.strerror}. Training stopped at step {step}; {kept}") from err
+        raise run.disk_full(err) from err
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
@@ -464,9 +595,9 @@ def train(cfg: DictConfig) -> Path:
             metrics_log.close(quiet=sys.exc_info()[0] is not None)
         if world > 1:
             dist.destroy_process_group()
-    if is_main:
-        log.info("done: %d steps, checkpoint %s", step, ckpt_path)
-    return ckpt_path
+    if run.is_main:
+        log.info("done: %d steps, checkpoint %s", run.step, run.ckpt_path)
+    return run.ckpt_path
 
 
 def configure_optimizers(policy: Any, tcfg: DictConfig, steps: int) -> tuple[Any, Any]:
