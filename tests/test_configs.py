@@ -15,7 +15,6 @@ IMAGE_TWINS = {
     "stack_image": "stack",
     "blockpush_image": "blockpush",
     "metaworld_image": "metaworld",
-    "mt50": "mt50_lowdim",
     "metaworld_mt": "metaworld_mt_lowdim",
 }
 # What an image variant may set differently from its twin (dotted keys; shape_meta.obs is compared separately).
