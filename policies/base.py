@@ -346,8 +346,9 @@ class StageOneModel(Trainable, abc.ABC):
             raise TypeError(f"{cls.__name__} must set class attributes `name` and `config_class`")
 
 
-class ConditionalPolicy(Policy, abc.ABC):
-    """A head conditioned on `ObsEncoder` tokens (and an optional goal token); owns the normalizer.
+class SharedEncoderPolicy(Policy, abc.ABC):
+    """A head built on the shared `ObsEncoder`: conditioned on its tokens (and an optional goal token); owns the
+    normalizer.
 
     `condition()` is the one place that normalizes observations and assembles the token sequence
     [obs tokens of every step..., goal token, instruction token]. A missing or dropped goal uses a learned null

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from vmp.data import EpisodeStore, KeySpec, Normalizer, SequenceDataset, SequenceSampler
-from vmp.policies.base import Capabilities, ConditionalPolicy, Prediction
+from vmp.policies.base import Capabilities, SharedEncoderPolicy, Prediction
 from vmp.policies.build import build_policy
 from vmp.policies.checkpoint import save_checkpoint
 from vmp.real.engine import InferenceEngine
@@ -221,7 +221,7 @@ def probe_store(path, action_free_episode: int | None = None):
     return path
 
 
-class ProbeHead(ConditionalPolicy):
+class ProbeHead(SharedEncoderPolicy):
     """A head whose loss reads a training-only target; records what it is given at run time."""
 
     name = "probe"

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 
-from vmp.policies.base import Capabilities, ConditionalPolicy, DiffusionHeadConfig
+from vmp.policies.base import Capabilities, SharedEncoderPolicy, DiffusionHeadConfig
 from vmp.policies.nn import TransformerDenoiser
 from vmp.policies.nn.samplers import SAMPLERS, edm_scalings, noise_draws
 
@@ -60,7 +60,7 @@ class BESOConfig(DiffusionHeadConfig):
             raise ValueError(f"policy.goal_dropout must be in [0, 1), got {self.goal_dropout}")
 
 
-class BESOPolicy(ConditionalPolicy):
+class BESOPolicy(SharedEncoderPolicy):
     name = "beso"
     config_class = BESOConfig
     capabilities = Capabilities(prefix=True)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vmp.policies.base import ConditionalPolicy, StageOneModel, has_action_stats
+from vmp.policies.base import SharedEncoderPolicy, StageOneModel, has_action_stats
 from vmp.policies.nn.action_vq import MultiScaleActionVQ
 from vmp.policies.nn.transformer import AdaLNSelfAttnBlock, KVCache
 
@@ -244,7 +244,7 @@ class NextScaleTransformer(nn.Module):
         return self.run(x, self.modulations(c), 0, None)[:, self.n_cond :]
 
 
-class CARPPolicy(ConditionalPolicy):
+class CARPPolicy(SharedEncoderPolicy):
     """Stage 2: next-scale prediction of the frozen tokenizer's tokens. Logs accuracy (per token, teacher-forced)."""
 
     name = "carp"

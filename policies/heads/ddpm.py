@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vmp.policies.base import Capabilities, ConditionalPolicy, DiffusionHeadConfig
+from vmp.policies.base import Capabilities, SharedEncoderPolicy, DiffusionHeadConfig
 from vmp.policies.nn import DiscreteTimeDiffusion, TransformerDenoiser
 
 
@@ -30,7 +30,7 @@ class DDPMConfig(DiffusionHeadConfig):
             raise ValueError(f"policy.n_steps must be in [1, {self.num_train_timesteps}], got {self.n_steps}")
 
 
-class DDPMPolicy(ConditionalPolicy):
+class DDPMPolicy(SharedEncoderPolicy):
     name = "ddpm"
     config_class = DDPMConfig
     capabilities = Capabilities(prefix=True)

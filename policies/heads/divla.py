@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from vmp.data.schema import LANGUAGE_KEY, PHASE_KEY
-from vmp.policies.base import Capabilities, ConditionalPolicy, DiffusionHeadConfig, Prediction
+from vmp.policies.base import Capabilities, SharedEncoderPolicy, DiffusionHeadConfig, Prediction
 from vmp.policies.nn import DiscreteTimeDiffusion, TransformerDenoiser
 from vmp.policies.nn.reasoning import HFBackbone, ReasoningEmbedding, ScratchBackbone, TextTokenizer, train_tokenizer
 
@@ -69,7 +69,7 @@ def annotation_corpus(store: Any) -> list[str]:
     return texts
 
 
-class DiVLAPolicy(ConditionalPolicy):
+class DiVLAPolicy(SharedEncoderPolicy):
     name = "divla"
     config_class = DiVLAConfig
     capabilities = Capabilities(prefix=True, extras=("reasoning",), context=True)

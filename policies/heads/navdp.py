@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vmp.policies.base import Capabilities, ConditionalPolicy, DiffusionHeadConfig, Prediction
+from vmp.policies.base import Capabilities, SharedEncoderPolicy, DiffusionHeadConfig, Prediction
 from vmp.policies.nn import MLP, DiscreteTimeDiffusion, TransformerDenoiser
 
 TRAIN_KEYS = ("nav_path", "critic_paths", "critic_scores")
@@ -130,7 +130,7 @@ def follow_path(path: torch.Tensor, n_steps: int, dt: float, v_max: float, omega
     return torch.stack(out, dim=1).reshape(*path.shape[:-2], n_steps, 2)
 
 
-class NavDPPolicy(ConditionalPolicy):
+class NavDPPolicy(SharedEncoderPolicy):
     name = "navdp"
     config_class = NavDPConfig
     capabilities = Capabilities(prefix=True, extras=("candidates", "candidate_scores"))
