@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -125,146 +126,267 @@ def build_safety(rcfg: DictConfig, spec: Any):
     return SafetyLayer(low, high, s.max_delta, float(s.watchdog_s), str(s.hold), keep)
 
 
+class RobotSession:
+    """What a robot session opened, closed in the order that keeps the robot safe: first what commands the robot (the
+    control loop, a teleoperator), so that nothing drives it while it disconnects; then the robot, whose OSError is
+    logged rather than raised (a lost connection is often why the session ends); then what only holds data (a
+    recorder, a store, the metrics server), in the order registered. Parts register as they open, so a failure
+    part-way closes exactly what was opened. Shared by `vmp-deploy` and `vmp-record`."""
+
+    def __init__(self, robot: Any, logger: logging.Logger) -> None:
+        self.robot = robot  # replaced by its wrapper (`ResizingRobot`) when one is put around it
+        self._log = logger
+        self._first: list[Callable[[], Any]] = []
+        self._last: list[Callable[[], Any]] = []
+
+    def close_first(self, close: Callable[[], Any]) -> None:
+        """``close`` runs before the robot disconnects: a part that sends it commands."""
+        self._first.append(close)
+
+    def close_last(self, close: Callable[[], Any]) -> None:
+        """``close`` runs after the robot disconnects: a part that only holds data."""
+        self._last.append(close)
+
+    def close(self) -> None:
+        for close in self._first:
+            close()
+        try:
+            self.robot.disconnect()
+        except OSError as exc:
+            self._log.warning("disconnect: %s", exc)
+        for close in self._last:
+            close()
+
+    def __enter__(self) -> "RobotSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _SignalStop:
+    """SIGINT/SIGTERM stop the robot: the first sets the control loop's stop event (at once, or as soon as the loop
+    exists) and is noted for the summary; a second ends the process at once. `restore` puts back the handlers."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._loop: Any = None
+        self._previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+        log.warning("%s received: stopping the robot", signal.Signals(signum).name)
+        if self._loop is not None:
+            self._loop.stop_event.set()
+        signal.signal(signum, signal.SIG_DFL)
+
+    def attach(self, loop: Any) -> None:
+        self._loop = loop
+        if self.signal:
+            loop.stop_event.set()
+
+    def restore(self) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """The daemon, callable from tests. Returns the summary dict (also written to JSON)."""
-    from vmp.real.loop import ControlLoop, InferenceError, LoopConfig, RealClock
-    from vmp.real.camera import ResizingRobot, camera_resizes
-    from vmp.real.metrics import Metrics, MetricsServer
-    from vmp.real.operator import build_operator
-    from vmp.real.recorder import EpisodeRecorder
-    from vmp.real.robot import RobotConnectionError
+    """The daemon, callable from tests. Returns the summary dict (also written to JSON). The summary is written
+    whatever ends the run (an exception still propagates after it), covering the episodes that ended."""
+    from vmp.real.metrics import Metrics
 
     sys.setswitchinterval(float(cfg.switch_interval_s))
-    stop_requested = {"signal": None}
-    loop_ref: dict[str, Any] = {}
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop_requested["signal"] = signal.Signals(signum).name
-        log.warning("%s received: stopping the robot", signal.Signals(signum).name)
-        if "loop" in loop_ref:
-            loop_ref["loop"].stop_event.set()
-        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    engine, task_cfg, policy_name = build_engine(cfg)
-    robot = build_robot(cfg.robot, task_cfg)
+    stops = _SignalStop()
+    engine = None
+    try:  # a checkpoint or robot refused: the handlers are put back and an inference process ended
+        engine, task_cfg, policy_name = build_engine(cfg)
+        session = RobotSession(build_robot(cfg.robot, task_cfg), log)
+    except BaseException:
+        stops.restore()
+        if engine is not None:
+            engine.close()
+        raise
     metrics = Metrics()
     results: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     exit_error: str | None = None
     settings: dict[str, Any] = {}  # what the run actually used (the blend may fall back), for the summary
-    recorder = loop = server = None
     try:
-        spec = robot.connect()
-        resizes = camera_resizes(engine.obs_shapes, spec.obs)
-        if resizes:  # the camera gives more pixels than the policy trained on
-            log.info("resizing camera frames to the checkpoint's size: %s", resizes)
-            robot = ResizingRobot(robot, resizes)
-            spec = robot.spec
-        engine.check_robot_keys(spec.obs)
-        blend = str(cfg.blend)
-        if blend == "prefix" and not engine.supports_prefix:
-            log.warning("blend=prefix needs a head whose sampler accepts prefix/prefix_weights; %s does not: using blend=%s",
-                        policy_name, cfg.blend_fallback)
-            blend = str(cfg.blend_fallback)
-        control_hz = float(cfg.robot.control_hz or spec.control_hz)
-        settings.update(control_hz=control_hz, blend=blend, device=str(engine.device))
-        task_limit = task_cfg.get("max_episode_steps") if task_cfg is not None else None
-        max_ticks = int(cfg.max_ticks or task_limit or cfg.robot.max_ticks)  # a task may not state its own limit
-        exec_horizon = int(cfg.exec_horizon) if cfg.exec_horizon is not None else int(engine.n_action_steps)
-        loop_cfg = LoopConfig(control_hz=control_hz, exec_horizon=exec_horizon, blend=blend,
-                              ensemble_m=float(cfg.ensemble_m), prefix_schedule=str(cfg.prefix_schedule),
-                              epsilon_s=float(cfg.epsilon_s), delay_window=int(cfg.delay_window), max_ticks=max_ticks,
-                              stop_on_success=bool(cfg.stop_on_success), warn_late_frac=float(cfg.warn_late_frac),
-                              rt_priority=int(cfg.rt_priority), sched_slice_us=int(cfg.sched_slice_us),
-                              servo_hz=float(cfg.servo_hz) if cfg.get("servo_hz") else None)
-        task_name = str(task_cfg.name) if task_cfg is not None else spec.name
-        if cfg.record.enabled:
-            recorder = EpisodeRecorder(cfg.record.path, spec, {"task": task_name, "control_hz": control_hz, "robot": spec.name,
-                                                              "policy": policy_name, "blend": blend,
-                                                              "checkpoint": str(cfg.checkpoint)})
-        instruction = cfg.instruction or (task_cfg.get("language") if task_cfg is not None else None)
-        engine.instruction = str(instruction) if instruction else None
-        text = {"language": engine.instruction} if engine.instruction else {}
-        engine.warmup(engine.example_window(), n=int(cfg.engine.warmup))
-        operator = build_operator(cfg.operator, str(cfg.robot.kind))
-        def judge(result: Any) -> bool:  # the operator marks success: a real robot cannot tell
-            return operator.choose(f"episode seed {result.seed} ended ({result.reason}, {result.ticks} ticks): "
-                                   "did it succeed?", {"y": "success", "n": "failure"}) == "y"
-
-        loop = ControlLoop(robot, engine, build_safety(cfg.robot, spec), loop_cfg, metrics, recorder,
-                           clock=RealClock(float(cfg.spin_ms) / 1e3), text=text,
-                           judge=judge if operator is not None and cfg.operator.mark_success else None,
-                           end_requested=operator.stop_requested if operator is not None else None)
-        loop_ref["loop"] = loop
-        if stop_requested["signal"]:
-            loop.stop_event.set()
-        if cfg.metrics.enabled:
-            try:
-                server = MetricsServer(metrics, str(cfg.metrics.host), int(cfg.metrics.port)).__enter__()
-            except OSError as exc:  # most often a second daemon on the same port
-                raise KeyError(f"metrics.port={cfg.metrics.port} on {cfg.metrics.host} cannot be served ({exc.strerror}): "
-                               f"is another vmp-deploy running? Set metrics.port=0 (any free port) or "
-                               f"metrics.enabled=false") from exc
-        log.info("deploying %s on %s at %.0f Hz, blend=%s, s=%d", policy_name, spec.name, control_hz, blend, exec_horizon)
-        for i in range(int(cfg.n_episodes)):
-            if loop.stop_event.is_set():
-                break
-            seed = int(cfg.seed) + i
-            if operator is not None and cfg.operator.reset_pause:
-                try:
-                    operator.wait(f"episode {i + 1}/{cfg.n_episodes} (seed {seed}): reset the scene, then go on")
-                except EOFError as exc:
-                    log.error("%s: stopping", exc)
-                    break
-            try:
-                res = loop.run_episode(seed)
-            except RobotConnectionError as exc:
-                res = exc.result  # type: ignore[attr-defined]
-                results.append(vars(res))
-                if cfg.reconnect.enabled and i == int(cfg.n_episodes) - 1:
-                    log.error("robot connection lost in the last episode (no reconnection needed): %s", exc)
-                    break
-                if not cfg.reconnect.enabled:
-                    exit_error = f"robot connection lost: {exc}"
-                    log.error("%s; the robot was stopped where possible. Set reconnect.enabled=true to reconnect.", exit_error)
-                    break
-                if not _reconnect(robot, cfg.reconnect, metrics):
-                    exit_error = f"robot connection lost and {cfg.reconnect.attempts} reconnection attempts failed: {exc}"
-                    log.error(exit_error)
-                    break
-                continue
-            except InferenceError as exc:
-                results.append(vars(exc.result))  # type: ignore[attr-defined]
-                exit_error = str(exc)
-                log.error("%s; the robot was stopped", exc)
-                break
-            results.append(vars(res))
-            log.info("episode %d seed %d: %s after %d ticks", i, seed, res.reason, res.ticks)
-            if res.reason == "signal":
-                break
+        loop, operator = _start(cfg, session, engine, task_cfg, policy_name, metrics, stops, settings)
+        exit_error = _run_episodes(cfg, loop, session.robot, operator, metrics, results)
     finally:
-        if loop is not None:
-            loop.close()
-        try:
-            robot.disconnect()
-        except OSError as exc:
-            log.warning("disconnect: %s", exc)
-        if recorder is not None:
-            recorder.close()
-        if server is not None:
-            server.__exit__(None, None, None)
-        for s, h in previous.items():
-            signal.signal(s, h)
-        summary = {**_summary(cfg, results, metrics, engine, stop_requested["signal"], exit_error), **settings}
+        session.close()
+        stops.restore()
+        summary = {**_summary(cfg, results, metrics, engine, stops.signal, exit_error), **settings}
         engine.close()
-        path = Path(cfg.summary_path) if cfg.summary_path else out_dir / "deploy_summary.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(summary, indent=2, default=float))
-        summary["summary_path"] = str(path)
+        summary["summary_path"] = str(_write_summary(cfg, out_dir, summary))
         if cfg.results_json and results:  # a run that never reached an episode measured nothing
             _write_results(cfg, summary, task_cfg, policy_name)
     return summary
+
+
+def _start(cfg: DictConfig, session: RobotSession, engine: Any, task_cfg: Any, policy_name: str, metrics: Any,
+           stops: _SignalStop, settings: dict[str, Any]) -> tuple[Any, Any]:
+    """Connect the robot and build what the episodes run on, each part registered with ``session`` as it opens.
+    Fills ``settings`` with what the run uses. -> (the control loop, the operator or None)."""
+    from vmp.real.loop import ControlLoop, RealClock
+    from vmp.real.operator import build_operator
+
+    spec = _connect(session, engine)
+    blend = _blend(cfg, engine, policy_name)
+    control_hz = float(cfg.robot.control_hz or spec.control_hz)
+    settings.update(control_hz=control_hz, blend=blend, device=str(engine.device))
+    loop_cfg = _loop_config(cfg, engine, task_cfg, control_hz, blend)
+    recorder = _recorder(cfg, spec, task_cfg, policy_name, control_hz, blend)
+    if recorder is not None:
+        session.close_last(recorder.close)
+    instruction = cfg.instruction or (task_cfg.get("language") if task_cfg is not None else None)
+    engine.instruction = str(instruction) if instruction else None
+    text = {"language": engine.instruction} if engine.instruction else {}
+    engine.warmup(engine.example_window(), n=int(cfg.engine.warmup))
+    operator = build_operator(cfg.operator, str(cfg.robot.kind))
+    loop = ControlLoop(session.robot, engine, build_safety(cfg.robot, spec), loop_cfg, metrics, recorder,
+                       clock=RealClock(float(cfg.spin_ms) / 1e3), text=text, judge=_judge(cfg, operator),
+                       end_requested=operator.stop_requested if operator is not None else None)
+    session.close_first(loop.close)
+    stops.attach(loop)
+    if cfg.metrics.enabled:
+        server = _serve_metrics(cfg, metrics)
+        session.close_last(lambda: server.__exit__(None, None, None))
+    log.info("deploying %s on %s at %.0f Hz, blend=%s, s=%d", policy_name, spec.name, control_hz, blend,
+             loop_cfg.exec_horizon)
+    return loop, operator
+
+
+def _connect(session: RobotSession, engine: Any) -> Any:
+    """Connect the robot -> its spec, after fitting its camera frames to the checkpoint's size; refuses (KeyError)
+    a robot without the checkpoint's observation keys."""
+    from vmp.real.camera import ResizingRobot, camera_resizes
+
+    spec = session.robot.connect()
+    resizes = camera_resizes(engine.obs_shapes, spec.obs)
+    if resizes:  # the camera gives more pixels than the policy trained on
+        log.info("resizing camera frames to the checkpoint's size: %s", resizes)
+        session.robot = ResizingRobot(session.robot, resizes)
+        spec = session.robot.spec
+    engine.check_robot_keys(spec.obs)
+    return spec
+
+
+def _blend(cfg: DictConfig, engine: Any, policy_name: str) -> str:
+    """The configured blend, or its fallback when the head cannot take a prefix."""
+    blend = str(cfg.blend)
+    if blend == "prefix" and not engine.supports_prefix:
+        log.warning("blend=prefix needs a head whose sampler accepts prefix/prefix_weights; %s does not: "
+                    "using blend=%s", policy_name, cfg.blend_fallback)
+        blend = str(cfg.blend_fallback)
+    return blend
+
+
+def _loop_config(cfg: DictConfig, engine: Any, task_cfg: Any, control_hz: float, blend: str) -> Any:
+    """The control loop's settings: the config's, else the task's or the engine's defaults."""
+    from vmp.real.loop import LoopConfig
+
+    task_limit = task_cfg.get("max_episode_steps") if task_cfg is not None else None
+    max_ticks = int(cfg.max_ticks or task_limit or cfg.robot.max_ticks)  # a task may not state its own limit
+    exec_horizon = int(cfg.exec_horizon) if cfg.exec_horizon is not None else int(engine.n_action_steps)
+    return LoopConfig(control_hz=control_hz, exec_horizon=exec_horizon, blend=blend,
+                      ensemble_m=float(cfg.ensemble_m), prefix_schedule=str(cfg.prefix_schedule),
+                      epsilon_s=float(cfg.epsilon_s), delay_window=int(cfg.delay_window), max_ticks=max_ticks,
+                      stop_on_success=bool(cfg.stop_on_success), warn_late_frac=float(cfg.warn_late_frac),
+                      rt_priority=int(cfg.rt_priority), sched_slice_us=int(cfg.sched_slice_us),
+                      servo_hz=float(cfg.servo_hz) if cfg.get("servo_hz") else None)
+
+
+def _recorder(cfg: DictConfig, spec: Any, task_cfg: Any, policy_name: str, control_hz: float, blend: str) -> Any:
+    """The episode recorder when ``record.enabled``, else None."""
+    from vmp.real.recorder import EpisodeRecorder
+
+    if not cfg.record.enabled:
+        return None
+    task_name = str(task_cfg.name) if task_cfg is not None else spec.name
+    return EpisodeRecorder(cfg.record.path, spec, {"task": task_name, "control_hz": control_hz, "robot": spec.name,
+                                                   "policy": policy_name, "blend": blend,
+                                                   "checkpoint": str(cfg.checkpoint)})
+
+
+def _judge(cfg: DictConfig, operator: Any) -> Callable[[Any], bool] | None:
+    """The operator marks success when asked to (``operator.mark_success``): a real robot cannot tell."""
+    if operator is None or not cfg.operator.mark_success:
+        return None
+
+    def judge(result: Any) -> bool:
+        return operator.choose(f"episode seed {result.seed} ended ({result.reason}, {result.ticks} ticks): "
+                               "did it succeed?", {"y": "success", "n": "failure"}) == "y"
+
+    return judge
+
+
+def _serve_metrics(cfg: DictConfig, metrics: Any) -> Any:
+    """The started metrics server; a port that cannot be served refuses the start (KeyError) with what to do."""
+    from vmp.real.metrics import MetricsServer
+
+    try:
+        return MetricsServer(metrics, str(cfg.metrics.host), int(cfg.metrics.port)).__enter__()
+    except OSError as exc:  # most often a second daemon on the same port
+        raise KeyError(f"metrics.port={cfg.metrics.port} on {cfg.metrics.host} cannot be served ({exc.strerror}): "
+                       f"is another vmp-deploy running? Set metrics.port=0 (any free port) or "
+                       f"metrics.enabled=false") from exc
+
+
+def _run_episodes(cfg: DictConfig, loop: Any, robot: Any, operator: Any, metrics: Any,
+                  results: list[dict[str, Any]]) -> str | None:
+    """One episode per seed until ``n_episodes``, a signal, the operator's end of input or an error the run cannot
+    go on after. Each episode's result is appended to ``results`` as it ends, so an exception still leaves them for
+    the summary. -> the run's error, or None."""
+    from vmp.real.loop import InferenceError
+    from vmp.real.robot import RobotConnectionError
+
+    n_episodes = int(cfg.n_episodes)
+    for i in range(n_episodes):
+        if loop.stop_event.is_set():
+            break
+        seed = int(cfg.seed) + i
+        if operator is not None and cfg.operator.reset_pause:
+            try:
+                operator.wait(f"episode {i + 1}/{cfg.n_episodes} (seed {seed}): reset the scene, then go on")
+            except EOFError as exc:
+                log.error("%s: stopping", exc)
+                break
+        try:
+            res = loop.run_episode(seed)
+        except RobotConnectionError as exc:
+            results.append(vars(exc.result))  # type: ignore[attr-defined]
+            go_on, error = _connection_lost(cfg, exc, robot, metrics, last=i == n_episodes - 1)
+            if go_on:
+                continue
+            return error
+        except InferenceError as exc:
+            results.append(vars(exc.result))  # type: ignore[attr-defined]
+            log.error("%s; the robot was stopped", exc)
+            return str(exc)
+        results.append(vars(res))
+        log.info("episode %d seed %d: %s after %d ticks", i, seed, res.reason, res.ticks)
+        if res.reason == "signal":
+            break
+    return None
+
+
+def _connection_lost(cfg: DictConfig, exc: Exception, robot: Any, metrics: Any, last: bool) -> tuple[bool, str | None]:
+    """After an episode lost the robot: reconnect when ``reconnect.enabled`` (not needed after the last episode).
+    -> (whether the run goes on, its error)."""
+    if cfg.reconnect.enabled and last:
+        log.error("robot connection lost in the last episode (no reconnection needed): %s", exc)
+        return False, None
+    if not cfg.reconnect.enabled:
+        error = f"robot connection lost: {exc}"
+        log.error("%s; the robot was stopped where possible. Set reconnect.enabled=true to reconnect.", error)
+        return False, error
+    if not _reconnect(robot, cfg.reconnect, metrics):
+        error = f"robot connection lost and {cfg.reconnect.attempts} reconnection attempts failed: {exc}"
+        log.error(error)
+        return False, error
+    return True, None
 
 
 def _reconnect(robot: Any, rc: DictConfig, metrics: Any) -> bool:
@@ -321,6 +443,25 @@ def _write_results(cfg: DictConfig, summary: dict, task_cfg: Any, policy_name: s
                          {"success_rate": summary["success_rate"], "ci95_low": lo, "ci95_high": hi, "n_episodes": n},
                          device=summary.get("device", str(cfg.device)), command="vmp-deploy " + " ".join(sys.argv[1:]))
     write_record(cfg.results_json, record)
+
+
+def _write_summary(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> Path:
+    """The summary JSON, written atomically (a temporary name in the same folder, flushed, then `os.replace`): a
+    crash or a full disk at exit leaves the previous summary or the new one, never half of one. Not
+    `vmp.results.write_record`: a summary holds numpy numbers (``default=float``) and is no results record."""
+    path = Path(cfg.summary_path) if cfg.summary_path else out_dir / "deploy_summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(summary, indent=2, default=float)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 @hydra.main(config_path="pkg://vmp.configs", config_name="deploy", version_base=None)

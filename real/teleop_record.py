@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +76,22 @@ def record_episode(robot: Any, teleop: Any, safety: Any, operator: Any, seed: in
     return (buf.arrays() if len(buf) else {}), success, reason
 
 
+@dataclass
+class _Rig:
+    """What every episode of a session is recorded with: the connected robot, what drives it, where episodes go."""
+
+    robot: Any
+    teleop: Any
+    safety: Any
+    operator: Any
+    store: Any
+    control_hz: float
+    max_ticks: int
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The recording session, callable from tests -> a summary (also printed)."""
-    from vmp.real.camera import ResizingRobot
-    from vmp.real.daemon import build_robot, build_safety
+    from vmp.real.daemon import RobotSession, build_robot
     from vmp.real.operator import build_operator
     from vmp.real.teleop import build_teleop
 
@@ -88,79 +101,103 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     teleop = build_teleop(cfg.teleop)
     operator = build_operator(cfg.operator, str(cfg.robot.kind))
     out = Path(cfg.out)
-    saved, attempts, seed_index = [], 0, 0
-    store = None
-    try:
-        spec = robot.connect()
-        if cfg.image_size is not None:
-            size = (int(cfg.image_size[0]), int(cfg.image_size[1]))
-            cams = [k for k in spec.obs if k.endswith("_image") or k.endswith("_depth")]
-            if not cams:
-                raise ValueError(f"image_size={list(size)} but the robot has no camera keys (keys: {sorted(spec.obs)})")
-            robot = ResizingRobot(robot, {k: size for k in cams})
-            spec = robot.spec
-        teleop.connect(robot)
-        control_hz = float(cfg.robot.control_hz or spec.control_hz)
-        max_ticks = int(cfg.max_ticks or cfg.robot.max_ticks)
-        task = str(cfg.task_name or out.stem)
-        try:
-            attrs = {"task": task, "control_hz": control_hz, "robot": spec.name, "recorded_by": "vmp-record",
-                     "max_episode_steps": max_ticks}
-            store = EpisodeStore.open_or_create(out, robot_episode_schema(spec), attrs)
-        except OSError as err:  # e.g. a disk already full: zarr's error names no file
-            if err.errno not in DISK_FULL or err.filename is not None:
-                raise
-            raise OSError(err.errno, f"could not open or create store {out}: {err.strerror}") from err
-        safety = build_safety(cfg.robot, spec)
-        log.info("recording %d episodes of %s on %s at %.0f Hz into %s (teleop %s)", cfg.n_episodes, task, spec.name,
-                 control_hz, out, cfg.teleop.kind)
-        while len(saved) < int(cfg.n_episodes):
-            seed = int(cfg.seed) + seed_index
-            label = f"episode {len(saved) + 1}/{cfg.n_episodes} (seed {seed})"
-            if operator is not None and cfg.operator.reset_pause:
-                operator.wait(f"{label}: reset the scene, then start")
-            arrays, robot_success, reason = record_episode(robot, teleop, safety, operator, seed, control_hz,
-                                                           max_ticks, bool(cfg.stop_on_success))
-            attempts += 1
-            n = len(arrays.get("action", ()))
-            choice = "s"
-            if operator is not None:
-                choice = operator.choose(f"{label} ended ({reason}, {n} steps): keep it?", CHOICES)
-            if choice == "r":
-                log.info("%s: re-recording", label)
-                continue
-            seed_index += 1
-            if choice == "d" or n == 0:
-                log.info("%s: discarded%s", label, " (no steps)" if n == 0 and choice != "d" else "")
-                continue
-            success, marked_by = robot_success, "robot"
-            if operator is not None and cfg.operator.mark_success:
-                success = operator.choose(f"{label}: did it succeed?", {"y": "success", "n": "failure"}) == "y"
-                marked_by = "operator"
-            text = {"success": success, "success_marked_by": marked_by, "seed": seed, "outcome": reason}
-            if cfg.instruction:
-                text["language"] = str(cfg.instruction)
-            try:
-                index = store.append_episode(arrays, text=text)
-            except OSError as err:  # the robot is stopped (record_episode); every further episode would fail too
-                if err.errno is None:
-                    raise
-                raise OSError(err.errno, f"{label} was not saved: {err.strerror}. Recording stopped (the robot is "
-                                         f"stopped) with {len(saved)} episode(s) saved in this session: free some "
-                                         f"space, then run vmp-record again to add to {out}") from err
-            saved.append({"index": index, "seed": seed, "steps": n, "success": success, "marked_by": marked_by})
-            log.info("%s: saved as episode %d (%d steps, %s)", label, index, n, "success" if success else "failure")
-    finally:
-        teleop.disconnect()
-        try:
-            robot.disconnect()
-        except OSError as exc:
-            log.warning("disconnect: %s", exc)
-        if store is not None:
-            store.close()
+    with RobotSession(robot, log) as session:
+        session.close_first(teleop.disconnect)
+        rig = _set_up(cfg, session, teleop, operator, out)
+        saved, attempts = _record_episodes(cfg, rig, out)
     summary = {"out": str(out), "saved": len(saved), "attempts": attempts,
                "successes": sum(int(e["success"]) for e in saved), "episodes": saved}
     return summary
+
+
+def _set_up(cfg: DictConfig, session: Any, teleop: Any, operator: Any, out: Path) -> _Rig:
+    """Connect the robot (its camera frames resized to ``image_size`` when set) and the teleoperator, open the
+    store (registered with ``session`` to close after the robot)."""
+    from vmp.real.camera import ResizingRobot
+    from vmp.real.daemon import build_safety
+
+    spec = session.robot.connect()
+    if cfg.image_size is not None:
+        size = (int(cfg.image_size[0]), int(cfg.image_size[1]))
+        cams = [k for k in spec.obs if k.endswith("_image") or k.endswith("_depth")]
+        if not cams:
+            raise ValueError(f"image_size={list(size)} but the robot has no camera keys (keys: {sorted(spec.obs)})")
+        session.robot = ResizingRobot(session.robot, {k: size for k in cams})
+        spec = session.robot.spec
+    teleop.connect(session.robot)
+    control_hz = float(cfg.robot.control_hz or spec.control_hz)
+    max_ticks = int(cfg.max_ticks or cfg.robot.max_ticks)
+    task = str(cfg.task_name or out.stem)
+    store = _open_store(out, spec, {"task": task, "control_hz": control_hz, "robot": spec.name,
+                                    "recorded_by": "vmp-record", "max_episode_steps": max_ticks})
+    session.close_last(store.close)
+    safety = build_safety(cfg.robot, spec)
+    log.info("recording %d episodes of %s on %s at %.0f Hz into %s (teleop %s)", cfg.n_episodes, task, spec.name,
+             control_hz, out, cfg.teleop.kind)
+    return _Rig(session.robot, teleop, safety, operator, store, control_hz, max_ticks)
+
+
+def _open_store(out: Path, spec: Any, attrs: dict[str, Any]) -> EpisodeStore:
+    """The store at ``out``, created when new. A full disk's error names the store: zarr's names no file."""
+    try:
+        return EpisodeStore.open_or_create(out, robot_episode_schema(spec), attrs)
+    except OSError as err:
+        if err.errno not in DISK_FULL or err.filename is not None:
+            raise
+        raise OSError(err.errno, f"could not open or create store {out}: {err.strerror}") from err
+
+
+def _record_episodes(cfg: DictConfig, rig: _Rig, out: Path) -> tuple[list[dict[str, Any]], int]:
+    """Episodes until ``n_episodes`` are saved; the operator (when there is one) keeps, discards (next seed) or
+    re-records (same seed) each. -> (the saved episodes' summaries, the attempts)."""
+    saved: list[dict[str, Any]] = []
+    attempts, seed_index = 0, 0
+    operator = rig.operator
+    while len(saved) < int(cfg.n_episodes):
+        seed = int(cfg.seed) + seed_index
+        label = f"episode {len(saved) + 1}/{cfg.n_episodes} (seed {seed})"
+        if operator is not None and cfg.operator.reset_pause:
+            operator.wait(f"{label}: reset the scene, then start")
+        arrays, robot_success, reason = record_episode(rig.robot, rig.teleop, rig.safety, operator, seed,
+                                                       rig.control_hz, rig.max_ticks, bool(cfg.stop_on_success))
+        attempts += 1
+        n = len(arrays.get("action", ()))
+        choice = "s"
+        if operator is not None:
+            choice = operator.choose(f"{label} ended ({reason}, {n} steps): keep it?", CHOICES)
+        if choice == "r":
+            log.info("%s: re-recording", label)
+            continue
+        seed_index += 1
+        if choice == "d" or n == 0:
+            log.info("%s: discarded%s", label, " (no steps)" if n == 0 and choice != "d" else "")
+            continue
+        saved.append(_save_episode(cfg, rig, out, arrays, label, seed, robot_success, reason, len(saved)))
+    return saved, attempts
+
+
+def _save_episode(cfg: DictConfig, rig: _Rig, out: Path, arrays: dict[str, np.ndarray], label: str, seed: int,
+                  robot_success: bool, reason: str, n_saved: int) -> dict[str, Any]:
+    """Mark success (the operator's word when ``operator.mark_success``, else the robot's) and append the episode
+    -> its entry in the summary. A failed write stops the session: every further episode would fail too."""
+    n = len(arrays["action"])
+    success, marked_by = robot_success, "robot"
+    if rig.operator is not None and cfg.operator.mark_success:
+        success = rig.operator.choose(f"{label}: did it succeed?", {"y": "success", "n": "failure"}) == "y"
+        marked_by = "operator"
+    text = {"success": success, "success_marked_by": marked_by, "seed": seed, "outcome": reason}
+    if cfg.instruction:
+        text["language"] = str(cfg.instruction)
+    try:
+        index = rig.store.append_episode(arrays, text=text)
+    except OSError as err:  # the robot is stopped (record_episode)
+        if err.errno is None:
+            raise
+        raise OSError(err.errno, f"{label} was not saved: {err.strerror}. Recording stopped (the robot is "
+                                 f"stopped) with {n_saved} episode(s) saved in this session: free some "
+                                 f"space, then run vmp-record again to add to {out}") from err
+    log.info("%s: saved as episode %d (%d steps, %s)", label, index, n, "success" if success else "failure")
+    return {"index": index, "seed": seed, "steps": n, "success": success, "marked_by": marked_by}
 
 
 @hydra.main(config_path="pkg://vmp.configs", config_name="record", version_base=None)
