@@ -220,7 +220,7 @@ def _print_info(info: dict[str, Any]) -> None:
         print(f"  inferred: {note}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmp-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("info", help="summarise a store")
@@ -265,81 +265,106 @@ def main(argv: list[str] | None = None) -> int:
                    help="the episode to show (negative: from the end; default: the first 5)")
     p.add_argument("--save", default=None, metavar="FILE.rrd",
                    help="write a Rerun recording (open it with `rerun FILE.rrd`) instead of opening the viewer")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _info(args: argparse.Namespace) -> int:
+    try:
+        store = EpisodeStore.open(args.path, mode="r")
+    except (OSError, ValueError, KeyError) as e:
+        print(f"vmp-data info: {e}", file=sys.stderr)
+        return 1
+    info = store_info(store)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print_info(info)
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    problems = validate_store(args.path, deep=args.deep)
+    if args.deep and not any(p.startswith("cannot open") for p in problems):
+        unchecked = EpisodeStore.open(args.path, mode="r").unchecksummed()
+        if unchecked:
+            print(f"{args.path}: note: {len(unchecked)} array(s) carry no checksums (written before vmp stored "
+                  f"a crc32c with every chunk): {', '.join(unchecked)}; --deep finds only chunks there that fail "
+                  f"to decode, not flipped bits, which read back as data")
+    if problems:
+        print(f"{args.path}: INVALID")
+        for pr in problems:
+            print(f"  - {pr}")
+        return 1
+    print(f"{args.path}: OK")
+    return 0
+
+
+def _import_robomimic(args: argparse.Namespace) -> int:
+    from .convert.robomimic import import_robomimic
+
+    store = import_robomimic(args.input, args.output, obs_keys=args.obs_keys, overwrite=args.overwrite)
+    print(f"imported {store.n_episodes} episodes ({store.n_steps} steps) into {args.output}")
+    store.close()
+    return 0
+
+
+def _import_lerobot(args: argparse.Namespace) -> int:
+    from .convert.lerobot import import_lerobot
+
+    store = import_lerobot(args.input, args.output, overwrite=args.overwrite)
+    print(f"imported {store.n_episodes} episodes ({store.n_steps} steps) into {args.output}")
+    store.close()
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .convert.lerobot import export_lerobot
+
+    out = export_lerobot(args.input, args.output, repo_id=args.repo_id, keys=args.obs_keys,
+                         video=not args.no_video, overwrite=args.overwrite, state_keys=args.state_keys,
+                         env_state_keys=args.env_state_keys)
+    print(f"exported {args.input} -> {out} (LeRobot v3)")
+    return 0
+
+
+def _task(args: argparse.Namespace) -> int:
+    try:
+        store = EpisodeStore.open(args.store, mode="r")
+        name = args.name or Path(args.store).name.removesuffix(".zarr")
+        config = task_config(store, name, args.obs_keys, args.image_size)
+        path = write_task_config(config, Path(args.out), args.store, args.overwrite)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"vmp-data task: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}: {len(config['shape_meta']['obs'])} observation key(s) "
+          f"{sorted(config['shape_meta']['obs'])}, action {config['shape_meta']['action']['shape']}, "
+          f"{config['control_hz']:g} Hz, max_episode_steps {config['max_episode_steps']}\n"
+          f"train with: vmp-train --config-dir {args.out} task={name} policy=beso encoder="
+          f"{'lowdim' if config['obs_type'] == 'lowdim' else 'compact_cnn'}")
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    from .view import ViewError, view
+
+    try:
+        print(view(args.path, episode=args.episode, save=args.save))
+    except ViewError as e:
+        print(f"vmp-data view: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# Sub-command name -> its handler (parsed arguments -> exit code).
+_COMMANDS = {"info": _info, "validate": _validate, "import-robomimic": _import_robomimic,
+             "import-lerobot": _import_lerobot, "export": _export, "task": _task, "view": _view}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sub-command ``argv`` names (default: the command line); -> its exit code."""
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    if args.cmd == "info":
-        try:
-            store = EpisodeStore.open(args.path, mode="r")
-        except (OSError, ValueError, KeyError) as e:
-            print(f"vmp-data info: {e}", file=sys.stderr)
-            return 1
-        info = store_info(store)
-        if args.json:
-            print(json.dumps(info, indent=2))
-        else:
-            _print_info(info)
-        return 0
-    if args.cmd == "validate":
-        problems = validate_store(args.path, deep=args.deep)
-        if args.deep and not any(p.startswith("cannot open") for p in problems):
-            unchecked = EpisodeStore.open(args.path, mode="r").unchecksummed()
-            if unchecked:
-                print(f"{args.path}: note: {len(unchecked)} array(s) carry no checksums (written before vmp stored "
-                      f"a crc32c with every chunk): {', '.join(unchecked)}; --deep finds only chunks there that fail "
-                      f"to decode, not flipped bits, which read back as data")
-        if problems:
-            print(f"{args.path}: INVALID")
-            for pr in problems:
-                print(f"  - {pr}")
-            return 1
-        print(f"{args.path}: OK")
-        return 0
-    if args.cmd == "import-robomimic":
-        from .convert.robomimic import import_robomimic
-        store = import_robomimic(args.input, args.output, obs_keys=args.obs_keys, overwrite=args.overwrite)
-        print(f"imported {store.n_episodes} episodes ({store.n_steps} steps) into {args.output}")
-        store.close()
-        return 0
-    if args.cmd == "import-lerobot":
-        from .convert.lerobot import import_lerobot
-        store = import_lerobot(args.input, args.output, overwrite=args.overwrite)
-        print(f"imported {store.n_episodes} episodes ({store.n_steps} steps) into {args.output}")
-        store.close()
-        return 0
-    if args.cmd == "export":
-        from .convert.lerobot import export_lerobot
-
-        out = export_lerobot(args.input, args.output, repo_id=args.repo_id, keys=args.obs_keys,
-                             video=not args.no_video, overwrite=args.overwrite, state_keys=args.state_keys,
-                             env_state_keys=args.env_state_keys)
-        print(f"exported {args.input} -> {out} (LeRobot v3)")
-        return 0
-    if args.cmd == "task":
-        try:
-            store = EpisodeStore.open(args.store, mode="r")
-            name = args.name or Path(args.store).name.removesuffix(".zarr")
-            config = task_config(store, name, args.obs_keys, args.image_size)
-            path = write_task_config(config, Path(args.out), args.store, args.overwrite)
-        except (OSError, ValueError, KeyError) as e:
-            print(f"vmp-data task: {e.args[0] if e.args else e}", file=sys.stderr)
-            return 1
-        print(f"wrote {path}: {len(config['shape_meta']['obs'])} observation key(s) "
-              f"{sorted(config['shape_meta']['obs'])}, action {config['shape_meta']['action']['shape']}, "
-              f"{config['control_hz']:g} Hz, max_episode_steps {config['max_episode_steps']}\n"
-              f"train with: vmp-train --config-dir {args.out} task={name} policy=beso encoder="
-              f"{'lowdim' if config['obs_type'] == 'lowdim' else 'compact_cnn'}")
-        return 0
-    if args.cmd == "view":
-        from .view import ViewError, view
-
-        try:
-            print(view(args.path, episode=args.episode, save=args.save))
-        except ViewError as e:
-            print(f"vmp-data view: {e}", file=sys.stderr)
-            return 1
-        return 0
-    return 2  # unreachable: argparse enforces the subcommand
+    return _COMMANDS[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -197,18 +197,42 @@ class SequenceSampler:
     ):
         if not isinstance(store, EpisodeStore):
             store = EpisodeStore.open(store, mode="r")
-        if n_obs_steps < 1 or horizon < n_obs_steps:
-            raise ValueError(f"need 1 <= n_obs_steps <= horizon, got n_obs_steps={n_obs_steps}, horizon={horizon}")
-        if not 1 <= n_action_steps <= horizon - n_obs_steps + 1:
+        _check_window(n_obs_steps, horizon, n_action_steps, split, goal_mode)
+        derived = dict(derived or {})
+        self._set_keys(store, keys, goal_keys, future_keys, future_offsets, train_keys, text_keys, derived)
+        if store.n_episodes == 0:
+            raise ValueError(f"store {store.path} has no episodes to sample")
+
+        self.goal_mode, self.language = goal_mode, language
+        self.n_obs_steps, self.horizon, self.n_action_steps = n_obs_steps, horizon, n_action_steps
+        self.pad_before, self.pad_after = n_obs_steps - 1, n_action_steps - 1
+        self.split, self.seed, self.val_ratio = split, seed, val_ratio
+        self.fast_reads = fast_reads
+        self._store: EpisodeStore | None = store
+        self._path, self._storage_options = store.path, store.storage_options
+        self._set_shapes(store, derived, image_sizes)
+        self._choose_episodes(store)
+        self._build_index()
+        if len(self) == 0:
             raise ValueError(
-                f"n_action_steps must be in [1, horizon - n_obs_steps + 1 = {horizon - n_obs_steps + 1}], got {n_action_steps}")
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if goal_mode not in GOAL_MODES:
-            raise ValueError(f"goal_mode must be one of {GOAL_MODES}, got {goal_mode!r}")
+                f"split {split!r} of store {store.path} yields no windows (episodes in split: {self.episodes.size}, "
+                f"val_ratio={val_ratio}, horizon={horizon}); lower horizon or val_ratio")
+        self._cache = self._load_cache(store, derived, cache_keys or [])
+        self._images: dict[str, Any] | None = None
+        self._opened_in = os.getpid()
+        self._episode_text = self._load_episode_text(store, self.text_keys, language)
+        self._phase, self._phase_names = self._load_phase(store) if PHASE_KEY in self.text_keys else (None, None)
+        self._final_goal = {k: self._read_rows(k, self.episode_starts + self.episode_lengths - 1)
+                            for k in self.goal_keys} if goal_mode == "final" else {}
+        log.info("sampler over %s: split %s, %d episodes (%d action-free), %d windows", self._path, split,
+                 self.episodes.size, int((~self.has_action[self.episodes]).sum()), len(self))
+
+    def _set_keys(self, store: EpisodeStore, keys: list[str] | None, goal_keys: list[str] | None,
+                  future_keys: list[str] | None, future_offsets: list[int] | None, train_keys: list[str] | None,
+                  text_keys: list[str] | None, derived: dict[str, np.ndarray]) -> None:
+        """Check every key argument against the store and ``derived`` before anything is read, and keep them."""
         goal_keys, future_keys, train_keys = list(goal_keys or []), list(future_keys or []), list(train_keys or [])
         keys = [k for k in store.keys if k != ACTION_KEY and k not in train_keys] if keys is None else list(keys)
-        derived = dict(derived or {})
         for k, arr in derived.items():
             if k in store.schema:
                 raise ValueError(f"derived key {k!r} is already a key of store {store.path}")
@@ -225,22 +249,17 @@ class SequenceSampler:
         if exposed:
             raise ValueError(f"train_keys {exposed} are also observation/goal keys or the action; a training-only key "
                              f"must never reach the policy's inputs")
-        text_keys = _text_keys(text_keys)
-        if store.n_episodes == 0:
-            raise ValueError(f"store {store.path} has no episodes to sample")
+        self.keys, self.goal_keys, self.future_keys, self.train_keys = keys, goal_keys, future_keys, train_keys
+        self.text_keys = _text_keys(text_keys)
 
-        self.keys, self.goal_keys, self.goal_mode = keys, goal_keys, goal_mode
-        self.future_keys, self.train_keys, self.text_keys, self.language = future_keys, train_keys, text_keys, language
-        self.n_obs_steps, self.horizon, self.n_action_steps = n_obs_steps, horizon, n_action_steps
-        self.pad_before, self.pad_after = n_obs_steps - 1, n_action_steps - 1
-        self.split, self.seed, self.val_ratio = split, seed, val_ratio
-        self.fast_reads = fast_reads
-        self._store: EpisodeStore | None = store
-        self._path, self._storage_options = store.path, store.storage_options
-        sampled = {*keys, *goal_keys, *future_keys, *train_keys, ACTION_KEY}
+    def _set_shapes(self, store: EpisodeStore, derived: dict[str, np.ndarray],
+                    image_sizes: dict[str, tuple[int, int]] | None) -> None:
+        """Kind and per-step shape of every sampled key; a camera key resized by ``image_sizes`` gets its new size,
+        so the shapes describe what the sampler returns."""
+        sampled = {*self.keys, *self.goal_keys, *self.future_keys, *self.train_keys, ACTION_KEY}
         self.kinds = {k: LOW_DIM if k in derived else store.kind(k) for k in sampled}
         self.shapes = {k: tuple(derived[k].shape[1:]) if k in derived else store.schema[k].shape for k in sampled}
-        self.image_keys = [k for k in keys if self.kinds[k] != LOW_DIM]
+        self.image_keys = [k for k in self.keys if self.kinds[k] != LOW_DIM]
         self.image_sizes = {}
         for k, size in (image_sizes or {}).items():
             if k not in self.kinds or self.kinds[k] == LOW_DIM:
@@ -251,40 +270,32 @@ class SequenceSampler:
                 self.image_sizes[k] = size
                 self.shapes[k] = (*size, *self.shapes[k][2:])
 
+    def _choose_episodes(self, store: EpisodeStore) -> None:
+        """Episode bounds and the seeded train/val split; ``self.episodes`` are the ones this sampler's split uses."""
         ends = store.episode_ends
         self.episode_starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
         self.episode_lengths = (ends - self.episode_starts).astype(np.int64)
         self.has_action = store.has_action
-        val_mask = val_episode_mask(store.n_episodes, val_ratio, seed)
+        val_mask = val_episode_mask(store.n_episodes, self.val_ratio, self.seed)
         self.val_episodes = np.flatnonzero(val_mask)
         self.train_episodes = np.flatnonzero(~val_mask)
         self.episodes = {"train": self.train_episodes, "val": self.val_episodes,
-                         "all": np.arange(store.n_episodes)}[split]
-        self._build_index()
-        if len(self) == 0:
-            raise ValueError(
-                f"split {split!r} of store {store.path} yields no windows (episodes in split: {self.episodes.size}, "
-                f"val_ratio={val_ratio}, horizon={horizon}); lower horizon or val_ratio")
+                         "all": np.arange(store.n_episodes)}[self.split]
 
-        # Low-dim arrays, the action and any `cache_keys` (e.g. the images of a small store whose chunks hold
-        # many frames) live in memory; rows beyond n_steps are uncommitted and skipped.
-        for k in cache_keys or []:
+    def _load_cache(self, store: EpisodeStore, derived: dict[str, np.ndarray], cache_keys: list[str]
+                    ) -> dict[str, np.ndarray]:
+        """The in-memory arrays: low-dim keys, the action, ``derived`` and any ``cache_keys`` (e.g. the images of a
+        small store whose chunks hold many frames), resized as sampled; rows beyond n_steps are uncommitted."""
+        for k in cache_keys:
             if k not in self.kinds:
                 raise KeyError(f"cache_keys entry {k!r} is not among the sampled keys {sorted(self.kinds)}")
         n = store.n_steps
-        self._cache = {k: derived[k] if k in derived else store.array(k)[:n]
-                       for k in self.kinds if self.kinds[k] == LOW_DIM or k in (cache_keys or [])}
+        cache = {k: derived[k] if k in derived else store.array(k)[:n]
+                 for k in self.kinds if self.kinds[k] == LOW_DIM or k in cache_keys}
         for k, size in self.image_sizes.items():
-            if k in self._cache:
-                self._cache[k] = resize_frames(self._cache[k], size, self.kinds[k])
-        self._images: dict[str, Any] | None = None
-        self._opened_in = os.getpid()
-        self._episode_text = self._load_episode_text(store, text_keys, language)
-        self._phase, self._phase_names = self._load_phase(store) if PHASE_KEY in text_keys else (None, None)
-        self._final_goal = {k: self._read_rows(k, self.episode_starts + self.episode_lengths - 1) for k in goal_keys} \
-            if goal_mode == "final" else {}
-        log.info("sampler over %s: split %s, %d episodes (%d action-free), %d windows", self._path, split,
-                 self.episodes.size, int((~self.has_action[self.episodes]).sum()), len(self))
+            if k in cache:
+                cache[k] = resize_frames(cache[k], size, self.kinds[k])
+        return cache
 
     def _load_episode_text(self, store: EpisodeStore, text_keys: list[str], language: bool) -> dict[str, list[str | None]]:
         """{name: text of every episode} for the per-episode text asked for; each episode of the split must have it."""
@@ -512,6 +523,19 @@ class SequenceSampler:
 # Why a split's episodes must all hold a per-episode text (the end of the error when one lacks it).
 _TEXT_NEED = {LANGUAGE_KEY: "a language-conditioned policy needs an instruction per episode",
               REASONING_KEY: "text_keys asks for each window's reasoning"}
+
+
+def _check_window(n_obs_steps: int, horizon: int, n_action_steps: int, split: str, goal_mode: str) -> None:
+    """Reject window settings that leave no valid window layout, before the store is read."""
+    if n_obs_steps < 1 or horizon < n_obs_steps:
+        raise ValueError(f"need 1 <= n_obs_steps <= horizon, got n_obs_steps={n_obs_steps}, horizon={horizon}")
+    if not 1 <= n_action_steps <= horizon - n_obs_steps + 1:
+        raise ValueError(
+            f"n_action_steps must be in [1, horizon - n_obs_steps + 1 = {horizon - n_obs_steps + 1}], got {n_action_steps}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if goal_mode not in GOAL_MODES:
+        raise ValueError(f"goal_mode must be one of {GOAL_MODES}, got {goal_mode!r}")
 
 
 def _future_offsets(offsets: list[int] | None) -> np.ndarray:

@@ -61,11 +61,8 @@ def _to_numpy(value: Any, is_image: bool) -> np.ndarray:
     return x
 
 
-def import_lerobot(root: str | os.PathLike, out_path: str | os.PathLike, repo_id: str | None = None,
-                   features: list[str] | None = None, overwrite: bool = False) -> EpisodeStore:
-    """Convert the dataset at ``root`` to a store at ``out_path``; returns the store open for appending."""
-    LeRobotDataset = _require_lerobot()
-    root, out_path = Path(root), Path(out_path)
+def _v3_version(root: Path) -> str:
+    """The dataset's ``codebase_version``, refusing layouts other than v3 (the only one this importer reads)."""
     info_path = root / "meta" / "info.json"
     if not info_path.is_file():
         raise FileNotFoundError(f"{root} is not a LeRobot v3 dataset: {info_path} is missing")
@@ -73,6 +70,15 @@ def import_lerobot(root: str | os.PathLike, out_path: str | os.PathLike, repo_id
     version = str(info.get("codebase_version", ""))
     if not version.startswith("v3"):
         raise ValueError(f"{info_path}: codebase_version {version!r}; only the v3 layout is supported")
+    return version
+
+
+def import_lerobot(root: str | os.PathLike, out_path: str | os.PathLike, repo_id: str | None = None,
+                   features: list[str] | None = None, overwrite: bool = False) -> EpisodeStore:
+    """Convert the dataset at ``root`` to a store at ``out_path``; returns the store open for appending."""
+    LeRobotDataset = _require_lerobot()
+    root, out_path = Path(root), Path(out_path)
+    version = _v3_version(root)
     # PyAV decodes with the FFmpeg its wheel carries; torchcodec (LeRobot's default) needs system FFmpeg libraries.
     ds = LeRobotDataset(repo_id or root.name, root=root, video_backend="pyav")
     all_features = {k: v for k, v in ds.meta.features.items() if k not in _BOOKKEEPING}
@@ -171,15 +177,44 @@ def export_lerobot(store_path: str | os.PathLike, out_root: str | os.PathLike, r
     ``observation.environment_state`` (the vectors LeRobot's policies read: Diffusion Policy and ACT ignore other
     low-dim features; ACT needs a camera or an environment state). ``meta/vmp.json`` records the mapping.
     Action-free episodes are skipped (a LeRobot dataset needs actions)."""
-    import shutil
-
     LeRobotDataset = _require_lerobot()
     store = EpisodeStore.open(store_path)
     out_root = Path(out_root)
+    _clear_out_root(out_root, overwrite)
+    chosen = _export_keys(store, keys)
+    groups = _state_groups(store, chosen, state_keys, env_state_keys)
+    feature_map, features = _export_features(store, chosen, groups, video)
+    fps = store.attrs.get("control_hz")
+    if not fps:
+        raise ValueError(f"{store.path}: root attrs lack control_hz, which a LeRobot dataset needs as its fps")
+    ds = LeRobotDataset.create(repo_id or out_root.name, fps=int(round(float(fps))), features=features, root=out_root,
+                               use_videos=video)
+    exported = 0
+    for e in progress(range(store.n_episodes), desc=f"export {Path(str(store.path)).name}", unit="episode"):
+        if not store.has_action[e]:
+            log.warning("episode %d has no actions: not exported", e)
+            continue
+        _add_episode(ds, store, e, chosen, feature_map, features)
+        exported += 1
+    ds.finalize()
+    (out_root / FEATURE_MAP).write_text(json.dumps({"store": str(store.path), "task": store.attrs.get("task"),
+                                                    "features": feature_map}, indent=2) + "\n")
+    log.info("exported %d episodes of %s to the LeRobot dataset %s", exported, store.path, out_root)
+    return out_root
+
+
+def _clear_out_root(out_root: Path, overwrite: bool) -> None:
+    """Remove an existing export target, only when ``overwrite`` allows it."""
+    import shutil
+
     if out_root.exists():
         if not overwrite:
             raise FileExistsError(f"{out_root} exists: pass overwrite=True (--overwrite) to replace it")
         shutil.rmtree(out_root)
+
+
+def _export_keys(store: EpisodeStore, keys: list[str] | None) -> list[str]:
+    """The observation keys to export: camera and low-dim keys, neither the action nor the training-only ``phase``."""
     bookkeeping = {ACTION_KEY, "phase"}
     candidates = [k for k in store.keys if k not in bookkeeping and store.kind(k) in ("rgb", "low_dim")]
     chosen = candidates if keys is None else list(keys)
@@ -188,6 +223,12 @@ def export_lerobot(store_path: str | os.PathLike, out_root: str | os.PathLike, r
         raise KeyError(f"{store.path}: {unknown} are not observation keys to export; choose from {candidates}")
     if ACTION_KEY not in store.schema or not store.has_action.any():
         raise ValueError(f"{store.path} has no episodes with actions: nothing a LeRobot dataset can hold")
+    return chosen
+
+
+def _state_groups(store: EpisodeStore, chosen: list[str], state_keys: list[str] | None,
+                  env_state_keys: list[str] | None) -> dict[str, list[str]]:
+    """{concatenated LeRobot feature: its store keys}, only the non-empty ones; each key may join one group only."""
     groups = {"observation.state": list(state_keys or []), "observation.environment_state": list(env_state_keys or [])}
     grouped = [k for g in groups.values() for k in g]
     for name, option in (("state_keys", state_keys), ("env_state_keys", env_state_keys)):
@@ -198,7 +239,14 @@ def export_lerobot(store_path: str | os.PathLike, out_root: str | os.PathLike, r
     if len(set(grouped)) != len(grouped) or (state_keys and "state" in chosen and "state" not in grouped):
         raise ValueError(f"{store.path}: state_keys {state_keys} and env_state_keys {env_state_keys} must name each "
                          f"key once and not clash with a 'state' key exported on its own")
-    groups = {g: ks for g, ks in groups.items() if ks}
+    return {g: ks for g, ks in groups.items() if ks}
+
+
+def _export_features(store: EpisodeStore, chosen: list[str], groups: dict[str, list[str]], video: bool
+                     ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]]]:
+    """(feature map written to ``meta/vmp.json``, LeRobot ``features``): the groups first, then every other
+    exported key and the action as a feature of its own."""
+    grouped = [k for ks in groups.values() for k in ks]
     feature_map = {g: [{"key": k, "shape": list(store.schema[k].shape) or [1]} for k in ks] for g, ks in groups.items()}
     features = {}
     for g, ks in groups.items():
@@ -215,31 +263,22 @@ def export_lerobot(store_path: str | os.PathLike, out_root: str | os.PathLike, r
                                             "names": ["height", "width", "channels"]}
         else:
             features[lerobot_feature(k)] = {"dtype": "float32", "shape": tuple(spec.shape) or (1,), "names": None}
-    fps = store.attrs.get("control_hz")
-    if not fps:
-        raise ValueError(f"{store.path}: root attrs lack control_hz, which a LeRobot dataset needs as its fps")
-    ds = LeRobotDataset.create(repo_id or out_root.name, fps=int(round(float(fps))), features=features, root=out_root,
-                               use_videos=video)
-    exported = 0
-    for e in progress(range(store.n_episodes), desc=f"export {Path(str(store.path)).name}", unit="episode"):
-        if not store.has_action[e]:
-            log.warning("episode %d has no actions: not exported", e)
-            continue
-        episode = store.episode(e, [*chosen, ACTION_KEY])
-        task = str(store.episode_text(e).get("language") or store.attrs.get("language") or store.attrs.get("task", ""))
-        columns = {}
-        for feature, parts in feature_map.items():
-            if len(parts) == 1 and store.kind(parts[0]["key"]) == "rgb":
-                columns[feature] = episode[parts[0]["key"]]
-            else:
-                columns[feature] = np.concatenate([np.asarray(episode[p["key"]], np.float32).reshape(
-                    len(episode[ACTION_KEY]), -1) for p in parts], axis=1).reshape(-1, *features[feature]["shape"])
-        for t in range(len(episode[ACTION_KEY])):
-            ds.add_frame({**{f: c[t] for f, c in columns.items()}, "task": task})
-        ds.save_episode()
-        exported += 1
-    ds.finalize()
-    (out_root / FEATURE_MAP).write_text(json.dumps({"store": str(store.path), "task": store.attrs.get("task"),
-                                                    "features": feature_map}, indent=2) + "\n")
-    log.info("exported %d episodes of %s to the LeRobot dataset %s", exported, store.path, out_root)
-    return out_root
+    return feature_map, features
+
+
+def _add_episode(ds: Any, store: EpisodeStore, e: int, chosen: list[str], feature_map: dict[str, list[dict[str, Any]]],
+                 features: dict[str, dict[str, Any]]) -> None:
+    """Episode ``e`` as LeRobot frames: camera features as stored, the others float32, groups concatenated."""
+    episode = store.episode(e, [*chosen, ACTION_KEY])
+    task = str(store.episode_text(e).get("language") or store.attrs.get("language") or store.attrs.get("task", ""))
+    n = len(episode[ACTION_KEY])
+    columns = {}
+    for feature, parts in feature_map.items():
+        if len(parts) == 1 and store.kind(parts[0]["key"]) == "rgb":
+            columns[feature] = episode[parts[0]["key"]]
+        else:
+            columns[feature] = np.concatenate([np.asarray(episode[p["key"]], np.float32).reshape(n, -1) for p in parts],
+                                              axis=1).reshape(-1, *features[feature]["shape"])
+    for t in range(n):
+        ds.add_frame({**{f: c[t] for f, c in columns.items()}, "task": task})
+    ds.save_episode()
