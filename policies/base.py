@@ -209,6 +209,9 @@ class Policy(Trainable, abc.ABC):
     def set_goal(self, goal: dict[str, np.ndarray] | None) -> None:
         self._goal = goal
 
+    def bind_env(self, env: Any) -> None:
+        """A head acts on its observations alone: nothing to read from the env (privileged experts do)."""
+
     def set_language(self, instruction: str | None) -> None:
         """The episode's instruction (``info["language"]``); policies without a language branch ignore it."""
         self._language = instruction

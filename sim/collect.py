@@ -160,20 +160,47 @@ def collect(
     ``launcher``: where the experts run (`vmp.sim.workers.make_pool`: local processes by default, or Ray actors);
     episodes come back in any order and this process alone appends them, in seed order.
     """
-    from vmp.data import EpisodeStore
     from vmp.progress import progress as progress_bar
     from vmp.sim import _plain
-    from vmp.sim.experts import EXPERTS, make_expert
-    from vmp.sim.workers import Job, make_pool
+    from vmp.sim.workers import make_pool
 
     task = _plain(task_cfg)
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
-    if task.get("expert") not in EXPERTS:
-        raise KeyError(f"task {task.get('name')!r}: expert {task.get('expert')!r} unknown; known: {sorted(EXPERTS)}")
     max_attempts = int(max_attempts or 3 * n_episodes + 10)
     expert_kwargs = dict(task.get("expert_kwargs") or {})
-    # phase vocabulary and extra keys without building an env
+    schema, attrs = _store_layout(task, expert_kwargs, seed, action_noise, action_free)
+    store, first_seed = _open_store(out, schema, attrs, append, overwrite, seed)
+    n_episodes -= store.n_episodes if append else 0  # appending: n_episodes is what the store holds in the end
+    if n_episodes <= 0:
+        log.info("%s already holds %d episodes: nothing to collect", out, store.n_episodes)
+        store.close()
+        return _Tally().summary(task["name"], out, 0.0)
+    start = time.perf_counter()
+    bar = progress_bar(total=n_episodes, desc=f"collect {task['name']}", unit="ep", disable=not progress)
+    pool = make_pool(launcher, functools.partial(_init_collect, task, expert_kwargs),
+                     functools.partial(_run_collect, action_noise=float(action_noise)), n_workers,
+                     episode_timeout_s=episode_timeout_s)
+    try:
+        with store, pool:
+            tally = _append_in_seed_order(pool, store, first_seed, max_attempts, n_episodes, keep_failed, action_free,
+                                          bar)
+    finally:
+        bar.close()
+    summary = tally.summary(task["name"], out, time.perf_counter() - start)
+    if tally.kept < n_episodes:
+        log.warning("collected only %d of %d episodes in %d attempts", tally.kept, n_episodes, tally.attempted)
+    return summary
+
+
+def _store_layout(task: dict, expert_kwargs: dict, seed: int, action_noise: float, action_free: bool
+                  ) -> tuple[dict, dict[str, Any]]:
+    """-> (the store's schema, its attributes: what it was collected from and with, which an append must match).
+    The expert's phase vocabulary and extra keys come from an expert built without an env."""
+    from vmp.sim.experts import EXPERTS, make_expert
+
+    if task.get("expert") not in EXPERTS:
+        raise KeyError(f"task {task.get('name')!r}: expert {task.get('expert')!r} unknown; known: {sorted(EXPERTS)}")
     probe = make_expert(task["expert"], **expert_kwargs)
     phase_names = list(probe.phase_names)
     attrs = {
@@ -189,92 +216,103 @@ def collect(
     }
     if action_free:
         attrs["action_free"] = True
-    schema = store_schema(task, phase_names, expert_extra_specs(probe))
-    first_seed = seed
+    return store_schema(task, phase_names, expert_extra_specs(probe)), attrs
+
+
+def _open_store(out: str | Path, schema: dict, attrs: dict[str, Any], append: bool, overwrite: bool, seed: int
+                ) -> tuple[Any, int]:
+    """-> (the store, the seed of its next episode). ``append``: the store collected with these settings, continued
+    after its last episode's seed, or a new one. A full disk is reported naming the store (zarr's error does not)."""
+    from vmp.data import EpisodeStore
+
     try:
-        if append:  # the store collected with these settings, or a new one
-            store = EpisodeStore.open_or_create(out, schema, attrs, same_attrs=tuple(attrs))
-            first_seed = _next_seed(store, seed)
-            n_episodes -= store.n_episodes
-            log.info("%s holds %d episodes: continuing from seed %d", out, store.n_episodes, first_seed)
-        else:
-            store = EpisodeStore.create(out, schema, attrs, overwrite=overwrite)
-    except OSError as err:  # e.g. a disk already full: zarr's error names no file
+        if not append:
+            return EpisodeStore.create(out, schema, attrs, overwrite=overwrite), seed
+        store = EpisodeStore.open_or_create(out, schema, attrs, same_attrs=tuple(attrs))
+        first_seed = _next_seed(store, seed)
+        log.info("%s holds %d episodes: continuing from seed %d", out, store.n_episodes, first_seed)
+        return store, first_seed
+    except OSError as err:
         if err.errno not in DISK_FULL or err.filename is not None:
             raise
         raise OSError(err.errno, f"could not {'open' if append else 'create'} store {out}: {err.strerror}") from err
-    if n_episodes <= 0:
-        log.info("%s already holds %d episodes: nothing to collect", out, store.n_episodes)
-        store.close()
-        return {"task": task["name"], "out": str(out), "episodes": 0, "attempted": 0, "expert_success_rate": 0.0,
-                "errors": 0, "steps": 0, "seconds": 0.0, "steps_per_s": 0.0}
-    start = time.perf_counter()
+
+
+@dataclasses.dataclass
+class _Tally:
+    """A collection's counts so far: episodes kept and attempted (in seed order), expert successes, steps kept,
+    episodes whose worker failed."""
+
+    kept: int = 0
+    attempted: int = 0
+    successes: int = 0
+    steps: int = 0
+    errors: int = 0
+
+    def summary(self, task_name: str, out: str | Path, elapsed: float) -> dict[str, Any]:
+        return {
+            "task": task_name,
+            "out": str(out),
+            "episodes": self.kept,
+            "attempted": self.attempted,
+            "expert_success_rate": self.successes / max(self.attempted, 1),
+            "errors": self.errors,
+            "steps": self.steps,
+            "seconds": round(elapsed, 2),
+            "steps_per_s": round(self.steps / max(elapsed, 1e-9), 1),
+        }
+
+
+def _append_in_seed_order(pool: Any, store: Any, first_seed: int, max_attempts: int, n_episodes: int,
+                          keep_failed: bool, action_free: bool, bar: Any) -> _Tally:
+    """Run episodes of seeds ``first_seed`` on and append the finished ones to ``store`` in seed order, until
+    ``n_episodes`` are kept or ``max_attempts`` were tried; a non-finite expert action stops the collection."""
+    from vmp.sim.workers import Job
+
+    tally = _Tally()
     done: dict[int, Any] = {}
-    next_index, kept, attempted, successes, steps, errors = 0, 0, 0, 0, 0, 0
-    submitted = 0
+    next_index = 0
+    for res in pool.run(Job(i, first_seed + i) for i in range(max_attempts)):
+        if res.fatal:
+            raise FloatingPointError(f"episode {res.job.index} (seed {res.job.seed}): {res.error}")
+        done[res.job.index] = res
+        while next_index in done and tally.kept < n_episodes:
+            _take_episode(done.pop(next_index), store, tally, keep_failed, action_free, bar)
+            next_index += 1
+        if tally.kept >= n_episodes:
+            break
+    return tally
 
-    def jobs():
-        nonlocal submitted
-        while submitted < max_attempts:
-            yield Job(submitted, first_seed + submitted)
-            submitted += 1
 
-    bar = progress_bar(total=n_episodes, desc=f"collect {task['name']}", unit="ep", disable=not progress)
-    pool = make_pool(
-        launcher, functools.partial(_init_collect, task, expert_kwargs),
-        functools.partial(_run_collect, action_noise=float(action_noise)), n_workers, episode_timeout_s=episode_timeout_s
-    )
+def _take_episode(res: Any, store: Any, tally: _Tally, keep_failed: bool, action_free: bool, bar: Any) -> None:
+    """Count one finished episode, and append it to the store if it succeeded (or failures are kept)."""
+    tally.attempted += 1
+    if res.error is not None:
+        tally.errors += 1
+        log.warning("episode %d (seed %d) failed: %s", res.job.index, res.job.seed, res.error.strip().splitlines()[-1])
+        return
+    tally.successes += int(res.value["success"])
+    if res.value["success"] or keep_failed:
+        _write_episode(store, res.value, action_free)
+        tally.kept += 1
+        tally.steps += res.value["length"]
+        bar.update(1)
+    bar.set_postfix(success=f"{tally.successes / tally.attempted:.0%}")
+
+
+def _write_episode(store: Any, value: dict[str, Any], action_free: bool) -> None:
+    """Append one episode (without its actions when ``action_free``); a full disk says how to resume."""
+    episode = value["episode"]
+    if action_free:
+        episode = {k: v for k, v in episode.items() if k != "action"}
     try:
-        with store, pool:
-            for res in pool.run(jobs()):
-                if res.fatal:
-                    raise FloatingPointError(f"episode {res.job.index} (seed {res.job.seed}): {res.error}")
-                done[res.job.index] = res
-                # append finished episodes in seed order
-                while next_index in done and kept < n_episodes:
-                    r = done.pop(next_index)
-                    next_index += 1
-                    attempted += 1
-                    if r.error is not None:
-                        errors += 1
-                        log.warning("episode %d (seed %d) failed: %s", r.job.index, r.job.seed, r.error.strip().splitlines()[-1])
-                        continue
-                    successes += int(r.value["success"])
-                    if r.value["success"] or keep_failed:
-                        episode = r.value["episode"]
-                        if action_free:
-                            episode = {k: v for k, v in episode.items() if k != "action"}
-                        try:
-                            store.append_episode(episode, r.value["text"], action_free=action_free)
-                        except OSError as err:
-                            if err.errno not in DISK_FULL:
-                                raise
-                            raise OSError(err.errno, f"{err.strerror}. Collection stopped: free some space, then run "
-                                                     f"the same command with append=true to collect the rest (the "
-                                                     f"same episodes an uninterrupted run would have)") from err
-                        kept += 1
-                        steps += r.value["length"]
-                        bar.update(1)
-                    bar.set_postfix(success=f"{successes / attempted:.0%}")
-                if kept >= n_episodes:
-                    break
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - start
-    summary = {
-        "task": task["name"],
-        "out": str(out),
-        "episodes": kept,
-        "attempted": attempted,
-        "expert_success_rate": successes / max(attempted, 1),
-        "errors": errors,
-        "steps": steps,
-        "seconds": round(elapsed, 2),
-        "steps_per_s": round(steps / max(elapsed, 1e-9), 1),
-    }
-    if kept < n_episodes:
-        log.warning("collected only %d of %d episodes in %d attempts", kept, n_episodes, attempted)
-    return summary
+        store.append_episode(episode, value["text"], action_free=action_free)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        raise OSError(err.errno, f"{err.strerror}. Collection stopped: free some space, then run the same command "
+                                 f"with append=true to collect the rest (the same episodes an uninterrupted run "
+                                 f"would have)") from err
 
 
 def _next_seed(store: Any, seed: int) -> int:

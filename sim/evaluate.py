@@ -19,13 +19,15 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from vmp.results import latency_summary
+from vmp.sim.experts.base import ActionOnly, Expert
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +47,74 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return low, high
 
 
+class ActorCapabilities(Protocol):
+    """The part of an actor's capabilities evaluation reads (`vmp.policies.base.Capabilities`, `ActionOnly`)."""
+
+    @property
+    def extras(self) -> tuple[str, ...]: ...
+
+
+class Actor(Protocol):
+    """What an evaluation runs: a learned head (`vmp.policies.base.Policy`), a task's `Expert`, or a scripted actor
+    built on `ActorDefaults`. Declared once so that the runner never probes what the actor it was given offers."""
+
+    # False: skip decoding predicted frames among the extras; the runner sets it per episode (only videos draw them)
+    decode_frames: bool
+
+    @property
+    def capabilities(self) -> ActorCapabilities:
+        """``extras``: the names of the extras the actor returns beside its chunks (see `last_extras`)."""
+
+    @property
+    def camera(self) -> str | None:
+        """The camera whose future frames come with the extras ``future_frames`` (None: none predicted) ..."""
+
+    @property
+    def future_offsets(self) -> Sequence[int]:
+        """... at these steps after the current one."""
+
+    @property
+    def last_extras(self) -> Mapping[str, Any]:
+        """The extras that came with the latest chunk; a new object with each chunk."""
+
+    @property
+    def inference_times_ms(self) -> Sequence[float]:
+        """Each chunk's inference time, appended as chunks are predicted (the latency the metrics report)."""
+
+    def reset(self) -> None: ...
+
+    def set_goal(self, goal: dict[str, np.ndarray] | None) -> None: ...
+
+    def set_language(self, instruction: str | None) -> None: ...
+
+    def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+    def bind_env(self, env: Any) -> None:
+        """Attach to the env it will act in (privileged experts read its state)."""
+
+
+class ActorDefaults:
+    """The `Actor` members a scripted actor (a test's stub) has no use for, at their defaults: no env to bind, no
+    extras, no latencies. Subclasses write ``reset``, ``set_goal``, ``set_language`` and ``select_action``."""
+
+    capabilities: ActorCapabilities = ActionOnly()
+    camera: str | None = None
+    future_offsets: Sequence[int] = ()
+    last_extras: Mapping[str, Any] = MappingProxyType({})
+    inference_times_ms: Sequence[float] = ()
+    decode_frames: bool = False
+
+    def bind_env(self, env: Any) -> None:
+        """Nothing to read from the env."""
+
+
 @dataclasses.dataclass
 class _EvalState:
     env: Any
-    policy: Any
+    policy: Actor
     video_dir: str | None
     fps: int
-    annotator: Any = None  # the task's expert, run beside a reasoning policy to judge its reasoning
+    annotator: Expert | None = None  # the task's expert, run beside a reasoning policy to judge its reasoning
     first_seed: int = 0  # the evaluation's base seed: episode k of it has seed first_seed + k
 
     def close(self) -> None:
@@ -66,7 +129,7 @@ def video_env_kwargs(task_cfg: dict) -> dict[str, Any]:
     return {"render_size": VIDEO_SIZE} if size is not None and int(size) < VIDEO_SIZE else {}
 
 
-def _init_eval(task_cfg: dict, make_policy: Callable[[], Any], render: bool, video_dir: str | None,
+def _init_eval(task_cfg: dict, make_policy: Callable[[], Actor], render: bool, video_dir: str | None,
                max_episode_steps: int | None, first_seed: int = 0) -> _EvalState:
     from vmp.sim import make
 
@@ -74,18 +137,16 @@ def _init_eval(task_cfg: dict, make_policy: Callable[[], Any], render: bool, vid
     env = make(task_cfg, render_mode="rgb_array" if render else None, max_episode_steps=max_episode_steps,
                **{**dict(task_cfg.get("eval_env_kwargs") or {}), **(video_env_kwargs(task_cfg) if render else {})})
     policy = make_policy()
-    bind = getattr(policy, "bind_env", None)
-    if callable(bind):
-        bind(env)  # privileged experts read the env's state
+    policy.bind_env(env)  # privileged experts read the env's state
     annotator = None
-    if "reasoning" in getattr(getattr(policy, "capabilities", None), "extras", ()) and task_cfg.get("expert"):
+    if "reasoning" in policy.capabilities.extras and task_cfg.get("expert"):
         from vmp.sim.experts import make_expert
 
         annotator = make_expert(task_cfg["expert"], env=env, **dict(task_cfg.get("expert_kwargs") or {}))
     return _EvalState(env, policy, video_dir, int(task_cfg.get("control_hz", 20)), annotator, first_seed)
 
 
-def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False, annotator: Any = None
+def rollout_policy(env: Any, policy: Actor, seed: int, record_video: bool = False, annotator: Expert | None = None
                    ) -> dict[str, Any]:
     """One episode of ``policy`` in ``env`` -> {success, length, return, latencies_ms, frames?, text?, future_frames?}.
 
@@ -98,9 +159,36 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False,
     track its phase; each chunk's ``reasoning`` is compared with the phase name the expert gives the same state, and
     the episode's ``metrics["reasoning_accuracy"]`` is the fraction of chunks whose reasoning matched.
     """
-    from vmp.sim.experts.base import Expert
-    from vmp.sim.render import extras_panel
+    obs, info = _start_episode(env, policy, seed, record_video, annotator)
+    times = policy.inference_times_ms
+    n_times = len(times)
+    record = _EpisodeRecord(env, policy, obs, record_video, annotator)
+    total, length, success = 0.0, 0, False
+    while True:
+        if annotator is not None:
+            annotator.act(obs)  # the expert's phase for this state
+        action = np.asarray(policy.select_action(obs))
+        if not np.isfinite(action).all():
+            raise FloatingPointError(f"non-finite action at step {length} of seed {seed}: {action}")
+        record.take_extras(length, policy.last_extras)
+        obs, reward, terminated, truncated, info = env.step(action)
+        total += float(reward)
+        length += 1
+        success = success or bool(info.get("success", False))
+        record.observe(obs)
+        if terminated or truncated:
+            break
+    out = {"seed": seed, "success": success, "length": length, "return": total, "latencies_ms": list(times[n_times:])}
+    if info.get("task_name"):
+        out["task_name"] = info["task_name"]
+    if isinstance(info.get("metrics"), dict):  # episode metrics an env reports (e.g. SPL, collisions)
+        out["metrics"] = {k: float(v) for k, v in info["metrics"].items()}
+    return record.add_to(out)
 
+
+def _start_episode(env: Any, policy: Actor, seed: int, record_video: bool, annotator: Expert | None
+                   ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Reset the env, the policy and the annotator for episode ``seed``, and give them its goal and instruction."""
     obs, info = env.reset(seed=seed)
     if isinstance(policy, Expert):
         policy.reset(seed=seed)
@@ -113,79 +201,88 @@ def rollout_policy(env: Any, policy: Any, seed: int, record_video: bool = False,
         annotator.reset(seed=seed)
         annotator.set_goal(info.get("goal"))
         annotator.set_language(info.get("language"))
-    judged = [0, 0]  # chunks with reasoning, and those matching the expert's phase
     if info.get("goal") is not None:
         policy.set_goal(info["goal"])
     if info.get("language"):
         policy.set_language(info["language"])
-    if hasattr(policy, "decode_frames"):
-        policy.decode_frames = record_video  # predicted frames are only drawn into videos
-    times = getattr(policy, "inference_times_ms", None)
-    n_times = len(times) if times is not None else 0
-    panel = bool(getattr(getattr(policy, "capabilities", None), "extras", ()))  # a head that returns extras
+    policy.decode_frames = record_video  # predicted frames are only drawn into videos
+    return obs, info
 
-    def frame_now(extras: dict) -> np.ndarray:
-        frame = _frame(env, obs)
-        return np.concatenate([frame, extras_panel(extras, frame.shape[1])], axis=0) if panel else frame
 
-    frames = [frame_now({})] if record_video else None
-    # the real frames of the camera a head predicts, to set beside its predictions (heads that return future_frames
-    # name their camera and offsets: PAD)
-    camera, offsets = getattr(policy, "camera", None), getattr(policy, "future_offsets", None)
-    seen = [obs[camera]] if record_video and offsets and camera in obs else None
-    texts: list[dict[str, Any]] = []
-    futures: list[tuple[int, np.ndarray]] = []
-    extras, last_text = {}, {}
-    total, length, success = 0.0, 0, False
-    while True:
-        if annotator is not None:
-            annotator.act(obs)  # the expert's phase for this state
-        action = np.asarray(policy.select_action(obs))
-        if not np.isfinite(action).all():
-            raise FloatingPointError(f"non-finite action at step {length} of seed {seed}: {action}")
-        new = getattr(policy, "last_extras", None) or {}
-        if new is not extras:  # a new chunk came with extras
-            extras = new
-            if annotator is not None and isinstance(extras.get("reasoning"), str):
-                judged[0] += 1
-                judged[1] += int(extras["reasoning"].strip() == annotator.phase_names[annotator.phase])
-            for name, value in extras.items():
-                if isinstance(value, str) and last_text.get(name) != value:
-                    texts.append({"step": length, "name": name, "text": value})
-                    last_text[name] = value
-            if record_video and "future_frames" in extras:
-                futures.append((length, np.asarray(extras["future_frames"], np.uint8)))
-            show = getattr(getattr(env, "unwrapped", env), "show_candidates", None)
-            if record_video and show is not None and "candidates" in extras:
-                show(extras["candidates"], extras.get("candidate_scores"))  # the env draws them from this pose on
-        obs, reward, terminated, truncated, info = env.step(action)
-        total += float(reward)
-        length += 1
-        success = success or bool(info.get("success", False))
-        if frames is not None:
-            frames.append(frame_now(extras))
-        if seen is not None:
-            seen.append(obs[camera])
-        if terminated or truncated:
-            break
-    out = {"seed": seed, "success": success, "length": length, "return": total,
-           "latencies_ms": list(times[n_times:]) if times is not None else []}
-    if info.get("task_name"):
-        out["task_name"] = info["task_name"]
-    if isinstance(info.get("metrics"), dict):  # episode metrics an env reports (e.g. SPL, collisions)
-        out["metrics"] = {k: float(v) for k, v in info["metrics"].items()}
-    if judged[0]:
-        out.setdefault("metrics", {})["reasoning_accuracy"] = judged[1] / judged[0]
-    if texts:
-        out["text"] = texts
-    if frames is not None:
-        out["frames"] = frames
-        if futures:
-            if seen is not None:  # predicted (top) against real (bottom), the last frame standing in past the end
-                futures = [(step, np.concatenate([pred, np.stack([seen[min(step + o, len(seen) - 1)] for o in offsets])]))
-                           for step, pred in futures]
-            out["future_frames"] = futures
-    return out
+class _EpisodeRecord:
+    """What a rollout keeps of a policy's extras beside reward and length: the reasoning judged against the
+    annotator's phase, changed text, and in a video episode the frames (with an extras panel), the predicted future
+    frames and the real frames of the camera they predict."""
+
+    def __init__(self, env: Any, policy: Actor, obs: dict[str, np.ndarray], record_video: bool,
+                 annotator: Expert | None):
+        self.env, self.annotator, self.record_video = env, annotator, record_video
+        self.panel = bool(policy.capabilities.extras)  # a head that returns extras gets a panel under each frame
+        self.extras: Mapping[str, Any] = {}
+        self.last_text: dict[str, str] = {}
+        self.texts: list[dict[str, Any]] = []
+        self.futures: list[tuple[int, np.ndarray]] = []
+        self.judged = [0, 0]  # chunks with reasoning, and those matching the expert's phase
+        self.frames = [self._video_frame(obs)] if record_video else None
+        # the real frames of the camera a head predicts, to set beside its predictions (heads that return
+        # future_frames name their camera and offsets: PAD)
+        self.camera, self.offsets = policy.camera, policy.future_offsets
+        self.seen = [obs[self.camera]] if record_video and self.offsets and self.camera in obs else None
+
+    def _video_frame(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        frame = _frame(self.env, obs)
+        if not self.panel:
+            return frame
+        from vmp.sim.render import extras_panel
+
+        return np.concatenate([frame, extras_panel(self.extras, frame.shape[1])], axis=0)
+
+    def take_extras(self, step: int, extras: Mapping[str, Any]) -> None:
+        """The policy's extras after ``step``'s action; a new object means a new chunk came with them."""
+        if extras is self.extras:
+            return
+        self.extras = extras
+        annotator = self.annotator
+        if annotator is not None and isinstance(extras.get("reasoning"), str):
+            self.judged[0] += 1
+            self.judged[1] += int(extras["reasoning"].strip() == annotator.phase_names[annotator.phase])
+        for name, value in extras.items():
+            if isinstance(value, str) and self.last_text.get(name) != value:
+                self.texts.append({"step": step, "name": name, "text": value})
+                self.last_text[name] = value
+        if self.record_video and "future_frames" in extras:
+            self.futures.append((step, np.asarray(extras["future_frames"], np.uint8)))
+        show = getattr(getattr(self.env, "unwrapped", self.env), "show_candidates", None)
+        if self.record_video and show is not None and "candidates" in extras:
+            show(extras["candidates"], extras.get("candidate_scores"))  # the env draws them from this pose on
+
+    def observe(self, obs: dict[str, np.ndarray]) -> None:
+        """The observation after a step: one more video frame and real camera frame."""
+        if self.frames is not None:
+            self.frames.append(self._video_frame(obs))
+        if self.seen is not None:
+            self.seen.append(obs[self.camera])
+
+    def add_to(self, out: dict[str, Any]) -> dict[str, Any]:
+        """``out`` with the reasoning accuracy, the text and the video's frames and predicted futures added."""
+        if self.judged[0]:
+            out.setdefault("metrics", {})["reasoning_accuracy"] = self.judged[1] / self.judged[0]
+        if self.texts:
+            out["text"] = self.texts
+        if self.frames is not None:
+            out["frames"] = self.frames
+            if self.futures:
+                out["future_frames"] = self._futures_over_real()
+        return out
+
+    def _futures_over_real(self) -> list[tuple[int, np.ndarray]]:
+        """Each chunk's predicted frames (top) over the real ones at the same offsets (bottom, the last frame standing
+        in past the end) when the real camera was kept."""
+        if self.seen is None:
+            return self.futures
+        seen = self.seen
+        return [(step, np.concatenate([pred, np.stack([seen[min(step + o, len(seen) - 1)] for o in self.offsets])]))
+                for step, pred in self.futures]
 
 
 def _frame(env: Any, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -228,14 +325,14 @@ class EvalCell:
 
     name: str
     task: dict
-    make_policy: Callable[[], Any]
+    make_policy: Callable[[], Actor]
     seed: int
     out_dir: Path | None = None
 
 
 def run_evaluation(
     task_cfg: Any,
-    make_policy: Callable[[], Any],
+    make_policy: Callable[[], Actor],
     n_episodes: int = 50,
     seed: int = 100000,
     n_workers: int = 2,
@@ -248,8 +345,7 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate the policy ``make_policy()`` builds (once per worker; it must be picklable) on ``task_cfg``.
 
-    The policy-like object needs ``reset()``, ``set_goal(goal | None)``, ``set_language(text)``, ``select_action(obs) -> [A]``, and
-    optionally ``inference_times_ms`` (latency) and ``bind_env(env)`` (privileged experts).
+    What ``make_policy()`` builds is an `Actor`: a `Policy`, an `Expert`, or a scripted actor built on `ActorDefaults`.
     ``launcher``: where the episodes run (`vmp.sim.workers.make_pool`; None: local worker processes).
     Returns the metrics dict, also written to ``out_dir/metrics.json`` when ``out_dir`` is given.
     """
@@ -288,28 +384,12 @@ def evaluate_cells(
     init = inits[0] if len(cells) == 1 else inits
     if len(cells) == 1:
         jobs = [dataclasses.replace(job, key=None) for job in jobs]
-    episodes: list[dict[str, Any] | None] = [None] * len(jobs)
     start = time.perf_counter()
-    n_ok = 0
     bar = progress_bar(total=len(jobs), desc=f"eval {cells[0].task['name'] if len(cells) == 1 else f'{len(cells)} cells'}",
                        unit="ep", disable=not progress)
     try:
         with make_pool(launcher, init, _run_eval, n_workers, episode_timeout_s=episode_timeout_s) as pool:
-            for res in pool.run(jobs):
-                if res.fatal:
-                    raise FloatingPointError(f"episode {res.job.index} (seed {res.job.seed}): {res.error}")
-                if res.error is not None:
-                    log.error("episode %d (seed %d) failed: %s", res.job.index, res.job.seed, res.error.strip().splitlines()[-1])
-                    ep = {"seed": res.job.seed, "success": False, "length": 0, "return": 0.0, "latencies_ms": [],
-                          "error": res.error.strip().splitlines()[-1]}
-                else:
-                    ep = res.value
-                    n_ok += int(ep["success"])
-                if episodes[res.job.index] is not None:
-                    raise RuntimeError(f"episode {res.job.index} came back twice")
-                episodes[res.job.index] = ep
-                bar.update(1)
-                bar.set_postfix(success=f"{n_ok}/{bar.n}")
+            episodes = _gather_episodes(pool.run(jobs), len(jobs), bar)
     finally:
         bar.close()
     seconds = round(time.perf_counter() - start, 2)
@@ -323,6 +403,28 @@ def evaluate_cells(
             log.info("wrote %s", cell.out_dir / "metrics.json")
         out.append(metrics)
     return out
+
+
+def _gather_episodes(results: Any, n_jobs: int, bar: Any) -> list[dict[str, Any] | None]:
+    """The pool's results, in job order: a failed episode as an errored failure, a non-finite action raised."""
+    episodes: list[dict[str, Any] | None] = [None] * n_jobs
+    n_ok = 0
+    for res in results:
+        if res.fatal:
+            raise FloatingPointError(f"episode {res.job.index} (seed {res.job.seed}): {res.error}")
+        if res.error is not None:
+            log.error("episode %d (seed %d) failed: %s", res.job.index, res.job.seed, res.error.strip().splitlines()[-1])
+            ep = {"seed": res.job.seed, "success": False, "length": 0, "return": 0.0, "latencies_ms": [],
+                  "error": res.error.strip().splitlines()[-1]}
+        else:
+            ep = res.value
+            n_ok += int(ep["success"])
+        if episodes[res.job.index] is not None:
+            raise RuntimeError(f"episode {res.job.index} came back twice")
+        episodes[res.job.index] = ep
+        bar.update(1)
+        bar.set_postfix(success=f"{n_ok}/{bar.n}")
+    return episodes
 
 
 def summarize(episodes: list[dict[str, Any]], task: dict) -> dict[str, Any]:

@@ -11,11 +11,11 @@ import pytest
 
 import vmp  # noqa: F401
 from vmp.sim import load_task_cfg
-from vmp.sim.evaluate import expert_policy, run_evaluation, wilson_interval
+from vmp.sim.evaluate import ActorDefaults, expert_policy, run_evaluation, wilson_interval
 
 
-class CrashOnSecondEpisode:
-    """Policy-like: the worker process dies (no Python exception) in every second episode it runs."""
+class CrashOnSecondEpisode(ActorDefaults):
+    """An actor whose worker process dies (no Python exception) in every second episode it runs."""
 
     def __init__(self):
         self.episodes = 0
@@ -118,7 +118,7 @@ def test_videos_are_256_px_and_policy_images_unchanged():
 
     task = load_task_cfg("blockpush_image", max_episode_steps=3)
     assert task.env_kwargs.render_size < VIDEO_SIZE == 256
-    state = _init_eval(task, lambda: None, render=True, video_dir=None, max_episode_steps=3)
+    state = _init_eval(task, CrashOnSecondEpisode, render=True, video_dir=None, max_episode_steps=3)  # steps env itself
     plain = make(task)
     try:
         obs, _ = state.env.reset(seed=0)

@@ -9,10 +9,20 @@ same runner as a learned policy.
 from __future__ import annotations
 
 import abc
-from typing import Any
+import dataclasses
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionOnly:
+    """The capabilities of an actor that returns nothing beside its action: what the evaluation runner reads of
+    `vmp.policies.base.Capabilities`, without importing torch into expert workers."""
+
+    extras: tuple[str, ...] = ()
 
 
 class Expert(abc.ABC):
@@ -24,6 +34,13 @@ class Expert(abc.ABC):
 
     name: str = ""
     phase_names: tuple[str, ...] = ()
+    # The rest of the evaluation runner's `Actor`: an expert returns no extras, predicts no frames, times nothing.
+    capabilities: ActionOnly = ActionOnly()
+    camera: str | None = None
+    future_offsets: Sequence[int] = ()
+    last_extras: Mapping[str, Any] = MappingProxyType({})
+    inference_times_ms: Sequence[float] = ()
+    decode_frames: bool = False
 
     def __init__(self, env: gym.Env | None = None, seed: int | None = None):
         self.env: Any = None

@@ -7,11 +7,25 @@ yaw error (rad) times ``yaw_gain`` -> the base-frame z rotation action.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from vmp.sim.experts.base import Expert
 
 OPEN, CLOSE = -1.0, 1.0
+
+
+class _NutOverPeg(NamedTuple):
+    """The held square nut against the peg: hole centre, xy offset to the peg's axis, yaw error to the peg's faces,
+    bottom height, peg top height and the hole centre's height when hovering just above the peg top (m, rad)."""
+
+    held: np.ndarray
+    xy_off: np.ndarray
+    yaw_err: float
+    bottom: float
+    peg_top: float
+    hover_z: float
 
 
 def quat_to_mat(q_xyzw: np.ndarray) -> np.ndarray:
@@ -353,86 +367,105 @@ class SquareExpert(_PickPlaceExpert):
         self.phase, self._count, self._z_hist = phase, 0, []
 
     def _act(self, obs):
-        p = self._priv()
-        eef = p["robot0_eef_pos"]
-        ph = self.phase
-        if ph <= self.GRASP:
-            grasp, quat = self._grasp()
-            yaw_err = self._yaw_err(quat, self.yaw_symmetry)
-            if ph == self.APPROACH:
-                hover = grasp + [0, 0, 0.06]
-                over = np.linalg.norm(grasp[:2] - eef[:2]) < 0.005 and abs(eef[2] - hover[2]) < 0.02
-                if over and abs(yaw_err) < 0.06:
-                    self.phase, self._z_hist = self.DESCEND, []
-                return self._move(hover, OPEN, yaw_err)
-            if ph == self.DESCEND:
-                if eef[2] - grasp[2] < 0.005 or self._stalled(eef[2]):
-                    self.phase, self._count = self.GRASP, 0
-                return self._move(grasp, OPEN, yaw_err, max_action=0.5)
-            self._count += 1
-            if self._count >= self.grasp_steps:
-                self.phase, self._count = self.LIFT, 0
-                self._hold_xy = eef[:2].copy()
-                self._grasp_offset = eef - grasp
-                self._nut_goal_yaw = None
-            return self._move(grasp, CLOSE)
-        if ph == self.REGRASP:  # open, rise, and approach the handle again
+        eef = self._priv()["robot0_eef_pos"]
+        if self.phase <= self.GRASP:
+            return self._reach_handle(eef)
+        if self.phase == self.REGRASP:  # open, rise, and approach the handle again
             self._count += 1
             if self._count >= 8:
                 self.phase, self._count, self._z_hist = self.APPROACH, 0, []
             return self._move(np.array([eef[0], eef[1], max(eef[2], self._grasp()[0][2] + 0.08)]), OPEN)
-        if ph in (self.RELEASE, self.RETREAT):
-            if ph == self.RELEASE:
-                self._count += 1
-                if self._count >= self.release_steps:
-                    self.phase, self._count = self.RETREAT, 0
-                return self._move(eef, OPEN)
+        if self.phase == self.RELEASE:
+            self._count += 1
+            if self._count >= self.release_steps:
+                self.phase, self._count = self.RETREAT, 0
+            return self._move(eef, OPEN)
+        if self.phase == self.RETREAT:
             return self._move(np.array([eef[0], eef[1], eef[2] + 0.1]), OPEN)
-
-        # holding the nut: lift, carry, lower, unjam
         if not self._nut_in_hand() and self._retries < self.max_retries:
             self._retry(self.REGRASP)  # grasp failed or the nut slipped out: open and start over
             return self._move(eef, OPEN)
+        nut = self._nut_over_peg()
+        holding = {self.LIFT: self._lift, self.CARRY: self._carry, self.UNJAM: self._unjam}
+        return holding.get(self.phase, self._lower)(eef, nut)
+
+    def _reach_handle(self, eef: np.ndarray) -> np.ndarray:
+        """APPROACH (hover over the handle, yaw aligned), DESCEND onto it, GRASP (close for a few steps)."""
+        grasp, quat = self._grasp()
+        yaw_err = self._yaw_err(quat, self.yaw_symmetry)
+        if self.phase == self.APPROACH:
+            hover = grasp + [0, 0, 0.06]
+            over = np.linalg.norm(grasp[:2] - eef[:2]) < 0.005 and abs(eef[2] - hover[2]) < 0.02
+            if over and abs(yaw_err) < 0.06:
+                self.phase, self._z_hist = self.DESCEND, []
+            return self._move(hover, OPEN, yaw_err)
+        if self.phase == self.DESCEND:
+            if eef[2] - grasp[2] < 0.005 or self._stalled(eef[2]):
+                self.phase, self._count = self.GRASP, 0
+            return self._move(grasp, OPEN, yaw_err, max_action=0.5)
+        self._count += 1
+        if self._count >= self.grasp_steps:
+            self.phase, self._count = self.LIFT, 0
+            self._hold_xy = eef[:2].copy()
+            self._grasp_offset = eef - grasp
+            self._nut_goal_yaw = None
+        return self._move(grasp, CLOSE)
+
+    def _nut_over_peg(self) -> _NutOverPeg:
+        """Where the held nut is against the peg (its yaw goal chosen on the first call of a carry)."""
         held = self._held_point()
         peg_xy, peg_top = self._peg()
-        xy_off = peg_xy - held[:2]
-        yaw_err = self._carry_yaw_err()
-        bottom = held[2] - self.nut_half_height
-        hover_z = peg_top + self.hover_gap + self.nut_half_height  # the held point's height above the peg
-        if ph == self.LIFT:  # straight up
-            if eef[2] > self.lift_z - 0.02:
-                self.phase = self.CARRY
-            return self._move(np.array([*self._hold_xy, self.lift_z]), CLOSE, max_action=0.6)
-        if ph == self.CARRY:  # over the peg at carry height, nut yaw aligned
-            if np.linalg.norm(xy_off) < 0.01 and abs(yaw_err) < 0.1:
-                self.phase, self._z_hist = self.LOWER, []
-            dz = max(self.lift_z - eef[2], hover_z - held[2]) if np.linalg.norm(xy_off) > 0.03 else hover_z - held[2]
-            target = eef + np.array([xy_off[0], xy_off[1], dz])
-            return self._move(target, CLOSE, yaw_err, max_action=0.6)
-        if ph == self.UNJAM:  # lift the nut clear of the peg top, then lower again
-            target = eef + np.array([xy_off[0], xy_off[1], hover_z + 0.01 - held[2]])
-            if held[2] > hover_z + 0.005:
-                self.phase, self._z_hist = self.LOWER, []
-            return self._move(target, CLOSE, yaw_err, max_action=0.4, gain=self.insert_gain)
-        # LOWER: centred and aligned, the nut enters the peg; otherwise it waits just above the peg top while the
-        # servo centres it; once its bottom is past the peg top the peg guides it: slide down to the release height
+        return _NutOverPeg(held=held, xy_off=peg_xy - held[:2], yaw_err=self._carry_yaw_err(),
+                           bottom=held[2] - self.nut_half_height, peg_top=peg_top,
+                           hover_z=peg_top + self.hover_gap + self.nut_half_height)
+
+    def _lift(self, eef: np.ndarray, nut: _NutOverPeg) -> np.ndarray:
+        """LIFT: straight up to the carry height."""
+        if eef[2] > self.lift_z - 0.02:
+            self.phase = self.CARRY
+        return self._move(np.array([*self._hold_xy, self.lift_z]), CLOSE, max_action=0.6)
+
+    def _carry(self, eef: np.ndarray, nut: _NutOverPeg) -> np.ndarray:
+        """CARRY: over the peg at carry height, nut yaw aligned, descending to the hover height once near it."""
+        if np.linalg.norm(nut.xy_off) < 0.01 and abs(nut.yaw_err) < 0.1:
+            self.phase, self._z_hist = self.LOWER, []
+        to_hover = nut.hover_z - nut.held[2]
+        dz = max(self.lift_z - eef[2], to_hover) if np.linalg.norm(nut.xy_off) > 0.03 else to_hover
+        target = eef + np.array([nut.xy_off[0], nut.xy_off[1], dz])
+        return self._move(target, CLOSE, nut.yaw_err, max_action=0.6)
+
+    def _unjam(self, eef: np.ndarray, nut: _NutOverPeg) -> np.ndarray:
+        """UNJAM: lift the nut clear of the peg top, then lower again."""
+        target = eef + np.array([nut.xy_off[0], nut.xy_off[1], nut.hover_z + 0.01 - nut.held[2]])
+        if nut.held[2] > nut.hover_z + 0.005:
+            self.phase, self._z_hist = self.LOWER, []
+        return self._move(target, CLOSE, nut.yaw_err, max_action=0.4, gain=self.insert_gain)
+
+    def _lower(self, eef: np.ndarray, nut: _NutOverPeg) -> np.ndarray:
+        """LOWER: centred and aligned, the nut enters the peg; otherwise it waits just above the peg top while the
+        servo centres it; once its bottom is past the peg top the peg guides it: slide down to the release height."""
         place_z = self._place_point()[2]
-        engaged = bottom < peg_top - 0.001
+        engaged = nut.bottom < nut.peg_top - 0.001
         if engaged:
-            dz = max(place_z - held[2], -self.insert_step)
-        elif self._entry_margin(xy_off, yaw_err) > self.entry_margin and bottom < peg_top + 0.008:
+            dz = max(place_z - nut.held[2], -self.insert_step)
+        elif self._entry_margin(nut.xy_off, nut.yaw_err) > self.entry_margin and nut.bottom < nut.peg_top + 0.008:
             dz = -self.entry_step
         else:
-            dz = float(np.clip(peg_top + 0.005 - bottom, -self.entry_step, 0.01))
-        target = eef + np.array([xy_off[0], xy_off[1], dz])
-        if held[2] < place_z + 0.005:
+            dz = float(np.clip(nut.peg_top + 0.005 - nut.bottom, -self.entry_step, 0.01))
+        target = eef + np.array([nut.xy_off[0], nut.xy_off[1], dz])
+        if nut.held[2] < place_z + 0.005:
             self.phase, self._count = self.RELEASE, 0
         elif self._retries < self.max_retries:
-            self._rim_steps = self._rim_steps + 1 if not engaged and self._nut_touches_peg() else 0
-            if held[2] < self._lowest - 0.002:
-                self._lowest, self._since_lowest = float(held[2]), 0
-            elif engaged:
-                self._since_lowest += 1
-            if self._rim_steps >= 3 or self._since_lowest >= 20:
-                self._retry(self.UNJAM)  # caught on the peg top or wedged on the peg: lift clear and centre again
-        return self._move(target, CLOSE, yaw_err, max_action=0.6, gain=self.insert_gain)
+            self._watch_for_jam(float(nut.held[2]), engaged)
+        return self._move(target, CLOSE, nut.yaw_err, max_action=0.6, gain=self.insert_gain)
+
+    def _watch_for_jam(self, held_z: float, engaged: bool) -> None:
+        """While lowering: a nut resting on the peg top's rim, or one that stopped sinking on the peg, is lifted clear
+        and centred again (UNJAM)."""
+        self._rim_steps = self._rim_steps + 1 if not engaged and self._nut_touches_peg() else 0
+        if held_z < self._lowest - 0.002:
+            self._lowest, self._since_lowest = held_z, 0
+        elif engaged:
+            self._since_lowest += 1
+        if self._rim_steps >= 3 or self._since_lowest >= 20:
+            self._retry(self.UNJAM)
