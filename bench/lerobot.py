@@ -17,6 +17,7 @@ Writes results/lerobot_<task>_<contender>.json; `vmp-bench report` tabulates and
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -275,7 +276,8 @@ def latency_rows(checkpoints: dict[str, str], repeats: int) -> dict[str, dict[st
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every override defaults to None or empty so that each contender keeps its own schedule."""
     parser = argparse.ArgumentParser(prog="vmp-bench lerobot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="lift")
     parser.add_argument("--store", default=None, help="demonstrations (default: the task's store)")
@@ -302,6 +304,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="the python our heads train and evaluate in (default: this one)")
     parser.add_argument("--out", default=None, help="runs folder (default runs/lerobot-<task>)")
     parser.add_argument("--results", default="results")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str | None, int]]:
+    """The checked arguments and the --ckpt-every overrides (``{None: N}`` for every contender, ``{name: N}`` for
+    one). A bad value exits 2 by name here, before anything is exported, trained or re-executed."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.tag and not re.fullmatch(r"[A-Za-z0-9_-]+", args.tag):
         parser.error(f"--tag {args.tag!r}: letters, digits, '_' and '-' only (it becomes part of file names)")
@@ -318,29 +327,29 @@ def main(argv: list[str] | None = None) -> None:
         if value is not None and (value < 0 or (value == 0 and name != "timeline_episodes")):
             parser.error(f"--{name.replace('_', '-')} {value}: must be positive"
                          + (" (or 0)" if name == "timeline_episodes" else ""))
+    return args, ckpt_every
 
+
+def lerobot_environment(args: argparse.Namespace, given: list[str]) -> str:
+    """The LeRobot environment's python. The latency rows load LeRobot policies in this process, so when a LeRobot
+    contender runs and lerobot is not importable here, the command is re-executed there (our python passed in the
+    environment, so that the records' command stays the one typed); this call then does not return."""
     lerobot_python = str(Path(args.lerobot_python))
     if not Path(lerobot_python).is_file():
         raise SystemExit(f"vmp-bench lerobot: no LeRobot environment at {lerobot_python} (make test-lerobot builds it)")
     if any(CONTENDERS[c]["kind"] == "lerobot" for c in args.contenders):
         try:
-            import lerobot  # noqa: F401
+            importlib.import_module("lerobot")
         except ImportError:
-            # the latency rows load LeRobot policies in this process: rerun it in the LeRobot environment
-            # (our python passed in the environment, so that the records' command stays the one typed)
-            given = argv if argv is not None else sys.argv[2:]
             os.execve(lerobot_python, [lerobot_python, "-m", "vmp.bench.cli", "lerobot", *given],
                       {**os.environ, PYTHON_ENV: args.python})
-    python = args.python
-    task_cfg = task_config(args.task)
-    obs_type = "image" if any(v.get("type") == "rgb" for v in task_cfg.shape_meta.obs.values()) else "lowdim"
-    store = args.store or str(task_cfg.store)
-    out = Path(args.out or f"runs/lerobot-{args.task}")
-    dataset = export(store, task_cfg, out / "data" / args.task, lerobot_python)
-    n_demos = json.loads((dataset / "meta" / "info.json").read_text())["total_episodes"]
-    command = "vmp-bench lerobot " + shlex.join(argv if argv is not None else sys.argv[2:])
+    return lerobot_python
 
-    # all trainings first, one at a time on a quiet machine (their budgets are wall-clock); a finished one is kept
+
+def train_all(args: argparse.Namespace, ckpt_every: dict[str | None, int], obs_type: str, store: str,
+              dataset: Path, out: Path, lerobot_python: str) -> dict[str, dict[str, Any]]:
+    """Every contender's training, one at a time before any evaluation so that each wall-clock budget runs on a quiet
+    machine; a finished training with this budget and spec is kept rather than repeated."""
     runs: dict[str, dict[str, Any]] = {}
     for name in args.contenders:
         record = out / name / "train.json"
@@ -350,37 +359,43 @@ def main(argv: list[str] | None = None) -> None:
             runs[name] = kept
             continue
         log.info("training %s for %.1f min", name, args.minutes)
-        runs[name] = train(spec, args.task, store, dataset, out / name, args.minutes, python,
-                           lerobot_python)
+        runs[name] = train(spec, args.task, store, dataset, out / name, args.minutes, args.python, lerobot_python)
         if not runs[name]["checkpoints"]:
             raise RuntimeError(f"{name} kept no checkpoint in {args.minutes} min; see {out / name / 'train.log'}")
         runs[name].update(minutes_budget=args.minutes, spec=spec)
         record.write_text(json.dumps(runs[name], indent=2) + "\n")
-    for name, run in runs.items():
-        spec = run["spec"]
-        if spec.get("latency_only"):
-            continue
-        timeline, reached = [], None
-        for ckpt in run["checkpoints"]:
-            last = ckpt is run["checkpoints"][-1]
-            if not last and (reached is not None or args.timeline_episodes == 0):
-                continue  # past the bar (or no timeline asked for): only the end-of-budget checkpoint is evaluated
-            n = args.episodes if last else args.timeline_episodes
-            m = evaluate(ckpt["path"], spec["kind"], n, out / name / "eval" / f"step{ckpt['step']}_{n}", python,
-                         lerobot_python)
-            timeline.append({"step": ckpt["step"], "minutes": round(ckpt["minutes"], 2),
-                             "success_rate": m["success_rate"], "n_episodes": m["n_episodes"]})
-            if reached is None and args.timeline_episodes and m["success_rate"] >= args.bar:
-                reached = ckpt["minutes"]
-            run["final"] = m
-        run.update(timeline=timeline, time_to_bar=reached)
+    return runs
 
-    latency = latency_rows({n: r["checkpoints"][-1]["path"] for n, r in runs.items()}, LATENCY_REPEATS)
+
+def evaluate_run(name: str, run: dict[str, Any], args: argparse.Namespace, out: Path, lerobot_python: str) -> None:
+    """Adds ``final``, ``timeline`` and ``time_to_bar`` to ``run``. Checkpoints are evaluated in order only until one
+    reaches the bar (or not at all with --timeline-episodes 0), since past it only the end of the budget matters."""
+    spec = run["spec"]
+    timeline, reached = [], None
+    for ckpt in run["checkpoints"]:
+        last = ckpt is run["checkpoints"][-1]
+        if not last and (reached is not None or args.timeline_episodes == 0):
+            continue
+        n = args.episodes if last else args.timeline_episodes
+        m = evaluate(ckpt["path"], spec["kind"], n, out / name / "eval" / f"step{ckpt['step']}_{n}", args.python,
+                     lerobot_python)
+        timeline.append({"step": ckpt["step"], "minutes": round(ckpt["minutes"], 2),
+                         "success_rate": m["success_rate"], "n_episodes": m["n_episodes"]})
+        if reached is None and args.timeline_episodes and m["success_rate"] >= args.bar:
+            reached = ckpt["minutes"]
+        run["final"] = m
+    run.update(timeline=timeline, time_to_bar=reached)
+
+
+def write_records(runs: dict[str, dict[str, Any]], latency: dict[str, dict[str, float]], args: argparse.Namespace,
+                  obs_type: str, n_demos: int, command: str, out: Path, lerobot_python: str) -> None:
+    """One results record per contender: its metrics beside the budget it trained under (trainer, torch version,
+    command), so that `vmp-bench report` can set unlike trainers side by side."""
     from vmp.bench.common import device_name, write_result
 
+    python = args.python
     torch_of = {exe: subprocess.run([exe, "-c", "import torch; print(torch.__version__)"], capture_output=True,
                                     text=True).stdout.strip() for exe in {python, lerobot_python}}
-
     for name, run in runs.items():
         spec = run["spec"]
         batch = batch_of(spec)
@@ -396,9 +411,29 @@ def main(argv: list[str] | None = None) -> None:
                   "trainer": "lerobot-train" if spec["kind"] == "lerobot" else "vmp-train",
                   "trainer_torch": torch_of[lerobot_python if spec["kind"] == "lerobot" else python],
                   "train_command": run["command"]}
-        write_result(f"lerobot_{args.task}_{name}" + (f"_{args.tag}" if args.tag else ""), "comparison", args.task, obs_type,
-                     name, spec["size"], metrics, device_name("cpu"), command, budget=budget,
+        write_result(f"lerobot_{args.task}_{name}" + (f"_{args.tag}" if args.tag else ""), "comparison", args.task,
+                     obs_type, name, spec["size"], metrics, device_name("cpu"), command, budget=budget,
                      out_dir=Path(args.results))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, ckpt_every = parse_args(argv)
+    given = argv if argv is not None else sys.argv[2:]
+    lerobot_python = lerobot_environment(args, given)
+    task_cfg = task_config(args.task)
+    obs_type = "image" if any(v.get("type") == "rgb" for v in task_cfg.shape_meta.obs.values()) else "lowdim"
+    store = args.store or str(task_cfg.store)
+    out = Path(args.out or f"runs/lerobot-{args.task}")
+    dataset = export(store, task_cfg, out / "data" / args.task, lerobot_python)
+    n_demos = json.loads((dataset / "meta" / "info.json").read_text())["total_episodes"]
+    command = "vmp-bench lerobot " + shlex.join(given)
+
+    runs = train_all(args, ckpt_every, obs_type, store, dataset, out, lerobot_python)
+    for name, run in runs.items():
+        if not run["spec"].get("latency_only"):
+            evaluate_run(name, run, args, out, lerobot_python)
+    latency = latency_rows({n: r["checkpoints"][-1]["path"] for n, r in runs.items()}, LATENCY_REPEATS)
+    write_records(runs, latency, args, obs_type, n_demos, command, out, lerobot_python)
 
 
 if __name__ == "__main__":
