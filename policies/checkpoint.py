@@ -155,3 +155,32 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu", overrides:
                 use_ema: bool = True):
     """`load_model` for callers that act (vmp-eval, vmp-deploy): a stage-one checkpoint is refused by name."""
     return load_model(path, device, overrides, use_ema, policy_only=True)
+
+
+def save_acting_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """``dst``: ``src`` with its EMA weights folded into the model's and no optimizer, schedule or EMA state (about a
+    quarter of the size): what vmp-eval and vmp-deploy load, for moving a run off the machine that trained it. It
+    cannot resume training."""
+    model, _ = load_model(src)
+    payload = read_checkpoint(src)
+    for key in ("optimizer", "lr_schedule", "ema", "format", "version"):
+        payload.pop(key, None)
+    payload["policy"] = model.state_dict()
+    save_checkpoint(dst, payload)
+    return Path(dst)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m vmp.policies.checkpoint",
+                                     description="Write the acting part of a checkpoint (EMA weights, no optimizer).")
+    parser.add_argument("src", help="a checkpoint file or run folder")
+    parser.add_argument("dst", help="the file to write")
+    args = parser.parse_args(argv)
+    path = save_acting_checkpoint(args.src, args.dst)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()

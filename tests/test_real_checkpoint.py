@@ -89,3 +89,23 @@ def test_seam_sweep_replays_a_real_checkpoint_on_recorded_episodes_reproducibly(
                        keys={k: d for k, d in LIFT_KEYS.items() if k != "object"})
     with pytest.raises(KeyError, match=r"lacks the observation keys \['object'\]"):
         main(["--seams", "--checkpoint", str(checkpoint), "--store", str(tmp_path / "bad.zarr"), "--out", str(tmp_path / "x.json")])
+
+
+def test_acting_checkpoint_acts_as_the_full_one_and_cannot_resume(tmp_path, checkpoint):
+    """The copy a run is moved with (EMA folded in, no optimizer state) gives the same chunks as the checkpoint it
+    was made from, is smaller, and holds nothing to resume from."""
+    import torch
+
+    from vmp.policies.checkpoint import load_policy, main, read_checkpoint
+
+    main([str(checkpoint), str(tmp_path / "acting.pt")])
+    full, _ = load_policy(checkpoint)
+    acting, _ = load_policy(tmp_path / "acting.pt")
+    window = {k: np.random.default_rng(0).normal(size=(2, d)).astype(np.float32) for k, d in LIFT_KEYS.items()}
+    chunks = []
+    for policy in (full, acting):
+        torch.manual_seed(0)
+        chunks.append(policy.predict_window(window).actions)
+    np.testing.assert_array_equal(chunks[0], chunks[1])
+    assert (tmp_path / "acting.pt").stat().st_size < 0.5 * checkpoint.stat().st_size
+    assert not {"optimizer", "lr_schedule", "ema"} & set(read_checkpoint(tmp_path / "acting.pt"))
