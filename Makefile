@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 export MUJOCO_GL ?= egl
 
-.PHONY: demo test docs test-lerobot bench clean
+.PHONY: demo test docs test-lerobot bench gpu-bundle clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test-lerobot:
 # The CPU benchmarks (each writes its results/*.json), then docs/results.md's tables and plots regenerated from results/.
 bench: $(BIN)/.installed
 	$(BIN)/vmp-bench suite=quick
+
+# A GPU machine without this project's packages and without network: wheels and EGL loaders that bench/gpu_session.sh
+# installs there (.whl/, .gl/; about 37 MiB).
+gpu-bundle: $(BIN)/.installed
+	bash bench/gpu_bundle.sh
 
 clean:
 	rm -rf $(VENV) .venv-lerobot stores outputs runs site

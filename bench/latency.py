@@ -19,8 +19,9 @@ import argparse
 import os
 import logging
 import time
+from pathlib import Path
 
-from vmp.bench.common import device_name, write_result
+from vmp.bench.common import RESULTS_DIR, device_name, write_result
 from vmp.results import latency_summary
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,11 @@ def build(task: str, encoder: str, head: str, overrides: dict, extra_overrides=(
     return build_policy(cfg), cfg
 
 
+def instruction_for(policy) -> str | None:
+    """The text a language-conditioned head is timed with (None for the others)."""
+    return "push the puck to the goal" if policy.needs_instruction else None
+
+
 def sliding_windows(policy, seed: int = 0):
     """Observation windows as a control loop sees them: each one new random step, the older ones shared with the
     window before (so run-time caches of frame features do what they do on a robot, no more)."""
@@ -97,6 +103,7 @@ def measure_engine(policy, device: str, repeats: int, compile: bool = False) -> 
     from vmp.real.engine import InferenceEngine
 
     engine = InferenceEngine(policy, device=device, compile=compile)
+    engine.instruction = instruction_for(policy)
     windows = sliding_windows(policy)
     window = next(windows)
     engine.warmup(window, n=3)
@@ -114,11 +121,11 @@ def bf16_deviation(policy, window) -> float:
     """Max |chunk_bf16 - chunk_fp32| (action units) for one observation and the same sampling noise."""
     import torch
 
-    obs, _ = policy.window_to_batch(window)
+    obs, _ = policy.window_to_batch(window, instruction=instruction_for(policy))
     kwargs = {}
-    if hasattr(policy, "sampling_noise_shape"):
-        kwargs["noise"] = torch.randn(policy.sampling_noise_shape(1), device=policy.device,
-                                      generator=torch.Generator(policy.device).manual_seed(0))
+    shape = policy.sampling_noise_shape(1)
+    if shape is not None:
+        kwargs["noise"] = torch.randn(shape, device=policy.device, generator=torch.Generator(policy.device).manual_seed(0))
     with torch.inference_mode():
         fp32 = policy.predict_action_chunk(obs, **kwargs)
         with torch.autocast(policy.device.type, dtype=torch.bfloat16):
@@ -134,7 +141,7 @@ def measure_batch(policy, device: str, repeats: int, batch: int, burn_in: int = 
     policy = policy.to(device).eval()
     policy.decode_frames = False
     windows = sliding_windows(policy)
-    instruction = "push the puck to the goal" if policy.needs_instruction else None
+    instruction = instruction_for(policy)
     times = []
     for i in range(burn_in + repeats):
         obs, goal = policy.window_to_batch(next(windows), None, instruction)
@@ -155,7 +162,7 @@ def measure(policy, device: str, repeats: int, burn_in: int = 5, max_seconds: fl
     policy = policy.to(device).eval()
     policy.decode_frames = False  # the chunk, not the decoding of predicted frames for display
     windows = sliding_windows(policy)
-    instruction = "push the puck to the goal" if policy.needs_instruction else None
+    instruction = instruction_for(policy)
     times, begin = [], time.perf_counter()
     for i in range(burn_in + repeats):
         window = next(windows)
@@ -182,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --engine: torch.compile the head too (fuses the small kernels a CUDA graph still "
                              "launches one by one; compiling takes minutes)")
     parser.add_argument("--batch", type=int, default=1, help="> 1: chunks for this many observations in one call")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the records go (default: results/)")
     args = parser.parse_args(argv)
     if args.compile and not args.engine:
         parser.error("--compile times the deployment engine's compiled path: it needs --engine")
@@ -233,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
                          host_load_1m=round(os.getloadavg()[0], 2))
             rows.append((obs, head, variant, stats))
             write_result(f"latency_{obs}_{head}_{slug}_{args.device.split(':')[0]}", "latency", "-",
-                         obs, head, variant, stats, device_name(args.device), command)
+                         obs, head, variant, stats, device_name(args.device), command, out_dir=args.out_dir)
     print(f"{'obs':7} {'head':6} {'variant':48} {'p50 ms':>8} {'p99 ms':>8}")
     for obs, head, variant, stats in rows:
         print(f"{obs:7} {head:6} {variant:48} {stats['p50_ms']:8.2f} {stats['p99_ms']:8.2f}")

@@ -62,8 +62,11 @@ def environment() -> dict[str, Any]:
 
 
 def command_line() -> str:
-    """The command this process runs, as a user would type it (the console script's name, not its path)."""
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    """The command this process runs, as a user would type it: the console script's name (not its path), or
+    ``python -m <module>`` for a module run as a script."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = f"python -m {spec.name}" if spec is not None and spec.name != "__main__" else Path(sys.argv[0]).name
+    return " ".join([program, *sys.argv[1:]])
 
 
 def latency_summary(values_ms: Iterable[float]) -> dict[str, Any]:
