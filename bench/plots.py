@@ -4,6 +4,8 @@ calls `write_plots`).
 - latency.png: chunk latency p50 per head and setting at batch 1 (log scale), CPU and GPU side by side;
 - success.png: success per task and head with 95% intervals (Wilson);
 - success_vs_minutes.png: success against the training minutes each checkpoint's budget records;
+- curves.png: the same for runs evaluated at several checkpoints per training seed, one line per head and seed
+  (`vmp.bench.curves`);
 - lerobot_<task>_<obs>.png (one per task compared by `vmp-bench lerobot`): each contender's success against its
   training minutes (the checkpoints' timeline) and its chunk latency, our heads beside LeRobot's.
 
@@ -142,6 +144,10 @@ def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
     plot_latency(records, paths[0])
     plot_success(records, paths[1])
     plot_success_vs_minutes(records, paths[2])
+    from vmp.bench.curves import plot as plot_curves
+
+    if plot_curves(records, out_dir / "curves.png"):
+        paths.append(out_dir / "curves.png")
     comparisons: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         if r["kind"] == "comparison":

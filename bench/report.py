@@ -14,6 +14,8 @@ import json
 import shlex
 from pathlib import Path
 
+from vmp.bench.curves import table as curve_table
+
 BEGIN, END = "<!-- results:begin (vmp-bench report) -->", "<!-- results:end -->"
 
 
@@ -75,8 +77,9 @@ def _per_task(records: list[dict]) -> list[str]:
     return out + [""]
 
 
-def tables(records: list[dict]) -> str:
-    out = []
+def _success_tables(records: list[dict]) -> list[str]:
+    """Policy success per evaluation, per task of multi-task rows, and the curves over seeds."""
+    out: list[str] = []
     success = [r for r in records if r["kind"] == "success"]
     if success:
         out += ["### Policy success (vmp-eval, fixed seeds)", "",
@@ -89,6 +92,13 @@ def tables(records: list[dict]) -> str:
                        f"{_budget(r.get('budget') or {})} | {r['device']} | `{r['command']}` |")
         out.append("")
         out += _per_task(success)
+        out += curve_table(success)
+    return out
+
+
+def _expert_table(records: list[dict]) -> list[str]:
+    """The scripted and privileged experts."""
+    out: list[str] = []
     expert = [r for r in records if r["kind"] == "expert"]
     if expert:
         out += ["### Scripted / privileged experts", "",
@@ -102,6 +112,12 @@ def tables(records: list[dict]) -> str:
                        f"{_fmt(m.get('ci95_low'))}–{_fmt(m.get('ci95_high'))} | {m.get('n_episodes')} | "
                        f"{_fmt(m.get('episode_length_mean', '-'), 0)} | {_env_metrics(m)} |")
         out.append("")
+    return out
+
+
+def _latency_table(records: list[dict]) -> list[str]:
+    """Chunk latency at batch 1."""
+    out: list[str] = []
     latency = [r for r in records if r["kind"] == "latency"]
     if latency:
         out += ["### Action-chunk latency (batch 1)", "", "| obs | head | variant | p50 ms | p99 ms | device |", "|---|---|---|---|---|---|"]
@@ -109,6 +125,12 @@ def tables(records: list[dict]) -> str:
             m = r["metrics"]
             out.append(f"| {r['obs']} | {r['policy']} | {r['variant']} | {_fmt(m['p50_ms'])} | {_fmt(m['p99_ms'])} | {r['device']} |")
         out.append("")
+    return out
+
+
+def _comparison_table(records: list[dict]) -> list[str]:
+    """Runs of vmp-bench lerobot: our heads and LeRobot's on one store and budget."""
+    out: list[str] = []
     comparison = [r for r in records if r["kind"] == "comparison"]
     if comparison:
         out += ["### Side by side with LeRobot (vmp-bench lerobot)", "",
@@ -144,6 +166,12 @@ def tables(records: list[dict]) -> str:
                        + (f"{_fmt(b.get('minutes_budget'), 1)} min" if "success_rate" in m else "a few steps")
                        + f", batch {b.get('batch_size')}, {b.get('trainer')} |")
         out += ["", "Runs:", "", *(f"{i}. `{shown(c)}`" for i, c in enumerate(commands, 1)), ""]
+    return out
+
+
+def _seams_table(records: list[dict]) -> list[str]:
+    """Chunk seams per blend mode."""
+    out: list[str] = []
     seams = sorted((r for r in records if r["kind"] == "seams"), key=lambda r: (r["task"], r["policy"]))
     if seams:
         out += ["### Chunk seams per blend mode (vmp-bench deploy --seams)", "",
@@ -160,6 +188,12 @@ def tables(records: list[dict]) -> str:
                            f"{row['exec_horizon']} | {row['late_chunks']} | {_fmt(row['seam_jump_median'])} | "
                            f"{_fmt(row['seam_jump_ratio_median'])} |")
         out += ["", "Commands: " + "; ".join(f"`{r['command']}`" for r in seams), ""]
+    return out
+
+
+def _other_table(records: list[dict]) -> list[str]:
+    """Throughput and timing records."""
+    out: list[str] = []
     other = [r for r in records if r["kind"] in ("throughput", "jitter")]
     if other:
         out += ["### Throughput and timing", "", "| kind | task | obs | what | metrics | device | command |", "|---|---|---|---|---|---|---|"]
@@ -168,6 +202,12 @@ def tables(records: list[dict]) -> str:
                                 if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("host_"))
             out.append(f"| {r['kind']} | {r['task']} | {r['obs']} | {r['policy']} {r['variant']} | {metrics} | {r['device']} | `{r['command']}` |")
         out.append("")
+    return out
+
+
+def tables(records: list[dict]) -> str:
+    out = [line for section in (_success_tables, _expert_table, _latency_table, _comparison_table, _seams_table,
+                                _other_table) for line in section(records)]
     return "\n".join(out) if out else "_No measurements recorded yet._\n"
 
 

@@ -1,0 +1,109 @@
+"""Training curves over seeds, reported as the papers report them: each training seed is evaluated at several
+checkpoints (its records' variants read "<setting>; seed S, step N of ..."), contributes its maximum and the mean of
+its last K evaluated checkpoints, and a row gives the mean and spread of those across seeds.
+
+Diffusion Policy reports the maximum and the mean of the last 10 checkpoints; CARP the mean of its top 3. We
+evaluate fewer checkpoints (each costs 10-30 CPU minutes on Can), so K is stated with every row.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import dataclass
+
+LAST_K = 3
+_VARIANT = re.compile(r"^(?P<setting>.*?);\s*seed (?P<seed>\d+), step (?P<step>\d+)\b")
+
+
+@dataclass(frozen=True)
+class Point:
+    step: int
+    minutes: float | None
+    success: float
+    episodes: int
+
+
+def curves(records: list[dict]) -> dict[tuple[str, str, str, str], dict[int, list[Point]]]:
+    """{(task, obs, head, setting): {seed: checkpoints in step order}} of the success records that name a seed and a
+    step; a seed evaluated twice at one step keeps the record with more episodes."""
+    out: dict[tuple[str, str, str, str], dict[int, dict[int, Point]]] = {}
+    for r in records:
+        match = _VARIANT.match(r.get("variant") or "") if r["kind"] == "success" else None
+        if match is None:
+            continue
+        point = Point(int(match["step"]), (r.get("budget") or {}).get("train_minutes"),
+                      float(r["metrics"]["success_rate"]), int(r["metrics"].get("n_episodes") or 0))
+        seeds = out.setdefault((r["task"], r["obs"], r["policy"], match["setting"]), {})
+        steps = seeds.setdefault(int(match["seed"]), {})
+        if point.step not in steps or point.episodes > steps[point.step].episodes:
+            steps[point.step] = point
+    return {key: {seed: [steps[s] for s in sorted(steps)] for seed, steps in sorted(seeds.items())}
+            for key, seeds in sorted(out.items())}
+
+
+def seed_summary(points: list[Point], k: int = LAST_K) -> dict[str, float]:
+    """One seed's maximum and mean of its last ``k`` evaluated checkpoints (fewer when it has fewer)."""
+    last = points[-k:]
+    return {"max": max(p.success for p in points), "last_k": statistics.fmean(p.success for p in last),
+            "k": len(last), "last_step": points[-1].step, "minutes": points[-1].minutes}
+
+
+def _spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.2f}" if len(values) == 1 else f"{mean:.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(records: list[dict], k: int = LAST_K) -> list[str]:
+    """The results page's rows: one per (task, obs, head, setting) with seeds; mean ± standard deviation across
+    seeds (a single seed: its value, and the row says so)."""
+    found = curves(records)
+    if not found:
+        return []
+    out = ["### Training curves over seeds (max and mean of the last checkpoints)", "",
+           f"Each seed evaluated at several checkpoints on vmp-eval's fixed seeds; per seed its maximum and the mean of "
+           f"its last {k} checkpoints; the row: mean ± standard deviation across seeds.", "",
+           f"| task | obs | head | setting | seeds | max | mean of last {k} | per seed (max / last-{k} mean) | "
+           "checkpoints (episodes each) | minutes at last checkpoint |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for (task, obs, head, setting), seeds in found.items():
+        summaries = {seed: seed_summary(points, k) for seed, points in seeds.items()}
+        per_seed = "; ".join(f"{seed}: {s['max']:.2f} / {s['last_k']:.2f}" for seed, s in summaries.items())
+        steps = sorted({p.step for points in seeds.values() for p in points})
+        episodes = "/".join(map(str, sorted({p.episodes for points in seeds.values() for p in points})))
+        minutes = ", ".join(f"{s['minutes']:.0f}" for s in summaries.values() if s["minutes"] is not None) or "-"
+        label = f"{len(seeds)}" + (" (one seed)" if len(seeds) == 1 else "")
+        out.append(f"| {task} | {obs} | {head} | {setting} | {label} | "
+                   f"{_spread([s['max'] for s in summaries.values()])} | "
+                   f"{_spread([s['last_k'] for s in summaries.values()])} | {per_seed} | "
+                   f"{', '.join(map(str, steps))} ({episodes}) | {minutes} |")
+    return out + [""]
+
+
+def plot(records: list[dict], path) -> bool:
+    """Success against training minutes, one panel per (task, obs) with curves, one line per head and seed (colour:
+    head). -> False when no record has a curve (nothing drawn)."""
+    from vmp.bench.plots import _figure, _save
+
+    found = curves(records)
+    panels = sorted({(task, obs) for task, obs, _, _ in found})
+    if not panels:
+        return False
+    heads = sorted({head for _, _, head, _ in found})
+    plt, (fig, axes) = _figure(5 * len(panels), 4)
+    axes = [axes] if len(panels) == 1 else list(axes)
+    for (task, obs, head, setting), seeds in found.items():
+        ax = axes[panels.index((task, obs))]
+        for i, (seed, points) in enumerate(seeds.items()):
+            timed = [p for p in points if p.minutes is not None]
+            ax.plot([p.minutes for p in timed], [p.success for p in timed], marker="o", markersize=3,
+                    color=f"C{heads.index(head)}", linestyle=("-", "--", ":", "-.")[i % 4],
+                    label=f"{head} ({setting}), seed {seed}")
+    for ax, (task, obs) in zip(axes, panels):
+        ax.set_title(f"{task} ({obs})", fontsize=9)
+        ax.set_xlabel("training minutes (as each checkpoint records them)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlim(left=0)
+        ax.legend(fontsize=6, loc="lower right")
+    axes[0].set_ylabel("success rate")
+    _save(plt, fig, path)
+    return True
