@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import errno
 import logging
 import os
 import signal
@@ -28,20 +27,9 @@ from typing import Any, Iterator
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from vmp.disk import DISK_FULL, exit_on_full_disk, writing
+
 log = logging.getLogger("vmp.train")
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # what a write to a full disk (or an exhausted quota) fails with
-
-
-@contextlib.contextmanager
-def writing(what: str | Path):
-    """An OSError raised inside names ``what`` (the file or folder being written): Python's own write errors name
-    no file ("[Errno 28] No space left on device")."""
-    try:
-        yield
-    except OSError as err:
-        if err.errno is None:
-            raise
-        raise OSError(err.errno, f"could not write {what}: {err.strerror or err}") from err
 
 
 class EpochSampler:
@@ -716,13 +704,8 @@ def _load_policy_only(path: str):
 
 @hydra.main(config_path="pkg://vmp.configs", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_full_disk("vmp-train"):
         train(cfg)
-    except OSError as err:  # a full disk: one line naming the file and what survives, not torch's traceback
-        if err.errno not in DISK_FULL:
-            raise
-        log.error("vmp-train: %s", str(err).removeprefix(f"[Errno {err.errno}] "))
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,7 @@ http://127.0.0.1:<metrics.port>/metrics while running; a summary JSON is written
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -20,6 +18,8 @@ from typing import Any, Callable
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+
+from vmp.disk import exit_on_full_disk, write_json
 
 log = logging.getLogger("vmp.real.daemon")
 
@@ -446,22 +446,9 @@ def _write_results(cfg: DictConfig, summary: dict, task_cfg: Any, policy_name: s
 
 
 def _write_summary(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> Path:
-    """The summary JSON, written atomically (a temporary name in the same folder, flushed, then `os.replace`): a
-    crash or a full disk at exit leaves the previous summary or the new one, never half of one. Not
-    `vmp.results.write_record`: a summary holds numpy numbers (``default=float``) and is no results record."""
+    """The summary JSON, atomically: a crash or a full disk at exit leaves the previous summary or the new one."""
     path = Path(cfg.summary_path) if cfg.summary_path else out_dir / "deploy_summary.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(summary, indent=2, default=float)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_json(path, summary, default=float)  # numpy numbers in the summary
 
 
 @hydra.main(config_path="pkg://vmp.configs", config_name="deploy", version_base=None)
@@ -470,7 +457,8 @@ def main(cfg: DictConfig) -> None:
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        summary = run(cfg, out_dir)
+        with exit_on_full_disk("vmp-deploy"):
+            summary = run(cfg, out_dir)
     except (KeyError, ValueError, FileNotFoundError) as exc:  # checkpoint vs robot keys, a stage-one or missing
         log.error("refusing to start: %s", exc.args[0] if exc.args else exc)  # checkpoint: configuration errors
         sys.exit(2)

@@ -14,7 +14,6 @@ judged it. The store is appended episode by episode (crash-safe): a new run adds
 
 from __future__ import annotations
 
-import errno
 import logging
 import sys
 from dataclasses import dataclass
@@ -26,12 +25,12 @@ import numpy as np
 from omegaconf import DictConfig
 
 from vmp.data import EpisodeStore
+from vmp.disk import DISK_FULL, exit_on_full_disk
 from vmp.real.recorder import EpisodeBuffer, robot_episode_schema
 
 log = logging.getLogger(__name__)
 
 CHOICES = {"s": "save", "d": "discard", "r": "re-record"}
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # what a write to a full disk (or an exhausted quota) fails with
 
 
 def record_episode(robot: Any, teleop: Any, safety: Any, operator: Any, seed: int, control_hz: float,
@@ -203,17 +202,13 @@ def _save_episode(cfg: DictConfig, rig: _Rig, out: Path, arrays: dict[str, np.nd
 @hydra.main(config_path="pkg://vmp.configs", config_name="record", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
-        summary = run(cfg)
+        with exit_on_full_disk("vmp-record"):
+            summary = run(cfg)
     except (KeyError, ValueError, FileNotFoundError, ImportError) as exc:
         log.error("vmp-record: %s", exc.args[0] if exc.args else exc)
         sys.exit(2)
     except EOFError as exc:
         log.error("vmp-record: %s (episodes saved so far are in the store)", exc)
-        sys.exit(1)
-    except OSError as exc:  # a full disk: one line naming the store, not zarr's traceback
-        if exc.errno not in DISK_FULL:
-            raise
-        log.error("vmp-record: %s", str(exc).removeprefix(f"[Errno {exc.errno}] "))
         sys.exit(1)
     print(f"vmp-record: saved {summary['saved']} episode(s) of {summary['attempts']} attempt(s) into {summary['out']}; "
           f"{summary['successes']} marked successful. Next: vmp-data task --from-store {summary['out']}")

@@ -13,10 +13,8 @@ episode stores ``language`` and ``reasoning`` text.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +23,9 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from vmp.disk import DISK_FULL, exit_on_full_disk
+
 log = logging.getLogger(__name__)
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # what a write to a full disk (or an exhausted quota) fails with
 
 
 @dataclasses.dataclass
@@ -332,7 +331,7 @@ def main(cfg: DictConfig) -> None:
     """CLI entry point (hydra app)."""
     if cfg.out is None:
         cfg.out = cfg.task.store
-    try:
+    with exit_on_full_disk("vmp-collect"):
         summary = collect(
             cfg.task,
             n_episodes=int(cfg.n_episodes),
@@ -348,11 +347,6 @@ def main(cfg: DictConfig) -> None:
             action_free=bool(cfg.action_free),
             launcher=OmegaConf.to_container(cfg.launcher, resolve=True) if cfg.get("launcher") is not None else None,
         )
-    except OSError as err:  # a full disk: one line naming the store, not zarr's traceback
-        if err.errno not in DISK_FULL:
-            raise
-        log.error("vmp-collect: %s", str(err).removeprefix(f"[Errno {err.errno}] "))
-        sys.exit(1)
     print(
         f"{summary['task']}: {summary['episodes']} episodes ({summary['steps']} steps) -> {summary['out']}; "
         f"expert success {summary['expert_success_rate']:.1%} over {summary['attempted']} attempts; "

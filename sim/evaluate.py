@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
-import json
 import logging
 import math
 import os
@@ -26,6 +25,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from vmp.disk import exit_on_full_disk, write_json
 from vmp.results import latency_summary
 from vmp.sim.experts.base import ActionOnly, Expert
 
@@ -399,7 +399,7 @@ def evaluate_cells(
         metrics["seconds"] = seconds
         if cell.out_dir is not None:
             cell.out_dir.mkdir(parents=True, exist_ok=True)
-            (cell.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            write_json(cell.out_dir / "metrics.json", metrics)
             log.info("wrote %s", cell.out_dir / "metrics.json")
         out.append(metrics)
     return out
@@ -589,7 +589,7 @@ def run_sweep(cfg: DictConfig, launcher: Any, overrides: dict | None) -> list[di
         row.update({k: metrics[k] for k in ("success_rate", "ci95_low", "ci95_high", "n_episodes", "n_errors")},
                    metrics=str(cell.out_dir / "metrics.json"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "sweep.json").write_text(json.dumps({"n_episodes": int(cfg.n_episodes), "rows": rows}, indent=2) + "\n")
+    write_json(out_dir / "sweep.json", {"n_episodes": int(cfg.n_episodes), "rows": rows})
     lines = ["| checkpoint | task | seed | success | 95% interval | episodes | errors |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['checkpoint']} | {r['task']} | {r['seed']} | {r['success_rate']:.2f} | "
               f"{r['ci95_low']:.2f}–{r['ci95_high']:.2f} | {r['n_episodes']} | {r['n_errors']} |" for r in rows]
@@ -611,6 +611,12 @@ def _checkpoint_label(path: str) -> str:
 @hydra.main(config_path="pkg://vmp.configs", config_name="eval", version_base=None)
 def main(cfg: DictConfig) -> None:
     """CLI entry point (hydra app)."""
+    with exit_on_full_disk("vmp-eval"):
+        evaluate_command(cfg)
+
+
+def evaluate_command(cfg: DictConfig) -> None:
+    """vmp-eval's work: a sweep, or one checkpoint or expert evaluated, its metrics and results record written."""
     overrides = OmegaConf.to_container(cfg.overrides, resolve=True) if cfg.get("overrides") else None
     launcher = OmegaConf.to_container(cfg.launcher, resolve=True) if cfg.get("launcher") is not None else None
     if cfg.get("sweep") is not None:

@@ -522,3 +522,48 @@ def test_results_writers_on_a_full_disk_keep_the_previous_record(tmp_path, monke
     assert not (tmp_path / "results" / "bench_x.json").exists()
     write_record(path, {**record, "metrics": {"success_rate": 0.9}})
     assert json.loads(path.read_text())["metrics"] == {"success_rate": 0.9}
+
+
+# ------------------------------------------------------------------------------------------ vmp-eval, vmp-deploy
+def _one_line(capsys, program: str, *paths) -> str:
+    """The command printed one line naming ``paths`` and the reason, and no traceback; -> that line."""
+    printed = capsys.readouterr()
+    lines = [x for x in (printed.out + printed.err).splitlines() if f"{program}:" in x and NO_SPACE in x]
+    assert lines and all(str(p) in lines[-1] for p in paths), printed
+    assert "Traceback" not in printed.out + printed.err
+    return lines[-1]
+
+
+def test_eval_cli_on_a_full_disk_exits_1_with_one_line_and_keeps_the_previous_metrics(tmp_path, monkeypatch, capsys):
+    from vmp.sim import evaluate
+
+    out = tmp_path / "eval"
+    argv = ["vmp-eval", "policy=expert", "task=blockpush", "n_episodes=1", "n_workers=1", "n_videos=0",
+            f"out_dir={out}", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with _hydra_app():
+        evaluate.main()
+    before = (out / "metrics.json").read_text()
+    disk = FullDisk(out, "metrics.json", n=1).install(monkeypatch)
+    with _hydra_app(), pytest.raises(SystemExit) as exit_info:
+        evaluate.main()
+    assert exit_info.value.code == 1
+    assert "unchanged" in _one_line(capsys, "vmp-eval", out / "metrics.json")
+    disk.free_space()
+    assert (out / "metrics.json").read_text() == before and sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
+def test_deploy_cli_on_a_full_disk_exits_1_with_one_line_naming_the_summary(tmp_path, monkeypatch, capsys):
+    from vmp.real import daemon
+
+    summary = tmp_path / "out" / "summary.json"
+    FullDisk(summary.parent, "summary.json", n=1).install(monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["vmp-deploy", "policy={_target_:vmp.real.testing.ReachPolicy,seed:0}",
+                                      "robot=toy", "n_episodes=1", "max_ticks=5", "metrics.port=0",
+                                      "record.enabled=false", "operator.kind=none", f"summary_path={summary}",
+                                      f"hydra.run.dir={tmp_path / 'hydra'}"])
+    with _hydra_app(), pytest.raises(SystemExit) as exit_info:
+        daemon.main()
+    assert exit_info.value.code == 1
+    _one_line(capsys, "vmp-deploy", summary)
+    assert not summary.exists() and not list(summary.parent.iterdir())  # no half summary, no temporary

@@ -9,7 +9,6 @@ crash leaves the previous record or the new one, never half of one.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 import platform
@@ -93,22 +92,10 @@ def make_record(kind: str, task: str, obs: str, policy: str, variant: str, metri
 
 
 def write_record(path: str | Path, record: dict[str, Any]) -> Path:
-    """Write a record as JSON, atomically (temporary name in the same folder, flushed to disk, then rename). A failed
-    write (a full disk) leaves the record there as it was, removes the temporary file and raises OSError naming
-    ``path`` and the reason ("No space left on device")."""
-    path = Path(path)
-    text = json.dumps(record, indent=2) + "\n"  # a record that is not JSON fails here, before any file is touched
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        kept = "; the record there is unchanged" if path.exists() else ""
-        raise OSError(err.errno, f"could not write the results record {path}: {err.strerror or err}{kept}") from err
+    """Write a record as JSON, atomically (`vmp.disk.write_json`): a failed write (a full disk) leaves the record
+    there as it was and raises OSError naming ``path`` and the reason ("No space left on device")."""
+    from vmp.disk import write_json
+
+    path = write_json(path, record)
     log.info("wrote %s", path)
     return path
