@@ -61,6 +61,32 @@ class Capabilities:
             raise ValueError(f"unknown extras {unknown}; known: {sorted(EXTRAS)}")
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+    """What a model trains on, declared beside `Capabilities` (`Trainable.batch_spec`): the defaults are the task's
+    observations and the actions, nothing more.
+
+    keys: the observation keys the sampler reads (None: the task's; empty: actions only, as an action tokenizer).
+    future_keys / future_offsets: keys whose future values at these steps after the window reach the loss
+    (``batch["future"]``: predicted frames). train_keys: training-only targets (``batch["train"]``; never the policy
+    at run time). text_keys: per-step text such as the expert's phase (``batch["text"]``).
+    """
+
+    keys: tuple[str, ...] | None = None
+    future_keys: tuple[str, ...] = ()
+    future_offsets: tuple[int, ...] = ()
+    train_keys: tuple[str, ...] = ()
+    text_keys: tuple[str, ...] = ()
+
+    def sampler_settings(self, task_keys: list[str]) -> dict[str, Any]:
+        """As `SequenceSampler` settings; ``task_keys``: the task's observation keys."""
+        settings: dict[str, Any] = {"keys": list(task_keys if self.keys is None else self.keys)}
+        for name in ("future_keys", "future_offsets", "train_keys", "text_keys"):
+            if getattr(self, name):
+                settings[name] = list(getattr(self, name))
+        return settings
+
+
 # The named extras a head may return beside its chunk, batched like it ([B, ...] / B strings).
 EXTRAS = {
     "future_frames": "uint8 [B, F, H, W, 3]: predicted future camera frames",
@@ -81,23 +107,17 @@ class Prediction:
 
 class Trainable(nn.Module, abc.ABC):
     """What `vmp-train` trains: a head (`Policy`) or a model a head is built on (`StageOneModel`). The hooks say
-    what it trains on; their defaults ask for nothing beyond observations and actions.
-
-    ``reads_obs`` False: the trainer samples actions only (no image reads for an action tokenizer).
-    """
-
-    reads_obs: bool = True
+    what it trains on; their defaults ask for nothing beyond observations and actions."""
 
     @abc.abstractmethod
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Training loss; the dict holds ``loss`` (the scalar to minimise) and any scalars worth logging."""
 
     @classmethod
-    def batch_requirements(cls, config: Any, task: Any) -> dict[str, Any]:
-        """What this head trains on beyond observations and actions, as `SequenceSampler` settings: ``future_keys``
-        and ``future_offsets`` (predicted frames), ``train_keys`` (training-only targets that reach the loss and never
-        the policy at run time), ``text_keys`` (per-step text such as the expert's phase and reasoning)."""
-        return {}
+    def batch_spec(cls, config: Any, task: Any) -> BatchSpec:
+        """What this model trains on under ``config`` and ``task`` (see `BatchSpec`); a setting that cannot work
+        with the task is refused here, by name, before any data is read."""
+        return BatchSpec()
 
     @classmethod
     def prepare_settings(cls, config: Any, task: Any, store: Any) -> dict[str, Any]:

@@ -281,16 +281,15 @@ def build_data(cfg: DictConfig, micro: int, rank: int, world: int, device: Any) 
             for key, value in learned.items():
                 cfg.policy[key] = value
         head_settings = head_config(cfg)
-    obs_keys = list(cfg.task.shape_meta.obs.keys()) if head_cls.reads_obs else []  # a tokenizer samples actions only
     goal_keys = list(cfg.task.get("goal_keys") or [])
     sampler_kwargs = dict(
-        keys=obs_keys, n_obs_steps=head_settings.n_obs_steps, horizon=head_settings.horizon,
+        n_obs_steps=head_settings.n_obs_steps, horizon=head_settings.horizon,
         n_action_steps=head_settings.n_action_steps,
         val_ratio=tcfg.val_ratio, seed=cfg.seed, goal_keys=goal_keys or None, goal_mode=tcfg.goal_mode,
         language=bool(cfg.task.get("language_conditioned", False)),
     )
-    # what else the head trains on: future frames, training-only targets, per-step text (and which keys it reads)
-    sampler_kwargs.update(head_cls.batch_requirements(head_settings, cfg.task))
+    # which keys it reads, and what else it trains on: future frames, training-only targets, per-step text
+    sampler_kwargs.update(head_cls.batch_spec(head_settings, cfg.task).sampler_settings(list(cfg.task.shape_meta.obs)))
     sampled = {*sampler_kwargs["keys"], *goal_keys, *(sampler_kwargs.get("future_keys") or [])}
     sampler_kwargs["image_sizes"] = {k: v for k, v in task_image_sizes(cfg.task, store).items() if k in sampled}
 

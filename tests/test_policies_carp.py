@@ -254,7 +254,7 @@ def test_self_correction_changes_training_inputs_only():
 
 def test_tokenizer_is_a_stage_one_model_and_settings_are_checked():
     tok = make("carp_tokenizer")
-    assert isinstance(tok, StageOneModel) and not isinstance(tok, Policy) and not tok.reads_obs
+    assert isinstance(tok, StageOneModel) and not isinstance(tok, Policy) and tok.batch_spec(None, None).keys == ()
     assert {name.split(".")[0] for name, _ in tok.named_parameters()} == {"vq"}  # no observation encoder at all
     with pytest.raises(TypeError, match="stage-one model"):
         build_policy(toy_cfg("carp_tokenizer"), unit_normalizer())

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from vmp.data import EpisodeStore, KeySpec, Normalizer, SequenceDataset, SequenceSampler
-from vmp.policies.base import Capabilities, SharedEncoderPolicy, Prediction
+from vmp.policies.base import BatchSpec, Capabilities, Prediction, SharedEncoderPolicy
 from vmp.policies.build import build_policy
 from vmp.policies.checkpoint import save_checkpoint
 from vmp.real.engine import InferenceEngine
@@ -235,8 +235,8 @@ class ProbeHead(SharedEncoderPolicy):
         self.out = torch.nn.Linear(encoder.d_model, action_dim)
 
     @classmethod
-    def batch_requirements(cls, config, task):
-        return {"train_keys": ["critic"]}
+    def batch_spec(cls, config, task):
+        return BatchSpec(train_keys=("critic",))
 
     def compute_loss(self, batch):
         critic = batch["train"]["critic"]  # [B, horizon, 1]

@@ -52,10 +52,10 @@ def data(store):
     """(dataset over every window of the store, the composed config)."""
     cfg = compose_cfg()
     settings = head_config(cfg)
-    sampler = SequenceSampler(EpisodeStore.open(store), keys=list(cfg.task.shape_meta.obs), split="all",
+    sampler = SequenceSampler(EpisodeStore.open(store), split="all",
                               n_obs_steps=settings.n_obs_steps, horizon=settings.horizon,
                               n_action_steps=settings.n_action_steps,
-                              **NavDPPolicy.batch_requirements(settings, cfg.task))
+                              **NavDPPolicy.batch_spec(settings, cfg.task).sampler_settings(list(cfg.task.shape_meta.obs)))
     return SequenceDataset(sampler), cfg
 
 
@@ -122,10 +122,10 @@ def test_settings_are_checked_by_name():
             NavDPConfig(**bad)
     task = OmegaConf.create({"name": "lift", "train_keys": []})
     with pytest.raises(ValueError, match="train_keys"):
-        NavDPPolicy.batch_requirements(NavDPConfig(), task)
+        NavDPPolicy.batch_spec(NavDPConfig(), task)
     cfg = compose_cfg("policy.n_waypoints=12")
     with pytest.raises(ValueError, match="n_waypoints"):
-        NavDPPolicy.batch_requirements(head_config(cfg), cfg.task)
+        NavDPPolicy.batch_spec(head_config(cfg), cfg.task)
     lowdim = compose_cfg()
     lowdim.task.shape_meta.obs = {"goal": {"shape": [2], "type": "low_dim"}}
     with pytest.raises(ValueError, match="camera"):

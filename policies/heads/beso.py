@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
 
-from vmp.policies.base import Capabilities, SharedEncoderPolicy, DiffusionHeadConfig
+from vmp.policies.base import Capabilities, DiffusionHeadConfig, SharedEncoderPolicy
 from vmp.policies.nn import TransformerDenoiser
 from vmp.policies.nn.samplers import SAMPLERS, edm_scalings, noise_draws
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vmp.policies.base import SharedEncoderPolicy, StageOneModel, has_action_stats
+from vmp.policies.base import BatchSpec, SharedEncoderPolicy, StageOneModel, has_action_stats
 from vmp.policies.nn.action_vq import MultiScaleActionVQ
 from vmp.policies.nn.transformer import AdaLNSelfAttnBlock, KVCache
 
@@ -89,7 +89,11 @@ class CARPTokenizer(StageOneModel):
 
     name = "carp_tokenizer"
     config_class = CARPTokenizerConfig
-    reads_obs = False
+
+    @classmethod
+    def batch_spec(cls, config: Any, task: Any) -> BatchSpec:
+        """Actions only: the tokenizer reads no observation (no image decoding for it)."""
+        return BatchSpec(keys=())
 
     def __init__(self, config: CARPTokenizerConfig, normalizer, action_dim: int):
         super().__init__()

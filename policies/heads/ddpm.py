@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from vmp.policies.base import Capabilities, SharedEncoderPolicy, DiffusionHeadConfig
+from vmp.policies.base import Capabilities, DiffusionHeadConfig, SharedEncoderPolicy
 from vmp.policies.nn import DiscreteTimeDiffusion, TransformerDenoiser
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from vmp.data.schema import LANGUAGE_KEY, PHASE_KEY
-from vmp.policies.base import Capabilities, SharedEncoderPolicy, DiffusionHeadConfig, Prediction
+from vmp.policies.base import BatchSpec, Capabilities, DiffusionHeadConfig, Prediction, SharedEncoderPolicy
 from vmp.policies.nn import DiscreteTimeDiffusion, TransformerDenoiser
 from vmp.policies.nn.reasoning import HFBackbone, ReasoningEmbedding, ScratchBackbone, TextTokenizer, train_tokenizer
 
@@ -97,8 +97,8 @@ class DiVLAPolicy(SharedEncoderPolicy):
         self._reasoning: tuple[torch.Tensor, list[str]] | None = None  # cached (ids [B, L], texts)
 
     @classmethod
-    def batch_requirements(cls, config: DiVLAConfig, task: Any) -> dict[str, Any]:
-        return {"text_keys": [PHASE_KEY]}
+    def batch_spec(cls, config: DiVLAConfig, task: Any) -> BatchSpec:
+        return BatchSpec(text_keys=(PHASE_KEY,))
 
     @classmethod
     def prepare_settings(cls, config: DiVLAConfig, task: Any, store: Any) -> dict[str, Any]:

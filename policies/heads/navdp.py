@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vmp.policies.base import Capabilities, SharedEncoderPolicy, DiffusionHeadConfig, Prediction
+from vmp.policies.base import BatchSpec, Capabilities, DiffusionHeadConfig, Prediction, SharedEncoderPolicy
 from vmp.policies.nn import MLP, DiscreteTimeDiffusion, TransformerDenoiser
 
 TRAIN_KEYS = ("nav_path", "critic_paths", "critic_scores")
@@ -156,7 +156,7 @@ class NavDPPolicy(SharedEncoderPolicy):
         self._n_lowdim_tokens = 1 if encoder.lowdim_keys else 0
 
     @classmethod
-    def batch_requirements(cls, config: NavDPConfig, task: Any) -> dict[str, Any]:
+    def batch_spec(cls, config: NavDPConfig, task: Any) -> BatchSpec:
         """The expert's path and the critic's candidates and targets at every step of the window."""
         listed = list(task.get("train_keys") or [])
         missing = [key for key in TRAIN_KEYS if key not in listed]
@@ -167,7 +167,7 @@ class NavDPPolicy(SharedEncoderPolicy):
         if horizon is not None and int(horizon) != config.n_waypoints:
             raise ValueError(f"policy.n_waypoints={config.n_waypoints} but the task's expert writes paths of "
                              f"{horizon} waypoints (task.expert_kwargs.horizon)")
-        return {"train_keys": list(TRAIN_KEYS)}
+        return BatchSpec(train_keys=tuple(TRAIN_KEYS))
 
     # ---- the two uses of the trunk ----
     def camera_tokens(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from einops import rearrange
 from torch import nn
 
 from vmp.data.schema import LANGUAGE_KEY
-from vmp.policies.base import Capabilities, Policy, Prediction, StageOneModel, has_action_stats
+from vmp.policies.base import BatchSpec, Capabilities, Policy, Prediction, StageOneModel, has_action_stats
 from vmp.policies.nn import MLP, DiscreteTimeDiffusion, DiTDenoiser
 from vmp.policies.nn.text import make_text_encoder
 
@@ -118,8 +118,8 @@ class PADVAE(StageOneModel):
         self.register_buffer("n_seen", torch.zeros((), dtype=torch.long))
 
     @classmethod
-    def batch_requirements(cls, config: PADVAEConfig, task: Any) -> dict[str, Any]:
-        return {"keys": [_single_camera(config.camera, _rgb_keys(task), f"task {task.name}")]}
+    def batch_spec(cls, config: PADVAEConfig, task: Any) -> BatchSpec:
+        return BatchSpec(keys=(_single_camera(config.camera, _rgb_keys(task), f"task {task.name}"),))
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         key = _single_camera(self.config.camera, [k for k in batch["obs"] if k != LANGUAGE_KEY], "the batch")
@@ -282,15 +282,15 @@ class PADPolicy(Policy):
 
     # ---- what training reads ----
     @classmethod
-    def batch_requirements(cls, config: PADConfig, task: Any) -> dict[str, Any]:
+    def batch_spec(cls, config: PADConfig, task: Any) -> BatchSpec:
         """The camera's cached latents (never its frames) and, when predicting, their future at `future_offsets`."""
         camera = _single_camera(config.camera, _rgb_keys(task), f"task {task.name}")
         latent = camera + LATENT_SUFFIX
         lowdim = sorted(k for k, m in task.shape_meta.obs.items() if m.get("type", "low_dim") == "low_dim")
-        req: dict[str, Any] = {"keys": [*lowdim, latent]}
-        if config.predict_future:
-            req.update(future_keys=[latent], future_offsets=[int(o) for o in config.future_offsets])
-        return req
+        if not config.predict_future:
+            return BatchSpec(keys=(*lowdim, latent))
+        return BatchSpec(keys=(*lowdim, latent), future_keys=(latent,),
+                         future_offsets=tuple(int(o) for o in config.future_offsets))
 
     @classmethod
     def precompute(cls, config: PADConfig, task: Any, store: Any) -> dict[str, np.ndarray]:
