@@ -126,6 +126,9 @@ def build_safety(rcfg: DictConfig, spec: Any):
     return SafetyLayer(low, high, s.max_delta, float(s.watchdog_s), str(s.hold), keep)
 
 
+ZARR_IO_THREADS = 4  # the recorder's store writes: a few arrays at a time, between episodes
+
+
 class RobotSession:
     """What a robot session opened, closed in the order that keeps the robot safe: first what commands the robot (the
     control loop, a teleoperator), so that nothing drives it while it disconnects; then the robot, whose OSError is
@@ -193,9 +196,14 @@ class _SignalStop:
 def run(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """The daemon, callable from tests. Returns the summary dict (also written to JSON). The summary is written
     whatever ends the run (an exception still propagates after it), covering the episodes that ended."""
+    import zarr
+
     from vmp.real.metrics import Metrics
 
     sys.setswitchinterval(float(cfg.switch_interval_s))
+    # zarr writes through a thread pool that otherwise grows on demand up to min(32, CPUs + 4) threads over a long
+    # run (one more thread hours in, measured by the soak); a fixed pool keeps the control process's threads constant
+    zarr.config.set({"threading.max_workers": ZARR_IO_THREADS})
     stops = _SignalStop()
     engine = None
     try:  # a checkpoint or robot refused: the handlers are put back and an inference process ended
