@@ -31,8 +31,12 @@ def test_own_robot_walkthrough_runs_as_written(tmp_path):
     assert [shlex.split(line)[0] for line in lines] == ["vmp-record", "vmp-data", "vmp-train", "vmp-deploy"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     for line in lines:
+        if line.startswith("vmp-deploy"):
+            # the walk-through is under test, not timing: on a machine loaded by other work a chunk can take longer
+            # than the toy robot's 0.5 s watchdog (an "inference stalled" stop, as designed; timing lives in bench/)
+            line += " robot.safety.watchdog_s=60"
         done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, f"{line}\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, f"{line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     store = EpisodeStore.open(tmp_path / "stores" / "toy_reach.zarr")
     assert store.n_episodes == 40 and store.episode_text(0)["language"] == "reach the target"
     assert (tmp_path / "vmp_configs" / "task" / "toy_reach.yaml").is_file()

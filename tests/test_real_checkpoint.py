@@ -49,7 +49,10 @@ def test_checkpoint_keys_refused_by_a_robot_without_them(tmp_path, checkpoint):
 
 def test_lift_checkpoint_runs_on_sim_robot_with_eval_seeds(tmp_path, checkpoint):
     summary = daemon.run(_cfg(tmp_path, "robot=sim", f"checkpoint={checkpoint}", "n_episodes=2", "seed=100000",
-                              "max_ticks=12", "engine.warmup=1", "robot.timeout_s=30"), tmp_path)  # generous: CI shares 2 cores
+                              "max_ticks=12", "engine.warmup=1",
+                              # what is tested is the deployment path, not timing: a fresh-clone run beside two
+                              # trainings once waited over 30 s for the sim server and 0.5 s for a chunk
+                              "robot.timeout_s=300", "robot.safety.watchdog_s=60"), tmp_path)
     assert summary["error"] is None
     assert [e["seed"] for e in summary["episodes"]] == [100000, 100001]
     assert all(e["reason"] in ("max_ticks", "success", "done") for e in summary["episodes"])
