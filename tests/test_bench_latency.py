@@ -7,8 +7,10 @@ import vmp.real.engine
 from vmp.bench import latency
 
 
-def test_compile_reaches_the_engine_and_its_record_is_kept_apart(monkeypatch):
-    asked, written = [], []
+def test_compile_reaches_the_engine_and_its_record_is_kept_apart(monkeypatch, tmp_path):
+    import json
+
+    asked = []
     real_engine = vmp.real.engine.InferenceEngine
 
     def engine(policy, device="cpu", compile=False, **kw):  # what the bench asked for; built eager (no minutes here)
@@ -16,17 +18,20 @@ def test_compile_reaches_the_engine_and_its_record_is_kept_apart(monkeypatch):
         return real_engine(policy, device=device, **kw)
 
     monkeypatch.setattr(vmp.real.engine, "InferenceEngine", engine)
-    monkeypatch.setattr(latency, "write_result", lambda name, *args: written.append((name, args[-1], args[5])))
-    latency.main(["--obs", "lowdim", "--heads", "beso", "--variants", "3-step euler", "--engine", "--compile",
-                  "--repeats", "2"])
+    args = ["--obs", "lowdim", "--heads", "beso", "--variants", "3-step euler", "--engine", "--repeats", "2",
+            "--out-dir", str(tmp_path)]
+    latency.main([*args, "--compile"])
     assert asked == [True]
-    (name, command, metrics), = written
-    assert name == "latency_lowdim_beso_3-step-euler_engine_compiled_cpu" and command.endswith("--engine --compile")
+    (path,) = tmp_path.glob("*.json")  # the records go where --out-dir says
+    record = json.loads(path.read_text())
+    assert path.name == "latency_lowdim_beso_3-step-euler_engine_compiled_cpu.json"
+    assert record["command"].endswith("--engine --compile")
+    metrics = record["metrics"]
     # a chunk drives n_action_steps control steps: actions per second are that many times the chunks per second
     assert metrics["chunks_per_s"] == pytest.approx(1e3 / metrics["mean_ms"])
     assert metrics["actions_per_s"] == pytest.approx(metrics["n_action_steps"] * metrics["chunks_per_s"])
-    latency.main(["--obs", "lowdim", "--heads", "beso", "--variants", "3-step euler", "--engine", "--repeats", "2"])
-    assert asked == [True, False] and written[1][0] == "latency_lowdim_beso_3-step-euler_engine_cpu"
+    latency.main(args)
+    assert asked == [True, False] and (tmp_path / "latency_lowdim_beso_3-step-euler_engine_cpu.json").exists()
 
 
 def test_compile_without_the_engine_is_refused_by_name(capsys):
