@@ -70,6 +70,19 @@ def _eval(run: str, result: str, variant: str, episodes: int = 50, extra: str = 
             f"out_dir=runs/{run}/{out} 'variant=\"{variant}\"' results_json=results/{result}.json")
 
 
+_CAN = ("task=can store=stores/can_dart.zarr training.batch_size=128 training.steps=8000 training.keep_every=1000 "
+        "training.stop_after=5000")  # an 8000-step cosine schedule stopped at 5000: about an hour of one CPU thread
+_CARP_CAN = "greedy, 4 scales, kv-cache"
+
+
+def _can_eval(head: str, seed: int, step: int, setting: str) -> str:
+    """One kept checkpoint of a Can run on vmp-eval's seeds (50 episodes, one worker: the trainings use the other)."""
+    run = f"runs/can-{head}-seed{seed}"
+    return (f"vmp-eval checkpoint={run}/checkpoints/step_{step:07d}.pt n_episodes=50 n_workers=1 n_videos=1 "
+            f"out_dir={run}/eval_step{step} 'variant=\"{setting}; seed {seed}, step {step} of 8000 (stopped at 5000)\"' "
+            f"results_json=results/success_can_lowdim_{head}_seed{seed}_step{step}.json")
+
+
 RECIPES = [
     Recipe("lift_lowdim", {"stores/lift_dart.zarr": "vmp-collect task=lift n_episodes=200 out=stores/lift_dart.zarr "
                                                     "action_noise=0.1   # DART: noisy execution, clean labels"}, [
@@ -174,11 +187,14 @@ RECIPES = [
     ]),
     Recipe("can_lowdim", {"stores/can_dart.zarr": "vmp-collect task=can n_episodes=200 out=stores/can_dart.zarr "
                                                   "action_noise=0.1"}, [
-        "vmp-train task=can policy=beso store=stores/can_dart.zarr training.batch_size=128 training.steps=8000 "
-        "training.keep_every=1000 training.stop_after=5000 run_dir=runs/can-beso-seed0 seed=0",
-        *(f"vmp-eval checkpoint=runs/can-beso-seed0/checkpoints/step_000{k}.pt n_episodes=50 n_workers=1 n_videos=1 "
-          f"out_dir=runs/can-beso-seed0/eval_step{k} 'variant=\"3-step euler; seed 0, step {k} of 8000 (stopped at "
-          f"5000)\"' results_json=results/success_can_lowdim_beso_seed0_step{k}.json" for k in (2000, 3000, 4000, 5000)),
+        *(f"vmp-train {_CAN} policy=beso run_dir=runs/can-beso-seed{seed} seed={seed}" for seed in (0, 1)),
+        "vmp-train task=can policy=carp_tokenizer store=stores/can_dart.zarr training.steps=3000 training.lr=1e-3 "
+        "training.warmup_steps=200 run_dir=runs/can-carp_tokenizer-seed0 seed=0",
+        f"vmp-train {_CAN} policy=carp policy.tokenizer_checkpoint=runs/can-carp_tokenizer-seed0/checkpoints/latest.pt "
+        "run_dir=runs/can-carp-seed0 seed=0",
+        *(_can_eval("beso", 0, k, "3-step euler") for k in (2000, 3000, 4000, 5000)),
+        *(_can_eval("beso", 1, k, "3-step euler") for k in (3000, 4000, 5000)),
+        *(_can_eval("carp", 0, k, _CARP_CAN) for k in (2000, 3000, 4000, 5000)),
     ]),
 ]
 BY_NAME = {r.name: r for r in RECIPES}
