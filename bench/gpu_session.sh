@@ -35,6 +35,9 @@ install() {
     if [ -d .gl ] && ! ldconfig -p | grep -q libEGL.so.1; then
         for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
     fi
+    local vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json  # the driver's EGL, when glvnd misses it
+    if [ -f "$vendor" ]; then export __EGL_VENDOR_LIBRARY_FILENAMES=$vendor; fi
+    if [ -d /tmp/site/vmp ]; then export PYTHONPATH=/tmp/site; fi  # installed by the first phase on this machine
     if ! "$PY" -c "import vmp.policies, mujoco, metaworld, zarr, hydra, diffusers" 2>/dev/null; then
         [ -d .whl ] || { echo "no vmp here and no .whl/ to install it from (make gpu-bundle)"; exit 2; }
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
