@@ -77,33 +77,3 @@ def table(records: list[dict], k: int = LAST_K) -> list[str]:
                    f"{_spread([s['last_k'] for s in summaries.values()])} | {per_seed} | "
                    f"{', '.join(map(str, steps))} ({episodes}) | {minutes} |")
     return out + [""]
-
-
-def plot(records: list[dict], path) -> bool:
-    """Success against training minutes, one panel per (task, obs) with curves, one line per head and seed (colour:
-    head). -> False when no record has a curve (nothing drawn)."""
-    from vmp.bench.plots import _figure, _save
-
-    found = curves(records)
-    panels = sorted({(task, obs) for task, obs, _, _ in found})
-    if not panels:
-        return False
-    heads = sorted({head for _, _, head, _ in found})
-    plt, (fig, axes) = _figure(5 * len(panels), 4)
-    axes = [axes] if len(panels) == 1 else list(axes)
-    for (task, obs, head, setting), seeds in found.items():
-        ax = axes[panels.index((task, obs))]
-        for i, (seed, points) in enumerate(seeds.items()):
-            timed = [p for p in points if p.minutes is not None]
-            ax.plot([p.minutes for p in timed], [p.success for p in timed], marker="o", markersize=3,
-                    color=f"C{heads.index(head)}", linestyle=("-", "--", ":", "-.")[i % 4],
-                    label=f"{head} ({setting}), seed {seed}")
-    for ax, (task, obs) in zip(axes, panels):
-        ax.set_title(f"{task} ({obs})", fontsize=9)
-        ax.set_xlabel("training minutes (as each checkpoint records them)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlim(left=0)
-        ax.legend(fontsize=6, loc="lower right")
-    axes[0].set_ylabel("success rate")
-    _save(plt, fig, path)
-    return True

@@ -5,7 +5,7 @@ calls `write_plots`).
 - success.png: success per task and head with 95% intervals (Wilson);
 - success_vs_minutes.png: success against the training minutes each checkpoint's budget records;
 - curves.png: the same for runs evaluated at several checkpoints per training seed, one line per head and seed
-  (`vmp.bench.curves`);
+  (`vmp.bench.curves` reads them);
 - lerobot_<task>_<obs>.png (one per task compared by `vmp-bench lerobot`): each contender's success against its
   training minutes (the checkpoints' timeline) and its chunk latency, our heads beside LeRobot's.
 
@@ -138,14 +138,42 @@ def plot_comparison(rows: list[dict], runs: list[str], path: Path) -> None:
     _save(plt, fig, path, tight=False)  # axes placed by hand
 
 
+def plot_curves(records: list[dict], path: Path) -> bool:
+    """Success against training minutes, one panel per (task, obs) with curves, one line per head and seed (colour:
+    head). -> False when no record has a curve (nothing drawn)."""
+    from vmp.bench.curves import curves
+
+    found = curves(records)
+    panels = sorted({(task, obs) for task, obs, _, _ in found})
+    if not panels:
+        return False
+    heads = sorted({head for _, _, head, _ in found})
+    plt, (fig, axes) = _figure(5 * len(panels), 4)
+    axes = [axes] if len(panels) == 1 else list(axes)
+    for (task, obs, head, setting), seeds in found.items():
+        ax = axes[panels.index((task, obs))]
+        for i, (seed, points) in enumerate(seeds.items()):
+            timed = [p for p in points if p.minutes is not None]
+            ax.plot([p.minutes for p in timed], [p.success for p in timed], marker="o", markersize=3,
+                    color=f"C{heads.index(head)}", linestyle=("-", "--", ":", "-.")[i % 4],
+                    label=f"{head} ({setting}), seed {seed}")
+    for ax, (task, obs) in zip(axes, panels):
+        ax.set_title(f"{task} ({obs})", fontsize=9)
+        ax.set_xlabel("training minutes (as each checkpoint records them)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlim(left=0)
+        ax.legend(fontsize=6, loc="lower right")
+    axes[0].set_ylabel("success rate")
+    _save(plt, fig, path)
+    return True
+
+
 def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / name for name in PLOTS]
     plot_latency(records, paths[0])
     plot_success(records, paths[1])
     plot_success_vs_minutes(records, paths[2])
-    from vmp.bench.curves import plot as plot_curves
-
     if plot_curves(records, out_dir / "curves.png"):
         paths.append(out_dir / "curves.png")
     comparisons: dict[tuple[str, str], list[dict]] = {}

@@ -18,7 +18,6 @@ import math
 import os
 import time
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import hydra
@@ -27,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vmp.disk import exit_on_full_disk, write_json
 from vmp.results import latency_summary
-from vmp.sim.experts.base import ActionOnly, Expert
+from vmp.sim.experts.base import Expert
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,8 @@ class ActorCapabilities(Protocol):
 
 class Actor(Protocol):
     """What an evaluation runs: a learned head (`vmp.policies.base.Policy`), a task's `Expert`, or a scripted actor
-    built on `ActorDefaults`. Declared once so that the runner never probes what the actor it was given offers."""
+    built on `vmp.sim.experts.base.ActorDefaults`. Declared once so that the runner never probes what the actor it
+    was given offers."""
 
     # False: skip decoding predicted frames among the extras; the runner sets it per episode (only videos draw them)
     decode_frames: bool
@@ -91,21 +91,6 @@ class Actor(Protocol):
 
     def bind_env(self, env: Any) -> None:
         """Attach to the env it will act in (privileged experts read its state)."""
-
-
-class ActorDefaults:
-    """The `Actor` members a scripted actor (a test's stub) has no use for, at their defaults: no env to bind, no
-    extras, no latencies. Subclasses write ``reset``, ``set_goal``, ``set_language`` and ``select_action``."""
-
-    capabilities: ActorCapabilities = ActionOnly()
-    camera: str | None = None
-    future_offsets: Sequence[int] = ()
-    last_extras: Mapping[str, Any] = MappingProxyType({})
-    inference_times_ms: Sequence[float] = ()
-    decode_frames: bool = False
-
-    def bind_env(self, env: Any) -> None:
-        """Nothing to read from the env."""
 
 
 @dataclasses.dataclass
@@ -345,7 +330,8 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate the policy ``make_policy()`` builds (once per worker; it must be picklable) on ``task_cfg``.
 
-    What ``make_policy()`` builds is an `Actor`: a `Policy`, an `Expert`, or a scripted actor built on `ActorDefaults`.
+    What ``make_policy()`` builds is an `Actor`: a `Policy`, an `Expert`, or a scripted actor built on
+    `vmp.sim.experts.base.ActorDefaults`.
     ``launcher``: where the episodes run (`vmp.sim.workers.make_pool`; None: local worker processes).
     Returns the metrics dict, also written to ``out_dir/metrics.json`` when ``out_dir`` is given.
     """

@@ -92,7 +92,8 @@ def test_runs_are_listed_without_the_measuring_machine_paths():
 def test_curves_over_seeds_give_each_seeds_max_and_last_k_mean_and_the_spread_across_seeds(tmp_path):
     """Records named '<setting>; seed S, step N ...' form one row per head and setting: per seed its maximum and the
     mean of its last K checkpoints, the row their mean ± standard deviation; other records stay out of it."""
-    from vmp.bench.curves import curves, plot, table
+    from vmp.bench.curves import curves, table
+    from vmp.bench.plots import plot_curves
 
     def record(seed, step, success, episodes=50, variant="3-step euler"):
         return {"kind": "success", "task": "can", "obs": "lowdim", "policy": "beso",
@@ -109,5 +110,5 @@ def test_curves_over_seeds_give_each_seeds_max_and_last_k_mean_and_the_spread_ac
     row = next(line for line in table(records, k=3) if line.startswith("| can"))
     # seed 0: max 0.9, last-3 mean 0.7; seed 1: max 0.8, last-3 mean 0.6667
     assert "| 2 | 0.85 ± 0.07 | 0.68 ± 0.02 |" in row and "0: 0.90 / 0.70; 1: 0.80 / 0.67" in row
-    assert plot(records, tmp_path / "curves.png") and (tmp_path / "curves.png").stat().st_size > 1000
-    assert not plot(records[-1:], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+    assert plot_curves(records, tmp_path / "curves.png") and (tmp_path / "curves.png").stat().st_size > 1000
+    assert not plot_curves(records[-1:], tmp_path / "none.png") and not (tmp_path / "none.png").exists()

@@ -126,7 +126,8 @@ def test_evaluation_scores_reasoning_against_the_experts_phase():
     reasoning against the expert's phase for the same state."""
     from vmp.policies.base import Capabilities
     from vmp.sim import load_task_cfg, make
-    from vmp.sim.evaluate import ActorDefaults, rollout_policy
+    from vmp.sim.evaluate import rollout_policy
+    from vmp.sim.experts.base import ActorDefaults
     from vmp.sim.experts import make_expert
 
     task = load_task_cfg("metaworld_mt_lowdim")

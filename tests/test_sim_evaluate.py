@@ -11,7 +11,8 @@ import pytest
 
 import vmp  # noqa: F401
 from vmp.sim import load_task_cfg
-from vmp.sim.evaluate import ActorDefaults, expert_policy, run_evaluation, wilson_interval
+from vmp.sim.evaluate import expert_policy, run_evaluation, wilson_interval
+from vmp.sim.experts.base import ActorDefaults
 
 
 class CrashOnSecondEpisode(ActorDefaults):

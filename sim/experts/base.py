@@ -25,7 +25,23 @@ class ActionOnly:
     extras: tuple[str, ...] = ()
 
 
-class Expert(abc.ABC):
+class ActorDefaults:
+    """The members of the evaluation runner's `Actor` that a scripted actor (an expert, a test's stub) has no use
+    for, at their defaults: no env to bind, no extras, no predicted frames, no latencies. Subclasses write ``reset``,
+    ``set_goal``, ``set_language`` and ``select_action``."""
+
+    capabilities: ActionOnly = ActionOnly()
+    camera: str | None = None
+    future_offsets: Sequence[int] = ()
+    last_extras: Mapping[str, Any] = MappingProxyType({})
+    inference_times_ms: Sequence[float] = ()
+    decode_frames: bool = False
+
+    def bind_env(self, env: Any) -> None:
+        """Nothing to read from the env."""
+
+
+class Expert(ActorDefaults, abc.ABC):
     """Scripted policy with phases.
 
     ``phase_names`` is the fixed vocabulary of phases (stored as the store attr ``phase_names``);
@@ -34,13 +50,6 @@ class Expert(abc.ABC):
 
     name: str = ""
     phase_names: tuple[str, ...] = ()
-    # The rest of the evaluation runner's `Actor`: an expert returns no extras, predicts no frames, times nothing.
-    capabilities: ActionOnly = ActionOnly()
-    camera: str | None = None
-    future_offsets: Sequence[int] = ()
-    last_extras: Mapping[str, Any] = MappingProxyType({})
-    inference_times_ms: Sequence[float] = ()
-    decode_frames: bool = False
 
     def __init__(self, env: gym.Env | None = None, seed: int | None = None):
         self.env: Any = None
