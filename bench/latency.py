@@ -5,12 +5,16 @@ weights: latency depends on the compute graph, not on the weights. Each setting:
 observation-window-to-chunk path every caller shares (`Policy.predict_window`; its host copy synchronises).
 Writes results/latency_<obs>_<head>_<variant>_<device>.json (results-record format).
 
+`--task can` (or square, stack) times the heads that run on a robosuite task on that task's observations instead of
+Lift's, from state and from its two cameras (`<task>_image`), and writes latency_<task>_<obs>_...json; the heads
+that read an instruction or RGB-D keep their own tasks and are skipped there.
+
 `--engine` times what `vmp-deploy` runs instead: `real.engine.InferenceEngine` (host arrays in and out; on CUDA bf16
 autocast and each head's chunk replayed from a CUDA graph), after its warm-up has captured the graphs; `--compile`
 adds torch.compile (`engine.compile=true`), recorded apart (`..._engine_compiled_<device>.json`).
 
     vmp-bench latency [--device cuda] [--obs lowdim image] [--repeats 50] [--heads carp beso] [--variants ...] [--engine]
-                      [--compile]
+                      [--compile] [--task can]
 """
 
 from __future__ import annotations
@@ -41,16 +45,23 @@ SETTINGS = [
     ("divla", "10-step ddim, reasoning cached", {"sampler": "ddim", "n_steps": 10, "reasoning_every": 1000000}),
     ("divla", "10-step ddim with a reasoning step", {"sampler": "ddim", "n_steps": 10, "reasoning_every": 0}),
 ]
-TASKS = {"lowdim": ("lift", "lowdim", ()), "image": ("lift_image", "compact_cnn", ())}
-# Heads that run on other tasks than TASKS names (and only on these observation types): PAD reads one camera and an
-# instruction, so it is timed on language-conditioned multi-task Meta-World (64 px, one camera); NavDP on pointnav's
+ROBOSUITE_TASKS = ("lift", "can", "square", "stack")  # --task choices: each has a `<task>_image` twin
+
+
+def robosuite_tasks(task: str) -> dict[str, tuple[str, str, tuple[str, ...]]]:
+    """obs type -> (task config, encoder, extra overrides) of a robosuite task, from state and from its cameras."""
+    return {"lowdim": (task, "lowdim", ()), "image": (f"{task}_image", "compact_cnn", ())}
+
+
+# Heads that run on other tasks than the robosuite ones (and only on these observation types): PAD reads one camera
+# and an instruction, so it is timed on language-conditioned multi-task Meta-World (64 px, one camera); NavDP on pointnav's
 # 64 px RGB-D + goal, one full planning step (N paths in one batch, the critic, the pick).
 # Diffusion-VLA reads the instruction too: multi-task Meta-World, from its 39-d state or its 64 px camera.
 HEAD_TASKS = {"pad": {"image": ("metaworld_mt", "compact_cnn", ())},
               "navdp": {"rgbd": ("pointnav", "compact_cnn", ("encoder.image_output=tokens",))},
               "divla": {"lowdim": ("metaworld_mt_lowdim", "lowdim", ()),
                         "image": ("metaworld_mt", "compact_cnn", ("encoder.image_output=tokens",))}}
-OBS_TYPES = sorted({*TASKS, *(obs for tasks in HEAD_TASKS.values() for obs in tasks)})
+OBS_TYPES = sorted({*robosuite_tasks("lift"), *(obs for tasks in HEAD_TASKS.values() for obs in tasks)})
 
 
 def build(task: str, encoder: str, head: str, overrides: dict, extra_overrides=()):
@@ -190,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
                              "launches one by one; compiling takes minutes)")
     parser.add_argument("--batch", type=int, default=1, help="> 1: chunks for this many observations in one call")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the records go (default: results/)")
+    parser.add_argument("--task", default="lift", choices=ROBOSUITE_TASKS,
+                        help="the robosuite task whose observations the robosuite heads are timed on (default: lift)")
     args = parser.parse_args(argv)
     if args.compile and not args.engine:
         parser.error("--compile times the deployment engine's compiled path: it needs --engine")
@@ -199,9 +212,13 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"{flag}: unknown {unknown}; choose from {sorted(known)}")
     rows = []
+    tasks, default_task = robosuite_tasks(args.task), args.task == "lift"
     for obs in args.obs:
         for head, variant, overrides in SETTINGS:
-            setting = HEAD_TASKS[head].get(obs) if head in HEAD_TASKS else TASKS.get(obs)
+            if head in HEAD_TASKS:
+                setting = HEAD_TASKS[head].get(obs) if default_task else None
+            else:
+                setting = tasks.get(obs)
             if setting is None:
                 continue
             if head not in HEADS:
@@ -213,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue  # a cached context belongs to one control loop: a batch of observations reasons afresh
             policy, cfg = build(*setting[:2], head, overrides, setting[2])
             command = f"vmp-bench latency --device {args.device} --obs {obs} --repeats {args.repeats}"
+            if not default_task:
+                command += f" --task {args.task}"
             if args.heads and not args.engine:
                 command += f" --heads {head}"
             slug = variant.replace(",", "").replace(" ", "-")
@@ -240,8 +259,10 @@ def main(argv: list[str] | None = None) -> None:
                          n_params=sum(p.numel() for p in policy.parameters()),
                          host_load_1m=round(os.getloadavg()[0], 2))
             rows.append((obs, head, variant, stats))
-            write_result(f"latency_{obs}_{head}_{slug}_{args.device.split(':')[0]}", "latency", "-",
-                         obs, head, variant, stats, device_name(args.device), command, out_dir=args.out_dir)
+            prefix = "latency" if default_task else f"latency_{args.task}"
+            write_result(f"{prefix}_{obs}_{head}_{slug}_{args.device.split(':')[0]}", "latency",
+                         "-" if default_task else setting[0], obs, head, variant, stats, device_name(args.device),
+                         command, out_dir=args.out_dir)
     print(f"{'obs':7} {'head':6} {'variant':48} {'p50 ms':>8} {'p99 ms':>8}")
     for obs, head, variant, stats in rows:
         print(f"{obs:7} {head:6} {variant:48} {stats['p50_ms']:8.2f} {stats['p99_ms']:8.2f}")

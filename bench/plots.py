@@ -1,7 +1,8 @@
 """The results page's plots (docs/plots/), drawn with matplotlib from the results records (`vmp-bench report`
 calls `write_plots`).
 
-- latency.png: chunk latency p50 per head and setting at batch 1 (log scale), CPU and GPU side by side;
+- latency.png: chunk latency p50 per head and setting at batch 1 (log scale), CPU and GPU side by side, on each
+  head's default task (`vmp-bench latency` without --task);
 - success.png: success per task and head with 95% intervals (Wilson);
 - success_vs_minutes.png: success against the training minutes each checkpoint's budget records;
 - curves.png: the same for runs evaluated at several checkpoints per training seed, one line per head and seed
@@ -44,7 +45,7 @@ def _save(plt, fig, path: Path, tight: bool = True) -> None:
 
 
 def plot_latency(records: list[dict], path: Path) -> None:
-    rows = sorted((r for r in records if r["kind"] == "latency"),
+    rows = sorted((r for r in records if r["kind"] == "latency" and r["task"] == "-"),  # the default tasks only
                   key=lambda r: (r["obs"], r["policy"], r["variant"], "cuda" in r["device"].lower() or "nvidia" in r["device"].lower()))
     labels = sorted({f"{r['obs']} {r['policy']} {r['variant']}" for r in rows})
     plt, (fig, ax) = _figure(10, 0.28 * len(labels) + 1.5)

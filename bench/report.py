@@ -116,14 +116,19 @@ def _expert_table(records: list[dict]) -> list[str]:
 
 
 def _latency_table(records: list[dict]) -> list[str]:
-    """Chunk latency at batch 1."""
+    """Chunk latency at batch 1; task "-": the heads' default tasks (`vmp-bench latency` without --task)."""
     out: list[str] = []
     latency = [r for r in records if r["kind"] == "latency"]
     if latency:
-        out += ["### Action-chunk latency (batch 1)", "", "| obs | head | variant | p50 ms | p99 ms | device |", "|---|---|---|---|---|---|"]
-        for r in sorted(latency, key=lambda r: (r["device"], r["obs"], r["metrics"]["p50_ms"])):
+        out += ["### Action-chunk latency (batch 1)", "",
+                "Task -: Lift for BESO, DDPM and CARP; ten-task Meta-World for PAD and Diffusion-VLA; pointnav for "
+                "NavDP (`vmp-bench latency`). A named task: `vmp-bench latency --task <task>`.", "",
+                "| task | obs | head | variant | p50 ms | p99 ms | device |", "|---|---|---|---|---|---|---|"]
+        for r in sorted(latency, key=lambda r: (r["device"], r["task"] != "-", r["task"], r["obs"],
+                                                r["metrics"]["p50_ms"])):
             m = r["metrics"]
-            out.append(f"| {r['obs']} | {r['policy']} | {r['variant']} | {_fmt(m['p50_ms'])} | {_fmt(m['p99_ms'])} | {r['device']} |")
+            out.append(f"| {r['task']} | {r['obs']} | {r['policy']} | {r['variant']} | {_fmt(m['p50_ms'])} | "
+                       f"{_fmt(m['p99_ms'])} | {r['device']} |")
         out.append("")
     return out
 

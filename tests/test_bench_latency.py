@@ -39,3 +39,17 @@ def test_compile_without_the_engine_is_refused_by_name(capsys):
         latency.main(["--obs", "lowdim", "--heads", "beso", "--compile"])
     err = capsys.readouterr().err
     assert "--compile times the deployment engine's compiled path: it needs --engine" in err
+
+
+def test_a_robosuite_task_times_its_own_observations_and_skips_the_heads_of_other_tasks(tmp_path):
+    import json
+
+    latency.main(["--task", "can", "--obs", "lowdim", "--heads", "beso", "divla", "--variants", "3-step euler",
+                  "10-step ddim, reasoning cached", "--repeats", "2", "--out-dir", str(tmp_path)])
+    (path,) = tmp_path.glob("*.json")  # Diffusion-VLA reads an instruction: timed on Meta-World, not on Can
+    record = json.loads(path.read_text())
+    assert path.name == "latency_can_lowdim_beso_3-step-euler_cpu.json"
+    assert record["task"] == "can" and "--task can" in record["command"]
+    # Can's object state is 14-d (Lift's 10-d): the head was built on Can's observations
+    policy, _ = latency.build("can", "lowdim", "beso", {"sampler": "euler", "n_steps": 3})
+    assert policy.obs_shapes["object"] == (14,)

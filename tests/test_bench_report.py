@@ -27,8 +27,9 @@ def test_report_draws_the_plots_and_a_rerun_changes_nothing(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     rows = [record("success", success_rate=0.6, ci95_low=0.5, ci95_high=0.7, n_episodes=40),
-            {**record("latency", p50_ms=3.0, p99_ms=4.0), "device": "NVIDIA H200"},
-            record("latency", p50_ms=30.0, p99_ms=40.0)]
+            {**record("latency", p50_ms=3.0, p99_ms=4.0), "task": "-", "device": "NVIDIA H200"},
+            {**record("latency", p50_ms=30.0, p99_ms=40.0), "task": "-"},
+            {**record("latency", p50_ms=33.0, p99_ms=44.0), "task": "can"}]  # --task can: a table row, not plotted
     rows[0]["budget"]["train_minutes"] = 7.5
     timeline = [{"step": 100, "minutes": 1.0, "success_rate": 0.2, "n_episodes": 20},
                 {"step": 200, "minutes": 2.0, "success_rate": 0.9, "n_episodes": 20}]
@@ -48,6 +49,7 @@ def test_report_draws_the_plots_and_a_rerun_changes_nothing(tmp_path):
     first = {p.name: p.read_bytes() for p in plots}
     text = page.read_text()
     assert "![latency](plots/latency.png)" in text and "| 0.60 |" in text  # linked relative to the page (mkdocs)
+    assert "| can | image | pad | v | 33.00 | 44.00 | cpu |" in text
     main(["--results", str(results), "--page", str(page)])
     assert {p.name: p.read_bytes() for p in plots} == first and page.read_text() == text  # a rerun: the same bytes
     rows[2]["metrics"]["p50_ms"] = 60.0  # another measurement: another latency plot, the others unchanged
@@ -55,6 +57,10 @@ def test_report_draws_the_plots_and_a_rerun_changes_nothing(tmp_path):
     main(["--results", str(results), "--page", str(page)])
     again = {p.name: p.read_bytes() for p in plots}
     assert again["latency.png"] != first["latency.png"] and again["success.png"] == first["success.png"]
+    rows[3]["metrics"]["p50_ms"] = 66.0  # another task's measurement: in the table, not in the plot
+    (results / "r3.json").write_text(json.dumps(rows[3]))
+    main(["--results", str(results), "--page", str(page)])
+    assert (tmp_path / "docs" / "plots" / "latency.png").read_bytes() == again["latency.png"]
 
 
 def test_comparison_rows_tell_reached_not_reached_and_not_measured_apart():
