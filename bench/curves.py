@@ -4,6 +4,9 @@ its last K evaluated checkpoints, and a row gives the mean and spread of those a
 
 Diffusion Policy reports the maximum and the mean of the last 10 checkpoints; CARP the mean of its top 3. We
 evaluate fewer checkpoints (each costs 10-30 CPU minutes on Can), so K is stated with every row.
+
+A seed has reached its plateau when each of its last K evaluations lies inside the 95% (Wilson) interval of every
+other one: more training at this budget's rate would not be told apart from noise at these episode counts.
 """
 
 from __future__ import annotations
@@ -42,11 +45,24 @@ def curves(records: list[dict]) -> dict[tuple[str, str, str, str], dict[int, lis
             for key, seeds in sorted(out.items())}
 
 
+def plateaued(points: list[Point], k: int = LAST_K) -> bool:
+    """True when the last ``k`` evaluations (k at least) each lie inside the others' 95% Wilson intervals."""
+    from vmp.sim.evaluate import wilson_interval
+
+    last = points[-k:]
+    if len(last) < k:
+        return False
+    intervals = [wilson_interval(round(p.success * p.episodes), p.episodes) for p in last]
+    return all(low <= p.success <= high for p in last for low, high in intervals)
+
+
 def seed_summary(points: list[Point], k: int = LAST_K) -> dict[str, float]:
-    """One seed's maximum and mean of its last ``k`` evaluated checkpoints (fewer when it has fewer)."""
+    """One seed's maximum and mean of its last ``k`` evaluated checkpoints (fewer when it has fewer), and whether
+    those have flattened (`plateaued`)."""
     last = points[-k:]
     return {"max": max(p.success for p in points), "last_k": statistics.fmean(p.success for p in last),
-            "k": len(last), "last_step": points[-1].step, "minutes": points[-1].minutes}
+            "k": len(last), "last_step": points[-1].step, "minutes": points[-1].minutes,
+            "plateau": plateaued(points, k)}
 
 
 def _spread(values: list[float]) -> str:
@@ -62,9 +78,11 @@ def table(records: list[dict], k: int = LAST_K) -> list[str]:
         return []
     out = ["### Training curves over seeds (max and mean of the last checkpoints)", "",
            f"Each seed evaluated at several checkpoints on vmp-eval's fixed seeds; per seed its maximum and the mean of "
-           f"its last {k} checkpoints; the row: mean ± standard deviation across seeds.", "",
+           f"its last {k} checkpoints; the row: mean ± standard deviation across seeds. Plateau: seeds whose last {k} "
+           "evaluations each lie inside the others' 95% intervals.", "",
            f"| task | obs | head | setting | seeds | max | mean of last {k} | per seed (max / last-{k} mean) | "
-           "checkpoints (episodes each) | minutes at last checkpoint |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "plateau | checkpoints (episodes each) | minutes at last checkpoint |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (task, obs, head, setting), seeds in found.items():
         summaries = {seed: seed_summary(points, k) for seed, points in seeds.items()}
         per_seed = "; ".join(f"{seed}: {s['max']:.2f} / {s['last_k']:.2f}" for seed, s in summaries.items())
@@ -72,8 +90,9 @@ def table(records: list[dict], k: int = LAST_K) -> list[str]:
         episodes = "/".join(map(str, sorted({p.episodes for points in seeds.values() for p in points})))
         minutes = ", ".join(f"{s['minutes']:.0f}" for s in summaries.values() if s["minutes"] is not None) or "-"
         label = f"{len(seeds)}" + (" (one seed)" if len(seeds) == 1 else "")
+        flat = sum(s["plateau"] for s in summaries.values())
         out.append(f"| {task} | {obs} | {head} | {setting} | {label} | "
                    f"{_spread([s['max'] for s in summaries.values()])} | "
-                   f"{_spread([s['last_k'] for s in summaries.values()])} | {per_seed} | "
+                   f"{_spread([s['last_k'] for s in summaries.values()])} | {per_seed} | {flat} of {len(seeds)} | "
                    f"{', '.join(map(str, steps))} ({episodes}) | {minutes} |")
     return out + [""]

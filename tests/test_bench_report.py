@@ -115,6 +115,19 @@ def test_curves_over_seeds_give_each_seeds_max_and_last_k_mean_and_the_spread_ac
     assert sorted(seeds) == [0, 1] and seeds[1][-1].success == 0.8  # the 50-episode evaluation, not the 10-episode one
     row = next(line for line in table(records, k=3) if line.startswith("| can"))
     # seed 0: max 0.9, last-3 mean 0.7; seed 1: max 0.8, last-3 mean 0.6667
-    assert "| 2 | 0.85 ± 0.07 | 0.68 ± 0.02 |" in row and "0: 0.90 / 0.70; 1: 0.80 / 0.67" in row
+    assert "| 2 | 0.85 ± 0.07 | 0.68 ± 0.02 |" in row and "0: 0.90 / 0.70; 1: 0.80 / 0.67 | 0 of 2 |" in row
     assert plot_curves(records, tmp_path / "curves.png") and (tmp_path / "curves.png").stat().st_size > 1000
     assert not plot_curves(records[-1:], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
+def test_a_seed_has_plateaued_when_its_last_evaluations_lie_inside_each_others_intervals():
+    from vmp.bench.curves import Point, plateaued
+
+    def points(*successes, episodes=50):
+        return [Point(1000 * (i + 1), None, s, episodes) for i, s in enumerate(successes)]
+
+    assert plateaued(points(0.2, 0.74, 0.78, 0.74))  # 50 episodes: 0.74 and 0.78 inside each other's intervals
+    assert not plateaued(points(0.5, 0.6, 0.78))  # 0.78 is outside 0.5's interval (0.37-0.63): still rising
+    # 0.5, 0.6, 0.7: rising at 50 episodes, not told apart at 10 (the intervals are twice as wide)
+    assert not plateaued(points(0.5, 0.6, 0.7)) and plateaued(points(0.5, 0.6, 0.7, episodes=10))
+    assert not plateaued(points(0.74, 0.78))  # fewer evaluations than K: not yet known
