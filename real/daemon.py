@@ -151,14 +151,30 @@ class RobotSession:
         self._last.append(close)
 
     def close(self) -> None:
+        """Every part is closed even when one before it raises (the robot is always disconnected, the store
+        always closed); the first error is raised once all have run, the others are logged."""
+        errors: list[BaseException] = []
+
+        def run(close: Callable[[], Any]) -> None:
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - kept, raised after the rest have closed
+                self._log.error("closing %s: %s", getattr(close, "__qualname__", close), exc)
+                errors.append(exc)
+
         for close in self._first:
-            close()
+            run(close)
         try:
             self.robot.disconnect()
         except OSError as exc:
             self._log.warning("disconnect: %s", exc)
+        except Exception as exc:  # noqa: BLE001
+            self._log.error("disconnect: %s", exc)
+            errors.append(exc)
         for close in self._last:
-            close()
+            run(close)
+        if errors:
+            raise errors[0]
 
     def __enter__(self) -> "RobotSession":
         return self

@@ -99,3 +99,53 @@ def test_lerobot_import_without_extra_names_the_fix(tmp_path):
 
     with pytest.raises(ImportError, match=r"pip install 'vmp\[lerobot\]'"):
         import_lerobot(tmp_path / "ds", tmp_path / "out.zarr")
+
+
+def test_a_failed_or_refused_lerobot_export_leaves_the_dataset_already_there(tmp_path, monkeypatch):
+    """--overwrite replaces the old export only once the new one is written: a bad key or a crash part-way (here a
+    dataset writer that fails on the second episode) keeps the old dataset as it was, and nothing half-written."""
+    from vmp.data.convert import lerobot
+    from vmp.data.testing import demo_schema, synthetic_episode
+
+    class FakeDataset:  # the part of LeRobotDataset the exporter drives, writing one file per episode
+        fail_at: int | None = None
+
+        @classmethod
+        def create(cls, repo_id, fps, features, root, use_videos):
+            ds = cls()
+            ds.root, ds.n = root, 0
+            (root / "meta").mkdir(parents=True)
+            return ds
+
+        def add_frame(self, frame):
+            pass
+
+        def save_episode(self):
+            if self.n == FakeDataset.fail_at:
+                raise OSError("no space left on device")
+            (self.root / f"episode_{self.n}").write_text("x")
+            self.n += 1
+
+        def finalize(self):
+            (self.root / "info.json").write_text("{}")
+
+    monkeypatch.setattr(lerobot, "_require_lerobot", lambda: FakeDataset)
+    schema = demo_schema(image_size=32, state_dim=3, action_dim=2)
+    with EpisodeStore.create(tmp_path / "s.zarr", schema, {"task": "toy", "control_hz": 20}) as store:
+        for e in range(3):
+            store.append_episode(synthetic_episode(schema, e, 4))
+    out = tmp_path / "export"
+    lerobot.export_lerobot(tmp_path / "s.zarr", out)
+    first = sorted(p.name for p in out.iterdir())
+    assert first == ["episode_0", "episode_1", "episode_2", "info.json", "meta"]
+    with pytest.raises(KeyError, match="not observation keys"):
+        lerobot.export_lerobot(tmp_path / "s.zarr", out, keys=["nope"], overwrite=True)
+    FakeDataset.fail_at = 1
+    with pytest.raises(OSError, match="no space left"):
+        lerobot.export_lerobot(tmp_path / "s.zarr", out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == first  # the old export, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "s.zarr"]  # no partial export left behind
+    FakeDataset.fail_at = None
+    (out / "stale").write_text("from the old export")
+    lerobot.export_lerobot(tmp_path / "s.zarr", out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == first  # replaced whole: the old export's files are gone

@@ -167,3 +167,30 @@ def test_inference_process_nan_or_stall_stops_robot_and_names_the_fault(tmp_path
     assert json.loads(status.read_text())["state"] == "stopped"
     with EpisodeStore.open(tmp_path / "rec.zarr") as store:
         assert store.n_episodes == 1 and len(store.episode(0)["action"]) == episode["ticks"]
+
+
+def test_a_session_closes_every_part_when_one_raises_and_raises_the_first_error():
+    """A teleoperator that fails to close must not leave the robot connected or the recorder's store open."""
+    import logging
+
+    closed = []
+
+    class Robot:
+        def disconnect(self):
+            closed.append("robot")
+
+    def failing_teleop():
+        closed.append("teleop")
+        raise RuntimeError("teleop stuck")
+
+    def failing_metrics():
+        closed.append("metrics")
+        raise ValueError("port in use")
+
+    session = daemon.RobotSession(Robot(), logging.getLogger("test"))
+    session.close_first(failing_teleop)
+    session.close_last(lambda: closed.append("store"))
+    session.close_last(failing_metrics)
+    with pytest.raises(RuntimeError, match="teleop stuck"):
+        session.close()
+    assert closed == ["teleop", "robot", "store", "metrics"]  # in the safe order, none skipped

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -180,15 +181,31 @@ def export_lerobot(store_path: str | os.PathLike, out_root: str | os.PathLike, r
     LeRobotDataset = _require_lerobot()
     store = EpisodeStore.open(store_path)
     out_root = Path(out_root)
-    _clear_out_root(out_root, overwrite)
+    if out_root.exists() and not overwrite:
+        raise FileExistsError(f"{out_root} exists: pass overwrite=True (--overwrite) to replace it")
     chosen = _export_keys(store, keys)
     groups = _state_groups(store, chosen, state_keys, env_state_keys)
     feature_map, features = _export_features(store, chosen, groups, video)
     fps = store.attrs.get("control_hz")
     if not fps:
         raise ValueError(f"{store.path}: root attrs lack control_hz, which a LeRobot dataset needs as its fps")
-    ds = LeRobotDataset.create(repo_id or out_root.name, fps=int(round(float(fps))), features=features, root=out_root,
-                               use_videos=video)
+    partial = out_root.with_name(f".{out_root.name}.partial")  # the export is written here, then swapped in
+    shutil.rmtree(partial, ignore_errors=True)  # what an interrupted export left
+    try:
+        exported = _write_dataset(LeRobotDataset, store, partial, repo_id or out_root.name, int(round(float(fps))),
+                                  chosen, feature_map, features, video)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # an interrupted export leaves nothing half-written behind
+        raise
+    _swap_in(partial, out_root)
+    log.info("exported %d episodes of %s to the LeRobot dataset %s", exported, store.path, out_root)
+    return out_root
+
+
+def _write_dataset(dataset_cls: Any, store: EpisodeStore, root: Path, repo_id: str, fps: int, chosen: list[str],
+                   feature_map: dict[str, list[dict[str, Any]]], features: dict[str, dict[str, Any]], video: bool) -> int:
+    """Write the episodes with actions as a LeRobot dataset at ``root``, with its feature map; -> how many."""
+    ds = dataset_cls.create(repo_id, fps=fps, features=features, root=root, use_videos=video)
     exported = 0
     for e in progress(range(store.n_episodes), desc=f"export {Path(str(store.path)).name}", unit="episode"):
         if not store.has_action[e]:
@@ -197,20 +214,20 @@ def export_lerobot(store_path: str | os.PathLike, out_root: str | os.PathLike, r
         _add_episode(ds, store, e, chosen, feature_map, features)
         exported += 1
     ds.finalize()
-    (out_root / FEATURE_MAP).write_text(json.dumps({"store": str(store.path), "task": store.attrs.get("task"),
-                                                    "features": feature_map}, indent=2) + "\n")
-    log.info("exported %d episodes of %s to the LeRobot dataset %s", exported, store.path, out_root)
-    return out_root
+    (root / FEATURE_MAP).write_text(json.dumps({"store": str(store.path), "task": store.attrs.get("task"),
+                                                "features": feature_map}, indent=2) + "\n")
+    return exported
 
 
-def _clear_out_root(out_root: Path, overwrite: bool) -> None:
-    """Remove an existing export target, only when ``overwrite`` allows it."""
-    import shutil
-
+def _swap_in(partial: Path, out_root: Path) -> None:
+    """Put the finished export at ``out_root``; a dataset there (``overwrite``) is removed only now, so a refused
+    or failed export leaves it as it was."""
+    old = out_root.with_name(f".{out_root.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
     if out_root.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out_root} exists: pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(out_root)
+        out_root.rename(old)
+    partial.rename(out_root)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _export_keys(store: EpisodeStore, keys: list[str] | None) -> list[str]:
