@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
 from vmp.results import make_record, write_record
 
 RESULTS_DIR = Path("results")
+
+
+def given_args(argv: list[str] | None) -> list[str]:
+    """The arguments a benchmark's ``main`` runs with: those `vmp-bench` passed it, or (run as ``python -m
+    vmp.bench.<name>``) the script's own; what its record's command line repeats."""
+    return list(sys.argv[1:] if argv is None else argv)
 
 
 def device_name(device: str = "cpu") -> str:

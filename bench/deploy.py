@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vmp.bench.common import device_name, write_result
+from vmp.bench.common import device_name, given_args, write_result
 from vmp.results import latency_summary
 from vmp.real.engine import InferenceEngine
 from vmp.real.loop import ControlLoop, LoopConfig, RealClock
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
                    + (f", under load (vmp-train + {load.checkpoint.removeprefix('runs/') if load.checkpoint else 'no'} inference)"
                       if load is not None else ""),
         metrics, device_name("cuda" if torch.cuda.is_available() else "cpu"),
-        "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:]),
+        " ".join(["python -m vmp.bench.deploy", *given_args(argv)]),
         budget={"seconds": args.seconds}, out_dir=Path(args.out).parent)
     print(f"{args.hz:g} Hz: jitter p50 {metrics['jitter_p50_ms']:.3f} ms p99 {metrics['jitter_p99_ms']:.3f} ms; "
           f"obs->action p50 {metrics['obs_to_action_p50_ms']:.2f} ms p99 {metrics['obs_to_action_p99_ms']:.2f} ms; "
@@ -340,7 +340,7 @@ def flood_pairs(args: argparse.Namespace, argv: list[str] | None) -> None:
                  f"{args.hz:g} Hz, metrics endpoint quiet vs flooded (300 idle + 200 connects/s), {args.pairs} "
                  f"interleaved pairs of {args.seconds:g} s, inference process", metrics,
                  device_name("cuda" if torch.cuda.is_available() else "cpu"),
-                 "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:]),
+                 " ".join(["python -m vmp.bench.deploy", *given_args(argv)]),
                  budget={"seconds": 2 * args.pairs * args.seconds}, out_dir=Path(args.out).parent)
     print(f"lateness p99 flooded/quiet: median {metrics['lateness_p99_ratio_median']:.2f} ({', '.join(f'{r:.2f}' for r in ratios)}); "
           f"threads quiet {metrics['threads_max_quiet']} flooded {metrics['threads_max_flooded']} -> {args.out}")
@@ -440,7 +440,7 @@ def seam_sweep(args: argparse.Namespace, argv: list[str] | None) -> None:
                          "seam_jerk_median": float(np.median(agg["seam_jerk"])),
                          "seam_jump_ratio_median": float(np.median(agg["seam_jump_ratio"]))})
             log.info("%s", rows[-1])
-    command = "python -m vmp.bench.deploy " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = " ".join(["python -m vmp.bench.deploy", *given_args(argv)])
     if args.checkpoint:
         engine = engine_for(0)
         obs = "image" if RGB in engine.policy.obs_kinds.values() else "lowdim"

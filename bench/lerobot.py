@@ -417,8 +417,10 @@ def write_records(runs: dict[str, dict[str, Any]], latency: dict[str, dict[str, 
 
 
 def main(argv: list[str] | None = None) -> None:
+    from vmp.bench.common import given_args
+
     args, ckpt_every = parse_args(argv)
-    given = argv if argv is not None else sys.argv[2:]
+    given = given_args(argv)
     lerobot_python = lerobot_environment(args, given)
     task_cfg = task_config(args.task)
     obs_type = "image" if any(v.get("type") == "rgb" for v in task_cfg.shape_meta.obs.values()) else "lowdim"

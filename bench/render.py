@@ -14,7 +14,6 @@ import argparse
 import logging
 import os
 import platform
-import sys
 import time
 from typing import Any
 
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from pathlib import Path
 
     import vmp  # noqa: F401  (MUJOCO_GL)
-    from vmp.bench.common import write_result
+    from vmp.bench.common import given_args, write_result
 
     out: dict[str, Any] = {}
     for name in args.tasks:
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{metrics['cameras']} camera(s) {metrics['image_size']} px, default vs fast render settings",
             metrics, device=f"cpu ({os.environ.get('OMP_NUM_THREADS', '?')} OMP threads, {platform.machine()}, "
                             f"MUJOCO_GL={os.environ.get('MUJOCO_GL')})",
-            command=" ".join(["vmp-bench render", *(sys.argv[2:] if argv is None else argv)]).strip(),
+            command=" ".join(["vmp-bench render", *given_args(argv)]),
             out_dir=Path(args.out_dir),
         )
         print(f"{name}: {metrics['frames_per_s_default']} -> {metrics['frames_per_s_fast']} frames/s "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -176,12 +175,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics["host_load_1m_before"] = round(load_before, 2)
     metrics.update(measure_training_rate(batch_size=args.batch_size))
     metrics["data_bound"] = metrics["windows_per_s"] < metrics["train_windows_per_s"]
+    from vmp.bench.common import given_args
     from vmp.results import make_record, write_record
 
     variant = (f"SequenceDataset, {metrics['n_episodes']} episodes x 50 steps, 2 x 84x84 RGB + state, "
                f"n_obs_steps={metrics['n_obs_steps']} horizon={metrics['horizon']}, "
                f"batch {metrics['batch']}, {metrics['num_workers']} DataLoader workers")
-    command = " ".join(["python -m vmp.bench.sampler", *(sys.argv[1:] if argv is None else argv)]).strip()
+    command = " ".join(["python -m vmp.bench.sampler", *given_args(argv)])
     record = make_record("throughput", "-", "image", "-", variant, metrics, command=command,
                          device=f"cpu ({os.cpu_count()} cores, torch {torch.get_num_threads()} threads)")
     out = write_record(args.out, record)

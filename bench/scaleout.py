@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from vmp.bench.common import write_result
+from vmp.bench.common import given_args, write_result
 
 log = logging.getLogger(__name__)
 RAY = {"name": "ray", "address": None, "cpus_per_worker": 1, "max_retries": 2}
@@ -121,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--episodes", type=int, default=24)
     args = parser.parse_args(argv)
-    command = " ".join(["vmp-bench scaleout", *(sys.argv[2:] if argv is None else argv)]).strip()
+    command = " ".join(["vmp-bench scaleout", *given_args(argv)])
     device = f"cpu ({os.cpu_count()} cores)"
     if {"eval", "collect"} & set(args.what):
         import ray

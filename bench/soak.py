@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from vmp.bench.common import device_name, write_result
+from vmp.bench.common import device_name, given_args, write_result
 from vmp.real.testing import ReachPolicy
 
 log = logging.getLogger("vmp.bench.soak")
@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
     write_result(Path(args.out).stem, "soak", "-", "-", "synthetic",
                  f"vmp-deploy robot=toy 50 Hz, {m['n_segments']} segments of {len(set(kinds))} kinds "
                  f"({', '.join(kinds)}), {m['elapsed_min']:.0f} min" + (f", {' '.join(args.set)}" if args.set else ""),
-                 m, device_name("cpu"), "vmp-bench soak " + " ".join(argv if argv is not None else sys.argv[1:]),
+                 m, device_name("cpu"), " ".join(["vmp-bench soak", *given_args(argv)]),
                  budget={"minutes": round(duration_s / 60, 2)}, out_dir=Path(args.out).parent)
     print(report(m))
     print(f"-> {args.out}; segment logs and stores in {work}" + ("" if m["passed"] or args.work_dir else " (kept)"))
