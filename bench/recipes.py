@@ -184,6 +184,14 @@ RECIPES = [
         _eval("pointnav-navdp-1k", "success_pointnav_rgbd_navdp_random",
               f"random pick among 16 (critic ablated); {_NAV}", extra="+overrides.selection=random",
               out="eval_random", videos=0),
+        # maze scenes (narrow doors, dead ends, goals behind obstacles): where the pick among candidates decides
+        *(_eval("pointnav-navdp-1k", f"success_pointnav_maze_rgbd_navdp{suffix}",
+                f"{pick}; maze held-out scenes; trained on sparse; {_NAV}", episodes=200,
+                extra=f"task=pointnav_maze{selection}", out=f"eval_maze{suffix}", videos=0)
+          for suffix, pick, selection in (("", "16 samples, best by critic", ""),
+                                          ("_single", "one sample (critic ablated)", " +overrides.selection=single"),
+                                          ("_random", "random pick among 16 (critic ablated)",
+                                           " +overrides.selection=random"))),
     ]),
     Recipe("can_lowdim", {"stores/can_dart.zarr": "vmp-collect task=can n_episodes=200 out=stores/can_dart.zarr "
                                                   "action_noise=0.1"}, [

@@ -2,10 +2,13 @@
 
 In the spirit of NavDP (Cai et al. 2025). Every episode seed makes its own scene: an 8 m x 8 m floor with outer
 walls, 1-3 full-span interior walls with a door in every stretch between crossings (so all rooms connect), and
-furniture-like boxes (``difficulty``: ``sparse`` ~5, ``cluttered`` ~20). ``scene_split`` picks disjoint scene sets:
+furniture-like boxes (``difficulty``: ``sparse`` ~5, ``cluttered`` ~20; ``maze`` ~10 boxes, doors just wide enough for
+the base and 2-5 dead-end alcoves, the scenes where the choice among candidate paths decides the outcome).
+``scene_split`` picks disjoint scene sets:
 the scene seed is ``2 * seed`` (train) or ``2 * seed + 1`` (heldout), so no train seed ever makes a held-out scene.
 Start and goal lie in free space with a safety margin, in one connected region, at least ``min_goal_distance``
-apart (straight-line and geodesic) and at most ``max_goal_distance`` (geodesic).
+apart (straight-line and geodesic) and at most ``max_goal_distance`` (geodesic); with ``min_detour`` > 1 the
+geodesic distance is at least that many times the straight line, so heading straight at the goal meets an obstacle.
 
 The base moves kinematically (no dynamics) by unicycle commands: action [v (m/s), omega (rad/s)] float32, clipped to
 ``[v_min, v_max]`` x ``[-omega_max, omega_max]``, integrated in substeps. A substep that would bring the base
@@ -46,8 +49,10 @@ CAMERA_HEIGHT = 0.45
 CAMERA_PITCH = np.deg2rad(10.0)  # looking slightly down so the floor ahead is in view
 GRID_RES = 0.05  # m per occupancy cell
 PLAN_MARGIN = 0.15  # start, goal and the expert's path keep this clearance beyond the robot radius
-DOOR_WIDTH = (1.0, 1.25)
-BOX_COUNTS = {"sparse": (4, 7), "cluttered": (18, 23)}  # [low, high) boxes per scene
+DOOR_WIDTH = {"sparse": (1.0, 1.25), "cluttered": (1.0, 1.25), "maze": (0.8, 0.95)}  # m; maze: the base + margin
+BOX_COUNTS = {"sparse": (4, 7), "cluttered": (18, 23), "maze": (8, 12)}  # [low, high) boxes per scene
+ALCOVES = {"maze": (3, 6)}  # [low, high) dead-end alcoves drawn per scene (one that finds no free floor is left out)
+ALCOVE_HEIGHT = 0.8
 SPLITS = ("train", "heldout")
 OBS_KEYS = ("front_image", "front_depth", "goal", "goal_polar")
 
@@ -123,13 +128,16 @@ def make_scene(seed: int, difficulty: str = "sparse") -> Scene:
     for vertical, c in lines:
         cuts = sorted([-h, h, *(o for v, o in lines if v != vertical)])
         for a, b in zip(cuts[:-1], cuts[1:]):  # a door in every stretch between crossings: all rooms connect
-            w = float(rng.uniform(*DOOR_WIDTH))
+            w = float(rng.uniform(*DOOR_WIDTH[difficulty]))
             d0 = float(rng.uniform(a + t + 0.2, b - t - 0.2 - w))
             rects += [_wall(a, d0, c, vertical), _wall(d0 + w, b, c, vertical)]
             centre = d0 + w / 2
             doors.append((c, centre) if vertical else (centre, c))
     n_walls = len(rects)
     doors_xy = np.array(doors)
+    # alcoves first (they need open floor), then boxes clear of doorways and of the alcoves' mouths
+    alcoves = (_alcoves(rng, doors_xy, np.array(rects), *ALCOVES[difficulty]) if difficulty in ALCOVES
+               else np.zeros((0, 5)))
     n_boxes, boxes = int(rng.integers(*BOX_COUNTS[difficulty])), []
     for _try in range(200):
         if len(boxes) == n_boxes:
@@ -138,13 +146,42 @@ def make_scene(seed: int, difficulty: str = "sparse") -> Scene:
         box = np.array([*rng.uniform(-h + 0.3, h - 0.3, size=2), *half, rng.uniform(0, np.pi)])
         if len(doors_xy) and rect_distance(doors_xy, box[None]).min() < 0.9:
             continue  # keep doorways passable
+        if len(alcoves) and rect_distance(box[:2], alcoves) < np.hypot(*half) + 0.5:
+            continue
         boxes.append(box)
-    rects_arr = np.concatenate([np.array(rects), np.array(boxes).reshape(-1, 5)])
+    rects_arr = np.concatenate([np.array(rects), np.array(boxes).reshape(-1, 5), alcoves])
     wall_rgb = rng.uniform(0.55, 0.9, size=3)
-    colors = np.concatenate([np.tile(wall_rgb, (n_walls, 1)), rng.uniform(0.15, 0.85, size=(len(boxes), 3))])
-    heights = np.concatenate([np.full(n_walls, WALL_HEIGHT), rng.uniform(0.3, 1.0, size=len(boxes))])
+    colors = np.concatenate([np.tile(wall_rgb, (n_walls, 1)), rng.uniform(0.15, 0.85, size=(len(boxes), 3)),
+                             np.tile(wall_rgb * 0.8, (len(alcoves), 1))])
+    heights = np.concatenate([np.full(n_walls, WALL_HEIGHT), rng.uniform(0.3, 1.0, size=len(boxes)),
+                              np.full(len(alcoves), ALCOVE_HEIGHT)])
     floor = rng.uniform(0.35, 0.7, size=3)
     return Scene(int(seed), rects_arr, heights, colors, np.stack([floor, floor * 0.8]), n_walls)
+
+
+def _alcoves(rng: np.random.Generator, doors_xy: np.ndarray, walls: np.ndarray, low: int, high: int) -> np.ndarray:
+    """Dead ends: ``[low, high)`` three-sided alcoves (0.9-1.4 m deep, wide enough to drive in), each open to one
+    side at a random angle, clear of the ``walls`` and of each other and kept 1.2 m from every doorway, as
+    rectangles [3 per alcove, 5]."""
+    h, t = FLOOR_HALF, WALL_HALF_THICK
+    parts: list[list[float]] = []
+    for _ in range(int(rng.integers(low, high))):
+        for _try in range(200):
+            centre, yaw = rng.uniform(-h + 1.0, h - 1.0, size=2), float(rng.uniform(-np.pi, np.pi))
+            depth, width = float(rng.uniform(0.9, 1.4)), float(rng.uniform(0.8, 1.1))
+            reach = max(depth, width) / 2 + 0.4  # the alcove's extent and a lane around it
+            others = np.concatenate([walls, np.array(parts).reshape(-1, 5)])
+            if (rect_distance(centre, others) >= reach
+                    and (not len(doors_xy) or np.linalg.norm(doors_xy - centre, axis=-1).min() >= 1.2 + depth / 2)):
+                break
+        else:
+            continue
+        rot = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
+        # local frame: the opening faces +x; two side walls and a back wall
+        for (lx, ly), (hx, hy) in (((0.0, width / 2 + t), (depth / 2, t)), ((0.0, -width / 2 - t), (depth / 2, t)),
+                                   ((-depth / 2 - t, 0.0), (t, width / 2 + 2 * t))):
+            parts.append([*(centre + rot @ np.array([lx, ly])), hx, hy, yaw])
+    return np.array(parts, dtype=np.float64).reshape(-1, 5)
 
 
 def _mjcf(scene: Scene, image_size: int, fovy: float) -> str:
@@ -308,12 +345,13 @@ class PointNavEnv(gym.Env):
 
     Args:
         shape_meta: obs keys to return (subset of front_image, front_depth, goal, goal_polar).
-        difficulty: ``sparse`` (~5 boxes) or ``cluttered`` (~20 boxes).
+        difficulty: ``sparse`` (~5 boxes), ``cluttered`` (~20 boxes) or ``maze`` (narrow doors, dead ends).
         scene_split: ``train`` or ``heldout`` scenes (disjoint).
         v_min, v_max, omega_max: action limits (m/s, rad/s).
         goal_radius: success when the base centre is this close to the goal (m).
         min_goal_distance: least start-goal distance, straight-line and geodesic (m).
         max_goal_distance: most start-goal geodesic distance (m), so an episode fits its time limit.
+        min_detour: least ratio of geodesic to straight-line start-goal distance (1: any).
         terminate_on_collision: end the episode at the first collision (else the base stops and may go on).
         max_depth: depth is clipped to this (m).
         fovy: the camera's vertical field of view (deg); images are square.
@@ -335,6 +373,7 @@ class PointNavEnv(gym.Env):
         goal_radius: float = 0.4,
         min_goal_distance: float = 2.5,
         max_goal_distance: float = 10.0,
+        min_detour: float = 1.0,
         terminate_on_collision: bool = True,
         max_depth: float = 5.0,
         fovy: float = 90.0,
@@ -371,6 +410,9 @@ class PointNavEnv(gym.Env):
         if not 0 < self.min_goal_distance < self.max_goal_distance:
             raise ValueError(f"PointNav: need 0 < min_goal_distance < max_goal_distance, got {min_goal_distance} "
                              f"and {max_goal_distance}")
+        if not 1.0 <= float(min_detour) <= 3.0:
+            raise ValueError(f"PointNav: min_detour must be in [1, 3] (geodesic / straight-line), got {min_detour}")
+        self.min_detour = float(min_detour)
         self.terminate_on_collision = bool(terminate_on_collision)
         self.max_depth, self.fovy = float(max_depth), float(fovy)
         self.dt, self.substeps = 1.0 / control_hz, max(1, int(substeps))
@@ -413,13 +455,14 @@ class PointNavEnv(gym.Env):
             dist, pred = cost_to_go(safe, goal_cell, g.res)
             goal = g.centre(np.array(goal_cell))
             ok = (dist >= self.min_goal_distance) & (dist <= self.max_goal_distance)
-            ok &= np.linalg.norm(centres - goal, axis=-1) >= self.min_goal_distance
+            straight = np.linalg.norm(centres - goal, axis=-1)
+            ok &= (straight >= self.min_goal_distance) & (dist >= self.min_detour * straight)
             starts = np.argwhere(ok)
             if len(starts):
                 break
         else:
             raise RuntimeError(f"PointNav: scene {self.scene.seed} has no start {self.min_goal_distance}-"
-                               f"{self.max_goal_distance} m from a goal")
+                               f"{self.max_goal_distance} m from a goal (detour >= {self.min_detour})")
         start_cell = tuple(starts[rng.integers(len(starts))])
         self.goal_xy = goal
         self.pose = np.array([*g.centre(np.array(start_cell)), rng.uniform(-np.pi, np.pi)])

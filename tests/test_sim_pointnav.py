@@ -118,6 +118,32 @@ def test_expert_reaches_goal(env):
         np.testing.assert_allclose(ep["nav_path"][-1, -1], world_to_robot(u.goal_xy, u.pose), atol=0.5)
 
 
+def test_maze_scenes_have_dead_ends_narrow_doors_and_goals_behind_obstacles():
+    """difficulty=maze: 2-5 three-sided alcoves, doors 0.8-0.95 m (the base is 0.4 m wide), and with min_detour the
+    goal is never in a straight line: the geodesic path is >= 1.3 x the straight one, which the expert still drives."""
+    from vmp.sim.pointnav import ALCOVE_HEIGHT
+
+    for seed in range(5):
+        scene = make_scene(seed, "maze")
+        assert 2 * 3 <= int((scene.heights == ALCOVE_HEIGHT).sum()) <= 5 * 3
+        assert make_scene(seed, "maze").rects.tobytes() == scene.rects.tobytes()  # a seed makes one scene
+    cfg = load_task_cfg("pointnav_maze")
+    env = make(cfg, render_mode=None)
+    try:
+        expert = make_expert("pointnav", env, horizon=24, spacing=0.1)
+        for seed in (0, 1):
+            res = rollout_expert(env, expert, seed)
+            u = env.unwrapped
+            start = u.shortest_path[0]
+            geodesic = float(u.grid.lookup(u.goal_distance, start[None])[0])  # the planner's, with its margin
+            assert geodesic >= 1.3 * np.linalg.norm(start - u.goal_xy) - 1e-6
+            assert res["success"], (seed, u._info())
+        with pytest.raises(ValueError, match="min_detour must be in"):
+            make(cfg, min_detour=0.5)
+    finally:
+        env.close()
+
+
 def test_expert_path_outscores_colliding_candidates(env):
     expert = make_expert("pointnav", env)
     obs, _ = env.reset(seed=4)
