@@ -75,12 +75,36 @@ _CAN = ("task=can store=stores/can_dart.zarr training.batch_size=128 training.st
 _CARP_CAN = "greedy, 4 scales, kv-cache"
 
 
+def _step_eval(run: str, result: str, setting: str, seed: int, step: int, schedule: str, episodes: int = 50) -> str:
+    """One kept checkpoint of a training seed on vmp-eval's seeds (one worker: a training may use the other core),
+    its variant read by the curves over seeds ("<setting>; seed S, step N <schedule>")."""
+    return (f"vmp-eval checkpoint=runs/{run}/checkpoints/step_{step:07d}.pt n_episodes={episodes} n_workers=1 "
+            f"n_videos={0 if episodes > 50 else 1} out_dir=runs/{run}/eval_step{step} "
+            f"'variant=\"{setting}; seed {seed}, step {step} {schedule}\"' results_json=results/{result}_step{step}.json")
+
+
 def _can_eval(head: str, seed: int, step: int, setting: str) -> str:
-    """One kept checkpoint of a Can run on vmp-eval's seeds (50 episodes, one worker: the trainings use the other)."""
-    run = f"runs/can-{head}-seed{seed}"
-    return (f"vmp-eval checkpoint={run}/checkpoints/step_{step:07d}.pt n_episodes=50 n_workers=1 n_videos=1 "
-            f"out_dir={run}/eval_step{step} 'variant=\"{setting}; seed {seed}, step {step} of 8000 (stopped at 5000)\"' "
-            f"results_json=results/success_can_lowdim_{head}_seed{seed}_step{step}.json")
+    """One kept checkpoint of a Can run, 50 episodes."""
+    return _step_eval(f"can-{head}-seed{seed}", f"success_can_lowdim_{head}_seed{seed}", setting, seed, step,
+                      "of 8000 (stopped at 5000)")
+
+
+_MT_CURVE = ("task=metaworld_mt_lowdim encoder=lowdim training.steps=12000 training.batch_size=64 "
+             "training.warmup_steps=100 training.val_every=1000 training.keep_every=2000")
+# PAD on two CPU cores (the GPU recipe's autoencoder and DiT are ~3x slower per step each): a 0.24M-parameter
+# autoencoder (channels 8-16-32-32, same 8x8x4 latents) and a DiT of width 128, depth 4 (1.9M parameters), batch 64
+_PAD_VAE_CPU = ("task=metaworld_mt policy=pad_vae policy.block_out_channels=[8,16,32,32] training.batch_size=64 "
+                "training.steps=2000 training.lr=5e-4 run_dir=runs/metaworld_mt-pad_vae_cpu")
+_PAD_CPU = ("task=metaworld_mt policy=pad policy.vae=runs/metaworld_mt-pad_vae_cpu/checkpoints/latest.pt "
+            "policy.width=128 policy.depth=4 training.batch_size=64 training.steps=8000 training.keep_every=2000 "
+            "training.num_workers=1")
+_PAD_CPU_SETTING = "10-step DDIM; VAE 8-16-32-32 (8x8x4 latents), DiT width 128 depth 4 (CPU)"
+_PAD_VIDEO = "'mix=[{store: stores/metaworld_video.zarr, weight: 0.5}]'"
+# (run suffix, overrides, setting): PAD and its two ablations
+_PAD_CPU_ROWS = (("", _PAD_VIDEO, f"co-trained on action-free video (weight 0.5); {_PAD_CPU_SETTING}"),
+                 ("-novideo", "", f"ablation: no action-free video; {_PAD_CPU_SETTING}"),
+                 ("-nofuture", "policy.predict_future=false",
+                  f"ablation: no future-image prediction (action loss only); {_PAD_CPU_SETTING}"))
 
 
 RECIPES = [
@@ -195,14 +219,37 @@ RECIPES = [
     ]),
     Recipe("can_lowdim", {"stores/can_dart.zarr": "vmp-collect task=can n_episodes=200 out=stores/can_dart.zarr "
                                                   "action_noise=0.1"}, [
-        *(f"vmp-train {_CAN} policy=beso run_dir=runs/can-beso-seed{seed} seed={seed}" for seed in (0, 1)),
+        *(f"vmp-train {_CAN} policy=beso run_dir=runs/can-beso-seed{seed} seed={seed}" for seed in (0, 1, 2)),
         "vmp-train task=can policy=carp_tokenizer store=stores/can_dart.zarr training.steps=3000 training.lr=1e-3 "
         "training.warmup_steps=200 run_dir=runs/can-carp_tokenizer-seed0 seed=0",
         f"vmp-train {_CAN} policy=carp policy.tokenizer_checkpoint=runs/can-carp_tokenizer-seed0/checkpoints/latest.pt "
         "run_dir=runs/can-carp-seed0 seed=0",
+        "vmp-train task=can policy=carp_tokenizer store=stores/can_dart.zarr training.steps=3000 training.lr=1e-3 "
+        "training.warmup_steps=200 run_dir=runs/can-carp_tokenizer-seed1 seed=1",
+        f"vmp-train {_CAN} policy=carp policy.tokenizer_checkpoint=runs/can-carp_tokenizer-seed1/checkpoints/latest.pt "
+        "run_dir=runs/can-carp-seed1 seed=1",
         *(_can_eval("beso", 0, k, "3-step euler") for k in (2000, 3000, 4000, 5000)),
-        *(_can_eval("beso", 1, k, "3-step euler") for k in (3000, 4000, 5000)),
+        *(_can_eval("beso", seed, k, "3-step euler") for seed in (1, 2) for k in (3000, 4000, 5000)),
         *(_can_eval("carp", 0, k, _CARP_CAN) for k in (2000, 3000, 4000, 5000)),
+        *(_can_eval("carp", 1, k, _CARP_CAN) for k in (3000, 4000, 5000)),
+    ]),
+    # ten-task Meta-World from the state, trained to a plateau: checkpoints every 2000 steps, 200 episodes each
+    Recipe("metaworld_mt_lowdim_curves", {"stores/metaworld_mt_lowdim.zarr": "vmp-collect task=metaworld_mt_lowdim "
+                                                                             "n_episodes=500 action_noise=0.1"}, [
+        f"vmp-train {_MT_CURVE} policy=beso run_dir=runs/mt-beso-seed0 seed=0",
+        *(_step_eval("mt-beso-seed0", "success_metaworld_mt_lowdim_beso_seed0", "3-step euler", 0, k, "of 12000",
+                     episodes=200) for k in (2000, 4000, 6000, 8000, 10000, 12000)),
+    ]),
+    # PAD's claim on two CPU cores: PAD against its two ablations at equal steps, two training seeds each
+    Recipe("metaworld_mt_pad_cpu", {
+        "stores/metaworld_mt.zarr": "vmp-collect task=metaworld_mt n_episodes=500 action_noise=0.1",
+        "stores/metaworld_video.zarr": "vmp-collect task=metaworld_video n_episodes=200 action_free=true"}, [
+        f"vmp-train {_PAD_VAE_CPU}",
+        *(f"vmp-train {_PAD_CPU} {extra} seed={seed} run_dir=runs/mt-pad_cpu{suffix}-seed{seed}".replace("  ", " ")
+          for seed in (0, 1) for suffix, extra, _ in _PAD_CPU_ROWS),
+        *(_step_eval(f"mt-pad_cpu{suffix}-seed{seed}", f"success_metaworld_mt_image_pad_cpu{suffix}_seed{seed}",
+                     setting, seed, k, "of 8000", episodes=200)
+          for seed in (0, 1) for suffix, _, setting in _PAD_CPU_ROWS for k in (4000, 6000, 8000)),
     ]),
 ]
 BY_NAME = {r.name: r for r in RECIPES}
