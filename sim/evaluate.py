@@ -18,7 +18,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import hydra
 import numpy as np
@@ -44,6 +44,16 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     low = 0.0 if successes == 0 else max(0.0, centre - half)
     high = 1.0 if successes == n else min(1.0, centre + half)
     return low, high
+
+
+@runtime_checkable
+class TakesReasoning(Protocol):
+    """A reasoning head that can be given the task expert's phase in place of its own reasoning (Diffusion-VLA with
+    ``reasoning_source=expert``): the runner tells it the phase every step."""
+
+    reasoning_source: str
+
+    def set_reasoning(self, text: str) -> None: ...
 
 
 class ActorCapabilities(Protocol):
@@ -142,16 +152,20 @@ def rollout_policy(env: Any, policy: Actor, seed: int, record_video: bool = Fals
 
     ``annotator``: the task's expert, bound to the env and stepped beside the policy (its actions unused) only to
     track its phase; each chunk's ``reasoning`` is compared with the phase name the expert gives the same state, and
-    the episode's ``metrics["reasoning_accuracy"]`` is the fraction of chunks whose reasoning matched.
+    the episode's ``metrics["reasoning_accuracy"]`` is the fraction of chunks whose reasoning matched. A head that
+    `TakesReasoning` from the expert is told that phase every step instead.
     """
     obs, info = _start_episode(env, policy, seed, record_video, annotator)
     times = policy.inference_times_ms
     n_times = len(times)
     record = _EpisodeRecord(env, policy, obs, record_video, annotator)
+    tell = annotator is not None and isinstance(policy, TakesReasoning) and policy.reasoning_source == "expert"
     total, length, success = 0.0, 0, False
     while True:
         if annotator is not None:
             annotator.act(obs)  # the expert's phase for this state
+            if tell:
+                policy.set_reasoning(annotator.phase_names[annotator.phase])
         action = np.asarray(policy.select_action(obs))
         if not np.isfinite(action).all():
             raise FloatingPointError(f"non-finite action at step {length} of seed {seed}: {action}")

@@ -161,6 +161,48 @@ def test_evaluation_scores_reasoning_against_the_experts_phase():
     env.close()
 
 
+def test_the_action_head_can_be_given_a_fixed_text_or_the_experts_phase_instead_of_its_own_reasoning():
+    """reasoning_source=text injects that text (a wrong one tests whether the head follows its reasoning);
+    reasoning_source=expert injects the phase vmp-eval's expert gives each state, and refuses to run untold."""
+    from vmp.sim import load_task_cfg, make
+    from vmp.sim.evaluate import TakesReasoning, rollout_policy
+    from vmp.sim.experts import make_expert
+
+    fixed = make_policy(reasoning_source="text", reasoning_text="grasp the object")
+    for film in fixed.denoiser.films:
+        torch.nn.init.normal_(film.proj.weight, std=0.5)
+    obs = {"state": torch.randn(1, 1, 4)}
+    pred = fixed.predict(obs, generator=torch.Generator().manual_seed(3))
+    assert pred.extras["reasoning"] == ["grasp the object"]
+    fixed.config.reasoning_text = "move toward the goal"
+    assert not torch.allclose(pred.actions, fixed.predict(obs, generator=torch.Generator().manual_seed(3)).actions)
+    with pytest.raises(ValueError, match="reasoning_text is the text injected with reasoning_source=text"):
+        DiVLAConfig(reasoning_source="text")
+    with pytest.raises(ValueError, match="reasoning_source must be generated, expert or text"):
+        DiVLAConfig(reasoning_source="oracle")
+
+    told = make_policy(reasoning_source="expert")
+    assert isinstance(told, TakesReasoning)
+    with pytest.raises(RuntimeError, match="needs the task's expert phase each step"):
+        told.predict(obs)
+    # in an evaluation the runner tells the head the expert's phase for each state: every chunk carries it
+    task = load_task_cfg("metaworld_mt_lowdim")
+    env = make(task, max_episode_steps=24)
+    annotator = make_expert(task.expert, env=env)
+    meta = {"obs": {"state": {"shape": [39], "type": "low_dim"}}, "action": {"shape": [4]}}
+    config = DiVLAConfig(n_obs_steps=1, horizon=4, n_action_steps=2, d_model=32, n_layers=2, n_heads=2, dropout=0.0,
+                         backbone_layers=2, backbone_heads=2, n_steps=2, reasoning_source="expert",
+                         tokenizer=train_tokenizer(list(annotator.phase_names) * 3, vocab_size=64))
+    normalizer = Normalizer.empty({"state": (39,), "action": (4,)}, {"state": "meanstd", "action": "minmax"})
+    normalizer.set_stats("action", min=-np.ones(4), max=np.ones(4), mean=np.zeros(4), std=np.ones(4))
+    normalizer.set_stats("state", min=-np.ones(39), max=np.ones(39), mean=np.zeros(39), std=np.ones(39))
+    policy = DiVLAPolicy(config, ObsEncoder(meta, 1, d_model=32, backbone="compact_cnn"), normalizer, 4).eval()
+    out = rollout_policy(env, policy, 100000, annotator=annotator)
+    env.close()
+    assert out["length"] == 24 and out["metrics"]["reasoning_accuracy"] == 1.0
+    assert {t["text"] for t in out["text"]} <= set(annotator.phase_names)
+
+
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
               "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64, "vocab_size": 50}
 

@@ -11,6 +11,8 @@ denoiser through FiLM; the denoiser also attends to the backbone's hidden states
 At run time the reasoning is regenerated every ``reasoning_every`` control steps and cached in between (the policy's
 slow context), and returned with every chunk (`Prediction.extras["reasoning"]`), so `vmp-eval` captions its videos
 with it and `vmp-deploy` logs it. ``inject_reasoning=false`` is the ablation: no FiLM, the same backbone and losses.
+``reasoning_source`` (inference-time) gives the action head other reasoning than its own: the task expert's phase
+(vmp-eval tells it every step) or a fixed text, to measure what injection can add and whether the head follows it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class DiVLAConfig(DiffusionHeadConfig):
     sampler: str = "ddim"           # ddpm | ddim
     n_steps: int = 10
     reasoning_every: int = 8        # control steps between reasoning refreshes (0: at every chunk)
+    # what the action head is given: its own generated reasoning; the task expert's phase for the current state,
+    # told each step by vmp-eval (the upper bound of injection); or a fixed `reasoning_text` (a wrong one tests
+    # whether the action head follows its reasoning at all)
+    reasoning_source: str = "generated"  # generated | expert | text
+    reasoning_text: str | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in ("ddpm", "ddim"):
@@ -58,6 +65,11 @@ class DiVLAConfig(DiffusionHeadConfig):
             raise ValueError(f"policy.backbone must be scratch or hf, got {self.backbone!r}")
         if self.max_reasoning_tokens < 1:
             raise ValueError(f"policy.max_reasoning_tokens must be >= 1, got {self.max_reasoning_tokens}")
+        if self.reasoning_source not in ("generated", "expert", "text"):
+            raise ValueError(f"policy.reasoning_source must be generated, expert or text, got {self.reasoning_source!r}")
+        if (self.reasoning_source == "text") != (self.reasoning_text is not None):
+            raise ValueError("policy.reasoning_text is the text injected with reasoning_source=text, and only then; "
+                             f"got reasoning_source={self.reasoning_source!r}, reasoning_text={self.reasoning_text!r}")
 
 
 def annotation_corpus(store: Any) -> list[str]:
@@ -95,6 +107,7 @@ class DiVLAPolicy(SharedEncoderPolicy):
         self.diffusion = DiscreteTimeDiffusion(config.num_train_timesteps, config.beta_schedule, "epsilon", clip_sample=True)
         self.context_every = config.reasoning_every
         self._reasoning: tuple[torch.Tensor, list[str]] | None = None  # cached (ids [B, L], texts)
+        self._told: str | None = None  # reasoning_source=expert: the phase told for the current state
 
     @classmethod
     def batch_spec(cls, config: DiVLAConfig, task: Any) -> BatchSpec:
@@ -117,6 +130,27 @@ class DiVLAPolicy(SharedEncoderPolicy):
     def reset(self) -> None:
         super().reset()
         self._reasoning = None
+        self._told = None
+
+    @property
+    def reasoning_source(self) -> str:
+        return self.config.reasoning_source
+
+    def set_reasoning(self, text: str) -> None:
+        """reasoning_source=expert: the phase the task's expert gives the current state, injected with the next chunk
+        in place of the generated reasoning (vmp-eval tells it every step)."""
+        self._told = text
+
+    def _given_reasoning(self, b: int, device: torch.device) -> tuple[torch.Tensor, list[str]] | None:
+        """The reasoning the action head is given instead of its own (None: reasoning_source=generated)."""
+        source = self.config.reasoning_source
+        if source == "generated":
+            return None
+        text = self.config.reasoning_text if source == "text" else self._told
+        if text is None:
+            raise RuntimeError("policy.reasoning_source=expert needs the task's expert phase each step: vmp-eval "
+                               "tells it (run with +overrides.reasoning_source=expert); nothing else does")
+        return self.tokenizer.encode([text] * b, device)[:, 1:], [text] * b
 
     def _film(self, ids_BL: torch.Tensor) -> torch.Tensor | None:
         return self.reasoning_embedding(ids_BL) if self.reasoning_embedding is not None else None
@@ -158,10 +192,11 @@ class DiVLAPolicy(SharedEncoderPolicy):
         b = cond.shape[0]
         # the cached reasoning serves only the control loop that refreshes it (`predict_window`, every
         # reasoning_every steps); any other call reasons afresh about its own observations
-        if self._reasoning is None or self._context_step is None or self.context_every == 0 \
-                or self._reasoning[0].shape[0] != b:
+        given = self._given_reasoning(b, cond.device)
+        if given is None and (self._reasoning is None or self._context_step is None or self.context_every == 0
+                              or self._reasoning[0].shape[0] != b):
             self.refresh_context(obs, goal)
-        ids, texts = self._reasoning
+        ids, texts = given if given is not None else self._reasoning
         hidden, film = self.backbone.encode(cond), self._film(ids)
         known, weights = self.prefix_target(prefix, prefix_weights, b) if prefix is not None else (None, None)
         x = self.diffusion.sample(lambda x, t: self.denoiser(x, t, hidden, film), (b, self.horizon, self.action_dim),
