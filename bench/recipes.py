@@ -193,6 +193,18 @@ RECIPES = [
               episodes=200, videos=2),
         _eval("mt-divla-noinject", "success_metaworld_mt_lowdim_divla_noinject",
               f"ablation: no reasoning injection; {_MT_LOWDIM_VARIANT}", episodes=200, videos=0),
+        # what the injected reasoning does: the same checkpoint given its own reasoning, the expert's phase for each
+        # state (the most injection could add), and always the first phase (does the action head follow it?)
+        _eval("mt-divla", "success_metaworld_mt_lowdim_divla_generated",
+              f"reasoning injected by FiLM, its own reasoning (same checkpoint as the told rows); {_MT_LOWDIM_VARIANT}",
+              episodes=200, videos=0, out="eval_generated"),
+        _eval("mt-divla", "success_metaworld_mt_lowdim_divla_told_expert",
+              f"reasoning injected by FiLM, told the expert's phase (oracle); {_MT_LOWDIM_VARIANT}", episodes=200,
+              videos=0, extra="+overrides.reasoning_source=expert", out="eval_expert"),
+        _eval("mt-divla", "success_metaworld_mt_lowdim_divla_told_reach",
+              f"reasoning injected by FiLM, always told: reach the object; {_MT_LOWDIM_VARIANT}", episodes=200,
+              videos=0, extra="+overrides.reasoning_source=text '+overrides.reasoning_text=\"reach the object\"'",
+              out="eval_wrong"),
     ]),
     Recipe("pointnav", {"stores/pointnav1k.zarr": "vmp-collect task=pointnav n_episodes=1000 n_workers=2 "
                                                   "action_noise=0.1 out=stores/pointnav1k.zarr"}, [
