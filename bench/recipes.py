@@ -199,7 +199,7 @@ RECIPES = [
               f"reasoning injected by FiLM, its own reasoning (same checkpoint as the told rows); {_MT_LOWDIM_VARIANT}",
               episodes=200, videos=0, out="eval_generated"),
         _eval("mt-divla", "success_metaworld_mt_lowdim_divla_told_expert",
-              f"reasoning injected by FiLM, told the expert's phase (oracle); {_MT_LOWDIM_VARIANT}", episodes=200,
+              f"reasoning injected by FiLM, told the expert phase (oracle); {_MT_LOWDIM_VARIANT}", episodes=200,
               videos=0, extra="+overrides.reasoning_source=expert", out="eval_expert"),
         _eval("mt-divla", "success_metaworld_mt_lowdim_divla_told_reach",
               f"reasoning injected by FiLM, always told: reach the object; {_MT_LOWDIM_VARIANT}", episodes=200,
