@@ -26,13 +26,13 @@ def comparison_runs(records: list[dict]) -> list[str]:
     return sorted({r["command"] for r in records if r["kind"] == "comparison"})
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, ncols: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt, plt.subplots(figsize=(width, height), dpi=100)
+    return plt, plt.subplots(1, ncols, figsize=(width, height), dpi=100)
 
 
 def _save(plt, fig, path: Path, tight: bool = True) -> None:
@@ -149,7 +149,7 @@ def plot_curves(records: list[dict], path: Path) -> bool:
     if not panels:
         return False
     heads = sorted({head for _, _, head, _ in found})
-    plt, (fig, axes) = _figure(5 * len(panels), 4)
+    plt, (fig, axes) = _figure(5 * len(panels), 4, ncols=len(panels))
     axes = [axes] if len(panels) == 1 else list(axes)
     for (task, obs, head, setting), seeds in found.items():
         ax = axes[panels.index((task, obs))]
