@@ -27,6 +27,7 @@ from pathlib import Path
 
 from vmp.bench.common import RESULTS_DIR, device_name, write_result
 from vmp.results import latency_summary
+from vmp.sim import robosuite_task_names
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ SETTINGS = [
     ("divla", "10-step ddim, reasoning cached", {"sampler": "ddim", "n_steps": 10, "reasoning_every": 1000000}),
     ("divla", "10-step ddim with a reasoning step", {"sampler": "ddim", "n_steps": 10, "reasoning_every": 0}),
 ]
-ROBOSUITE_TASKS = ("lift", "can", "square", "stack")  # --task choices: each has a `<task>_image` twin
 
 
 def robosuite_tasks(task: str) -> dict[str, tuple[str, str, tuple[str, ...]]]:
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
                              "launches one by one; compiling takes minutes)")
     parser.add_argument("--batch", type=int, default=1, help="> 1: chunks for this many observations in one call")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where the records go (default: results/)")
-    parser.add_argument("--task", default="lift", choices=ROBOSUITE_TASKS,
+    parser.add_argument("--task", default="lift", choices=robosuite_task_names(),
                         help="the robosuite task whose observations the robosuite heads are timed on (default: lift)")
     args = parser.parse_args(argv)
     if args.compile and not args.engine:

@@ -98,17 +98,30 @@ def load_task_cfg(name: str, **overrides: Any):
     return cfg
 
 
+def task_names() -> list[str]:
+    """The packaged task configs (``configs/task/*.yaml``), without the ``_`` partials they share."""
+    from importlib import resources
+
+    group = resources.files("vmp.configs").joinpath("task")
+    return sorted(p.name[:-5] for p in group.iterdir() if p.name.endswith(".yaml") and not p.name.startswith("_"))
+
+
+def robosuite_task_names() -> list[str]:
+    """Tasks on a robosuite env that have a camera twin ``<task>_image``: the ones timed from state and images."""
+    names = task_names()
+    robosuite = {eid for eid, (entry, _) in _REGISTRY.items() if entry.endswith(":RobosuiteEnv")}
+    return [n for n in names if f"{n}_image" in names and load_task_cfg(n).get("env_id") in robosuite]
+
+
 def _task_layers(name: str, chain: tuple[str, ...]) -> list:
     """The configs a task is merged from, in hydra's order (its defaults depth-first, `_self_` where listed)."""
     from importlib import resources
 
     from omegaconf import OmegaConf
 
-    group = resources.files("vmp.configs").joinpath("task")
-    path = group.joinpath(f"{name}.yaml")
+    path = resources.files("vmp.configs").joinpath("task", f"{name}.yaml")
     if not path.is_file():
-        known = sorted(p.name[:-5] for p in group.iterdir() if p.name.endswith(".yaml") and not p.name.startswith("_"))
-        raise FileNotFoundError(f"no task config configs/task/{name}.yaml; known tasks: {known}")
+        raise FileNotFoundError(f"no task config configs/task/{name}.yaml; known tasks: {task_names()}")
     if name in chain:
         raise ValueError(f"task config defaults form a cycle: {' -> '.join((*chain, name))}")
     own = OmegaConf.create(path.read_text())
@@ -121,4 +134,4 @@ def _task_layers(name: str, chain: tuple[str, ...]) -> list:
     return layers
 
 
-__all__ = ["make", "register", "load_task_cfg"]
+__all__ = ["make", "register", "load_task_cfg", "task_names", "robosuite_task_names"]

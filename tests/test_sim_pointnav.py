@@ -118,6 +118,30 @@ def test_expert_reaches_goal(env):
         np.testing.assert_allclose(ep["nav_path"][-1, -1], world_to_robot(u.goal_xy, u.pose), atol=0.5)
 
 
+# start pose (x, y, yaw) and goal (x, y) of the first three seeds, as recorded when the training stores and NavDP's
+# results were made: a change to scene or start/goal sampling (a new task's option leaking into the defaults) moves
+# them, and with them every stored episode and the critic's fixed example.
+GOLDEN_STARTS = {
+    "pointnav": [[-3.375, 3.125, 0.359, -2.825, 0.675], [-3.275, 3.075, 2.23, -2.475, -1.975],
+                 [2.725, 3.525, -0.415, 0.125, 0.025]],
+    "pointnav_cluttered": [[-0.275, 3.225, 0.359, -0.275, -0.275], [0.075, 3.025, 2.23, 2.325, -2.025],
+                           [-0.825, 3.425, -0.415, -2.325, -0.175]],
+}
+
+
+@pytest.mark.parametrize("task", sorted(GOLDEN_STARTS))
+def test_starts_and_goals_stay_as_recorded(task):
+    e = make(load_task_cfg(task))
+    try:
+        got = []
+        for seed in range(3):
+            e.reset(seed=seed)
+            got.append([*e.unwrapped.pose, *e.unwrapped.goal_xy])
+    finally:
+        e.close()
+    np.testing.assert_allclose(got, GOLDEN_STARTS[task], atol=1e-3)
+
+
 def test_maze_scenes_have_dead_ends_narrow_doors_and_goals_behind_obstacles():
     """difficulty=maze: 2-5 three-sided alcoves, doors 0.8-0.95 m (the base is 0.4 m wide), and with min_detour the
     goal is never in a straight line: the geodesic path is >= 1.3 x the straight one, which the expert still drives."""
