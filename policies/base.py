@@ -215,6 +215,10 @@ class Policy(Trainable, abc.ABC):
         """Renew the slow context (e.g. a reasoning step) from a batch; heads with ``capabilities.context``."""
         raise NotImplementedError(f"{self.name} declares no slow context")
 
+    def enable_frame_cache(self) -> None:
+        """Deployment, eager path: encode each camera frame once, not once per observation window it falls in.
+        Heads without the shared encoder have nothing to cache."""
+
     # ---- step-by-step control (simulation evaluation, deployment) ----
     def reset(self) -> None:
         """Forget the observation history, queued actions, goal, instruction and context: every episode start."""
@@ -392,6 +396,9 @@ class SharedEncoderPolicy(Policy, abc.ABC):
     @property
     def needs_instruction(self) -> bool:
         return self.capabilities.instruction or self.encoder.text is not None
+
+    def enable_frame_cache(self) -> None:
+        self.encoder.cache_frames = True
 
     def condition(
         self,

@@ -56,7 +56,7 @@ def build_engine(cfg: DictConfig):
     if cfg.policy is None:
         raise ValueError("vmp-deploy needs checkpoint=PATH (or a `policy` node: a Policy built directly)")
     policy = hydra.utils.instantiate(cfg.policy)
-    return InferenceEngine(policy, device=cfg.device, **kw), None, getattr(policy, "name", "policy")
+    return InferenceEngine(policy, device=cfg.device, **kw), None, policy.name
 
 
 def _engine_in_this_process(settings: dict[str, Any]):

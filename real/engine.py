@@ -140,9 +140,8 @@ class InferenceEngine:
         self.bf16 = cuda if bf16 == "auto" else bool(bf16)
         self.compiled = False if compile == "auto" else bool(compile)  # graphs give the win; compiling takes minutes
         self.cuda_graphs = cuda and (cuda_graphs == "auto" or bool(cuda_graphs))
-        encoder = getattr(policy, "encoder", None)
-        if encoder is not None and hasattr(encoder, "cache_frames") and not self.cuda_graphs and not self.compiled:
-            encoder.cache_frames = True  # each camera frame encoded once (a graph replays the whole encoder instead)
+        if not self.cuda_graphs and not self.compiled:
+            policy.enable_frame_cache()  # (a graph replays the whole encoder instead)
         self.supports_prefix = policy.capabilities.prefix
         self._chunk_fn = policy.predict_action_chunk
         if self.compiled:

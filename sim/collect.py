@@ -6,7 +6,7 @@ Episode i uses env seed ``seed + i``; finished episodes are appended in the main
 so a store is reproducible whatever the number of workers. Only successful episodes are kept unless
 ``keep_failed=true``; collection stops after ``n_episodes`` kept episodes (or ``max_attempts``).
 Each step stores the observation, the expert's action and its phase index (int16 ``phase``, names in the
-store attr ``phase_names``), plus any training-only keys the expert declares (``expert_extra_specs``); each
+store attr ``phase_names``), plus any training-only keys the expert declares (``Expert.extra_specs``); each
 episode stores ``language`` and ``reasoning`` text.
 """
 
@@ -46,13 +46,6 @@ def _init_collect(task_cfg: dict, expert_kwargs: dict | None = None) -> _Collect
     return _CollectState(env, expert)
 
 
-def expert_extra_specs(expert: Any) -> dict[str, Any]:
-    """Training-only per-step keys an expert writes beside the observations: {key: KeySpec} from its optional
-    ``extra_specs()``; ``extras()`` then returns their values for the step of the last ``act``. None by default."""
-    specs = getattr(expert, "extra_specs", None)
-    return dict(specs()) if callable(specs) else {}
-
-
 def rollout_expert(env: Any, expert: Any, seed: int, action_noise: float = 0.0) -> dict[str, Any]:
     """One expert episode -> {"episode": {key: [T, ...]}, "text": {...}, "success", "length", "goal"}.
 
@@ -67,7 +60,7 @@ def rollout_expert(env: Any, expert: Any, seed: int, action_noise: float = 0.0) 
     expert.set_goal(goal)
     keys = list(obs)
     frames: dict[str, list] = {k: [] for k in keys}
-    extra_keys = list(expert_extra_specs(expert))
+    extra_keys = list(expert.extra_specs())
     extras: dict[str, list] = {k: [] for k in extra_keys}
     actions, phases = [], []
     success = False
@@ -215,7 +208,7 @@ def _store_layout(task: dict, expert_kwargs: dict, seed: int, action_noise: floa
     }
     if action_free:
         attrs["action_free"] = True
-    return store_schema(task, phase_names, expert_extra_specs(probe)), attrs
+    return store_schema(task, phase_names, probe.extra_specs()), attrs
 
 
 def _open_store(out: str | Path, schema: dict, attrs: dict[str, Any], append: bool, overwrite: bool, seed: int

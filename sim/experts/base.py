@@ -91,6 +91,15 @@ class Expert(ActorDefaults, abc.ABC):
     def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         return self.act(obs)
 
+    def extra_specs(self) -> dict[str, Any]:
+        """Training-only per-step keys this expert writes beside the observations, {key: KeySpec}; ``vmp-collect``
+        adds them to the store's schema. None by default."""
+        return {}
+
+    def extras(self) -> dict[str, np.ndarray]:
+        """The values of ``extra_specs()``'s keys for the step of the last ``act``."""
+        return {}
+
     def reasoning(self) -> str:
         """The episode's phases in order, deduplicated: the per-episode reasoning text stored with it."""
         seq: list[str] = []
