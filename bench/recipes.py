@@ -188,11 +188,17 @@ RECIPES = [
         f"vmp-train {_MT_LOWDIM} policy=beso run_dir=runs/mt-beso",
         f"vmp-train {_MT_LOWDIM} policy=divla run_dir=runs/mt-divla",
         f"vmp-train {_MT_LOWDIM} policy=divla policy.inject_reasoning=false run_dir=runs/mt-divla-noinject",
+        f"vmp-train {_MT_LOWDIM} policy=divla seed=1 run_dir=runs/mt-divla-seed1",
+        f"vmp-train {_MT_LOWDIM} policy=divla policy.inject_reasoning=false seed=1 run_dir=runs/mt-divla-noinject-seed1",
         _eval("mt-beso", "success_metaworld_mt_lowdim_beso", _MT_LOWDIM_VARIANT, episodes=200, videos=0),
         _eval("mt-divla", "success_metaworld_mt_lowdim_divla", f"reasoning injected by FiLM; {_MT_LOWDIM_VARIANT}",
               episodes=200, videos=2),
         _eval("mt-divla-noinject", "success_metaworld_mt_lowdim_divla_noinject",
               f"ablation: no reasoning injection; {_MT_LOWDIM_VARIANT}", episodes=200, videos=0),
+        _eval("mt-divla-seed1", "success_metaworld_mt_lowdim_divla_seed1",
+              f"reasoning injected by FiLM; seed 1; {_MT_LOWDIM_VARIANT}", episodes=200, videos=0),
+        _eval("mt-divla-noinject-seed1", "success_metaworld_mt_lowdim_divla_noinject_seed1",
+              f"ablation: no reasoning injection; seed 1; {_MT_LOWDIM_VARIANT}", episodes=200, videos=0),
         # what the injected reasoning does: the same checkpoint given its own reasoning, the expert's phase for each
         # state (the most injection could add), and always the first phase (does the action head follow it?)
         _eval("mt-divla", "success_metaworld_mt_lowdim_divla_generated",
@@ -232,18 +238,15 @@ RECIPES = [
     Recipe("can_lowdim", {"stores/can_dart.zarr": "vmp-collect task=can n_episodes=200 out=stores/can_dart.zarr "
                                                   "action_noise=0.1"}, [
         *(f"vmp-train {_CAN} policy=beso run_dir=runs/can-beso-seed{seed} seed={seed}" for seed in (0, 1, 2)),
-        "vmp-train task=can policy=carp_tokenizer store=stores/can_dart.zarr training.steps=3000 training.lr=1e-3 "
-        "training.warmup_steps=200 run_dir=runs/can-carp_tokenizer-seed0 seed=0",
-        f"vmp-train {_CAN} policy=carp policy.tokenizer_checkpoint=runs/can-carp_tokenizer-seed0/checkpoints/latest.pt "
-        "run_dir=runs/can-carp-seed0 seed=0",
-        "vmp-train task=can policy=carp_tokenizer store=stores/can_dart.zarr training.steps=3000 training.lr=1e-3 "
-        "training.warmup_steps=200 run_dir=runs/can-carp_tokenizer-seed1 seed=1",
-        f"vmp-train {_CAN} policy=carp policy.tokenizer_checkpoint=runs/can-carp_tokenizer-seed1/checkpoints/latest.pt "
-        "run_dir=runs/can-carp-seed1 seed=1",
+        *(line for seed in (0, 1, 2) for line in (
+            "vmp-train task=can policy=carp_tokenizer store=stores/can_dart.zarr training.steps=3000 training.lr=1e-3 "
+            f"training.warmup_steps=200 run_dir=runs/can-carp_tokenizer-seed{seed} seed={seed}",
+            f"vmp-train {_CAN} policy=carp policy.tokenizer_checkpoint=runs/can-carp_tokenizer-seed{seed}/checkpoints/"
+            f"latest.pt run_dir=runs/can-carp-seed{seed} seed={seed}")),
         *(_can_eval("beso", 0, k, "3-step euler") for k in (2000, 3000, 4000, 5000)),
         *(_can_eval("beso", seed, k, "3-step euler") for seed in (1, 2) for k in (3000, 4000, 5000)),
         *(_can_eval("carp", 0, k, _CARP_CAN) for k in (2000, 3000, 4000, 5000)),
-        *(_can_eval("carp", 1, k, _CARP_CAN) for k in (3000, 4000, 5000)),
+        *(_can_eval("carp", seed, k, _CARP_CAN) for seed in (1, 2) for k in (3000, 4000, 5000)),
     ]),
     # ten-task Meta-World from the state, trained to a plateau: checkpoints every 2000 steps, 200 episodes each
     Recipe("metaworld_mt_lowdim_curves", {"stores/metaworld_mt_lowdim.zarr": "vmp-collect task=metaworld_mt_lowdim "
