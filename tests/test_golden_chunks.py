@@ -1,5 +1,7 @@
 """Refactors keep every head's output: tiny checkpoints written by an earlier revision (tests/fixtures/golden/) give
-bit-identical chunks for the same seeds, per sampler and with a prefix. Write them anew only on purpose, when a change
+the same chunks for the same seeds, per sampler and with a prefix, to float rounding: another CPU's matmul kernels
+(AVX-512 against AVX2) round sums differently, up to 1e-6 here, while a changed computation moves a chunk by far more
+than ATOL. Write them anew only on purpose, when a change
 is meant to alter what a head computes: `python tests/test_golden_chunks.py` (from the repository root)."""
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from vmp.policies.build import build_policy, normalizer_modes, normalizer_shapes
 
 FIXTURES = Path(__file__).parent / "fixtures" / "golden"
 IMG = 16
+# Float rounding across CPUs measured 1.0e-6 at most (an AVX-512 machine, fixtures written on another); scaling the
+# largest weight matrix by 1.001 moves BESO's, DDPM's, Diffusion-VLA's and PAD's chunks 1.2e-5 to 2.8e-4, and a
+# changed scale, step or noise draw moves them far more.
+ATOL = 1e-5
 
 
 def _cfg(head: str, obs: dict, action_dim: int, goal_keys=(), encoder: dict | None = None, **policy) -> Any:
@@ -176,7 +182,7 @@ def _load(head: str) -> Policy:
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """Bit-identical needs the same float reductions: one intra-op thread, as the fixtures were written with (two
+    """The same float reductions as far as one machine allows: one intra-op thread, as the fixtures were written with (two
     threads split a matmul's sums differently)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -185,12 +191,13 @@ def one_thread():
 
 
 @pytest.mark.parametrize("head", sorted(HEADS))
-def test_tiny_checkpoint_gives_the_recorded_chunks_bit_for_bit(head):
+def test_tiny_checkpoint_gives_the_recorded_chunks(head):
     expected = np.load(FIXTURES / f"{head}_chunks.npz")
     got = _chunks(head, _load(head))
     assert sorted(got) == sorted(expected.files)
     for name in expected.files:
-        assert np.array_equal(got[name], expected[name]), f"{head} {name}: max |diff| {np.abs(got[name] - expected[name]).max()}"
+        diff = np.abs(got[name] - expected[name]).max()
+        assert diff <= ATOL, f"{head} {name}: max |diff| {diff} > {ATOL}"
 
 
 def write(heads: list[str]) -> None:
