@@ -100,7 +100,9 @@ def test_a_flood_during_a_run_adds_no_threads_and_scrapes_keep_being_served():
             for s in idle:
                 s.close()
         loop.close()
-    assert peak - quiet <= 10 and peak == quiet
+    # no thread per connection: never above the quiet count (one may end meanwhile: a fresh clone under load saw 12
+    # quiet, 11 flooded)
+    assert peak <= quiet, f"{peak} threads during the flood, {quiet} before it"
     assert len(bodies) == 10 and all("vmp_deploy_tick" in b for b in bodies)
     assert result["res"].reason == "max_ticks" and srv.counts["evicted"] > 0
 
