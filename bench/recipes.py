@@ -70,8 +70,11 @@ def _eval(run: str, result: str, variant: str, episodes: int = 50, extra: str = 
             f"out_dir=runs/{run}/{out} 'variant=\"{variant}\"' results_json=results/{result}.json")
 
 
-_CAN = ("task=can store=stores/can_dart.zarr training.batch_size=128 training.steps=8000 training.keep_every=1000 "
-        "training.stop_after=5000")  # an 8000-step cosine schedule stopped at 5000: about an hour of one CPU thread
+_CAN_FULL = "task=can store=stores/can_dart.zarr training.batch_size=128 training.steps=8000 training.keep_every=1000"
+_CAN = f"{_CAN_FULL} training.stop_after=5000"  # an 8000-step cosine schedule stopped at 5000: an hour of one CPU thread
+_CAN_FULL_SETTING = "3-step euler, 8000-step cosine run to its end"
+_SQUARE = ("task=square store=stores/square_dart.zarr training.batch_size=128 training.steps=8000 "
+           "training.keep_every=1000")
 _CARP_CAN = "greedy, 4 scales, kv-cache"
 
 
@@ -81,6 +84,35 @@ def _step_eval(run: str, result: str, setting: str, seed: int, step: int, schedu
     return (f"vmp-eval checkpoint=runs/{run}/checkpoints/step_{step:07d}.pt n_episodes={episodes} n_workers=1 "
             f"n_videos={0 if episodes > 50 else 1} out_dir=runs/{run}/eval_step{step} "
             f"'variant=\"{setting}; seed {seed}, step {step} {schedule}\"' results_json=results/{result}_step{step}.json")
+
+
+def _full_eval(run: str, result: str, step: int) -> str:
+    """A checkpoint of a run whose 8000-step schedule ran to its end (two workers: nothing trains beside it)."""
+    return _step_eval(run, result, _CAN_FULL_SETTING, 0, step, "of 8000").replace("n_workers=1", "n_workers=2")
+
+
+# robomimic's two cameras (agent view, wrist) at 84 px, a compact CNN; on a GPU (2 CPU cores: ~0.6 s a step at batch
+# 64, days for the state rows' number of samples at the image rows' cost)
+_ROBOMIMIC_IMAGE_GPU = ("encoder=compact_cnn device=cuda training.batch_size=128 training.steps=10000 "
+                        "training.keep_every=2000 training.num_workers=4")
+
+
+def _robomimic_image_gpu(task: str) -> list[str]:
+    """BESO, CARP (tokenizer, then policy) and DDPM on `task`_image from its DART store, then each evaluated at its
+    last three kept checkpoints (on the CPU once the checkpoints are back)."""
+    store = f"store=stores/{task}_image_dart.zarr"
+    runs = {"beso": ("policy=beso", "3-step euler"),
+            "carp": (f"policy=carp policy.tokenizer_checkpoint=runs/{task}_image-carp_tokenizer-gpu/checkpoints/"
+                     "latest.pt", _CARP),
+            "ddpm": ("policy=ddpm", "100-step ddpm")}
+    lines = [f"vmp-train task={task}_image policy=carp_tokenizer {store} device=cuda training.steps=3000 "
+             f"training.lr=1e-3 training.warmup_steps=200 run_dir=runs/{task}_image-carp_tokenizer-gpu"]
+    lines += [f"vmp-train task={task}_image {store} {_ROBOMIMIC_IMAGE_GPU} {policy} run_dir=runs/{task}_image-{head}-gpu"
+              for head, (policy, _) in runs.items()]
+    lines += [_step_eval(f"{task}_image-{head}-gpu", f"success_{task}_image_{head}_gpu_seed0",
+                         f"{setting}; compact CNN, 2 x 84 px cameras (GPU)", 0, k, "of 10000")
+              for head, (_, setting) in runs.items() for k in (6000, 8000, 10000)]
+    return lines
 
 
 def _can_eval(head: str, seed: int, step: int, setting: str) -> str:
@@ -247,7 +279,22 @@ RECIPES = [
         *(_can_eval("beso", seed, k, "3-step euler") for seed in (1, 2) for k in (3000, 4000, 5000)),
         *(_can_eval("carp", 0, k, _CARP_CAN) for k in (2000, 3000, 4000, 5000)),
         *(_can_eval("carp", seed, k, _CARP_CAN) for seed in (1, 2) for k in (3000, 4000, 5000)),
+        # the same schedule run to its end (the learning rate annealed): is the gap to the papers data or budget?
+        f"vmp-train {_CAN_FULL} policy=beso run_dir=runs/can-beso-anneal-seed0 seed=0",
+        *(_full_eval("can-beso-anneal-seed0", "success_can_lowdim_beso_full_seed0", k)
+          for k in (8000, 6000, 7000, 5000)),
     ]),
+    Recipe("square_lowdim", {"stores/square_dart.zarr": "vmp-collect task=square n_episodes=200 "
+                                                        "out=stores/square_dart.zarr action_noise=0.1"}, [
+        f"vmp-train {_SQUARE} policy=beso run_dir=runs/square-beso-seed0 seed=0",
+        *(_full_eval("square-beso-seed0", "success_square_lowdim_beso_full_seed0", k)
+          for k in (8000, 6000, 7000, 5000, 4000)),
+    ]),
+    # the image rows of Can and Square: skipped without a GPU
+    Recipe("robomimic_image_gpu", {
+        f"stores/{task}_image_dart.zarr": f"vmp-collect task={task}_image n_episodes=200 "
+                                          f"out=stores/{task}_image_dart.zarr action_noise=0.1"
+        for task in ("can", "square")}, [*_robomimic_image_gpu("can"), *_robomimic_image_gpu("square")]),
     # ten-task Meta-World from the state, trained to a plateau: checkpoints every 2000 steps, 200 episodes each
     Recipe("metaworld_mt_lowdim_curves", {"stores/metaworld_mt_lowdim.zarr": "vmp-collect task=metaworld_mt_lowdim "
                                                                              "n_episodes=500 action_noise=0.1"}, [
