@@ -72,23 +72,24 @@ def _eval(run: str, result: str, variant: str, episodes: int = 50, extra: str = 
 
 _CAN_FULL = "task=can store=stores/can_dart.zarr training.batch_size=128 training.steps=8000 training.keep_every=1000"
 _CAN = f"{_CAN_FULL} training.stop_after=5000"  # an 8000-step cosine schedule stopped at 5000: an hour of one CPU thread
-_CAN_FULL_SETTING = "3-step euler, 8000-step cosine run to its end"
+_FULL_SETTING = "3-step euler, 8000-step cosine run to its end"
 _SQUARE = ("task=square store=stores/square_dart.zarr training.batch_size=128 training.steps=8000 "
            "training.keep_every=1000")
 _CARP_CAN = "greedy, 4 scales, kv-cache"
 
 
-def _step_eval(run: str, result: str, setting: str, seed: int, step: int, schedule: str, episodes: int = 50) -> str:
+def _step_eval(run: str, result: str, setting: str, seed: int, step: int, schedule: str, episodes: int = 50,
+               workers: int = 1) -> str:
     """One kept checkpoint of a training seed on vmp-eval's seeds (one worker: a training may use the other core),
     its variant read by the curves over seeds ("<setting>; seed S, step N <schedule>")."""
-    return (f"vmp-eval checkpoint=runs/{run}/checkpoints/step_{step:07d}.pt n_episodes={episodes} n_workers=1 "
+    return (f"vmp-eval checkpoint=runs/{run}/checkpoints/step_{step:07d}.pt n_episodes={episodes} n_workers={workers} "
             f"n_videos={0 if episodes > 50 else 1} out_dir=runs/{run}/eval_step{step} "
             f"'variant=\"{setting}; seed {seed}, step {step} {schedule}\"' results_json=results/{result}_step{step}.json")
 
 
 def _full_eval(run: str, result: str, step: int) -> str:
     """A checkpoint of a run whose 8000-step schedule ran to its end (two workers: nothing trains beside it)."""
-    return _step_eval(run, result, _CAN_FULL_SETTING, 0, step, "of 8000").replace("n_workers=1", "n_workers=2")
+    return _step_eval(run, result, _FULL_SETTING, 0, step, "of 8000", workers=2)
 
 
 # robomimic's two cameras (agent view, wrist) at 84 px, a compact CNN; on a GPU (2 CPU cores: ~0.6 s a step at batch

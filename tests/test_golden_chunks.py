@@ -1,8 +1,7 @@
 """Refactors keep every head's output: tiny checkpoints written by an earlier revision (tests/fixtures/golden/) give
-the same chunks for the same seeds, per sampler and with a prefix, to float rounding: another CPU's matmul kernels
-(AVX-512 against AVX2) round sums differently, up to 1e-6 here, while a changed computation moves a chunk by far more
-than ATOL. Write them anew only on purpose, when a change
-is meant to alter what a head computes: `python tests/test_golden_chunks.py` (from the repository root)."""
+the same chunks for the same seeds, per sampler and with a prefix, to float rounding (another CPU's matmul kernels
+round sums differently; a changed computation moves a chunk by far more than ATOL). Write them anew only on purpose,
+when a change is meant to alter what a head computes: `python tests/test_golden_chunks.py` (from the repository root)."""
 
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from vmp.policies.build import build_policy, normalizer_modes, normalizer_shapes
 
 FIXTURES = Path(__file__).parent / "fixtures" / "golden"
 IMG = 16
-# Float rounding across CPUs measured 1.0e-6 at most (an AVX-512 machine, fixtures written on another); scaling the
+# Float rounding across CPUs measured 1.0e-6 at most (an AVX-512 machine; the fixtures were written on another CPU); scaling the
 # largest weight matrix by 1.001 moves BESO's, DDPM's, Diffusion-VLA's and PAD's chunks 1.2e-5 to 2.8e-4, and a
 # changed scale, step or noise draw moves them far more.
 ATOL = 1e-5
