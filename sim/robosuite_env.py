@@ -29,6 +29,19 @@ ROBOSUITE_TASKS: dict[str, tuple[str, dict[str, Any], str]] = {
     "NutAssemblySquare": ("NutAssemblySquare", {}, "fit the square nut onto the square peg"),
 }
 
+# Where an episode got to, which vmp-eval reports beside success (``info["metrics"]``, averaged in ``env_metrics``):
+# ``lifted``: the object the task moves rose LIFTED_M above where it started, at some step; ``at_goal`` (tasks with a
+# goal place): it lies there now, by robosuite's own test without the hand-away condition that success adds.
+# task -> (the moved object's body id, its goal test or None)
+LIFTED_M = 0.03
+_STAGES: dict[str, tuple[Any, Any]] = {
+    "Lift": (lambda env: env.cube_body_id, None),
+    "Stack": (lambda env: env.cubeA_body_id, None),
+    "PickPlaceCan": (lambda env: env.obj_body_id["Can"],
+                     lambda env, pos: not env.not_in_bin(pos, env.object_to_id["can"])),
+    "NutAssemblySquare": (lambda env: env.obj_body_id["SquareNut"], lambda env, pos: env.on_peg(pos, 0)),
+}
+
 
 def _store_key(rs_key: str) -> str:
     """robosuite observation name -> store key."""
@@ -137,6 +150,8 @@ class RobosuiteEnv(gym.Env):
             np.random.set_state(rng_state)
         self._setup_renderer()
         self._raw_obs: dict[str, np.ndarray] = {}
+        self._start_z: float | None = None
+        self._lifted = False
         self._check_keys()
 
     # ---- rendering ----
@@ -189,7 +204,15 @@ class RobosuiteEnv(gym.Env):
         return out
 
     def _info(self) -> dict[str, Any]:
-        return {"success": bool(self.rs_env._check_success()), "language": self.language}
+        body, at_goal = _STAGES[self.task]
+        pos = np.array(self.rs_env.sim.data.body_xpos[body(self.rs_env)])
+        if self._start_z is None:
+            self._start_z = float(pos[2])
+        self._lifted = self._lifted or float(pos[2]) > self._start_z + LIFTED_M
+        metrics = {"lifted": float(self._lifted)}
+        if at_goal is not None:
+            metrics["at_goal"] = float(bool(at_goal(self.rs_env, pos)))
+        return {"success": bool(self.rs_env._check_success()), "language": self.language, "metrics": metrics}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -197,6 +220,7 @@ class RobosuiteEnv(gym.Env):
             # robosuite samples placements and joint noise from numpy's global generator.
             np.random.seed(seed)
         raw = self.rs_env.reset()
+        self._start_z, self._lifted = None, False
         return self._convert(raw), self._info()
 
     def step(self, action: np.ndarray):

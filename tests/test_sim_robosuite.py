@@ -55,3 +55,30 @@ def test_square_expert_under_action_noise():
         assert res["episode"]["phase"].max() < len(expert.phase_names)
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("name,seed", [("can", 0), ("square", 2)])
+def test_episode_stages_say_where_an_episode_got_to(name, seed):
+    """vmp-eval's failure breakdown: the expert's episode ends with the object lifted and at its goal; a hand that
+    does not move leaves it neither, and the flags start afresh at every reset."""
+    cfg = load_task_cfg(name)
+    env = make(cfg)
+    try:
+        expert = make_expert(cfg.expert, env)
+        obs, info = env.reset(seed=seed)
+        assert info["metrics"] == {"lifted": 0.0, "at_goal": 0.0}
+        expert.reset(seed=seed)
+        lifted_before_goal = False
+        for _ in range(400):
+            obs, _, terminated, _, info = env.step(expert.act(obs))
+            lifted_before_goal = lifted_before_goal or (info["metrics"]["lifted"] == 1.0 and not info["success"])
+            if terminated:
+                break
+        assert info["success"] and info["metrics"] == {"lifted": 1.0, "at_goal": 1.0}
+        assert lifted_before_goal
+        obs, info = env.reset(seed=seed)
+        for _ in range(20):
+            obs, _, _, _, info = env.step(np.zeros(7, dtype=np.float32))
+        assert info["metrics"] == {"lifted": 0.0, "at_goal": 0.0}
+    finally:
+        env.close()
