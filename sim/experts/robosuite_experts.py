@@ -119,10 +119,6 @@ class _PickPlaceExpert(_ArmExpert):
     phase_names = ("approach", "descend", "grasp", "lift", "carry", "lower", "release", "retreat")
     grasp_steps = 10
     release_steps = 8
-    # m the hand rises per step while it opens. robosuite ramps the gripper's command over about 8 control steps, a
-    # state no observation holds: a hand that opened standing still gave a policy 8 identical states, some labelled
-    # "close" (end of lowering) and some "open", and Can policies stalled there. Rising makes each release step visible.
-    release_rise = 0.01
     lift_z = 1.0  # absolute end-effector height for carrying (m)
     grasp_depth = 0.0  # below the grasp point (m)
     place_tol = 0.01
@@ -138,13 +134,6 @@ class _PickPlaceExpert(_ArmExpert):
         super().reset(seed)
         self._count = 0
         self._z_hist: list[float] = []
-
-    def _release(self, eef: np.ndarray, next_phase: int) -> np.ndarray:
-        """Open for ``release_steps`` while rising by ``release_rise`` a step, then go to ``next_phase``."""
-        self._count += 1
-        if self._count >= self.release_steps:
-            self.phase, self._count = next_phase, 0
-        return self._move(eef + np.array([0.0, 0.0, self.release_rise]), OPEN)
 
     def _stalled(self, z: float, steps: int = 6, tol: float = 0.001) -> bool:
         """The hand stopped moving vertically (it sits on something): stop pushing down."""
@@ -209,7 +198,10 @@ class _PickPlaceExpert(_ArmExpert):
                 self.phase, self._z_hist = 4, []  # caught on something: back up to carry height and retry
             return self._move(target, CLOSE, yaw_err)
         if self.phase == 6:
-            return self._release(eef, 7)
+            self._count += 1
+            if self._count >= self.release_steps:
+                self.phase, self._count = 7, 0
+            return self._move(eef, OPEN)
         return self._move(np.array([eef[0], eef[1], eef[2] + 0.1]), OPEN)
 
 
@@ -384,7 +376,10 @@ class SquareExpert(_PickPlaceExpert):
                 self.phase, self._count, self._z_hist = self.APPROACH, 0, []
             return self._move(np.array([eef[0], eef[1], max(eef[2], self._grasp()[0][2] + 0.08)]), OPEN)
         if self.phase == self.RELEASE:
-            return self._release(eef, self.RETREAT)
+            self._count += 1
+            if self._count >= self.release_steps:
+                self.phase, self._count = self.RETREAT, 0
+            return self._move(eef, OPEN)
         if self.phase == self.RETREAT:
             return self._move(np.array([eef[0], eef[1], eef[2] + 0.1]), OPEN)
         if not self._nut_in_hand() and self._retries < self.max_retries:
