@@ -46,8 +46,12 @@ def _init_collect(task_cfg: dict, expert_kwargs: dict | None = None) -> _Collect
     return _CollectState(env, expert)
 
 
-def rollout_expert(env: Any, expert: Any, seed: int, action_noise: float = 0.0) -> dict[str, Any]:
+def rollout_expert(env: Any, expert: Any, seed: int, action_noise: float = 0.0, steps_after_success: int = 0
+                   ) -> dict[str, Any]:
     """One expert episode -> {"episode": {key: [T, ...]}, "text": {...}, "success", "length", "goal"}.
+
+    steps_after_success > 0 keeps the expert acting, and recorded, that many steps after the env reports success
+    (evaluation ends there): the data then show what follows, e.g. the hand letting go and moving away.
 
     action_noise > 0 executes the expert's action plus Gaussian noise of that std (clipped to the action space)
     but records the clean action (DART, Laskey et al. 2017): the data then show how the expert recovers from the
@@ -63,7 +67,7 @@ def rollout_expert(env: Any, expert: Any, seed: int, action_noise: float = 0.0) 
     extra_keys = list(expert.extra_specs())
     extras: dict[str, list] = {k: [] for k in extra_keys}
     actions, phases = [], []
-    success = False
+    success, after = False, 0
     while True:
         action = expert.act(obs)
         if not np.isfinite(action).all():
@@ -84,8 +88,12 @@ def rollout_expert(env: Any, expert: Any, seed: int, action_noise: float = 0.0) 
             action = np.clip(action + noise_rng.normal(0.0, action_noise, size=action.shape), space.low, space.high)
         obs, _, terminated, truncated, info = env.step(action.astype(np.float32))
         success = bool(info.get("success", False))
-        if terminated or truncated:
+        if truncated:
             break
+        if terminated or after:
+            if after >= steps_after_success:
+                break
+            after += 1
     episode = {k: np.stack(v) for k, v in (*frames.items(), *extras.items())}
     episode["action"] = np.stack(actions).astype(np.float32)
     episode["phase"] = np.asarray(phases, dtype=np.int16)
@@ -95,8 +103,9 @@ def rollout_expert(env: Any, expert: Any, seed: int, action_noise: float = 0.0) 
     return {"episode": episode, "text": text, "success": success, "length": len(actions)}
 
 
-def _run_collect(state: _CollectState, job, action_noise: float = 0.0) -> dict[str, Any]:
-    return rollout_expert(state.env, state.expert, job.seed, action_noise)
+def _run_collect(state: _CollectState, job, action_noise: float = 0.0, steps_after_success: int = 0
+                 ) -> dict[str, Any]:
+    return rollout_expert(state.env, state.expert, job.seed, action_noise, steps_after_success)
 
 
 def store_schema(task_cfg: dict, phase_names: list[str], extra_specs: dict | None = None) -> dict:
@@ -139,6 +148,7 @@ def collect(
     append: bool = False,
     action_free: bool = False,
     launcher: Any = None,
+    steps_after_success: int = 0,
 ) -> dict[str, Any]:
     """Collect ``n_episodes`` expert episodes of ``task_cfg`` into a new store at ``out``; returns the summary.
 
@@ -148,6 +158,8 @@ def collect(
 
     ``action_free=True`` stores the episodes as video without actions (co-training data for heads that predict
     frames, such as PAD): the expert still acts, its actions are dropped.
+
+    ``steps_after_success``: see `rollout_expert`.
 
     ``launcher``: where the experts run (`vmp.sim.workers.make_pool`: local processes by default, or Ray actors);
     episodes come back in any order and this process alone appends them, in seed order.
@@ -161,7 +173,9 @@ def collect(
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     max_attempts = int(max_attempts or 3 * n_episodes + 10)
     expert_kwargs = dict(task.get("expert_kwargs") or {})
-    schema, attrs = _store_layout(task, expert_kwargs, seed, action_noise, action_free)
+    if steps_after_success < 0:
+        raise ValueError(f"steps_after_success must be >= 0, got {steps_after_success}")
+    schema, attrs = _store_layout(task, expert_kwargs, seed, action_noise, action_free, steps_after_success)
     store, first_seed = _open_store(out, schema, attrs, append, overwrite, seed)
     n_episodes -= store.n_episodes if append else 0  # appending: n_episodes is what the store holds in the end
     if n_episodes <= 0:
@@ -171,7 +185,8 @@ def collect(
     start = time.perf_counter()
     bar = progress_bar(total=n_episodes, desc=f"collect {task['name']}", unit="ep", disable=not progress)
     pool = make_pool(launcher, functools.partial(_init_collect, task, expert_kwargs),
-                     functools.partial(_run_collect, action_noise=float(action_noise)), n_workers,
+                     functools.partial(_run_collect, action_noise=float(action_noise),
+                                       steps_after_success=int(steps_after_success)), n_workers,
                      episode_timeout_s=episode_timeout_s)
     try:
         with store, pool:
@@ -185,8 +200,8 @@ def collect(
     return summary
 
 
-def _store_layout(task: dict, expert_kwargs: dict, seed: int, action_noise: float, action_free: bool
-                  ) -> tuple[dict, dict[str, Any]]:
+def _store_layout(task: dict, expert_kwargs: dict, seed: int, action_noise: float, action_free: bool,
+                  steps_after_success: int = 0) -> tuple[dict, dict[str, Any]]:
     """-> (the store's schema, its attributes: what it was collected from and with, which an append must match).
     The expert's phase vocabulary and extra keys come from an expert built without an env."""
     from vmp.sim.experts import EXPERTS, make_expert
@@ -208,6 +223,8 @@ def _store_layout(task: dict, expert_kwargs: dict, seed: int, action_noise: floa
     }
     if action_free:
         attrs["action_free"] = True
+    if steps_after_success:
+        attrs["steps_after_success"] = int(steps_after_success)
     return store_schema(task, phase_names, probe.extra_specs()), attrs
 
 
@@ -338,6 +355,7 @@ def main(cfg: DictConfig) -> None:
             action_noise=float(cfg.action_noise),
             append=bool(cfg.append),
             action_free=bool(cfg.action_free),
+            steps_after_success=int(cfg.steps_after_success),
             launcher=OmegaConf.to_container(cfg.launcher, resolve=True) if cfg.get("launcher") is not None else None,
         )
     print(

@@ -82,3 +82,25 @@ def test_episode_stages_say_where_an_episode_got_to(name, seed):
         assert info["metrics"] == {"lifted": 0.0, "at_goal": 0.0}
     finally:
         env.close()
+
+
+def test_steps_after_success_record_what_follows_success():
+    """vmp-collect steps_after_success=N: the expert's episode goes on N recorded steps past success (its retreat),
+    the rest of the episode unchanged; a negative count is refused by name."""
+    from vmp.sim.collect import collect
+
+    cfg = load_task_cfg("can")
+    env = make(cfg)
+    try:
+        expert = make_expert(cfg.expert, env)
+        plain = rollout_expert(env, expert, 0)
+        longer = rollout_expert(env, expert, 0, steps_after_success=5)
+    finally:
+        env.close()
+    assert plain["success"] and longer["success"]
+    assert longer["length"] == plain["length"] + 5
+    np.testing.assert_array_equal(longer["episode"]["action"][: plain["length"]], plain["episode"]["action"])
+    retreat = len(expert.phase_names) - 1
+    assert (longer["episode"]["phase"][-5:] == retreat).all()
+    with pytest.raises(ValueError, match="steps_after_success"):
+        collect(cfg, n_episodes=1, out="unused.zarr", steps_after_success=-1, progress=False)
