@@ -70,7 +70,8 @@ def _eval(run: str, result: str, variant: str, episodes: int = 50, extra: str = 
             f"out_dir=runs/{run}/{out} 'variant=\"{variant}\"' results_json=results/{result}.json")
 
 
-_CAN_FULL = "task=can store=stores/can_dart.zarr training.batch_size=128 training.steps=8000 training.keep_every=1000"
+_CAN_SCHEDULE = "training.batch_size=128 training.steps=8000 training.keep_every=1000"
+_CAN_FULL = f"task=can store=stores/can_dart.zarr {_CAN_SCHEDULE}"
 _CAN = f"{_CAN_FULL} training.stop_after=5000"  # an 8000-step cosine schedule stopped at 5000: an hour of one CPU thread
 _FULL_SETTING = "3-step euler, 8000-step cosine run to its end"
 _SQUARE = ("task=square store=stores/square_dart.zarr training.batch_size=128 training.steps=8000 "
@@ -269,7 +270,10 @@ RECIPES = [
                                            " +overrides.selection=random"))),
     ]),
     Recipe("can_lowdim", {"stores/can_dart.zarr": "vmp-collect task=can n_episodes=200 out=stores/can_dart.zarr "
-                                                  "action_noise=0.1"}, [
+                                                  "action_noise=0.1",
+                          "stores/can_dart_after10.zarr": "vmp-collect task=can n_episodes=200 "
+                                                          "out=stores/can_dart_after10.zarr action_noise=0.1 "
+                                                          "steps_after_success=10"}, [
         *(f"vmp-train {_CAN} policy=beso run_dir=runs/can-beso-seed{seed} seed={seed}" for seed in (0, 1, 2)),
         *(line for seed in (0, 1, 2) for line in (
             "vmp-train task=can policy=carp_tokenizer store=stores/can_dart.zarr training.steps=3000 training.lr=1e-3 "
@@ -284,7 +288,24 @@ RECIPES = [
         f"vmp-train {_CAN_FULL} policy=beso run_dir=runs/can-beso-anneal-seed0 seed=0",
         *(_full_eval("can-beso-anneal-seed0", "success_can_lowdim_beso_full_seed0", k)
           for k in (8000, 6000, 7000, 5000)),
-    ]),
+        # actions executed per chunk (inference-time; 8 above): the failures that placed the can and kept the hand on
+        # it ran chunks half "close", half "open" (robosuite ramps the gripper by the sign, so the halves cancel)
+        *(f"vmp-eval checkpoint=runs/can-beso-anneal-seed0/checkpoints/step_{k:07d}.pt n_episodes=50 n_workers=2 "
+          f"n_videos=1 +overrides.n_action_steps={n} out_dir=runs/can-beso-anneal-seed0/eval_step{k}_act{n} "
+          f"'variant=\"{_FULL_SETTING}, {n} actions per chunk; seed 0 at step {k}\"' "
+          f"results_json=results/success_can_lowdim_beso_full_seed0_step{k}_act{n}.json"
+          for k, n in ((5000, 12), (8000, 12), (5000, 10), (5000, 15))),
+        # the demonstrations go on 10 steps past success (the expert letting go and moving away), 8 actions per chunk
+        f"vmp-train task=can store=stores/can_dart_after10.zarr {_CAN_SCHEDULE} training.stop_after=5000 policy=beso "
+        "run_dir=runs/can-beso-after10-seed0 seed=0",
+        *(_step_eval("can-beso-after10-seed0", "success_can_lowdim_beso_after10_seed0",
+                     "3-step euler, demos 10 steps past success", 0, k, "of 8000 (stopped at 5000)", workers=2)
+          for k in (3000, 4000, 5000)),
+    ], notes=[", ".join(f"success_can_lowdim_beso_rise_seed0_step{k}" for k in
+                        ("3000", "4000", "5000", "5000_euler10", "5000_act12"))
+              + ": the BESO recipe above (seed 0; 10-step euler; 12 actions per chunk) on a store collected by an "
+              "expert that rose 1 cm a step while it opened (5718c09, reverted: it did not change success), kept for "
+              "the comparison; this code cannot remake them"]),
     Recipe("square_lowdim", {"stores/square_dart.zarr": "vmp-collect task=square n_episodes=200 "
                                                         "out=stores/square_dart.zarr action_noise=0.1"}, [
         f"vmp-train {_SQUARE} policy=beso run_dir=runs/square-beso-seed0 seed=0",
