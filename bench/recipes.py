@@ -288,8 +288,8 @@ RECIPES = [
         f"vmp-train {_CAN_FULL} policy=beso run_dir=runs/can-beso-anneal-seed0 seed=0",
         *(_full_eval("can-beso-anneal-seed0", "success_can_lowdim_beso_full_seed0", k)
           for k in (8000, 6000, 7000, 5000)),
-        # actions executed per chunk (inference-time; 8 above): the failures that placed the can and kept the hand on
-        # it ran chunks half "close", half "open" (robosuite ramps the gripper by the sign, so the halves cancel)
+        # actions executed per chunk (inference-time; 8 above): in the failures that placed the can and kept the hand
+        # on it, the next chunk closed the fingers again, or half "close", half "open" cancelled in robosuite's ramp
         *(f"vmp-eval checkpoint=runs/can-beso-anneal-seed0/checkpoints/step_{k:07d}.pt n_episodes=50 n_workers=2 "
           f"n_videos=1 +overrides.n_action_steps={n} out_dir=runs/can-beso-anneal-seed0/eval_step{k}_act{n} "
           f"'variant=\"{_FULL_SETTING}, {n} actions per chunk; seed 0 at step {k}\"' "
