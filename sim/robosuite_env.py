@@ -219,7 +219,11 @@ class RobosuiteEnv(gym.Env):
         if seed is not None:
             # robosuite samples placements and joint noise from numpy's global generator.
             np.random.seed(seed)
-        raw = self.rs_env.reset()
+        self.rs_env.reset()
+        # robosuite's reset computes the object-to-gripper sensors (Can, Square: the first 7 of `object`) before it
+        # caches the gripper's pose, so they read zero in the first observation only, which looks like a hand at the
+        # object (a policy closed on nothing); reading the same state again gives them
+        raw = self.rs_env._get_observations(force_update=True)
         self._start_z, self._lifted = None, False
         return self._convert(raw), self._info()
 

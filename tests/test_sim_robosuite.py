@@ -32,6 +32,22 @@ def test_expert_solves_fixed_seed(name, seed, obj_dim):
         env.close()
 
 
+@pytest.mark.parametrize("name", ["can", "square"])
+def test_first_observation_has_the_object_relative_to_the_hand(name):
+    """The object-to-gripper part of `object` (position in the gripper's frame, then a unit quaternion) is filled from
+    the reset on: robosuite leaves it zero in the first observation, a state that reads as the hand at the object."""
+    env = make(load_task_cfg(name))
+    try:
+        for seed in (0, 48):
+            obs, _ = env.reset(seed=seed)
+            rel_pos, rel_quat, obj_pos = obs["object"][:3], obs["object"][3:7], obs["object"][7:10]
+            np.testing.assert_allclose(np.linalg.norm(rel_pos), np.linalg.norm(obj_pos - obs["eef_pos"]), atol=1e-4)
+            assert np.linalg.norm(rel_pos) > 0.05
+            np.testing.assert_allclose(np.linalg.norm(rel_quat), 1.0, atol=1e-4)
+    finally:
+        env.close()
+
+
 def test_stack_image_variant():
     env = make(load_task_cfg("stack_image"))
     try:
@@ -84,7 +100,7 @@ def test_episode_stages_say_where_an_episode_got_to(name, seed):
         env.close()
 
 
-def test_steps_after_success_record_what_follows_success():
+def test_steps_after_success_record_what_follows_success(tmp_path):
     """vmp-collect steps_after_success=N: the expert's episode goes on N recorded steps past success (its retreat),
     the rest of the episode unchanged; a negative count is refused by name."""
     from vmp.sim.collect import collect
@@ -102,5 +118,7 @@ def test_steps_after_success_record_what_follows_success():
     np.testing.assert_array_equal(longer["episode"]["action"][: plain["length"]], plain["episode"]["action"])
     retreat = len(expert.phase_names) - 1
     assert (longer["episode"]["phase"][-5:] == retreat).all()
+    out = tmp_path / "refused.zarr"
     with pytest.raises(ValueError, match="steps_after_success"):
-        collect(cfg, n_episodes=1, out="unused.zarr", steps_after_success=-1, progress=False)
+        collect(cfg, n_episodes=1, out=str(out), steps_after_success=-1, progress=False)
+    assert not out.exists()
