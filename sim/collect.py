@@ -87,7 +87,7 @@ def rollout_expert(env: Any, expert: Any, seed: int, action_noise: float = 0.0, 
             space = env.action_space
             action = np.clip(action + noise_rng.normal(0.0, action_noise, size=action.shape), space.low, space.high)
         obs, _, terminated, truncated, info = env.step(action.astype(np.float32))
-        success = bool(info.get("success", False))
+        success = success or bool(info.get("success", False))  # steps past success do not undo it
         if truncated:
             break
         if terminated or after:

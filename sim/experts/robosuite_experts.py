@@ -135,6 +135,13 @@ class _PickPlaceExpert(_ArmExpert):
         self._count = 0
         self._z_hist: list[float] = []
 
+    def _release(self, eef: np.ndarray, next_phase: int) -> np.ndarray:
+        """Open standing still for ``release_steps``, then go to ``next_phase``."""
+        self._count += 1
+        if self._count >= self.release_steps:
+            self.phase, self._count = next_phase, 0
+        return self._move(eef, OPEN)
+
     def _stalled(self, z: float, steps: int = 6, tol: float = 0.001) -> bool:
         """The hand stopped moving vertically (it sits on something): stop pushing down."""
         self._z_hist.append(float(z))
@@ -198,10 +205,7 @@ class _PickPlaceExpert(_ArmExpert):
                 self.phase, self._z_hist = 4, []  # caught on something: back up to carry height and retry
             return self._move(target, CLOSE, yaw_err)
         if self.phase == 6:
-            self._count += 1
-            if self._count >= self.release_steps:
-                self.phase, self._count = 7, 0
-            return self._move(eef, OPEN)
+            return self._release(eef, 7)
         return self._move(np.array([eef[0], eef[1], eef[2] + 0.1]), OPEN)
 
 
@@ -376,10 +380,7 @@ class SquareExpert(_PickPlaceExpert):
                 self.phase, self._count, self._z_hist = self.APPROACH, 0, []
             return self._move(np.array([eef[0], eef[1], max(eef[2], self._grasp()[0][2] + 0.08)]), OPEN)
         if self.phase == self.RELEASE:
-            self._count += 1
-            if self._count >= self.release_steps:
-                self.phase, self._count = self.RETREAT, 0
-            return self._move(eef, OPEN)
+            return self._release(eef, self.RETREAT)
         if self.phase == self.RETREAT:
             return self._move(np.array([eef[0], eef[1], eef[2] + 0.1]), OPEN)
         if not self._nut_in_hand() and self._retries < self.max_retries:
