@@ -79,6 +79,8 @@ _SQUARE = ("task=square store=stores/square_dart.zarr training.batch_size=128 tr
 _CARP_CAN = "greedy, 4 scales, kv-cache"
 _CAN_AFTER10 = f"task=can store=stores/can_dart_after10_obs.zarr {_CAN_SCHEDULE} training.stop_after=5000"
 _AFTER10_SETTING = "demos 10 steps past success, complete first observation"
+_SQUARE_AFTER10 = ("task=square store=stores/square_dart_after10_obs.zarr training.batch_size=128 "
+                   "training.steps=8000 training.keep_every=1000")
 
 
 def _step_eval(run: str, result: str, setting: str, seed: int, step: int, schedule: str, episodes: int = 50,
@@ -290,6 +292,11 @@ RECIPES = [
         *(_step_eval(f"can-carp-after10obs-seed{seed}", f"success_can_lowdim_carp_after10obs_seed{seed}",
                      f"{_CARP_CAN}, {_AFTER10_SETTING}", seed, k, "of 8000 (stopped at 5000)", workers=2)
           for seed in (0, 1, 2) for k in (3000, 4000, 5000)),
+        # the Diffusion Policy baseline on BESO's network: one seed, as the issue allows for it
+        f"vmp-train {_CAN_AFTER10} policy=ddpm run_dir=runs/can-ddpm-after10obs-seed0 seed=0",
+        *(_step_eval("can-ddpm-after10obs-seed0", "success_can_lowdim_ddpm_after10obs_seed0",
+                     f"100-step ddpm, {_AFTER10_SETTING}", 0, k, "of 8000 (stopped at 5000)", workers=2)
+          for k in (3000, 4000, 5000)),
     ]),
     # how the Can rows got there, measured on the first store (the episodes end 1-5 steps after success) and with the
     # first observation's can-to-hand values zero (before adc12ad): this code remakes them only approximately
@@ -329,8 +336,18 @@ RECIPES = [
               + ": the BESO recipe above (seed 0; 10-step euler; 12 actions per chunk) on a store collected by an "
               "expert that rose 1 cm a step while it opened (5718c09, reverted: it did not change success), kept for "
               "the comparison; this code cannot remake them"]),
-    Recipe("square_lowdim", {"stores/square_dart.zarr": "vmp-collect task=square n_episodes=200 "
-                                                        "out=stores/square_dart.zarr action_noise=0.1"}, [
+    # Square as the Can rows of record: demonstrations 10 steps past success, the first observation complete
+    Recipe("square_lowdim", {"stores/square_dart_after10_obs.zarr": "vmp-collect task=square n_episodes=200 "
+                                                                    "out=stores/square_dart_after10_obs.zarr "
+                                                                    "action_noise=0.1 steps_after_success=10"}, [
+        f"vmp-train {_SQUARE_AFTER10} policy=beso run_dir=runs/square-beso-after10obs-seed0 seed=0",
+        *(_step_eval("square-beso-after10obs-seed0", "success_square_lowdim_beso_after10obs_seed0",
+                     f"3-step euler, {_AFTER10_SETTING}", 0, k, "of 8000", workers=2) for k in (6000, 7000, 8000)),
+    ]),
+    # the first Square store: episodes end at success, the first observation's nut-to-hand values zero (before
+    # adc12ad); this code remakes it only approximately
+    Recipe("square_lowdim_diagnosis", {"stores/square_dart.zarr": "vmp-collect task=square n_episodes=200 "
+                                                                  "out=stores/square_dart.zarr action_noise=0.1"}, [
         f"vmp-train {_SQUARE} policy=beso run_dir=runs/square-beso-seed0 seed=0",
         *(_full_eval("square-beso-seed0", "success_square_lowdim_beso_full_seed0", k)
           for k in (8000, 6000, 7000, 5000, 4000)),
