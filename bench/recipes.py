@@ -84,12 +84,16 @@ _SQUARE_AFTER10 = ("task=square store=stores/square_dart_after10_obs.zarr traini
 
 
 def _step_eval(run: str, result: str, setting: str, seed: int, step: int, schedule: str, episodes: int = 50,
-               workers: int = 1) -> str:
+               workers: int = 1, overrides: str = "", tag: str = "") -> str:
     """One kept checkpoint of a training seed on vmp-eval's seeds (one worker: a training may use the other core),
-    its variant read by the curves over seeds ("<setting>; seed S, step N <schedule>")."""
+    its variant read by the curves over seeds ("<setting>; seed S, step N <schedule>"). `overrides`: inference-time
+    policy settings ("n_steps=10"), `tag` names them in the out_dir and the record ("_euler10")."""
+    suffix = tag
+    extra = "".join(f" +overrides.{item}" for item in overrides.split())
     return (f"vmp-eval checkpoint=runs/{run}/checkpoints/step_{step:07d}.pt n_episodes={episodes} n_workers={workers} "
-            f"n_videos={0 if episodes > 50 else 1} out_dir=runs/{run}/eval_step{step} "
-            f"'variant=\"{setting}; seed {seed}, step {step} {schedule}\"' results_json=results/{result}_step{step}.json")
+            f"n_videos={0 if episodes > 50 else 1}{extra} out_dir=runs/{run}/eval_step{step}{suffix} "
+            f"'variant=\"{setting}; seed {seed}, step {step} {schedule}\"' "
+            f"results_json=results/{result}_step{step}{suffix}.json")
 
 
 def _full_eval(run: str, result: str, step: int) -> str:
@@ -343,6 +347,13 @@ RECIPES = [
         f"vmp-train {_SQUARE_AFTER10} policy=beso run_dir=runs/square-beso-after10obs-seed0 seed=0",
         *(_step_eval("square-beso-after10obs-seed0", "success_square_lowdim_beso_after10obs_seed0",
                      f"3-step euler, {_AFTER10_SETTING}", 0, k, "of 8000", workers=2) for k in (6000, 7000, 8000)),
+        # inference-time: does the insertion want a shorter open-loop stretch, or more denoising steps?
+        _step_eval("square-beso-after10obs-seed0", "success_square_lowdim_beso_after10obs_seed0",
+                   f"3-step euler, 4 actions per chunk, {_AFTER10_SETTING}", 0, 8000, "of 8000", workers=2,
+                   overrides="n_action_steps=4", tag="_act4"),
+        _step_eval("square-beso-after10obs-seed0", "success_square_lowdim_beso_after10obs_seed0",
+                   f"10-step euler, {_AFTER10_SETTING}", 0, 8000, "of 8000", workers=2, overrides="n_steps=10",
+                   tag="_euler10"),
     ]),
     # the first Square store: episodes end at success, the first observation's nut-to-hand values zero (before
     # adc12ad); this code remakes it only approximately
