@@ -70,17 +70,15 @@ def _eval(run: str, result: str, variant: str, episodes: int = 50, extra: str = 
             f"out_dir=runs/{run}/{out} 'variant=\"{variant}\"' results_json=results/{result}.json")
 
 
-_CAN_SCHEDULE = "training.batch_size=128 training.steps=8000 training.keep_every=1000"
-_CAN_FULL = f"task=can store=stores/can_dart.zarr {_CAN_SCHEDULE}"
+_ROBOMIMIC_SCHEDULE = "training.batch_size=128 training.steps=8000 training.keep_every=1000"
+_CAN_FULL = f"task=can store=stores/can_dart.zarr {_ROBOMIMIC_SCHEDULE}"
 _CAN = f"{_CAN_FULL} training.stop_after=5000"  # an 8000-step cosine schedule stopped at 5000: an hour of one CPU thread
 _FULL_SETTING = "3-step euler, 8000-step cosine run to its end"
-_SQUARE = ("task=square store=stores/square_dart.zarr training.batch_size=128 training.steps=8000 "
-           "training.keep_every=1000")
+_SQUARE = f"task=square store=stores/square_dart.zarr {_ROBOMIMIC_SCHEDULE}"
 _CARP_CAN = "greedy, 4 scales, kv-cache"
-_CAN_AFTER10 = f"task=can store=stores/can_dart_after10_obs.zarr {_CAN_SCHEDULE} training.stop_after=5000"
+_CAN_AFTER10 = f"task=can store=stores/can_dart_after10_obs.zarr {_ROBOMIMIC_SCHEDULE} training.stop_after=5000"
 _AFTER10_SETTING = "demos 10 steps past success, complete first observation"
-_SQUARE_AFTER10 = ("task=square store=stores/square_dart_after10_obs.zarr training.batch_size=128 "
-                   "training.steps=8000 training.keep_every=1000")
+_SQUARE_AFTER10 = f"task=square store=stores/square_dart_after10_obs.zarr {_ROBOMIMIC_SCHEDULE}"
 
 
 def _step_eval(run: str, result: str, setting: str, seed: int, step: int, schedule: str, episodes: int = 50,
@@ -88,12 +86,11 @@ def _step_eval(run: str, result: str, setting: str, seed: int, step: int, schedu
     """One kept checkpoint of a training seed on vmp-eval's seeds (one worker: a training may use the other core),
     its variant read by the curves over seeds ("<setting>; seed S, step N <schedule>"). `overrides`: inference-time
     policy settings ("n_steps=10"), `tag` names them in the out_dir and the record ("_euler10")."""
-    suffix = tag
     extra = "".join(f" +overrides.{item}" for item in overrides.split())
     return (f"vmp-eval checkpoint=runs/{run}/checkpoints/step_{step:07d}.pt n_episodes={episodes} n_workers={workers} "
-            f"n_videos={0 if episodes > 50 else 1}{extra} out_dir=runs/{run}/eval_step{step}{suffix} "
+            f"n_videos={0 if episodes > 50 else 1}{extra} out_dir=runs/{run}/eval_step{step}{tag} "
             f"'variant=\"{setting}; seed {seed}, step {step} {schedule}\"' "
-            f"results_json=results/{result}_step{step}{suffix}.json")
+            f"results_json=results/{result}_step{step}{tag}.json")
 
 
 def _full_eval(run: str, result: str, step: int) -> str:
@@ -330,7 +327,7 @@ RECIPES = [
           f"results_json=results/success_can_lowdim_beso_full_seed0_step{k}_act{n}.json"
           for k, n in ((5000, 12), (8000, 12), (5000, 10), (5000, 15))),
         # the demonstrations go on 10 steps past success: the stall goes; the grasp misses were the first observation
-        f"vmp-train task=can store=stores/can_dart_after10.zarr {_CAN_SCHEDULE} training.stop_after=5000 policy=beso "
+        f"vmp-train task=can store=stores/can_dart_after10.zarr {_ROBOMIMIC_SCHEDULE} training.stop_after=5000 policy=beso "
         "run_dir=runs/can-beso-after10-seed0 seed=0",
         *(_step_eval("can-beso-after10-seed0", "success_can_lowdim_beso_after10_seed0",
                      "3-step euler, demos 10 steps past success", 0, k, "of 8000 (stopped at 5000)", workers=2)
