@@ -122,6 +122,16 @@ def _robomimic_image_gpu(task: str) -> list[str]:
     return lines
 
 
+def _can_carp(store: str, train: str, name: str, seed: int) -> tuple[str, str]:
+    """CARP on Can: its tokenizer on `store`, then the policy (`train`: the task, store and schedule) on that tokenizer;
+    runs named can-carp_tokenizer`name`-seedS and can-carp`name`-seedS."""
+    tokenizer = f"runs/can-carp_tokenizer{name}-seed{seed}"
+    return (f"vmp-train task=can policy=carp_tokenizer store={store} training.steps=3000 training.lr=1e-3 "
+            f"training.warmup_steps=200 run_dir={tokenizer} seed={seed}",
+            f"vmp-train {train} policy=carp policy.tokenizer_checkpoint={tokenizer}/checkpoints/latest.pt "
+            f"run_dir=runs/can-carp{name}-seed{seed} seed={seed}")
+
+
 def _can_eval(head: str, seed: int, step: int, setting: str) -> str:
     """One kept checkpoint of a Can run, 50 episodes."""
     return _step_eval(f"can-{head}-seed{seed}", f"success_can_lowdim_{head}_seed{seed}", setting, seed, step,
@@ -284,12 +294,8 @@ RECIPES = [
         *(_step_eval(f"can-beso-after10obs-seed{seed}", f"success_can_lowdim_beso_after10obs_seed{seed}",
                      f"3-step euler, {_AFTER10_SETTING}", seed, k, "of 8000 (stopped at 5000)", workers=2)
           for seed in (0, 1, 2) for k in (3000, 4000, 5000)),
-        *(line for seed in (0, 1, 2) for line in (
-            "vmp-train task=can policy=carp_tokenizer store=stores/can_dart_after10_obs.zarr training.steps=3000 "
-            f"training.lr=1e-3 training.warmup_steps=200 run_dir=runs/can-carp_tokenizer-after10obs-seed{seed} "
-            f"seed={seed}",
-            f"vmp-train {_CAN_AFTER10} policy=carp policy.tokenizer_checkpoint=runs/can-carp_tokenizer-after10obs-"
-            f"seed{seed}/checkpoints/latest.pt run_dir=runs/can-carp-after10obs-seed{seed} seed={seed}")),
+        *(line for seed in (0, 1, 2)
+          for line in _can_carp("stores/can_dart_after10_obs.zarr", _CAN_AFTER10, "-after10obs", seed)),
         *(_step_eval(f"can-carp-after10obs-seed{seed}", f"success_can_lowdim_carp_after10obs_seed{seed}",
                      f"{_CARP_CAN}, {_AFTER10_SETTING}", seed, k, "of 8000 (stopped at 5000)", workers=2)
           for seed in (0, 1, 2) for k in (3000, 4000, 5000)),
@@ -306,11 +312,7 @@ RECIPES = [
         "stores/can_dart_after10.zarr": "vmp-collect task=can n_episodes=200 out=stores/can_dart_after10.zarr "
                                         "action_noise=0.1 steps_after_success=10"}, [
         *(f"vmp-train {_CAN} policy=beso run_dir=runs/can-beso-seed{seed} seed={seed}" for seed in (0, 1, 2)),
-        *(line for seed in (0, 1, 2) for line in (
-            "vmp-train task=can policy=carp_tokenizer store=stores/can_dart.zarr training.steps=3000 training.lr=1e-3 "
-            f"training.warmup_steps=200 run_dir=runs/can-carp_tokenizer-seed{seed} seed={seed}",
-            f"vmp-train {_CAN} policy=carp policy.tokenizer_checkpoint=runs/can-carp_tokenizer-seed{seed}/checkpoints/"
-            f"latest.pt run_dir=runs/can-carp-seed{seed} seed={seed}")),
+        *(line for seed in (0, 1, 2) for line in _can_carp("stores/can_dart.zarr", _CAN, "", seed)),
         *(_can_eval("beso", 0, k, "3-step euler") for k in (2000, 3000, 4000, 5000)),
         *(_can_eval("beso", seed, k, "3-step euler") for seed in (1, 2) for k in (3000, 4000, 5000)),
         *(_can_eval("carp", 0, k, _CARP_CAN) for k in (2000, 3000, 4000, 5000)),
@@ -327,8 +329,8 @@ RECIPES = [
           f"results_json=results/success_can_lowdim_beso_full_seed0_step{k}_act{n}.json"
           for k, n in ((5000, 12), (8000, 12), (5000, 10), (5000, 15))),
         # the demonstrations go on 10 steps past success: the stall goes; the grasp misses were the first observation
-        f"vmp-train task=can store=stores/can_dart_after10.zarr {_ROBOMIMIC_SCHEDULE} training.stop_after=5000 policy=beso "
-        "run_dir=runs/can-beso-after10-seed0 seed=0",
+        f"vmp-train task=can store=stores/can_dart_after10.zarr {_ROBOMIMIC_SCHEDULE} training.stop_after=5000 "
+        "policy=beso run_dir=runs/can-beso-after10-seed0 seed=0",
         *(_step_eval("can-beso-after10-seed0", "success_can_lowdim_beso_after10_seed0",
                      "3-step euler, demos 10 steps past success", 0, k, "of 8000 (stopped at 5000)", workers=2)
           for k in (3000, 4000, 5000)),
