@@ -2,6 +2,10 @@
 # A short GPU session (about 15 minutes of device time, two calls) spent on what two CPU cores cannot do, most
 # valuable first. Run from the repository root on the GPU machine:
 #
+#   bash bench/gpu_session.sh can_image  # one call: latency rows of PAD, Diffusion-VLA and NavDP; the Can image store
+#                                     # collected there; BESO, CARP and DDPM from two 84 px cameras side by side until
+#                                     # the deadline (checkpoints every 1000 steps); the last checkpoints evaluated
+#                                     # there on 50 episodes each; the acting checkpoints back for CPU evaluations
 #   bash bench/gpu_session.sh data    # latency rows (CARP engine --compile; PAD, Diffusion-VLA, NavDP), then the MT10
 #                                     # image store and action-free video collected there, then PAD's autoencoder
 #   bash bench/gpu_session.sh train   # PAD and its two ablations side by side, 8000 steps each (cosine schedule
@@ -19,7 +23,7 @@
 # git; `make gpu-bundle` fills them here). SMOKE=1 rehearses both phases on the CPU in a minute or two: tiny stores,
 # a few steps, the same commands.
 set -uo pipefail
-phase=${1:?usage: bash bench/gpu_session.sh data|train}
+phase=${1:?usage: bash bench/gpu_session.sh can_image|data|train}
 OUT=${OUT:-runs/gpu_session}
 DEADLINE_S=${DEADLINE_S:-560}
 SMOKE=${SMOKE:-0}
@@ -32,13 +36,16 @@ left() { echo $(( DEADLINE_S - ($(date +%s) - start) )); }
 say() { echo "[gpu_session $phase +$(( $(date +%s) - start ))s] $*"; }
 
 install() {
+    # the repository root holds a folder named vmp/ (the package's top level only): with the root first on sys.path,
+    # `python -m vmp.sim...` would find that instead of the installed package, so the root stays off it
+    export PYTHONSAFEPATH=1
     if [ -d .gl ] && ! ldconfig -p | grep -q libEGL.so.1; then
         for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
     fi
     local vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json  # the driver's EGL, when glvnd misses it
     if [ -f "$vendor" ]; then export __EGL_VENDOR_LIBRARY_FILENAMES=$vendor; fi
     if [ -d /tmp/site/vmp ]; then export PYTHONPATH=/tmp/site; fi  # installed by the first phase on this machine
-    if ! "$PY" -c "import vmp.policies, mujoco, metaworld, zarr, hydra, diffusers" 2>/dev/null; then
+    if ! "$PY" -c "import vmp.policies, mujoco, metaworld, robosuite, zarr, hydra, diffusers" 2>/dev/null; then
         [ -d .whl ] || { echo "no vmp here and no .whl/ to install it from (make gpu-bundle)"; exit 2; }
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
             && PYTHONPATH=/tmp/site "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . \
@@ -53,11 +60,13 @@ if [ "$SMOKE" = 1 ]; then  # everything under runs/gpu_smoke: no store, run or r
     DEV=cpu; N_MT=4; N_VIDEO=2; W_MT=2; W_VIDEO=1; VAE_STEPS=4; PAD_STEPS=4; BATCH=8; WORKERS=0; REPEATS=2
     N_EVAL=2; W_EVAL=1; EVAL_S=120
     EXTRA="training.val_every=2 training.log_every=1"; PAD_EXTRA="policy.width=32 policy.depth=1"; COMPILE=""
+    N_CAN=3; W_CAN=1; CAN_STEPS=6; KEEP=2; TOK_STEPS=4; TOK_S=200; CAN_EVAL=2; CAN_EVAL_S=120; CAN_W_EVAL=1
 else
     ROOT=""
     DEV=cuda; N_MT=500; N_VIDEO=200; W_MT=11; W_VIDEO=4; VAE_STEPS=6000; PAD_STEPS=8000; BATCH=128; WORKERS=4; REPEATS=50
     N_EVAL=200; W_EVAL=5; EVAL_S=150
     EXTRA=""; PAD_EXTRA=""; COMPILE="--compile"
+    N_CAN=200; W_CAN=14; CAN_STEPS=10000; KEEP=1000; TOK_STEPS=3000; TOK_S=120; CAN_EVAL=50; CAN_EVAL_S=170; CAN_W_EVAL=3
 fi
 STORES=${ROOT}stores RUNS=${ROOT}runs REC=${ROOT}runs/gpu_session_records
 MT="task=metaworld_mt store=$STORES/metaworld_mt.zarr device=$DEV training.batch_size=$BATCH"
@@ -69,23 +78,72 @@ train() {  # train <seconds> <log> <overrides...>
     say "$(basename "$logf" .log): exit $? ($(grep -o 'done: [0-9]* steps' "$logf" || grep -o 'interrupted at step [0-9]*' "$logf" || echo failed))"
 }
 
-pack() {  # records first; then acting checkpoints in 15 MiB parts (cat NAME.pt.* > NAME.pt), while 8 files / 60 MiB hold
-    tar czf "$OUT/records.tar.gz" --ignore-failed-read logs/gpu_*.log "$REC" "$RUNS"/metaworld_mt-pad*/metrics.csv \
-        "$RUNS"/metaworld_mt-pad*/eval/metrics.json 2>/dev/null
-    local files=1 bytes=$(stat -c %s "$OUT/records.tar.gz")
-    for run in pad pad-nofuture pad-novideo; do
-        local ckpt=$RUNS/$run-acting.pt
+pack() {  # records first; then acting checkpoints (cat acting.tar.* > acting.tar), as many as 8 files / 60 MiB hold
+    tar czf "$OUT/records.tar.gz" --ignore-failed-read logs/gpu_*.log "$REC" "$RUNS"/*-gpu/metrics.csv \
+        "$RUNS"/metaworld_mt-pad*/metrics.csv "$RUNS"/metaworld_mt-pad*/eval/metrics.json 2>/dev/null
+    local bytes=$(stat -c %s "$OUT/records.tar.gz") kept=()
+    for ckpt in "$@"; do  # in order of value: the first that would overflow stays behind, and those after it
         [ -f "$ckpt" ] || continue
-        local size=$(stat -c %s "$ckpt") parts=$(( ($(stat -c %s "$ckpt") + 15728639) / 15728640 ))
-        if (( files + parts > 8 || bytes + size > 62914560 )); then say "$run.pt stays behind (no room)"; continue; fi
-        split -b 15M -d -a 1 "$ckpt" "$OUT/$run.pt."
-        files=$(( files + parts )); bytes=$(( bytes + size ))
+        (( bytes + $(stat -c %s "$ckpt") > 60000000 )) && { say "$ckpt and those after it stay behind (no room)"; break; }
+        kept+=("$ckpt"); bytes=$(( bytes + $(stat -c %s "$ckpt") ))
     done
+    if (( ${#kept[@]} )); then
+        tar cf "$OUT/acting.tar" "${kept[@]}" && split -b 15M -d -a 1 "$OUT/acting.tar" "$OUT/acting.tar." \
+            && rm "$OUT/acting.tar"
+    fi
     ls -la "$OUT"
+}
+
+acting() {  # acting <checkpoint> <dst>: the EMA weights alone, what an evaluation on the CPU needs
+    [ -f "$1" ] && "$PY" -m vmp.policies.checkpoint "$1" "$2" > /dev/null && echo "$2"
 }
 
 install
 case $phase in
+can_image)  # robomimic Can from two 84 px cameras (bench/recipes.py robomimic_image_gpu), until the deadline
+    timeout 75 "$PY" -m vmp.bench.cli latency --device "$DEV" --heads pad divla navdp --repeats "$REPEATS" \
+        --out-dir "$REC" > logs/gpu_latency.log 2>&1; say "latency pad/divla/navdp: exit $?"
+    "$PY" -m vmp.sim.collect task=can_image n_episodes=$N_CAN action_noise=0.1 steps_after_success=10 \
+        n_workers=$W_CAN out=$STORES/can_image_dart.zarr append=true > logs/gpu_collect_can.log 2>&1
+    say "collected: $(tail -n 1 logs/gpu_collect_can.log | cut -c1-160)"
+    CAN="task=can_image store=$STORES/can_image_dart.zarr device=$DEV training.num_workers=$WORKERS resume=true $EXTRA"
+    POLICY="$CAN encoder=compact_cnn training.batch_size=$BATCH training.steps=$CAN_STEPS training.keep_every=$KEEP"
+    end=$(( start + DEADLINE_S - CAN_EVAL_S - 30 ))  # then the acting checkpoints, evaluations, bundle
+    say "BESO, DDPM, CARP (tokenizer first) until +$(( end - start ))s"
+    train $(( end - $(date +%s) )) logs/gpu_can_beso.log $POLICY policy=beso run_dir=$RUNS/can_image-beso-gpu &
+    train $(( end - $(date +%s) )) logs/gpu_can_ddpm.log $POLICY policy=ddpm run_dir=$RUNS/can_image-ddpm-gpu &
+    (train $TOK_S logs/gpu_can_carp_tokenizer.log $CAN policy=carp_tokenizer training.steps=$TOK_STEPS \
+         training.lr=1e-3 training.warmup_steps=200 run_dir=$RUNS/can_image-carp_tokenizer-gpu
+     train $(( end - $(date +%s) )) logs/gpu_can_carp.log $POLICY policy=carp \
+         policy.tokenizer_checkpoint=$RUNS/can_image-carp_tokenizer-gpu/checkpoints/latest.pt \
+         run_dir=$RUNS/can_image-carp-gpu) &
+    wait
+    mkdir -p $RUNS/acting
+    ordered=()  # what comes back for CPU evaluations: the newest checkpoint of each head, then the one before, ...
+    for rank in 1 2 3; do
+        for head in beso carp ddpm; do
+            ckpt=$(ls $RUNS/can_image-$head-gpu/checkpoints/step_*.pt 2>/dev/null | sort -r | sed -n ${rank}p)
+            [ -n "$ckpt" ] && ordered+=("$(acting "$ckpt" "$RUNS/acting/can_image-$head-gpu-$(basename "$ckpt")")")
+        done
+    done
+    # the last two kept checkpoints of each head, 50 episodes each on the CPU cores here (the recipe's variants)
+    declare -A SETTING=([beso]="3-step euler" [ddpm]="100-step ddpm"
+                        [carp]="greedy, 4 scales, kv-cache, self-correction 0.5")
+    for head in beso carp ddpm; do
+        for ckpt in $(ls $RUNS/can_image-$head-gpu/checkpoints/step_*.pt 2>/dev/null | sort -r | head -n 2); do
+            step=$(basename "$ckpt" .pt | sed 's/step_0*//')
+            OMP_NUM_THREADS=1 timeout $(( start + DEADLINE_S - 25 - $(date +%s) )) "$PY" -m vmp.sim.evaluate \
+                checkpoint=$ckpt n_episodes=$CAN_EVAL n_workers=$CAN_W_EVAL n_videos=0 device=cpu \
+                out_dir=$RUNS/can_image-$head-gpu/eval_step$step \
+                "variant=\"${SETTING[$head]}; compact CNN, 2 x 84 px cameras (GPU); seed 0, step $step of $CAN_STEPS\"" \
+                results_json=$REC/success_can_image_${head}_gpu_seed0_step$step.json \
+                > logs/gpu_eval_can_${head}_$step.log 2>&1 &
+        done
+    done
+    wait; say "evaluated: $(grep -ho 'success [0-9.]*' logs/gpu_eval_can_*.log | tr '\n' ' ')"
+    pack "${ordered[@]}"
+    say "done"; exit 0
+    ;;
 data)
     say "latency rows"
     "$PY" -m vmp.bench.cli latency --device "$DEV" --engine $COMPILE --heads carp --repeats "$REPEATS" --out-dir "$REC" \
@@ -129,7 +187,7 @@ train)
             "$PY" -m vmp.policies.checkpoint $RUNS/metaworld_mt-$run "$RUNS/$run-acting.pt"
     done
     ;;
-*) echo "unknown phase $phase: data or train"; exit 2 ;;
+*) echo "unknown phase $phase: can_image, data or train"; exit 2 ;;
 esac
-pack
+pack $RUNS/{pad,pad-nofuture,pad-novideo}-acting.pt
 say "done"

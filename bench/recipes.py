@@ -101,24 +101,30 @@ def _full_eval(run: str, result: str, step: int) -> str:
 # robomimic's two cameras (agent view, wrist) at 84 px, a compact CNN; on a GPU (2 CPU cores: ~0.6 s a step at batch
 # 64, days for the state rows' number of samples at the image rows' cost)
 _ROBOMIMIC_IMAGE_GPU = ("encoder=compact_cnn device=cuda training.batch_size=128 training.steps=10000 "
-                        "training.keep_every=2000 training.num_workers=4")
+                        "training.keep_every=1000 training.num_workers=4")
+_IMAGE_SETTINGS = {"beso": "3-step euler", "carp": _CARP, "ddpm": "100-step ddpm"}
+# The kept checkpoints evaluated (on the CPU, once back from the GPU) and how far each run got: a lent GPU session
+# (bench/gpu_session.sh can_image) stops its trainings at its deadline
+_IMAGE_EVALS = {"can": {"beso": ((3000, 4000, 5000), "of 10000 (the GPU session stopped at 5357)"),
+                        "ddpm": ((2000, 3000, 4000), "of 10000 (the GPU session stopped at 4619)")},
+                "square": {head: ((6000, 8000, 10000), "of 10000") for head in _IMAGE_SETTINGS}}
 
 
 def _robomimic_image_gpu(task: str) -> list[str]:
-    """BESO, CARP (tokenizer, then policy) and DDPM on `task`_image from its DART store, then each evaluated at its
-    last three kept checkpoints (on the CPU once the checkpoints are back)."""
+    """BESO, CARP (tokenizer, then policy) and DDPM on `task`_image from its DART store, then the kept checkpoints
+    that `_IMAGE_EVALS` names evaluated (on the CPU once the checkpoints are back)."""
     store = f"store=stores/{task}_image_dart.zarr"
-    runs = {"beso": ("policy=beso", "3-step euler"),
-            "carp": (f"policy=carp policy.tokenizer_checkpoint=runs/{task}_image-carp_tokenizer-gpu/checkpoints/"
-                     "latest.pt", _CARP),
-            "ddpm": ("policy=ddpm", "100-step ddpm")}
+    policies = {"beso": "policy=beso", "ddpm": "policy=ddpm",
+                "carp": f"policy=carp policy.tokenizer_checkpoint=runs/{task}_image-carp_tokenizer-gpu/checkpoints/"
+                        "latest.pt"}
     lines = [f"vmp-train task={task}_image policy=carp_tokenizer {store} device=cuda training.steps=3000 "
-             f"training.lr=1e-3 training.warmup_steps=200 run_dir=runs/{task}_image-carp_tokenizer-gpu"]
-    lines += [f"vmp-train task={task}_image {store} {_ROBOMIMIC_IMAGE_GPU} {policy} run_dir=runs/{task}_image-{head}-gpu"
-              for head, (policy, _) in runs.items()]
+             f"training.lr=1e-3 training.warmup_steps=200 training.num_workers=4 "
+             f"run_dir=runs/{task}_image-carp_tokenizer-gpu"]
+    lines += [f"vmp-train task={task}_image {store} {_ROBOMIMIC_IMAGE_GPU} {policies[head]} "
+              f"run_dir=runs/{task}_image-{head}-gpu" for head in ("beso", "carp", "ddpm")]
     lines += [_step_eval(f"{task}_image-{head}-gpu", f"success_{task}_image_{head}_gpu_seed0",
-                         f"{setting}; compact CNN, 2 x 84 px cameras (GPU)", 0, k, "of 10000")
-              for head, (_, setting) in runs.items() for k in (6000, 8000, 10000)]
+                         f"{_IMAGE_SETTINGS[head]}; compact CNN, 2 x 84 px cameras (GPU)", 0, k, schedule, workers=2)
+              for head, (steps, schedule) in _IMAGE_EVALS[task].items() for k in steps]
     return lines
 
 
@@ -365,7 +371,7 @@ RECIPES = [
     # the image rows of Can and Square: skipped without a GPU
     Recipe("robomimic_image_gpu", {
         f"stores/{task}_image_dart.zarr": f"vmp-collect task={task}_image n_episodes=200 "
-                                          f"out=stores/{task}_image_dart.zarr action_noise=0.1"
+                                          f"out=stores/{task}_image_dart.zarr action_noise=0.1 steps_after_success=10"
         for task in ("can", "square")}, [*_robomimic_image_gpu("can"), *_robomimic_image_gpu("square")]),
     # ten-task Meta-World from the state, trained to a plateau: checkpoints every 2000 steps, 200 episodes each
     Recipe("metaworld_mt_lowdim_curves", {"stores/metaworld_mt_lowdim.zarr": "vmp-collect task=metaworld_mt_lowdim "

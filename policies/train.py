@@ -151,9 +151,20 @@ class MetricsLog:
             log.warning("%s", err.strerror)
 
 
-def _raise_interrupt(signum, frame):
-    """SIGTERM (a scheduler's pre-emption, `kill`) ends training like Ctrl-C: with a checkpoint."""
-    raise KeyboardInterrupt(f"signal {signum}")
+class StopRequest:
+    """SIGTERM (a scheduler's pre-emption, `kill`) ends training like Ctrl-C, with a checkpoint, at the next step:
+    the handler only records the signal. An exception raised from a handler lands wherever the main thread is; once,
+    inside logging's lock, it was printed and swallowed, and the run trained on until SIGKILL."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def __call__(self, signum, frame) -> None:
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"signal {self.signum}")
 
 
 def step_seed(seed: int, step: int, micro_batch: int) -> int:
@@ -549,10 +560,12 @@ def train(cfg: DictConfig) -> Path:
     bar = progress(total=steps, initial=run.step, disable=not run.is_main, desc=f"train {cfg.policy.name}",
                    dynamic_ncols=True)
     meter = LossMeter(run.step, int(tcfg.batch_size))
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if run.is_main else None
+    stop = StopRequest()
+    previous_sigterm = signal.signal(signal.SIGTERM, stop) if run.is_main else None
     try:
         batches = data.batches(run.step, accumulate)
         while run.step < stop_at:
+            stop.check()
             meter.add(run.optimizer_step(next(batches), autocast))
             if not run.is_main:
                 continue

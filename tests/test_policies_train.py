@@ -172,6 +172,21 @@ def test_sigterm_saves_a_checkpoint(tmp_path):
     assert proc.returncode != 0
     payload = read_checkpoint(run_dir / "checkpoints" / "latest.pt")
     assert 10 <= payload["step"] < 100000, err.decode()[-2000:]
+    assert b"KeyboardInterrupt: signal 15" in err  # raised by the loop at a step, not by the handler
+
+
+def test_sigterm_handler_only_records_the_signal():
+    """The handler itself never raises (an exception raised there once landed inside logging's lock and was
+    swallowed): the training loop raises at its next step instead."""
+    import signal
+
+    from vmp.policies.train import StopRequest
+
+    stop = StopRequest()
+    stop.check()  # nothing asked yet
+    assert stop(signal.SIGTERM, None) is None and stop.signum == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt, match="signal 15"):
+        stop.check()
 
 
 def test_checkpoints_refuse_what_they_do_not_fit(tmp_path):
