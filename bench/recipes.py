@@ -79,6 +79,9 @@ _CARP_CAN = "greedy, 4 scales, kv-cache"
 _CAN_AFTER10 = f"task=can store=stores/can_dart_after10_obs.zarr {_ROBOMIMIC_SCHEDULE} training.stop_after=5000"
 _AFTER10_SETTING = "demos 10 steps past success, complete first observation"
 _SQUARE_AFTER10 = f"task=square store=stores/square_dart_after10_obs.zarr {_ROBOMIMIC_SCHEDULE}"
+# twice the schedule (~56 epochs): the 8000-step run's validation loss was still falling at its end
+_SQUARE_16K = "task=square store=stores/square_dart_after10_obs.zarr training.batch_size=128 training.steps=16000 " \
+              "training.keep_every=2000"
 
 
 def _step_eval(run: str, result: str, setting: str, seed: int, step: int, schedule: str, episodes: int = 50,
@@ -359,6 +362,9 @@ RECIPES = [
         _step_eval("square-beso-after10obs-seed0", "success_square_lowdim_beso_after10obs_seed0",
                    f"10-step euler, {_AFTER10_SETTING}", 0, 8000, "of 8000", workers=2, overrides="n_steps=10",
                    tag="_euler10"),
+        f"vmp-train {_SQUARE_16K} policy=beso run_dir=runs/square-beso-after10obs-16k-seed0 seed=0",
+        *(_step_eval("square-beso-after10obs-16k-seed0", "success_square_lowdim_beso_after10obs_16k_seed0",
+                     f"3-step euler, {_AFTER10_SETTING}", 0, k, "of 16000", workers=2) for k in (12000, 14000, 16000)),
     ]),
     # the first Square store: episodes end at success, the first observation's nut-to-hand values zero (before
     # adc12ad); this code remakes it only approximately

@@ -31,15 +31,19 @@ ROBOSUITE_TASKS: dict[str, tuple[str, dict[str, Any], str]] = {
 
 # Where an episode got to, which vmp-eval reports beside success (``info["metrics"]``, averaged in ``env_metrics``):
 # ``lifted``: the object the task moves rose LIFTED_M above where it started, at some step; ``at_goal`` (tasks with a
-# goal place): it lies there now, by robosuite's own test without the hand-away condition that success adds.
-# task -> (the moved object's body id, its goal test or None)
+# goal place): it lies there now, by robosuite's own test without the hand-away condition that success adds;
+# ``over_goal``: it is now above or in the goal's footprint at any height (the same test at the goal's height), so
+# ``over_goal - at_goal`` is an object held or jammed over its goal (a nut stuck on the peg's top).
+# task -> (the moved object's body id, its goal test or None, a height at which that test passes inside the footprint)
 LIFTED_M = 0.03
-_STAGES: dict[str, tuple[Any, Any]] = {
-    "Lift": (lambda env: env.cube_body_id, None),
-    "Stack": (lambda env: env.cubeA_body_id, None),
+_STAGES: dict[str, tuple[Any, Any, Any]] = {
+    "Lift": (lambda env: env.cube_body_id, None, None),
+    "Stack": (lambda env: env.cubeA_body_id, None, None),
     "PickPlaceCan": (lambda env: env.obj_body_id["Can"],
-                     lambda env, pos: not env.not_in_bin(pos, env.object_to_id["can"])),
-    "NutAssemblySquare": (lambda env: env.obj_body_id["SquareNut"], lambda env, pos: env.on_peg(pos, 0)),
+                     lambda env, pos: not env.not_in_bin(pos, env.object_to_id["can"]),
+                     lambda env: env.bin2_pos[2] + 0.05),
+    "NutAssemblySquare": (lambda env: env.obj_body_id["SquareNut"], lambda env, pos: env.on_peg(pos, 0),
+                          lambda env: env.table_offset[2]),
 }
 
 
@@ -204,7 +208,7 @@ class RobosuiteEnv(gym.Env):
         return out
 
     def _info(self) -> dict[str, Any]:
-        body, at_goal = _STAGES[self.task]
+        body, at_goal, goal_height = _STAGES[self.task]
         pos = np.array(self.rs_env.sim.data.body_xpos[body(self.rs_env)])
         if self._start_z is None:
             self._start_z = float(pos[2])
@@ -212,6 +216,8 @@ class RobosuiteEnv(gym.Env):
         metrics = {"lifted": float(self._lifted)}
         if at_goal is not None:
             metrics["at_goal"] = float(bool(at_goal(self.rs_env, pos)))
+            metrics["over_goal"] = float(bool(at_goal(self.rs_env, np.array([pos[0], pos[1],
+                                                                             goal_height(self.rs_env)]))))
         return {"success": bool(self.rs_env._check_success()), "language": self.language, "metrics": metrics}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

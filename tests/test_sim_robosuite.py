@@ -82,20 +82,22 @@ def test_episode_stages_say_where_an_episode_got_to(name, seed):
     try:
         expert = make_expert(cfg.expert, env)
         obs, info = env.reset(seed=seed)
-        assert info["metrics"] == {"lifted": 0.0, "at_goal": 0.0}
+        assert info["metrics"] == {"lifted": 0.0, "at_goal": 0.0, "over_goal": 0.0}
         expert.reset(seed=seed)
-        lifted_before_goal = False
+        lifted_before_goal = over_before_goal = False
         for _ in range(400):
             obs, _, terminated, _, info = env.step(expert.act(obs))
             lifted_before_goal = lifted_before_goal or (info["metrics"]["lifted"] == 1.0 and not info["success"])
+            # carried over the bin or the peg before it is down: over_goal without at_goal
+            over_before_goal = over_before_goal or info["metrics"]["over_goal"] > info["metrics"]["at_goal"]
             if terminated:
                 break
-        assert info["success"] and info["metrics"] == {"lifted": 1.0, "at_goal": 1.0}
-        assert lifted_before_goal
+        assert info["success"] and info["metrics"] == {"lifted": 1.0, "at_goal": 1.0, "over_goal": 1.0}
+        assert lifted_before_goal and over_before_goal
         obs, info = env.reset(seed=seed)
         for _ in range(20):
             obs, _, _, _, info = env.step(np.zeros(7, dtype=np.float32))
-        assert info["metrics"] == {"lifted": 0.0, "at_goal": 0.0}
+        assert info["metrics"] == {"lifted": 0.0, "at_goal": 0.0, "over_goal": 0.0}
     finally:
         env.close()
 
