@@ -2,10 +2,11 @@
 # A short GPU session (about 15 minutes of device time, two calls) spent on what two CPU cores cannot do, most
 # valuable first. Run from the repository root on the GPU machine:
 #
-#   bash bench/gpu_session.sh can_image  # one call: latency rows of PAD, Diffusion-VLA and NavDP; the Can image store
-#                                     # collected there; BESO, CARP and DDPM from two 84 px cameras side by side until
-#                                     # the deadline (checkpoints every 1000 steps); the last checkpoints evaluated
-#                                     # there on 50 episodes each; the acting checkpoints back for CPU evaluations
+#   bash bench/gpu_session.sh image [can|square] [HEADS]  # one call: latency rows of PAD, Diffusion-VLA and NavDP;
+#                                     # the task's image store collected there; HEADS (default "beso carp ddpm") from
+#                                     # two 84 px cameras side by side until the deadline (checkpoints every 1000
+#                                     # steps); the last checkpoints evaluated there on 50 episodes each; the acting
+#                                     # checkpoints back for CPU evaluations
 #   bash bench/gpu_session.sh data    # latency rows (CARP engine --compile; PAD, Diffusion-VLA, NavDP), then the MT10
 #                                     # image store and action-free video collected there, then PAD's autoencoder
 #   bash bench/gpu_session.sh train   # PAD and its two ablations side by side, 8000 steps each (cosine schedule
@@ -23,7 +24,8 @@
 # git; `make gpu-bundle` fills them here). SMOKE=1 rehearses both phases on the CPU in a minute or two: tiny stores,
 # a few steps, the same commands.
 set -uo pipefail
-phase=${1:?usage: bash bench/gpu_session.sh can_image|data|train}
+phase=${1:?usage: bash bench/gpu_session.sh image [can|square] [HEADS] | data | train}
+TASK=${2:-can} HEADS=${3:-beso carp ddpm}
 OUT=${OUT:-runs/gpu_session}
 DEADLINE_S=${DEADLINE_S:-560}
 SMOKE=${SMOKE:-0}
@@ -60,13 +62,14 @@ if [ "$SMOKE" = 1 ]; then  # everything under runs/gpu_smoke: no store, run or r
     DEV=cpu; N_MT=4; N_VIDEO=2; W_MT=2; W_VIDEO=1; VAE_STEPS=4; PAD_STEPS=4; BATCH=8; WORKERS=0; REPEATS=2
     N_EVAL=2; W_EVAL=1; EVAL_S=120
     EXTRA="training.val_every=2 training.log_every=1"; PAD_EXTRA="policy.width=32 policy.depth=1"; COMPILE=""
-    N_CAN=3; W_CAN=1; CAN_STEPS=6; KEEP=2; TOK_STEPS=4; TOK_S=200; CAN_EVAL=2; CAN_EVAL_S=120; CAN_W_EVAL=1
+    N_IMG=3; W_IMG=1; IMG_STEPS=6; KEEP=2; TOK_STEPS=4; TOK_S=200; IMG_EVAL=2; IMG_EVAL_S=120; IMG_W_EVAL=1
 else
     ROOT=""
     DEV=cuda; N_MT=500; N_VIDEO=200; W_MT=11; W_VIDEO=4; VAE_STEPS=6000; PAD_STEPS=8000; BATCH=128; WORKERS=4; REPEATS=50
     N_EVAL=200; W_EVAL=5; EVAL_S=150
     EXTRA=""; PAD_EXTRA=""; COMPILE="--compile"
-    N_CAN=200; W_CAN=14; CAN_STEPS=10000; KEEP=1000; TOK_STEPS=3000; TOK_S=120; CAN_EVAL=50; CAN_EVAL_S=170; CAN_W_EVAL=3
+    N_IMG=200; W_IMG=14; IMG_STEPS=10000; KEEP=1000; TOK_STEPS=3000; TOK_S=150; IMG_EVAL=50; IMG_EVAL_S=170
+    IMG_W_EVAL=3
 fi
 STORES=${ROOT}stores RUNS=${ROOT}runs REC=${ROOT}runs/gpu_session_records
 MT="task=metaworld_mt store=$STORES/metaworld_mt.zarr device=$DEV training.batch_size=$BATCH"
@@ -100,47 +103,57 @@ acting() {  # acting <checkpoint> <dst>: the EMA weights alone, what an evaluati
 
 install
 case $phase in
-can_image)  # robomimic Can from two 84 px cameras (bench/recipes.py robomimic_image_gpu), until the deadline
+image)  # robomimic Can or Square from two 84 px cameras (bench/recipes.py robomimic_image_gpu), until the deadline
+    case $TASK in can|square) ;; *) echo "image: task must be can or square, not $TASK"; exit 2 ;; esac
+    for head in $HEADS; do
+        case $head in beso|carp|ddpm) ;; *) echo "image: heads are beso, carp, ddpm; not $head"; exit 2 ;; esac
+    done
     timeout 75 "$PY" -m vmp.bench.cli latency --device "$DEV" --heads pad divla navdp --repeats "$REPEATS" \
         --out-dir "$REC" > logs/gpu_latency.log 2>&1; say "latency pad/divla/navdp: exit $?"
-    "$PY" -m vmp.sim.collect task=can_image n_episodes=$N_CAN action_noise=0.1 steps_after_success=10 \
-        n_workers=$W_CAN out=$STORES/can_image_dart.zarr append=true > logs/gpu_collect_can.log 2>&1
-    say "collected: $(tail -n 1 logs/gpu_collect_can.log | cut -c1-160)"
-    CAN="task=can_image store=$STORES/can_image_dart.zarr device=$DEV training.num_workers=$WORKERS resume=true $EXTRA"
-    POLICY="$CAN encoder=compact_cnn training.batch_size=$BATCH training.steps=$CAN_STEPS training.keep_every=$KEEP"
-    end=$(( start + DEADLINE_S - CAN_EVAL_S - 30 ))  # then the acting checkpoints, evaluations, bundle
-    say "BESO, DDPM, CARP (tokenizer first) until +$(( end - start ))s"
-    train $(( end - $(date +%s) )) logs/gpu_can_beso.log $POLICY policy=beso run_dir=$RUNS/can_image-beso-gpu &
-    train $(( end - $(date +%s) )) logs/gpu_can_ddpm.log $POLICY policy=ddpm run_dir=$RUNS/can_image-ddpm-gpu &
-    (train $TOK_S logs/gpu_can_carp_tokenizer.log $CAN policy=carp_tokenizer training.steps=$TOK_STEPS \
-         training.lr=1e-3 training.warmup_steps=200 run_dir=$RUNS/can_image-carp_tokenizer-gpu
-     train $(( end - $(date +%s) )) logs/gpu_can_carp.log $POLICY policy=carp \
-         policy.tokenizer_checkpoint=$RUNS/can_image-carp_tokenizer-gpu/checkpoints/latest.pt \
-         run_dir=$RUNS/can_image-carp-gpu) &
+    "$PY" -m vmp.sim.collect task=${TASK}_image n_episodes=$N_IMG action_noise=0.1 steps_after_success=10 \
+        n_workers=$W_IMG out=$STORES/${TASK}_image_dart.zarr append=true > logs/gpu_collect_$TASK.log 2>&1
+    say "collected: $(tail -n 1 logs/gpu_collect_$TASK.log | cut -c1-160)"
+    DATA="task=${TASK}_image store=$STORES/${TASK}_image_dart.zarr device=$DEV training.num_workers=$WORKERS"
+    DATA="$DATA resume=true $EXTRA"
+    POLICY="$DATA encoder=compact_cnn training.batch_size=$BATCH training.steps=$IMG_STEPS training.keep_every=$KEEP"
+    end=$(( start + DEADLINE_S - IMG_EVAL_S - 30 ))  # then the acting checkpoints, evaluations, bundle
+    say "$HEADS (CARP's tokenizer first) until +$(( end - start ))s"
+    for head in $HEADS; do
+        run=$RUNS/${TASK}_image-$head-gpu
+        if [ $head = carp ]; then
+            (train $TOK_S logs/gpu_${TASK}_carp_tokenizer.log $DATA policy=carp_tokenizer training.steps=$TOK_STEPS \
+                 training.lr=1e-3 training.warmup_steps=200 run_dir=$RUNS/${TASK}_image-carp_tokenizer-gpu
+             train $(( end - $(date +%s) )) logs/gpu_${TASK}_carp.log $POLICY policy=carp \
+                 policy.tokenizer_checkpoint=$RUNS/${TASK}_image-carp_tokenizer-gpu/checkpoints/latest.pt \
+                 run_dir=$run) &
+        else
+            train $(( end - $(date +%s) )) logs/gpu_${TASK}_$head.log $POLICY policy=$head run_dir=$run &
+        fi
+    done
     wait
     mkdir -p $RUNS/acting
     ordered=()  # what comes back for CPU evaluations: the newest checkpoint of each head, then the one before, ...
     for rank in 1 2 3; do
-        for head in beso carp ddpm; do
-            ckpt=$(ls $RUNS/can_image-$head-gpu/checkpoints/step_*.pt 2>/dev/null | sort -r | sed -n ${rank}p)
-            [ -n "$ckpt" ] && ordered+=("$(acting "$ckpt" "$RUNS/acting/can_image-$head-gpu-$(basename "$ckpt")")")
+        for head in $HEADS; do
+            ckpt=$(ls $RUNS/${TASK}_image-$head-gpu/checkpoints/step_*.pt 2>/dev/null | sort -r | sed -n ${rank}p)
+            [ -n "$ckpt" ] && ordered+=("$(acting "$ckpt" "$RUNS/acting/${TASK}_image-$head-gpu-$(basename "$ckpt")")")
         done
     done
     # the last two kept checkpoints of each head, 50 episodes each on the CPU cores here (the recipe's variants)
     declare -A SETTING=([beso]="3-step euler" [ddpm]="100-step ddpm"
                         [carp]="greedy, 4 scales, kv-cache, self-correction 0.5")
-    for head in beso carp ddpm; do
-        for ckpt in $(ls $RUNS/can_image-$head-gpu/checkpoints/step_*.pt 2>/dev/null | sort -r | head -n 2); do
+    for head in $HEADS; do
+        for ckpt in $(ls $RUNS/${TASK}_image-$head-gpu/checkpoints/step_*.pt 2>/dev/null | sort -r | head -n 2); do
             step=$(basename "$ckpt" .pt | sed 's/step_0*//')
             OMP_NUM_THREADS=1 timeout $(( start + DEADLINE_S - 25 - $(date +%s) )) "$PY" -m vmp.sim.evaluate \
-                checkpoint=$ckpt n_episodes=$CAN_EVAL n_workers=$CAN_W_EVAL n_videos=0 device=cpu \
-                out_dir=$RUNS/can_image-$head-gpu/eval_step$step \
-                "variant=\"${SETTING[$head]}; compact CNN, 2 x 84 px cameras (GPU); seed 0, step $step of $CAN_STEPS\"" \
-                results_json=$REC/success_can_image_${head}_gpu_seed0_step$step.json \
-                > logs/gpu_eval_can_${head}_$step.log 2>&1 &
+                checkpoint=$ckpt n_episodes=$IMG_EVAL n_workers=$IMG_W_EVAL n_videos=0 device=cpu \
+                out_dir=$RUNS/${TASK}_image-$head-gpu/eval_step$step \
+                "variant=\"${SETTING[$head]}; compact CNN, 2 x 84 px cameras (GPU); seed 0, step $step of $IMG_STEPS\"" \
+                results_json=$REC/success_${TASK}_image_${head}_gpu_seed0_step$step.json \
+                > logs/gpu_eval_${TASK}_${head}_$step.log 2>&1 &
         done
     done
-    wait; say "evaluated: $(grep -ho 'success [0-9.]*' logs/gpu_eval_can_*.log | tr '\n' ' ')"
+    wait; say "evaluated: $(grep -ho 'success [0-9.]*' logs/gpu_eval_${TASK}_*.log | tr '\n' ' ')"
     pack "${ordered[@]}"
     say "done"; exit 0
     ;;
@@ -187,7 +200,7 @@ train)
             "$PY" -m vmp.policies.checkpoint $RUNS/metaworld_mt-$run "$RUNS/$run-acting.pt"
     done
     ;;
-*) echo "unknown phase $phase: can_image, data or train"; exit 2 ;;
+*) echo "unknown phase $phase: image, data or train"; exit 2 ;;
 esac
 pack $RUNS/{pad,pad-nofuture,pad-novideo}-acting.pt
 say "done"
