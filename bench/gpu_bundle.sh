@@ -2,8 +2,8 @@
 # What bench/gpu_session.sh installs on a GPU machine whose image lacks this project's packages and has no network:
 # Python 3.12 x86-64 wheels in .whl/ and the EGL loaders (Debian packages) in .gl/, both ignored by git. Metaworld's
 # wheel is rebuilt without the textures no scene file names (37 -> 13 MB), so the bundle and the working tree fit a
-# 64 MiB transfer; robosuite's likewise keeps only the meshes and textures the Can and Square scenes load (152 -> a
-# few MB).  Usage: make gpu-bundle   (or bash bench/gpu_bundle.sh)
+# 64 MiB transfer; robosuite's likewise keeps only the meshes and textures the Can and Square scenes load (152 ->
+# 14 MB).  Usage: make gpu-bundle   (or bash bench/gpu_bundle.sh)
 set -euo pipefail
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p .whl .gl
@@ -17,6 +17,17 @@ platforms="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --p
 "$PY" -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3  # sdist only: a pure-Python wheel built here
 
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+repack() {  # repack NAME VERSION: the wheel unpacked in $work, files removed, its RECORD cut to match, zipped back
+    "$PY" - "$work" "$1-$2.dist-info/RECORD" <<'PY'
+import csv, os, sys
+os.chdir(sys.argv[1])
+record = sys.argv[2]
+rows = [r for r in csv.reader(open(record)) if r and (r[0] == record or os.path.exists(r[0]))]
+with open(record, "w", newline="") as f:
+    csv.writer(f).writerows(rows)
+PY
+    rm "$wheel" && (cd "$work" && zip -q -r -9 "$OLDPWD/$wheel" "$1" "$1-$2.dist-info")
+}
 wheel=$(ls .whl/metaworld-3.1.1-*.whl)
 (cd "$work" && unzip -q "$OLDPWD/$wheel")
 for dir in "$work"/metaworld/assets/textures "$work"/metaworld/assets/scene/textures; do
@@ -24,15 +35,7 @@ for dir in "$work"/metaworld/assets/textures "$work"/metaworld/assets/scene/text
         grep -rqs --include=*.xml "$(basename "$f")" "$work/metaworld/assets" || rm "$f"
     done
 done
-"$PY" - "$work" <<'PY'
-import csv, os, sys
-os.chdir(sys.argv[1])
-record = "metaworld-3.1.1.dist-info/RECORD"
-rows = [r for r in csv.reader(open(record)) if r and (r[0] == record or os.path.exists(r[0]))]
-with open(record, "w", newline="") as f:
-    csv.writer(f).writerows(rows)
-PY
-rm "$wheel" && (cd "$work" && zip -q -r -9 "$OLDPWD/$wheel" metaworld metaworld-3.1.1.dist-info)
+repack metaworld 3.1.1
 
 wheel=$(ls .whl/robosuite-1.5.1-*.whl)
 rm -rf "$work"/*; (cd "$work" && unzip -q "$OLDPWD/$wheel")
@@ -46,7 +49,8 @@ used = set()
 for task in ("can_image", "square_image"):
     env = make(load_task_cfg(task))
     env.reset(seed=0)
-    used |= {os.path.relpath(os.path.normpath(f), root) for f in re.findall(r'file="([^"]+)"', env.unwrapped.rs_env.model.get_xml())}
+    xml = env.unwrapped.rs_env.model.get_xml()
+    used |= {os.path.relpath(os.path.normpath(f), root) for f in re.findall(r'file="([^"]+)"', xml)}
     env.close()
 assets = os.path.join(sys.argv[1], "robosuite", "models", "assets")
 for dirpath, _, names in os.walk(assets):
@@ -55,14 +59,8 @@ for dirpath, _, names in os.walk(assets):
         rel = os.path.relpath(path, os.path.join(sys.argv[1], "robosuite"))
         if not name.endswith(".xml") and rel not in used:
             os.remove(path)
-os.chdir(sys.argv[1])
-record = "robosuite-1.5.1.dist-info/RECORD"
-import csv
-rows = [r for r in csv.reader(open(record)) if r and (r[0] == record or os.path.exists(r[0]))]
-with open(record, "w", newline="") as f:
-    csv.writer(f).writerows(rows)
 PY
-rm "$wheel" && (cd "$work" && zip -q -r -9 "$OLDPWD/$wheel" robosuite robosuite-1.5.1.dist-info)
+repack robosuite 1.5.1
 
 apt_opts="-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=$work/lists"
 mkdir -p "$work/lists/partial"

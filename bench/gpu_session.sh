@@ -31,7 +31,7 @@ DEADLINE_S=${DEADLINE_S:-560}
 SMOKE=${SMOKE:-0}
 PY=${PYTHON:-python3}
 start=$(date +%s)
-mkdir -p "$OUT" logs
+mkdir -p "$OUT"
 export MUJOCO_GL=egl PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
 
 left() { echo $(( DEADLINE_S - ($(date +%s) - start) )); }
@@ -69,9 +69,10 @@ else
     N_EVAL=200; W_EVAL=5; EVAL_S=150
     EXTRA=""; PAD_EXTRA=""; COMPILE="--compile"
     N_IMG=200; W_IMG=14; IMG_STEPS=10000; KEEP=1000; TOK_STEPS=3000; TOK_S=150; IMG_EVAL=50; IMG_EVAL_S=170
-    IMG_W_EVAL=3
+    IMG_W_EVAL=14
 fi
-STORES=${ROOT}stores RUNS=${ROOT}runs REC=${ROOT}runs/gpu_session_records
+STORES=${ROOT}stores RUNS=${ROOT}runs REC=${ROOT}runs/gpu_session_records LOGS=${ROOT}logs
+mkdir -p "$LOGS"
 MT="task=metaworld_mt store=$STORES/metaworld_mt.zarr device=$DEV training.batch_size=$BATCH"
 
 # a training stopped at the deadline keeps its last checkpoint (SIGTERM saves one); the run's log says where it stopped
@@ -82,7 +83,7 @@ train() {  # train <seconds> <log> <overrides...>
 }
 
 pack() {  # records first; then acting checkpoints (cat acting.tar.* > acting.tar), as many as 8 files / 60 MiB hold
-    tar czf "$OUT/records.tar.gz" --ignore-failed-read logs/gpu_*.log "$REC" "$RUNS"/*-gpu/metrics.csv \
+    tar czf "$OUT/records.tar.gz" --ignore-failed-read $LOGS/gpu_*.log "$REC" "$RUNS"/*-gpu/metrics.csv \
         "$RUNS"/metaworld_mt-pad*/metrics.csv "$RUNS"/metaworld_mt-pad*/eval/metrics.json 2>/dev/null
     local bytes=$(stat -c %s "$OUT/records.tar.gz") kept=()
     for ckpt in "$@"; do  # in order of value: the first that would overflow stays behind, and those after it
@@ -108,11 +109,13 @@ image)  # robomimic Can or Square from two 84 px cameras (bench/recipes.py robom
     for head in $HEADS; do
         case $head in beso|carp|ddpm) ;; *) echo "image: heads are beso, carp, ddpm; not $head"; exit 2 ;; esac
     done
-    timeout 75 "$PY" -m vmp.bench.cli latency --device "$DEV" --heads pad divla navdp --repeats "$REPEATS" \
-        --out-dir "$REC" > logs/gpu_latency.log 2>&1; say "latency pad/divla/navdp: exit $?"
+    if [ "${LATENCY:-1}" = 1 ]; then  # LATENCY=0: skip them (measured once already), more minutes for training
+        timeout 75 "$PY" -m vmp.bench.cli latency --device "$DEV" --heads pad divla navdp --repeats "$REPEATS" \
+            --out-dir "$REC" > $LOGS/gpu_latency.log 2>&1; say "latency pad/divla/navdp: exit $?"
+    fi
     "$PY" -m vmp.sim.collect task=${TASK}_image n_episodes=$N_IMG action_noise=0.1 steps_after_success=10 \
-        n_workers=$W_IMG out=$STORES/${TASK}_image_dart.zarr append=true > logs/gpu_collect_$TASK.log 2>&1
-    say "collected: $(tail -n 1 logs/gpu_collect_$TASK.log | cut -c1-160)"
+        n_workers=$W_IMG out=$STORES/${TASK}_image_dart.zarr append=true > $LOGS/gpu_collect_$TASK.log 2>&1
+    say "collected: $(tail -n 1 $LOGS/gpu_collect_$TASK.log | cut -c1-160)"
     DATA="task=${TASK}_image store=$STORES/${TASK}_image_dart.zarr device=$DEV training.num_workers=$WORKERS"
     DATA="$DATA resume=true $EXTRA"
     POLICY="$DATA encoder=compact_cnn training.batch_size=$BATCH training.steps=$IMG_STEPS training.keep_every=$KEEP"
@@ -121,13 +124,13 @@ image)  # robomimic Can or Square from two 84 px cameras (bench/recipes.py robom
     for head in $HEADS; do
         run=$RUNS/${TASK}_image-$head-gpu
         if [ $head = carp ]; then
-            (train $TOK_S logs/gpu_${TASK}_carp_tokenizer.log $DATA policy=carp_tokenizer training.steps=$TOK_STEPS \
+            (train $TOK_S $LOGS/gpu_${TASK}_carp_tokenizer.log $DATA policy=carp_tokenizer training.steps=$TOK_STEPS \
                  training.lr=1e-3 training.warmup_steps=200 run_dir=$RUNS/${TASK}_image-carp_tokenizer-gpu
-             train $(( end - $(date +%s) )) logs/gpu_${TASK}_carp.log $POLICY policy=carp \
+             train $(( end - $(date +%s) )) $LOGS/gpu_${TASK}_carp.log $POLICY policy=carp \
                  policy.tokenizer_checkpoint=$RUNS/${TASK}_image-carp_tokenizer-gpu/checkpoints/latest.pt \
                  run_dir=$run) &
         else
-            train $(( end - $(date +%s) )) logs/gpu_${TASK}_$head.log $POLICY policy=$head run_dir=$run &
+            train $(( end - $(date +%s) )) $LOGS/gpu_${TASK}_$head.log $POLICY policy=$head run_dir=$run &
         fi
     done
     wait
@@ -139,40 +142,42 @@ image)  # robomimic Can or Square from two 84 px cameras (bench/recipes.py robom
             [ -n "$ckpt" ] && ordered+=("$(acting "$ckpt" "$RUNS/acting/${TASK}_image-$head-gpu-$(basename "$ckpt")")")
         done
     done
-    # the last two kept checkpoints of each head, 50 episodes each on the CPU cores here (the recipe's variants)
+    # the newest kept checkpoint of each head, 50 episodes on the CPU cores here (the recipe's variants); the others
+    # are evaluated on the CPU at home (six evaluations at once did not finish in 150 s)
     declare -A SETTING=([beso]="3-step euler" [ddpm]="100-step ddpm"
                         [carp]="greedy, 4 scales, kv-cache, self-correction 0.5")
+    n_heads=$(wc -w <<< "$HEADS"); workers=$(( (IMG_W_EVAL + n_heads - 1) / n_heads ))  # the cores, shared
     for head in $HEADS; do
-        for ckpt in $(ls $RUNS/${TASK}_image-$head-gpu/checkpoints/step_*.pt 2>/dev/null | sort -r | head -n 2); do
+        for ckpt in $(ls $RUNS/${TASK}_image-$head-gpu/checkpoints/step_*.pt 2>/dev/null | sort -r | head -n 1); do
             step=$(basename "$ckpt" .pt | sed 's/step_0*//')
             OMP_NUM_THREADS=1 timeout $(( start + DEADLINE_S - 25 - $(date +%s) )) "$PY" -m vmp.sim.evaluate \
-                checkpoint=$ckpt n_episodes=$IMG_EVAL n_workers=$IMG_W_EVAL n_videos=0 device=cpu \
+                checkpoint=$ckpt n_episodes=$IMG_EVAL n_workers=$workers n_videos=0 device=cpu \
                 out_dir=$RUNS/${TASK}_image-$head-gpu/eval_step$step \
                 "variant=\"${SETTING[$head]}; compact CNN, 2 x 84 px cameras (GPU); seed 0, step $step of $IMG_STEPS\"" \
                 results_json=$REC/success_${TASK}_image_${head}_gpu_seed0_step$step.json \
-                > logs/gpu_eval_${TASK}_${head}_$step.log 2>&1 &
+                > $LOGS/gpu_eval_${TASK}_${head}_$step.log 2>&1 &
         done
     done
-    wait; say "evaluated: $(grep -ho 'success [0-9.]*' logs/gpu_eval_${TASK}_*.log | tr '\n' ' ')"
+    wait; say "evaluated: $(grep -ho 'success [0-9.]*' $LOGS/gpu_eval_${TASK}_*.log | tr '\n' ' ')"
     pack "${ordered[@]}"
     say "done"; exit 0
     ;;
 data)
     say "latency rows"
     "$PY" -m vmp.bench.cli latency --device "$DEV" --engine $COMPILE --heads carp --repeats "$REPEATS" --out-dir "$REC" \
-        > logs/gpu_latency_compile.log 2>&1; say "carp --compile: exit $?"
+        > $LOGS/gpu_latency_compile.log 2>&1; say "carp --compile: exit $?"
     "$PY" -m vmp.bench.cli latency --device "$DEV" --heads pad divla navdp --repeats "$REPEATS" --out-dir "$REC" \
-        > logs/gpu_latency.log 2>&1; say "pad/divla/navdp: exit $?"
+        > $LOGS/gpu_latency.log 2>&1; say "pad/divla/navdp: exit $?"
     "$PY" -m vmp.bench.cli latency --device "$DEV" --engine --heads pad divla navdp --repeats "$REPEATS" \
         --out-dir "$REC" \
-        > logs/gpu_latency_engine.log 2>&1; say "pad/divla/navdp engine: exit $?"
+        > $LOGS/gpu_latency_engine.log 2>&1; say "pad/divla/navdp engine: exit $?"
     say "collecting (${N_MT} + ${N_VIDEO} episodes)"
     "$PY" -m vmp.sim.collect task=metaworld_mt n_episodes=$N_MT action_noise=0.1 n_workers=$W_MT \
-        out=$STORES/metaworld_mt.zarr append=true > logs/gpu_collect_mt.log 2>&1 &
+        out=$STORES/metaworld_mt.zarr append=true > $LOGS/gpu_collect_mt.log 2>&1 &
     "$PY" -m vmp.sim.collect task=metaworld_video n_episodes=$N_VIDEO action_free=true n_workers=$W_VIDEO \
-        out=$STORES/metaworld_video.zarr append=true > logs/gpu_collect_video.log 2>&1 &
-    wait; say "collected: $(tail -n 1 logs/gpu_collect_mt.log | cut -c1-160)"
-    train $(( $(left) - 20 )) logs/gpu_pad_vae.log $MT policy=pad_vae training.steps=$VAE_STEPS training.lr=5e-4 \
+        out=$STORES/metaworld_video.zarr append=true > $LOGS/gpu_collect_video.log 2>&1 &
+    wait; say "collected: $(tail -n 1 $LOGS/gpu_collect_mt.log | cut -c1-160)"
+    train $(( $(left) - 20 )) $LOGS/gpu_pad_vae.log $MT policy=pad_vae training.steps=$VAE_STEPS training.lr=5e-4 \
         training.num_workers=$WORKERS run_dir=$RUNS/metaworld_mt-pad_vae resume=true $EXTRA
     ;;
 train)
@@ -180,21 +185,21 @@ train)
     PAD="$MT policy=pad policy.vae=$RUNS/metaworld_mt-pad_vae training.steps=$PAD_STEPS training.num_workers=$WORKERS resume=true $EXTRA $PAD_EXTRA"
     limit=$(( $(left) - EVAL_S - 60 ))  # then the evaluations, the acting checkpoints and the bundle
     say "three PAD runs, ${limit}s at most"
-    train $limit logs/gpu_pad.log $PAD run_dir=$RUNS/metaworld_mt-pad \
+    train $limit $LOGS/gpu_pad.log $PAD run_dir=$RUNS/metaworld_mt-pad \
         "mix=[{store: $STORES/metaworld_video.zarr, weight: 0.5}]" &
-    train $limit logs/gpu_pad_novideo.log $PAD run_dir=$RUNS/metaworld_mt-pad-novideo &
-    train $limit logs/gpu_pad_nofuture.log $PAD policy.predict_future=false run_dir=$RUNS/metaworld_mt-pad-nofuture &
+    train $limit $LOGS/gpu_pad_novideo.log $PAD run_dir=$RUNS/metaworld_mt-pad-novideo &
+    train $limit $LOGS/gpu_pad_nofuture.log $PAD policy.predict_future=false run_dir=$RUNS/metaworld_mt-pad-nofuture &
     wait
     # evaluated here while the GPU is held (the records come back whatever the checkpoints' size), 5 workers each
     for run in pad pad-novideo pad-nofuture; do
         [ -f $RUNS/metaworld_mt-$run/checkpoints/latest.pt ] || continue
-        steps=$(grep -o 'done: [0-9]*\|interrupted at step [0-9]*' logs/gpu_${run//-/_}.log | grep -o '[0-9]*$')
+        steps=$(grep -o 'done: [0-9]*\|interrupted at step [0-9]*' $LOGS/gpu_${run//-/_}.log | grep -o '[0-9]*$')
         timeout $(( $(left) - 50 )) "$PY" -m vmp.sim.evaluate checkpoint=$RUNS/metaworld_mt-$run n_episodes=$N_EVAL \
             n_workers=$W_EVAL n_videos=0 device=$DEV out_dir=$RUNS/metaworld_mt-$run/eval \
             "variant=\"10-step DDIM; $run, ${steps} of $PAD_STEPS steps ($DEV)\"" \
-            results_json=$REC/success_metaworld_mt_image_${run//-/_}_cuda.json > logs/gpu_eval_$run.log 2>&1 &
+            results_json=$REC/success_metaworld_mt_image_${run//-/_}_cuda.json > $LOGS/gpu_eval_$run.log 2>&1 &
     done
-    wait; say "evaluated: $(grep -ho 'success [0-9.]*' logs/gpu_eval_*.log | tr '\n' ' ')"
+    wait; say "evaluated: $(grep -ho 'success [0-9.]*' $LOGS/gpu_eval_*.log | tr '\n' ' ')"
     for run in pad pad-novideo pad-nofuture; do
         [ -f $RUNS/metaworld_mt-$run/checkpoints/latest.pt ] && \
             "$PY" -m vmp.policies.checkpoint $RUNS/metaworld_mt-$run "$RUNS/$run-acting.pt"
