@@ -364,7 +364,8 @@ RECIPES = [
                    tag="_euler10"),
         f"vmp-train {_SQUARE_16K} policy=beso run_dir=runs/square-beso-after10obs-16k-seed0 seed=0",
         *(_step_eval("square-beso-after10obs-16k-seed0", "success_square_lowdim_beso_after10obs_16k_seed0",
-                     f"3-step euler, {_AFTER10_SETTING}", 0, k, "of 16000", workers=2) for k in (12000, 14000, 16000)),
+                     f"3-step euler, {_AFTER10_SETTING}", 0, k, "of 16000", workers=2)
+          for k in (12000, 14000, 16000, 10000, 8000)),
     ]),
     # the first Square store: episodes end at success, the first observation's nut-to-hand values zero (before
     # adc12ad); this code remakes it only approximately
