@@ -78,6 +78,8 @@ MT="task=metaworld_mt store=$STORES/metaworld_mt.zarr device=$DEV training.batch
 # a training stopped at the deadline keeps its last checkpoint (SIGTERM saves one); the run's log says where it stopped
 train() {  # train <seconds> <log> <overrides...>
     local limit=$1 logf=$2; shift 2
+    # `timeout 0` would mean no limit at all: a training whose turn comes after the deadline does not start
+    (( limit > 0 )) || { say "$(basename "$logf" .log): no time left, not started"; return; }
     timeout --signal=TERM --kill-after=30 "$limit" "$PY" -m vmp.policies.train "$@" > "$logf" 2>&1
     say "$(basename "$logf" .log): exit $? ($(grep -o 'done: [0-9]* steps' "$logf" || grep -o 'interrupted at step [0-9]*' "$logf" || echo failed))"
 }
