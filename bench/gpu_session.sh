@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A short GPU session (about 15 minutes of device time, two calls) spent on what two CPU cores cannot do, most
-# valuable first. Run from the repository root on the GPU machine:
+# A short GPU session (about 15 minutes of device time: one call of under ten minutes per phase) spent on what two
+# CPU cores cannot do. Run from the repository root on the GPU machine:
 #
 #   bash bench/gpu_session.sh image [can|square] [HEADS]  # one call: latency rows of PAD, Diffusion-VLA and NavDP;
 #                                     # the task's image store collected there; HEADS (default "beso carp ddpm") from
@@ -15,14 +15,14 @@
 #
 # Each phase stops its trainings (SIGTERM: a checkpoint is saved) in time to finish inside DEADLINE_S seconds, and
 # leaves in $OUT what comes back: records.tar.gz (results records, metrics.csv, evaluation metrics, logs) and the
-# acting checkpoints (EMA weights, no optimizer state: `python -m vmp.policies.checkpoint`) in 15 MiB parts, as many
-# as fit what a device call returns (8 files, 64 MiB). Put one together with `cat pad.pt.* > pad.pt`; an evaluation
-# the session had no time for runs on the CPU: the metaworld_mt recipe's vmp-eval lines with checkpoint=pad.pt.
-# The second phase needs the first's stores and autoencoder on the same machine (run it right after).
+# acting checkpoints (EMA weights, no optimizer state: `python -m vmp.policies.checkpoint`) in one tar split in 15 MiB
+# parts, as many as fit what a device call returns (8 files, 64 MiB): `cat acting.tar.* | tar xf -` unpacks them
+# (runs/acting/<run>-step_N.pt, runs/<pad run>-acting.pt); an evaluation the session had no time for runs on the CPU
+# with the recipe's vmp-eval lines. `train` needs `data`'s stores and autoencoder on the same machine (right after).
 #
 # A machine without this project's packages installs them from .whl/ and the EGL loaders from .gl/ (both ignored by
-# git; `make gpu-bundle` fills them here). SMOKE=1 rehearses both phases on the CPU in a minute or two: tiny stores,
-# a few steps, the same commands.
+# git; `make gpu-bundle` fills them here). SMOKE=1 rehearses a phase on the CPU in a few minutes: tiny stores, a
+# few steps, the same commands.
 set -uo pipefail
 phase=${1:?usage: bash bench/gpu_session.sh image [can|square] [HEADS] | data | train}
 TASK=${2:-can} HEADS=${3:-beso carp ddpm}
@@ -150,15 +150,15 @@ image)  # robomimic Can or Square from two 84 px cameras (bench/recipes.py robom
                         [carp]="greedy, 4 scales, kv-cache, self-correction 0.5")
     n_heads=$(wc -w <<< "$HEADS"); workers=$(( (IMG_W_EVAL + n_heads - 1) / n_heads ))  # the cores, shared
     for head in $HEADS; do
-        for ckpt in $(ls $RUNS/${TASK}_image-$head-gpu/checkpoints/step_*.pt 2>/dev/null | sort -r | head -n 1); do
-            step=$(basename "$ckpt" .pt | sed 's/step_0*//')
-            OMP_NUM_THREADS=1 timeout $(( start + DEADLINE_S - 25 - $(date +%s) )) "$PY" -m vmp.sim.evaluate \
-                checkpoint=$ckpt n_episodes=$IMG_EVAL n_workers=$workers n_videos=0 device=cpu \
-                out_dir=$RUNS/${TASK}_image-$head-gpu/eval_step$step \
-                "variant=\"${SETTING[$head]}; compact CNN, 2 x 84 px cameras (GPU); seed 0, step $step of $IMG_STEPS\"" \
-                results_json=$REC/success_${TASK}_image_${head}_gpu_seed0_step$step.json \
-                > $LOGS/gpu_eval_${TASK}_${head}_$step.log 2>&1 &
-        done
+        ckpt=$(ls $RUNS/${TASK}_image-$head-gpu/checkpoints/step_*.pt 2>/dev/null | sort -r | head -n 1)
+        [ -n "$ckpt" ] || continue
+        step=$(basename "$ckpt" .pt | sed 's/step_0*//')
+        OMP_NUM_THREADS=1 timeout $(( start + DEADLINE_S - 25 - $(date +%s) )) "$PY" -m vmp.sim.evaluate \
+            checkpoint=$ckpt n_episodes=$IMG_EVAL n_workers=$workers n_videos=0 device=cpu \
+            out_dir=$RUNS/${TASK}_image-$head-gpu/eval_step$step \
+            "variant=\"${SETTING[$head]}; compact CNN, 2 x 84 px cameras (GPU); seed 0, step $step of $IMG_STEPS\"" \
+            results_json=$REC/success_${TASK}_image_${head}_gpu_seed0_step$step.json \
+            > $LOGS/gpu_eval_${TASK}_${head}_$step.log 2>&1 &
     done
     wait; say "evaluated: $(grep -ho 'success [0-9.]*' $LOGS/gpu_eval_${TASK}_*.log | tr '\n' ' ')"
     pack "${ordered[@]}"

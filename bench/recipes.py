@@ -78,10 +78,10 @@ _SQUARE = f"task=square store=stores/square_dart.zarr {_ROBOMIMIC_SCHEDULE}"
 _CARP_CAN = "greedy, 4 scales, kv-cache"
 _CAN_AFTER10 = f"task=can store=stores/can_dart_after10_obs.zarr {_ROBOMIMIC_SCHEDULE} training.stop_after=5000"
 _AFTER10_SETTING = "demos 10 steps past success, complete first observation"
-_SQUARE_AFTER10 = f"task=square store=stores/square_dart_after10_obs.zarr {_ROBOMIMIC_SCHEDULE}"
+_SQUARE_AFTER10_DATA = "task=square store=stores/square_dart_after10_obs.zarr"
+_SQUARE_AFTER10 = f"{_SQUARE_AFTER10_DATA} {_ROBOMIMIC_SCHEDULE}"
 # twice the schedule (~56 epochs): the 8000-step run's validation loss was still falling at its end
-_SQUARE_16K = "task=square store=stores/square_dart_after10_obs.zarr training.batch_size=128 training.steps=16000 " \
-              "training.keep_every=2000"
+_SQUARE_16K = f"{_SQUARE_AFTER10_DATA} training.batch_size=128 training.steps=16000 training.keep_every=2000"
 
 
 def _step_eval(run: str, result: str, setting: str, seed: int, step: int, schedule: str, episodes: int = 50,
@@ -107,7 +107,7 @@ _ROBOMIMIC_IMAGE_GPU = ("encoder=compact_cnn device=cuda training.batch_size=128
                         "training.keep_every=1000 training.num_workers=4")
 _IMAGE_SETTINGS = {"beso": "3-step euler", "carp": _CARP, "ddpm": "100-step ddpm"}
 # The kept checkpoints evaluated (on the CPU, once back from the GPU) and how far each run got: a lent GPU session
-# (bench/gpu_session.sh can_image) stops its trainings at its deadline
+# (bench/gpu_session.sh image) stops its trainings at its deadline
 _IMAGE_EVALS = {"can": {"beso": ((3000, 4000, 5000), "of 10000 (the GPU session stopped at 5357)"),
                         "ddpm": ((2000, 3000, 4000), "of 10000 (the GPU session stopped at 4619)")},
                 "square": {head: ((6000, 8000, 10000), "of 10000") for head in _IMAGE_SETTINGS}}
