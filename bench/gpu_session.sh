@@ -146,17 +146,16 @@ image)  # robomimic Can or Square from two 84 px cameras (bench/recipes.py robom
     done
     # the newest kept checkpoint of each head, 50 episodes on the CPU cores here (the recipe's variants); the others
     # are evaluated on the CPU at home (six evaluations at once did not finish in 150 s)
-    declare -A SETTING=([beso]="3-step euler" [ddpm]="100-step ddpm"
-                        [carp]="greedy, 4 scales, kv-cache, self-correction 0.5")
     n_heads=$(wc -w <<< "$HEADS"); workers=$(( (IMG_W_EVAL + n_heads - 1) / n_heads ))  # the cores, shared
     for head in $HEADS; do
         ckpt=$(ls $RUNS/${TASK}_image-$head-gpu/checkpoints/step_*.pt 2>/dev/null | sort -r | head -n 1)
         [ -n "$ckpt" ] || continue
         step=$(basename "$ckpt" .pt | sed 's/step_0*//')
+        setting=$("$PY" -c "from vmp.bench.recipes import IMAGE_SETTINGS; print(IMAGE_SETTINGS['$head'])")
         OMP_NUM_THREADS=1 timeout $(( start + DEADLINE_S - 25 - $(date +%s) )) "$PY" -m vmp.sim.evaluate \
             checkpoint=$ckpt n_episodes=$IMG_EVAL n_workers=$workers n_videos=0 device=cpu \
             out_dir=$RUNS/${TASK}_image-$head-gpu/eval_step$step \
-            "variant=\"${SETTING[$head]}; compact CNN, 2 x 84 px cameras (GPU); seed 0, step $step of $IMG_STEPS\"" \
+            "variant=\"$setting; compact CNN, 2 x 84 px cameras (GPU); seed 0, step $step of $IMG_STEPS\"" \
             results_json=$REC/success_${TASK}_image_${head}_gpu_seed0_step$step.json \
             > $LOGS/gpu_eval_${TASK}_${head}_$step.log 2>&1 &
     done

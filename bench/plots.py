@@ -149,7 +149,8 @@ def plot_curves(records: list[dict], path: Path) -> bool:
     if not panels:
         return False
     heads = sorted({head for _, _, head, _ in found})
-    plt, (fig, axes) = _figure(5 * len(panels), 4, ncols=len(panels))
+    lines = max(sum(len(seeds) for (t, o, _, _), seeds in found.items() if (t, o) == panel) for panel in panels)
+    plt, (fig, axes) = _figure(5 * len(panels), 3.2 + 0.12 * lines, ncols=len(panels))  # legends below the axes
     axes = [axes] if len(panels) == 1 else list(axes)
     for (task, obs, head, setting), seeds in found.items():
         ax = axes[panels.index((task, obs))]
@@ -163,7 +164,7 @@ def plot_curves(records: list[dict], path: Path) -> bool:
         ax.set_xlabel("training minutes (as each checkpoint records them)")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlim(left=0)
-        ax.legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=5, loc="upper left", bbox_to_anchor=(0, -0.2))
     axes[0].set_ylabel("success rate")
     _save(plt, fig, path)
     return True

@@ -78,7 +78,8 @@ _SQUARE = f"task=square store=stores/square_dart.zarr {_ROBOMIMIC_SCHEDULE}"
 _CARP_CAN = "greedy, 4 scales, kv-cache"
 _CAN_AFTER10 = f"task=can store=stores/can_dart_after10_obs.zarr {_ROBOMIMIC_SCHEDULE} training.stop_after=5000"
 _AFTER10_SETTING = "demos 10 steps past success, complete first observation"
-_SQUARE_AFTER10_DATA = "task=square store=stores/square_dart_after10_obs.zarr"
+_SQUARE_AFTER10_STORE = "stores/square_dart_after10_obs.zarr"
+_SQUARE_AFTER10_DATA = f"task=square store={_SQUARE_AFTER10_STORE}"
 _SQUARE_AFTER10 = f"{_SQUARE_AFTER10_DATA} {_ROBOMIMIC_SCHEDULE}"
 # twice the schedule (~56 epochs): the 8000-step run's validation loss was still falling at its end
 _SQUARE_16K = f"{_SQUARE_AFTER10_DATA} training.batch_size=128 training.steps=16000 training.keep_every=2000"
@@ -105,12 +106,13 @@ def _full_eval(run: str, result: str, step: int) -> str:
 # 64, days for the state rows' number of samples at the image rows' cost)
 _ROBOMIMIC_IMAGE_GPU = ("encoder=compact_cnn device=cuda training.batch_size=128 training.steps=10000 "
                         "training.keep_every=1000 training.num_workers=4")
-_IMAGE_SETTINGS = {"beso": "3-step euler", "carp": _CARP, "ddpm": "100-step ddpm"}
+# each head's inference setting as the image records name it (bench/gpu_session.sh reads it for its device evaluations)
+IMAGE_SETTINGS = {"beso": "3-step euler", "carp": _CARP, "ddpm": "100-step ddpm"}
 # The kept checkpoints evaluated (on the CPU, once back from the GPU) and how far each run got: a lent GPU session
 # (bench/gpu_session.sh image) stops its trainings at its deadline
 _IMAGE_EVALS = {"can": {"beso": ((3000, 4000, 5000), "of 10000 (the GPU session stopped at 5357)"),
                         "ddpm": ((2000, 3000, 4000), "of 10000 (the GPU session stopped at 4619)")},
-                "square": {head: ((6000, 8000, 10000), "of 10000") for head in _IMAGE_SETTINGS}}
+                "square": {head: ((6000, 8000, 10000), "of 10000") for head in IMAGE_SETTINGS}}
 
 
 def _robomimic_image_gpu(task: str) -> list[str]:
@@ -126,19 +128,19 @@ def _robomimic_image_gpu(task: str) -> list[str]:
     lines += [f"vmp-train task={task}_image {store} {_ROBOMIMIC_IMAGE_GPU} {policies[head]} "
               f"run_dir=runs/{task}_image-{head}-gpu" for head in ("beso", "carp", "ddpm")]
     lines += [_step_eval(f"{task}_image-{head}-gpu", f"success_{task}_image_{head}_gpu_seed0",
-                         f"{_IMAGE_SETTINGS[head]}; compact CNN, 2 x 84 px cameras (GPU)", 0, k, schedule, workers=2)
+                         f"{IMAGE_SETTINGS[head]}; compact CNN, 2 x 84 px cameras (GPU)", 0, k, schedule, workers=2)
               for head, (steps, schedule) in _IMAGE_EVALS[task].items() for k in steps]
     return lines
 
 
-def _can_carp(store: str, train: str, name: str, seed: int) -> tuple[str, str]:
-    """CARP on Can: its tokenizer on `store`, then the policy (`train`: the task, store and schedule) on that tokenizer;
-    runs named can-carp_tokenizer`name`-seedS and can-carp`name`-seedS."""
-    tokenizer = f"runs/can-carp_tokenizer{name}-seed{seed}"
-    return (f"vmp-train task=can policy=carp_tokenizer store={store} training.steps=3000 training.lr=1e-3 "
+def _carp(task: str, store: str, train: str, name: str, seed: int) -> tuple[str, str]:
+    """CARP on a robomimic task: its tokenizer on `store`, then the policy (`train`: the task, store and schedule) on
+    that tokenizer; runs named `task`-carp_tokenizer`name`-seedS and `task`-carp`name`-seedS."""
+    tokenizer = f"runs/{task}-carp_tokenizer{name}-seed{seed}"
+    return (f"vmp-train task={task} policy=carp_tokenizer store={store} training.steps=3000 training.lr=1e-3 "
             f"training.warmup_steps=200 run_dir={tokenizer} seed={seed}",
             f"vmp-train {train} policy=carp policy.tokenizer_checkpoint={tokenizer}/checkpoints/latest.pt "
-            f"run_dir=runs/can-carp{name}-seed{seed} seed={seed}")
+            f"run_dir=runs/{task}-carp{name}-seed{seed} seed={seed}")
 
 
 def _can_eval(head: str, seed: int, step: int, setting: str) -> str:
@@ -304,7 +306,7 @@ RECIPES = [
                      f"3-step euler, {_AFTER10_SETTING}", seed, k, "of 8000 (stopped at 5000)", workers=2)
           for seed in (0, 1, 2) for k in (3000, 4000, 5000)),
         *(line for seed in (0, 1, 2)
-          for line in _can_carp("stores/can_dart_after10_obs.zarr", _CAN_AFTER10, "-after10obs", seed)),
+          for line in _carp("can", "stores/can_dart_after10_obs.zarr", _CAN_AFTER10, "-after10obs", seed)),
         *(_step_eval(f"can-carp-after10obs-seed{seed}", f"success_can_lowdim_carp_after10obs_seed{seed}",
                      f"{_CARP_CAN}, {_AFTER10_SETTING}", seed, k, "of 8000 (stopped at 5000)", workers=2)
           for seed in (0, 1, 2) for k in (3000, 4000, 5000)),
@@ -321,7 +323,7 @@ RECIPES = [
         "stores/can_dart_after10.zarr": "vmp-collect task=can n_episodes=200 out=stores/can_dart_after10.zarr "
                                         "action_noise=0.1 steps_after_success=10"}, [
         *(f"vmp-train {_CAN} policy=beso run_dir=runs/can-beso-seed{seed} seed={seed}" for seed in (0, 1, 2)),
-        *(line for seed in (0, 1, 2) for line in _can_carp("stores/can_dart.zarr", _CAN, "", seed)),
+        *(line for seed in (0, 1, 2) for line in _carp("can", "stores/can_dart.zarr", _CAN, "", seed)),
         *(_can_eval("beso", 0, k, "3-step euler") for k in (2000, 3000, 4000, 5000)),
         *(_can_eval("beso", seed, k, "3-step euler") for seed in (1, 2) for k in (3000, 4000, 5000)),
         *(_can_eval("carp", 0, k, _CARP_CAN) for k in (2000, 3000, 4000, 5000)),
@@ -366,6 +368,10 @@ RECIPES = [
         *(_step_eval("square-beso-after10obs-16k-seed0", "success_square_lowdim_beso_after10obs_16k_seed0",
                      f"3-step euler, {_AFTER10_SETTING}", 0, k, "of 16000", workers=2)
           for k in (12000, 14000, 16000, 10000, 8000)),
+        # CARP on the same store and schedule (its tokenizer first, as on Can)
+        *_carp("square", _SQUARE_AFTER10_STORE, _SQUARE_16K, "-after10obs-16k", 0),
+        *(_step_eval("square-carp-after10obs-16k-seed0", "success_square_lowdim_carp_after10obs_16k_seed0",
+                     f"{_CARP_CAN}, {_AFTER10_SETTING}", 0, k, "of 16000", workers=2) for k in (12000, 14000, 16000)),
     ]),
     # the first Square store: episodes end at success, the first observation's nut-to-hand values zero (before
     # adc12ad); this code remakes it only approximately

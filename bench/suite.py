@@ -1,10 +1,10 @@
 """`vmp-bench suite=quick` (or `vmp-bench suite quick`): every CPU benchmark in one command, then the results page's
 tables and plots (docs/results.md) regenerated from results/. `suite=full` adds the slower rows: deployment under
 load, scale-out, chunk seams of the image-Lift and Diffusion-VLA checkpoints of record (where they and their store
-are on disk), the side-by-side comparisons with LeRobot on low-dim and image Lift (when the LeRobot environment,
-.venv-lerobot, exists and the Lift stores of record do), the GPU rows (latency, the deployment engine) when a GPU is
-present, and then the results table itself: every recipe in `vmp.bench.recipes` (collect where the store is missing,
-train, evaluate), hours on 2 CPU cores. A training that fails skips the evaluations of its run folder.
+are on disk), the side-by-side comparisons with LeRobot on low-dim and image Lift and low-dim Can (when the LeRobot
+environment, .venv-lerobot, exists and the stores of record do), the GPU rows (latency, the deployment engine) when
+a GPU is present, and then the results table itself: every recipe in `vmp.bench.recipes` (collect where the store is
+missing, train, evaluate), hours on 2 CPU cores. A training that fails skips the evaluations of its run folder.
 
 Each benchmark runs in a process of its own (they set process-wide state: thread counts, the GIL switch interval)
 and writes its own results JSON; the suite records what ran and how long in results/bench_suite_<name>.json.
@@ -46,7 +46,13 @@ LEROBOT = [("stores/lift_dart.zarr", ["lerobot", "--store", "stores/lift_dart.za
                                       "--ckpt-every", "200", "carp=100", "lerobot_diffusion=400", "--batch-size", "64",
                                       "--tokenizer-steps", "600", "--tag", "b64", "--out", "runs/lerobot-lift-b64"]),
            ("stores/lift_image_dart.zarr", ["lerobot", "--store", "stores/lift_image_dart.zarr", "--task", "lift_image",
-                                            "--minutes", "20", "--timeline-episodes", "0"])]
+                                            "--minutes", "20", "--timeline-episodes", "0"]),
+           # Can from the state at our Can heads' budget (17 min: BESO's 5000 steps of record); one schedule that
+           # fills it for Diffusion Policy (ACT, at a constant learning rate, is stopped by the budget)
+           ("stores/can_dart_after10_obs.zarr", ["lerobot", "--task", "can", "--store", "stores/can_dart_after10_obs.zarr",
+                                                 "--minutes", "17", "--contenders", "lerobot_diffusion", "lerobot_act",
+                                                 "--steps", "3300", "--ckpt-every", "1100", "--timeline-episodes",
+                                                 "20", "--out", "runs/lerobot-can"])]
 # seams of the checkpoints of record (image Lift, Diffusion-VLA on MT10) on their store, where both are on disk:
 # (checkpoint, store, command)
 SEAMS = [(run, store, ["deploy", "--seams", "--checkpoint", run, "--store", store, "--out",
