@@ -20,10 +20,11 @@ from pathlib import Path
 PLOTS = ("latency.png", "success.png", "success_vs_minutes.png")
 
 
-def comparison_runs(records: list[dict]) -> list[str]:
-    """The commands of the `vmp-bench lerobot` runs among the records, in order: run N is the N-th (1-based) in the
-    results page's table and in the comparison plots' labels."""
-    return sorted({r["command"] for r in records if r["kind"] == "comparison"})
+def comparison_runs(records: list[dict], task: str) -> list[str]:
+    """The commands of the `vmp-bench lerobot` runs on `task` among the records, in order: run N of a task is its
+    N-th (1-based) in the results page's table and in the task's comparison plot. Numbered within each task, so that
+    a run on a new task leaves the others' numbers as the docs cite them."""
+    return sorted({r["command"] for r in records if r["kind"] == "comparison" and r["task"] == task})
 
 
 def _figure(width: float, height: float, ncols: int = 1):
@@ -184,5 +185,5 @@ def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
             comparisons.setdefault((r["task"], r["obs"]), []).append(r)
     for (task, obs), rows in sorted(comparisons.items()):
         paths.append(out_dir / f"lerobot_{task}_{obs}.png")
-        plot_comparison(rows, comparison_runs(records), paths[-1])
+        plot_comparison(rows, comparison_runs(records, task), paths[-1])
     return paths

@@ -148,8 +148,10 @@ def _comparison_table(records: list[dict]) -> list[str]:
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         from vmp.bench.plots import comparison_runs
 
-        commands = comparison_runs(comparison)
-        for r in sorted(comparison, key=lambda r: (r["task"], r["obs"], commands.index(r["command"]), r["policy"])):
+        tasks = sorted({r["task"] for r in comparison})
+        commands = {task: comparison_runs(comparison, task) for task in tasks}
+        for r in sorted(comparison, key=lambda r: (r["task"], r["obs"], commands[r["task"]].index(r["command"]),
+                                                   r["policy"])):
             m, b = r["metrics"], r.get("budget") or {}
             if "success_rate" in m:
                 success = f"{_fmt(m['success_rate'])} | {_fmt(m['ci95_low'])}–{_fmt(m['ci95_high'])} | {m['n_episodes']}"
@@ -164,13 +166,14 @@ def _comparison_table(records: list[dict]) -> list[str]:
                     bar = "not measured (end of budget only)"
             else:
                 success, bar = "not evaluated (latency and throughput only) | - | -", "-"
-            out.append(f"| {r['task']} | {r['obs']} | {commands.index(r['command']) + 1} | {r['policy']} | "
+            out.append(f"| {r['task']} | {r['obs']} | {commands[r['task']].index(r['command']) + 1} | {r['policy']} | "
                        f"{r['variant']} | {success} | {bar} | "
                        f"{_fmt(m['p50_ms'])} | {_fmt(m['p99_ms'])} | {m.get('n_params', '-'):,} | "
                        f"{_fmt(m.get('samples_per_s'), 0)} | {b.get('train_steps', '-')} | "
                        + (f"{_fmt(b.get('minutes_budget'), 1)} min" if "success_rate" in m else "a few steps")
                        + f", batch {b.get('batch_size')}, {b.get('trainer')} |")
-        out += ["", "Runs:", "", *(f"{i}. `{shown(c)}`" for i, c in enumerate(commands, 1)), ""]
+        out += ["", "Runs, numbered within each task:", "",
+                *(f"- {task} {i}: `{shown(c)}`" for task in tasks for i, c in enumerate(commands[task], 1)), ""]
     return out
 
 

@@ -71,12 +71,16 @@ def test_comparison_rows_tell_reached_not_reached_and_not_measured_apart():
 
     point = {"step": 900, "minutes": 12.0, "success_rate": 0.9, "n_episodes": 50}
     early = {**point, "step": 600, "minutes": 8.0}
+    other_task = {**row("dp", None, [point]), "task": "can", "command": "vmp-bench lerobot --tag a"}
     text = tables([row("beso", 3.6, [early, point]), row("act", None, [early, point]),
-                   {**row("dp", None, [point]), "command": "vmp-bench lerobot --tag b"}])
+                   {**row("dp", None, [point]), "command": "vmp-bench lerobot --tag b"}, other_task])
     lines = {line.split(" | ")[3]: line for line in text.splitlines() if line.startswith("| metaworld_mt | image |")}
-    # rows carry the run (command) they were measured in: wall-clock figures compare within a run
+    # rows carry the run (command) they were measured in: wall-clock figures compare within a run; runs are numbered
+    # within their task, so the can run (whose command sorts first) leaves metaworld_mt's numbers as they were
     assert {name: line.split(" | ")[2] for name, line in lines.items()} == {"dp": "1", "act": "2", "beso": "2"}
-    assert "1. `vmp-bench lerobot --tag b`\n2. `vmp-eval ...`" in text  # runs listed in the order of their commands
+    assert "| can | image | 1 | dp |" in text
+    assert ("- can 1: `vmp-bench lerobot --tag a`\n- metaworld_mt 1: `vmp-bench lerobot --tag b`\n"
+            "- metaworld_mt 2: `vmp-eval ...`") in text  # runs listed by task, in the order of their commands
     assert "| 3.60 (≥0.95; every 300 steps) |" in lines["beso"]  # how finely the time was measured, beside it
     assert "| not reached (≥0.95; every 300 steps) |" in lines["act"]
     assert "| not measured (end of budget only) |" in lines["dp"]  # one checkpoint evaluated: no timeline to read
@@ -92,7 +96,7 @@ def test_runs_are_listed_without_the_measuring_machine_paths():
     r = {**record("comparison", success_rate=0.9, ci95_low=0.8, ci95_high=0.95, n_episodes=20, bar=0.95,
                   time_to_bar_min=None, timeline=[], p50_ms=5.0, p99_ms=6.0, n_params=10),
          "command": command}
-    assert "1. `vmp-bench lerobot --task lift`" in tables([r])
+    assert "metaworld_mt 1: `vmp-bench lerobot --task lift`" in tables([r])
 
 
 def test_curves_over_seeds_give_each_seeds_max_and_last_k_mean_and_the_spread_across_seeds(tmp_path):
