@@ -371,7 +371,8 @@ RECIPES = [
         # CARP on the same store and schedule (its tokenizer first, as on Can)
         *_carp("square", _SQUARE_AFTER10_STORE, _SQUARE_16K, "-after10obs-16k", 0),
         *(_step_eval("square-carp-after10obs-16k-seed0", "success_square_lowdim_carp_after10obs_16k_seed0",
-                     f"{_CARP_CAN}, {_AFTER10_SETTING}", 0, k, "of 16000", workers=2) for k in (12000, 14000, 16000)),
+                     f"{_CARP_CAN}, {_AFTER10_SETTING}", 0, k, "of 16000", workers=2)
+          for k in (12000, 14000, 16000, 10000, 8000)),
     ]),
     # the first Square store: episodes end at success, the first observation's nut-to-hand values zero (before
     # adc12ad); this code remakes it only approximately
