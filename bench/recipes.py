@@ -75,7 +75,6 @@ _CAN_FULL = f"task=can store=stores/can_dart.zarr {_ROBOMIMIC_SCHEDULE}"
 _CAN = f"{_CAN_FULL} training.stop_after=5000"  # an 8000-step cosine schedule stopped at 5000: an hour of one CPU thread
 _FULL_SETTING = "3-step euler, 8000-step cosine run to its end"
 _SQUARE = f"task=square store=stores/square_dart.zarr {_ROBOMIMIC_SCHEDULE}"
-_CARP_CAN = "greedy, 4 scales, kv-cache"
 _CAN_AFTER10 = f"task=can store=stores/can_dart_after10_obs.zarr {_ROBOMIMIC_SCHEDULE} training.stop_after=5000"
 _AFTER10_SETTING = "demos 10 steps past success, complete first observation"
 _SQUARE_AFTER10_STORE = "stores/square_dart_after10_obs.zarr"
@@ -308,7 +307,7 @@ RECIPES = [
         *(line for seed in (0, 1, 2)
           for line in _carp("can", "stores/can_dart_after10_obs.zarr", _CAN_AFTER10, "-after10obs", seed)),
         *(_step_eval(f"can-carp-after10obs-seed{seed}", f"success_can_lowdim_carp_after10obs_seed{seed}",
-                     f"{_CARP_CAN}, {_AFTER10_SETTING}", seed, k, "of 8000 (stopped at 5000)", workers=2)
+                     f"{_CARP}, {_AFTER10_SETTING}", seed, k, "of 8000 (stopped at 5000)", workers=2)
           for seed in (0, 1, 2) for k in (3000, 4000, 5000)),
         # the Diffusion Policy baseline on BESO's network: one seed, as the issue allows for it
         f"vmp-train {_CAN_AFTER10} policy=ddpm run_dir=runs/can-ddpm-after10obs-seed0 seed=0",
@@ -326,8 +325,8 @@ RECIPES = [
         *(line for seed in (0, 1, 2) for line in _carp("can", "stores/can_dart.zarr", _CAN, "", seed)),
         *(_can_eval("beso", 0, k, "3-step euler") for k in (2000, 3000, 4000, 5000)),
         *(_can_eval("beso", seed, k, "3-step euler") for seed in (1, 2) for k in (3000, 4000, 5000)),
-        *(_can_eval("carp", 0, k, _CARP_CAN) for k in (2000, 3000, 4000, 5000)),
-        *(_can_eval("carp", seed, k, _CARP_CAN) for seed in (1, 2) for k in (3000, 4000, 5000)),
+        *(_can_eval("carp", 0, k, _CARP) for k in (2000, 3000, 4000, 5000)),
+        *(_can_eval("carp", seed, k, _CARP) for seed in (1, 2) for k in (3000, 4000, 5000)),
         # the same schedule run to its end (the learning rate annealed): is the gap to the papers data or budget?
         f"vmp-train {_CAN_FULL} policy=beso run_dir=runs/can-beso-anneal-seed0 seed=0",
         *(_full_eval("can-beso-anneal-seed0", "success_can_lowdim_beso_full_seed0", k)
@@ -371,7 +370,7 @@ RECIPES = [
         # CARP on the same store and schedule (its tokenizer first, as on Can)
         *_carp("square", _SQUARE_AFTER10_STORE, _SQUARE_16K, "-after10obs-16k", 0),
         *(_step_eval("square-carp-after10obs-16k-seed0", "success_square_lowdim_carp_after10obs_16k_seed0",
-                     f"{_CARP_CAN}, {_AFTER10_SETTING}", 0, k, "of 16000", workers=2)
+                     f"{_CARP}, {_AFTER10_SETTING}", 0, k, "of 16000", workers=2)
           for k in (12000, 14000, 16000, 10000, 8000)),
     ]),
     # the first Square store: episodes end at success, the first observation's nut-to-hand values zero (before
