@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass
 
 LAST_K = 3
-_VARIANT = re.compile(r"^(?P<setting>.*?);\s*seed (?P<seed>\d+), step (?P<step>\d+)\b")
+_VARIANT = re.compile(r"^(?P<setting>.*?);\s*seed (?P<seed>\d+), step (?P<step>\d+)(?: of (?P<schedule>\d+))?\b")
 
 
 @dataclass(frozen=True)
@@ -27,17 +27,19 @@ class Point:
     episodes: int
 
 
-def curves(records: list[dict]) -> dict[tuple[str, str, str, str], dict[int, list[Point]]]:
-    """{(task, obs, head, setting): {seed: checkpoints in step order}} of the success records that name a seed and a
-    step; a seed evaluated twice at one step keeps the record with more episodes."""
-    out: dict[tuple[str, str, str, str], dict[int, dict[int, Point]]] = {}
+def curves(records: list[dict]) -> dict[tuple[str, str, str, str, int | None], dict[int, list[Point]]]:
+    """{(task, obs, head, setting, schedule): {seed: checkpoints in step order}} of the success records that name a
+    seed and a step ("..., step N of SCHEDULE": runs of different lengths are different curves, their learning rates
+    anneal differently); a seed evaluated twice at one step keeps the record with more episodes."""
+    out: dict[tuple[str, str, str, str, int | None], dict[int, dict[int, Point]]] = {}
     for r in records:
         match = _VARIANT.match(r.get("variant") or "") if r["kind"] == "success" else None
         if match is None:
             continue
         point = Point(int(match["step"]), (r.get("budget") or {}).get("train_minutes"),
                       float(r["metrics"]["success_rate"]), int(r["metrics"].get("n_episodes") or 0))
-        seeds = out.setdefault((r["task"], r["obs"], r["policy"], match["setting"]), {})
+        schedule = int(match["schedule"]) if match["schedule"] else None
+        seeds = out.setdefault((r["task"], r["obs"], r["policy"], match["setting"], schedule), {})
         steps = seeds.setdefault(int(match["seed"]), {})
         if point.step not in steps or point.episodes > steps[point.step].episodes:
             steps[point.step] = point
@@ -71,7 +73,7 @@ def _spread(values: list[float]) -> str:
 
 
 def table(records: list[dict], k: int = LAST_K) -> list[str]:
-    """The results page's rows: one per (task, obs, head, setting) with seeds; mean ± standard deviation across
+    """The results page's rows: one per (task, obs, head, setting, schedule) with seeds; mean ± standard deviation across
     seeds (a single seed: its value, and the row says so)."""
     found = curves(records)
     if not found:
@@ -83,7 +85,7 @@ def table(records: list[dict], k: int = LAST_K) -> list[str]:
            f"| task | obs | head | setting | seeds | max | mean of last {k} | per seed (max / last-{k} mean) | "
            "plateau | checkpoints (episodes each) | minutes at last checkpoint |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (task, obs, head, setting), seeds in found.items():
+    for (task, obs, head, setting, schedule), seeds in found.items():
         summaries = {seed: seed_summary(points, k) for seed, points in seeds.items()}
         per_seed = "; ".join(f"{seed}: {s['max']:.2f} / {s['last_k']:.2f}" for seed, s in summaries.items())
         steps = sorted({p.step for points in seeds.values() for p in points})
@@ -94,5 +96,5 @@ def table(records: list[dict], k: int = LAST_K) -> list[str]:
         out.append(f"| {task} | {obs} | {head} | {setting} | {label} | "
                    f"{_spread([s['max'] for s in summaries.values()])} | "
                    f"{_spread([s['last_k'] for s in summaries.values()])} | {per_seed} | {flat} of {len(seeds)} | "
-                   f"{', '.join(map(str, steps))} ({episodes}) | {minutes} |")
+                   f"{', '.join(map(str, steps))}{f' of {schedule}' if schedule else ''} ({episodes}) | {minutes} |")
     return out + [""]

@@ -146,20 +146,20 @@ def plot_curves(records: list[dict], path: Path) -> bool:
     from vmp.bench.curves import curves
 
     found = curves(records)
-    panels = sorted({(task, obs) for task, obs, _, _ in found})
+    panels = sorted({(task, obs) for task, obs, *_ in found})
     if not panels:
         return False
-    heads = sorted({head for _, _, head, _ in found})
-    lines = max(sum(len(seeds) for (t, o, _, _), seeds in found.items() if (t, o) == panel) for panel in panels)
+    heads = sorted({head for _, _, head, *_ in found})
+    lines = max(sum(len(seeds) for (t, o, *_), seeds in found.items() if (t, o) == panel) for panel in panels)
     plt, (fig, axes) = _figure(5 * len(panels), 3.2 + 0.12 * lines, ncols=len(panels))  # legends below the axes
     axes = [axes] if len(panels) == 1 else list(axes)
-    for (task, obs, head, setting), seeds in found.items():
+    for (task, obs, head, setting, schedule), seeds in found.items():
         ax = axes[panels.index((task, obs))]
         for i, (seed, points) in enumerate(seeds.items()):
             timed = [p for p in points if p.minutes is not None]
             ax.plot([p.minutes for p in timed], [p.success for p in timed], marker="o", markersize=3,
                     color=f"C{heads.index(head)}", linestyle=("-", "--", ":", "-.")[i % 4],
-                    label=f"{head} ({setting}), seed {seed}")
+                    label=f"{head} ({setting}{f', {schedule} steps' if schedule else ''}), seed {seed}")
     for ax, (task, obs) in zip(axes, panels):
         ax.set_title(f"{task} ({obs})", fontsize=9)
         ax.set_xlabel("training minutes (as each checkpoint records them)")

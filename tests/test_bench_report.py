@@ -101,23 +101,29 @@ def test_runs_are_listed_without_the_measuring_machine_paths():
 
 def test_curves_over_seeds_give_each_seeds_max_and_last_k_mean_and_the_spread_across_seeds(tmp_path):
     """Records named '<setting>; seed S, step N ...' form one row per head and setting: per seed its maximum and the
-    mean of its last K checkpoints, the row their mean ± standard deviation; other records stay out of it."""
+    mean of its last K checkpoints, the row their mean ± standard deviation; other records stay out of it, and a run
+    of another length ("of 16000") is a row of its own."""
     from vmp.bench.curves import curves, table
     from vmp.bench.plots import plot_curves
 
-    def record(seed, step, success, episodes=50, variant="3-step euler"):
+    def record(seed, step, success, episodes=50, variant="3-step euler", schedule=8000):
         return {"kind": "success", "task": "can", "obs": "lowdim", "policy": "beso",
-                "variant": f"{variant}; seed {seed}, step {step} of 8000",
+                "variant": f"{variant}; seed {seed}, step {step} of {schedule}",
                 "metrics": {"success_rate": success, "n_episodes": episodes}, "budget": {"train_minutes": step / 100}}
 
     records = [record(0, 1000, 0.2), record(0, 2000, 0.9), record(0, 3000, 0.6), record(0, 4000, 0.6),
                record(1, 2000, 0.5), record(1, 3000, 0.7), record(1, 4000, 0.8), record(1, 4000, 0.1, episodes=10),
                {**record(2, 1000, 1.0), "variant": "no seed named here"}]
-    found = curves(records)
-    assert list(found) == [("can", "lowdim", "beso", "3-step euler")]
-    seeds = found[("can", "lowdim", "beso", "3-step euler")]
+    longer = [record(0, 8000, 0.3, schedule=16000), record(0, 16000, 0.4, schedule=16000)]
+    found = curves(records + longer)
+    assert list(found) == [("can", "lowdim", "beso", "3-step euler", 8000),
+                           ("can", "lowdim", "beso", "3-step euler", 16000)]
+    assert [p.step for p in found[("can", "lowdim", "beso", "3-step euler", 16000)][0]] == [8000, 16000]
+    seeds = found[("can", "lowdim", "beso", "3-step euler", 8000)]
     assert sorted(seeds) == [0, 1] and seeds[1][-1].success == 0.8  # the 50-episode evaluation, not the 10-episode one
-    row = next(line for line in table(records, k=3) if line.startswith("| can"))
+    rows = [line for line in table(records + longer, k=3) if line.startswith("| can")]
+    assert len(rows) == 2 and "| 8000, 16000 of 16000 (50) |" in rows[1]
+    row = rows[0]
     # seed 0: max 0.9, last-3 mean 0.7; seed 1: max 0.8, last-3 mean 0.6667
     assert "| 2 | 0.85 ± 0.07 | 0.68 ± 0.02 |" in row and "0: 0.90 / 0.70; 1: 0.80 / 0.67 | 0 of 2 |" in row
     assert plot_curves(records, tmp_path / "curves.png") and (tmp_path / "curves.png").stat().st_size > 1000
