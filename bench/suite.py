@@ -2,9 +2,10 @@
 tables and plots (docs/results.md) regenerated from results/. `suite=full` adds the slower rows: deployment under
 load, scale-out, chunk seams of the image-Lift and Diffusion-VLA checkpoints of record (where they and their store
 are on disk), the side-by-side comparisons with LeRobot on low-dim and image Lift and low-dim Can (when the LeRobot
-environment, .venv-lerobot, exists and the stores of record do), the GPU rows (latency, the deployment engine) when
-a GPU is present, and then the results table itself: every recipe in `vmp.bench.recipes` (collect where the store is
-missing, train, evaluate), hours on 2 CPU cores. A training that fails skips the evaluations of its run folder.
+environment, .venv-lerobot, exists), the GPU rows (latency, the deployment engine) when a GPU is present, and then the
+results table itself: every recipe in `vmp.bench.recipes` (collect where the store is missing, train, evaluate), hours
+on 2 CPU cores; then the comparisons whose store a recipe had to collect. A training that fails skips the evaluations
+of its run folder.
 
 Each benchmark runs in a process of its own (they set process-wide state: thread counts, the GIL switch interval)
 and writes its own results JSON; the suite records what ran and how long in results/bench_suite_<name>.json.
@@ -79,7 +80,10 @@ def train_rates(argv: list[str] | None = None) -> None:
                      f"cpu ({torch.get_num_threads()} threads)", "vmp-bench suite=quick (train-rate)")
 
 
-def recipe_steps(names: list[str], gpu: bool) -> list[tuple[str, list[str] | None, str]]:
+Step = tuple[str, list[str] | None, str]  # (command as the results page shows it, argv or None, why skipped)
+
+
+def recipe_steps(names: list[str], gpu: bool) -> list[Step]:
     """The results table's recipes as suite steps: (command as the results page shows it, argv or None, why skipped).
     A store on disk is kept; a training pinned to `device=cuda` without a GPU is skipped, and so are the
     evaluations of its run folder; trainings rerun into their run folders (`overwrite=true`)."""
@@ -88,7 +92,7 @@ def recipe_steps(names: list[str], gpu: bool) -> list[tuple[str, list[str] | Non
     unknown = sorted(set(names) - set(recipes.BY_NAME))
     if unknown:
         raise SystemExit(f"--recipes: no recipe {unknown}; the recipes are {[r.name for r in recipes.RECIPES]}")
-    out: list[tuple[str, list[str] | None, str]] = []
+    out: list[Step] = []
     for name in names:
         recipe, skipped_runs = recipes.BY_NAME[name], set()
         for store, command in recipe.stores.items():
@@ -106,8 +110,27 @@ def recipe_steps(names: list[str], gpu: bool) -> list[tuple[str, list[str] | Non
     return out
 
 
+def lerobot_steps(collected: set[str]) -> tuple[list[Step], list[Step]]:
+    """The LeRobot comparisons as suite steps, (before the recipes, after them): a comparison whose store is missing
+    runs after the recipes when one of this run's recipes (`collected`: their stores) collects it. Without the LeRobot
+    environment, or with no recipe here to collect its store, a comparison is skipped and the suite says why."""
+    before: list[Step] = []
+    after: list[Step] = []
+    for store, step in LEROBOT:
+        command, step_argv = "vmp-bench " + " ".join(step), [sys.executable, "-m", "vmp.bench.cli", *step]
+        if not Path(".venv-lerobot/bin/python").is_file():
+            before.append((command, None, "no LeRobot environment (.venv-lerobot; make test-lerobot builds it)"))
+        elif Path(store).is_dir():
+            before.append((command, step_argv, ""))
+        elif store in collected:
+            after.append((command, step_argv, ""))
+        else:
+            before.append((command, None, f"{store} is missing and no recipe of this run collects it"))
+    return before, after
+
+
 def main(argv: list[str]) -> None:
-    from vmp.bench.recipes import RECIPES, run_of
+    from vmp.bench.recipes import BY_NAME, RECIPES, run_of
 
     parser = argparse.ArgumentParser(prog="vmp-bench suite", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,15 +147,16 @@ def main(argv: list[str]) -> None:
     bench = list(QUICK if args.name == "quick" else FULL)
     if args.name == "full":
         bench += [command for checkpoint, store, command in SEAMS if Path(checkpoint).is_dir() and Path(store).is_dir()]
-    if args.name == "full" and Path(".venv-lerobot/bin/python").is_file():
-        bench += [command for store, command in LEROBOT if Path(store).is_dir()]
-    if args.name == "full" and gpu:
-        bench += GPU
-    steps: list[tuple[str, list[str] | None, str]] = [
+    steps: list[Step] = [
         ("vmp-bench " + " ".join(step), None if step == ["train-rate"] else [sys.executable, "-m", "vmp.bench.cli", *step], "")
         for step in bench]
     if args.name == "full":
-        steps += recipe_steps([r.name for r in RECIPES] if args.recipes is None else args.recipes, gpu)
+        names = [r.name for r in RECIPES] if args.recipes is None else args.recipes
+        before, after = lerobot_steps({store for name in names if name in BY_NAME for store in BY_NAME[name].stores})
+        steps += before
+        steps += [("vmp-bench " + " ".join(step), [sys.executable, "-m", "vmp.bench.cli", *step], "")
+                  for step in (GPU if gpu else [])]
+        steps += recipe_steps(names, gpu) + after
     ran: list[dict[str, Any]] = []
     failed_runs: set[str] = set()
     start = time.perf_counter()

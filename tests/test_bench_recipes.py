@@ -126,3 +126,40 @@ def test_full_suite_skips_the_evaluation_of_a_failed_training_and_fails(tmp_path
     assert record["metrics"]["failed"] == 1 and record["command"] == "vmp-bench suite=full --recipes lift_image"
     assert [s["skipped"] for s in steps if s.get("skipped")] == ["the training of runs/lift_image-beso-dart failed"]
     assert [s["command"] for s in steps if s["exit"]] == [recipes.BY_NAME["lift_image"].steps[0]]
+
+
+def test_full_suite_runs_a_comparison_after_the_recipe_that_collects_its_store(tmp_path, monkeypatch):
+    """On a fresh machine the comparisons' stores are not there yet: one whose store this run's recipes collect runs
+    after them; one whose store nothing here collects, or any without the LeRobot environment, is skipped by name."""
+    import subprocess
+    import sys
+    import types
+
+    from vmp.bench import suite
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(suite, "FULL", [])
+    monkeypatch.setattr(suite, "LEROBOT", [(f"stores/{name}.zarr", ["lerobot", "--store", f"stores/{name}.zarr"])
+                                           for name in ("here", "lift_image_dart", "nowhere")])
+    assert [why for _, _, why in suite.lerobot_steps(set())[0]] == \
+        ["no LeRobot environment (.venv-lerobot; make test-lerobot builds it)"] * 3
+    Path(".venv-lerobot/bin").mkdir(parents=True)
+    Path(".venv-lerobot/bin/python").touch()
+    Path("stores/here.zarr").mkdir(parents=True)
+    calls, real_run = [], subprocess.run
+
+    def fake_run(argv, **kwargs):
+        if argv[0] != sys.executable:  # git, for the record's revision
+            return real_run(argv, **kwargs)
+        calls.append(" ".join(argv))
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    suite.main(["full", "--recipes", "lift_image"])
+    compared = [i for i, c in enumerate(calls) if "vmp.bench.cli lerobot" in c]
+    recipe = [i for i, c in enumerate(calls) if "vmp.sim." in c or "vmp.policies.train" in c]
+    assert len(compared) == 2 and "stores/here.zarr" in calls[compared[0]] and compared[0] < min(recipe)
+    assert "stores/lift_image_dart.zarr" in calls[compared[1]] and max(recipe) < compared[1] < len(calls) - 1
+    record = json.loads((tmp_path / "results" / "bench_suite_full.json").read_text())
+    assert [s["skipped"] for s in record["metrics"]["steps"] if s.get("skipped")] == \
+        ["stores/nowhere.zarr is missing and no recipe of this run collects it"]
