@@ -44,7 +44,7 @@ def curves(records: list[dict]) -> dict[tuple[str, str, str, str, int | None], d
         if point.step not in steps or point.episodes > steps[point.step].episodes:
             steps[point.step] = point
     return {key: {seed: [steps[s] for s in sorted(steps)] for seed, steps in sorted(seeds.items())}
-            for key, seeds in sorted(out.items())}
+            for key, seeds in sorted(out.items(), key=lambda item: (item[0][:4], item[0][4] or 0))}
 
 
 def plateaued(points: list[Point], k: int = LAST_K) -> bool:

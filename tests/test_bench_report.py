@@ -119,6 +119,8 @@ def test_curves_over_seeds_give_each_seeds_max_and_last_k_mean_and_the_spread_ac
     assert list(found) == [("can", "lowdim", "beso", "3-step euler", 8000),
                            ("can", "lowdim", "beso", "3-step euler", 16000)]
     assert [p.step for p in found[("can", "lowdim", "beso", "3-step euler", 16000)][0]] == [8000, 16000]
+    unnamed = {**record(0, 1000, 0.1), "variant": "3-step euler; seed 0, step 1000"}  # no schedule named: sorts first
+    assert [key[4] for key in curves(records + [unnamed])] == [None, 8000]
     seeds = found[("can", "lowdim", "beso", "3-step euler", 8000)]
     assert sorted(seeds) == [0, 1] and seeds[1][-1].success == 0.8  # the 50-episode evaluation, not the 10-episode one
     rows = [line for line in table(records + longer, k=3) if line.startswith("| can")]
