@@ -367,13 +367,13 @@ RECIPES = [
         *(_step_eval("square-beso-after10obs-16k-seed0", "success_square_lowdim_beso_after10obs_16k_seed0",
                      f"3-step euler, {_AFTER10_SETTING}", 0, k, "of 16000", workers=2)
           for k in (12000, 14000, 16000, 10000, 8000)),
-        # CARP on the same store and schedule (its tokenizer first, as on Can), three training seeds
-        *(line for seed in (0, 1, 2) for line in (
-            *_carp("square", _SQUARE_AFTER10_STORE, _SQUARE_16K, "-after10obs-16k", seed),
-            *(_step_eval(f"square-carp-after10obs-16k-seed{seed}",
-                         f"success_square_lowdim_carp_after10obs_16k_seed{seed}",
-                         f"{_CARP}, {_AFTER10_SETTING}", seed, k, "of 16000", workers=2)
-              for k in ((12000, 14000, 16000, 10000, 8000) if seed == 0 else (12000, 14000, 16000))))),
+        # CARP on the same store and schedule (its tokenizer first, as on Can), three training seeds; seed 0 also at
+        # steps 10000 and 8000, for its curve
+        *(line for seed in (0, 1, 2)
+          for line in _carp("square", _SQUARE_AFTER10_STORE, _SQUARE_16K, "-after10obs-16k", seed)),
+        *(_step_eval(f"square-carp-after10obs-16k-seed{seed}", f"success_square_lowdim_carp_after10obs_16k_seed{seed}",
+                     f"{_CARP}, {_AFTER10_SETTING}", seed, k, "of 16000", workers=2)
+          for seed, k in [(seed, k) for seed in (0, 1, 2) for k in (12000, 14000, 16000)] + [(0, 10000), (0, 8000)]),
     ]),
     # the first Square store: episodes end at success, the first observation's nut-to-hand values zero (before
     # adc12ad); this code remakes it only approximately

@@ -110,6 +110,11 @@ def recipe_steps(names: list[str], gpu: bool) -> list[Step]:
     return out
 
 
+def _bench_step(step: list[str]) -> Step:
+    """A `vmp-bench` benchmark as a suite step, run in a process of its own."""
+    return "vmp-bench " + " ".join(step), [sys.executable, "-m", "vmp.bench.cli", *step], ""
+
+
 def lerobot_steps(collected: set[str]) -> tuple[list[Step], list[Step]]:
     """The LeRobot comparisons as suite steps, (before the recipes, after them): a comparison whose store is missing
     runs after the recipes when one of this run's recipes (`collected`: their stores) collects it. Without the LeRobot
@@ -117,13 +122,13 @@ def lerobot_steps(collected: set[str]) -> tuple[list[Step], list[Step]]:
     before: list[Step] = []
     after: list[Step] = []
     for store, step in LEROBOT:
-        command, step_argv = "vmp-bench " + " ".join(step), [sys.executable, "-m", "vmp.bench.cli", *step]
+        command, step_argv, _ = _bench_step(step)
         if not Path(".venv-lerobot/bin/python").is_file():
             before.append((command, None, "no LeRobot environment (.venv-lerobot; make test-lerobot builds it)"))
         elif Path(store).is_dir():
-            before.append((command, step_argv, ""))
+            before.append(_bench_step(step))
         elif store in collected:
-            after.append((command, step_argv, ""))
+            after.append(_bench_step(step))
         else:
             before.append((command, None, f"{store} is missing and no recipe of this run collects it"))
     return before, after
@@ -147,16 +152,13 @@ def main(argv: list[str]) -> None:
     bench = list(QUICK if args.name == "quick" else FULL)
     if args.name == "full":
         bench += [command for checkpoint, store, command in SEAMS if Path(checkpoint).is_dir() and Path(store).is_dir()]
-    steps: list[Step] = [
-        ("vmp-bench " + " ".join(step), None if step == ["train-rate"] else [sys.executable, "-m", "vmp.bench.cli", *step], "")
-        for step in bench]
+    steps: list[Step] = [("vmp-bench train-rate", None, "") if step == ["train-rate"] else _bench_step(step)
+                         for step in bench]
     if args.name == "full":
         names = [r.name for r in RECIPES] if args.recipes is None else args.recipes
-        before, after = lerobot_steps({store for name in names if name in BY_NAME for store in BY_NAME[name].stores})
-        steps += before
-        steps += [("vmp-bench " + " ".join(step), [sys.executable, "-m", "vmp.bench.cli", *step], "")
-                  for step in (GPU if gpu else [])]
-        steps += recipe_steps(names, gpu) + after
+        recipes = recipe_steps(names, gpu)  # refuses an unknown name
+        before, after = lerobot_steps({store for name in names for store in BY_NAME[name].stores})
+        steps += before + [_bench_step(step) for step in (GPU if gpu else [])] + recipes + after
     ran: list[dict[str, Any]] = []
     failed_runs: set[str] = set()
     start = time.perf_counter()
