@@ -363,10 +363,12 @@ RECIPES = [
         _step_eval("square-beso-after10obs-seed0", "success_square_lowdim_beso_after10obs_seed0",
                    f"10-step euler, {_AFTER10_SETTING}", 0, 8000, "of 8000", workers=2, overrides="n_steps=10",
                    tag="_euler10"),
-        f"vmp-train {_SQUARE_16K} policy=beso run_dir=runs/square-beso-after10obs-16k-seed0 seed=0",
-        *(_step_eval("square-beso-after10obs-16k-seed0", "success_square_lowdim_beso_after10obs_16k_seed0",
-                     f"3-step euler, {_AFTER10_SETTING}", 0, k, "of 16000", workers=2)
-          for k in (12000, 14000, 16000, 10000, 8000)),
+        # the 16000-step schedule, three training seeds; seed 0 also at steps 10000 and 8000, for its curve
+        *(f"vmp-train {_SQUARE_16K} policy=beso run_dir=runs/square-beso-after10obs-16k-seed{seed} seed={seed}"
+          for seed in (0, 1, 2)),
+        *(_step_eval(f"square-beso-after10obs-16k-seed{seed}", f"success_square_lowdim_beso_after10obs_16k_seed{seed}",
+                     f"3-step euler, {_AFTER10_SETTING}", seed, k, "of 16000", workers=2)
+          for seed, k in [(seed, k) for seed in (0, 1, 2) for k in (12000, 14000, 16000)] + [(0, 10000), (0, 8000)]),
         # CARP on the same store and schedule (its tokenizer first, as on Can), three training seeds; seed 0 also at
         # steps 10000 and 8000, for its curve
         *(line for seed in (0, 1, 2)
