@@ -8,7 +8,9 @@ calls `write_plots`).
 - curves.png: the same for runs evaluated at several checkpoints per training seed, one line per head and seed
   (`vmp.bench.curves` reads them);
 - lerobot_<task>_<obs>.png (one per task compared by `vmp-bench lerobot`): each contender's success against its
-  training minutes (the checkpoints' timeline) and its chunk latency, our heads beside LeRobot's.
+  training minutes (the checkpoints' timeline) and its chunk latency, our heads beside LeRobot's; where the
+  comparison trained no head of ours, our heads' leading training curves on that task (from the recipes) are drawn
+  beside, labelled as separate runs.
 
 The PNGs carry no date or version, so the same records draw the same files.
 """
@@ -104,9 +106,27 @@ def plot_success_vs_minutes(records: list[dict], path: Path) -> None:
     _save(plt, fig, path)
 
 
-def plot_comparison(rows: list[dict], runs: list[str], path: Path) -> None:
+def headline_curves(records: list[dict], task: str, obs: str, skip: set[str]) -> dict[str, tuple[str, dict]]:
+    """{head: (setting, {seed: points})}: per head not in ``skip``, its training curve on (task, obs) with the most
+    seeds, then the highest mean of the last checkpoints: the row the results page leads with."""
+    from vmp.bench.curves import curves, seed_summary
+
+    best: dict[str, tuple[tuple[int, float], str, dict]] = {}
+    for (t, o, head, setting, _), seeds in curves(records).items():
+        if (t, o) != (task, obs) or head in skip:
+            continue
+        rank = (len(seeds), sum(seed_summary(points)["last_k"] for points in seeds.values()) / len(seeds))
+        if head not in best or rank > best[head][0]:
+            best[head] = (rank, setting, seeds)
+    return {head: (setting, seeds) for head, (_, setting, seeds) in sorted(best.items())}
+
+
+def plot_comparison(rows: list[dict], runs: list[str], path: Path, ours: dict[str, tuple[str, dict]] | None = None
+                    ) -> None:
     """Left: success against training minutes per contender (its checkpoints); right: chunk latency (log scale).
-    Each contender is labelled with its run's number (`comparison_runs`): wall-clock compares within a run."""
+    Each contender is labelled with its run's number (`comparison_runs`): wall-clock compares within a run. ``ours``
+    (`headline_curves`): our heads' curves from the recipes' own trainings, where the comparison did not train them,
+    drawn thin and labelled as separate runs."""
     rows = sorted(rows, key=lambda r: (runs.index(r["command"]), r["policy"]))
     run_of = [runs.index(r["command"]) for r in rows]
     labels = [f"{r['policy']} (run {run + 1})" for r, run in zip(rows, run_of)]
@@ -123,6 +143,12 @@ def plot_comparison(rows: list[dict], runs: list[str], path: Path) -> None:
             left.plot([t["minutes"] for t in timeline], [t["success_rate"] for t in timeline],
                       marker=markers[run_of[i] % len(markers)], linestyle=styles[run_of[i] % len(styles)],
                       color=colours[i], label=labels[i])
+    for j, (head, (_, seeds)) in enumerate((ours or {}).items()):
+        for k, (seed, points) in enumerate(seeds.items()):
+            timed = [p for p in points if p.minutes is not None]
+            left.plot([p.minutes for p in timed], [p.success for p in timed], color=f"C{(len(policies) + j) % 10}",
+                      marker=".", linewidth=0.8, linestyle=styles[k % len(styles)],
+                      label=f"{head}, seed {seed} (recipe's run)")
     bar = next((r["metrics"].get("bar") for r in rows), None)
     if bar:
         left.axhline(bar, color="grey", linestyle=":", linewidth=1)
@@ -185,5 +211,6 @@ def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
             comparisons.setdefault((r["task"], r["obs"]), []).append(r)
     for (task, obs), rows in sorted(comparisons.items()):
         paths.append(out_dir / f"lerobot_{task}_{obs}.png")
-        plot_comparison(rows, comparison_runs(records, task), paths[-1])
+        plot_comparison(rows, comparison_runs(records, task), paths[-1],
+                        headline_curves(records, task, obs, {r["policy"] for r in rows}))
     return paths

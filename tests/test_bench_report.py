@@ -145,3 +145,25 @@ def test_a_seed_has_plateaued_when_its_last_evaluations_lie_inside_each_others_i
     # 0.5, 0.6, 0.7: rising at 50 episodes, not told apart at 10 (the intervals are twice as wide)
     assert not plateaued(points(0.5, 0.6, 0.7)) and plateaued(points(0.5, 0.6, 0.7, episodes=10))
     assert not plateaued(points(0.74, 0.78))  # fewer evaluations than K: not yet known
+
+
+def test_a_comparison_that_trained_none_of_our_heads_draws_their_leading_curves_beside():
+    """The LeRobot plot of a task whose comparison trained only LeRobot's contenders shows, per head of ours, its
+    training curve with the most seeds (then the best last-checkpoints mean); a head the comparison trained is left
+    to its own timeline."""
+    from vmp.bench.plots import headline_curves
+
+    def record(policy, setting, seed, step, success, task="can"):
+        return {"kind": "success", "task": task, "obs": "lowdim", "policy": policy,
+                "variant": f"{setting}; seed {seed}, step {step} of 8000",
+                "metrics": {"success_rate": success, "n_episodes": 50}, "budget": {"train_minutes": step / 500}}
+
+    records = [record("beso", "three seeds", seed, step, 0.9) for seed in (0, 1, 2) for step in (4000, 8000)]
+    records += [record("beso", "one better seed", 0, step, 1.0) for step in (4000, 8000)]
+    records += [record("carp", "low", 0, 8000, 0.5), record("carp", "high", 0, 8000, 0.7),
+                record("ddpm", "other task", 0, 8000, 0.9, task="square")]
+    chosen = headline_curves(records, "can", "lowdim", skip=set())
+    assert list(chosen) == ["beso", "carp"]  # ddpm has no curve on can
+    assert chosen["beso"][0] == "three seeds" and sorted(chosen["beso"][1]) == [0, 1, 2]
+    assert chosen["carp"][0] == "high"
+    assert list(headline_curves(records, "can", "lowdim", skip={"beso"})) == ["carp"]
