@@ -2,7 +2,9 @@
 
 Token layout per observation step: one token for all low-dim keys together (concatenated after normalization, then an
 MLP), then per camera (RGB or depth) either one token (backbone -> spatial softmax -> linear) or, with
-``image_output: tokens``, ``token_grid**2`` tokens (the feature map pooled to a grid, one token per cell). A goal
+``image_output: tokens``, ``token_grid**2`` tokens (the feature map pooled to a grid, one token per cell), or with
+``tokens_and_keypoints`` both: the spatial-softmax token first, then the grid (where things are, beside what is in
+each cell). A goal
 observation (the keys in `goal_keys`) becomes one extra token through its own MLP (``goal_in_lowdim`` also appends it to
 every step's low-dim vector, so that one MLP relates goal and state), and with ``language=True`` the
 episode's instruction one more (`vmp.policies.nn.text`). Which keys feed which branch comes from the task's
@@ -20,7 +22,7 @@ from vmp.policies.nn import MLP, SpatialSoftmax, make_backbone
 from vmp.policies.nn.text import make_text_encoder
 
 OBS_TYPES = ("low_dim", "rgb", "depth")
-IMAGE_OUTPUTS = ("spatial_softmax", "tokens")
+IMAGE_OUTPUTS = ("spatial_softmax", "tokens", "tokens_and_keypoints")
 
 
 def _crop(images: torch.Tensor, size: tuple[int, int], random: bool) -> torch.Tensor:
@@ -62,6 +64,10 @@ class ImageEncoder(nn.Module):
             self.pool = nn.AdaptiveAvgPool2d(token_grid)
             self.proj = nn.Linear(self.backbone.out_channels, d_model)
             self.cell_emb = nn.Parameter(torch.randn(1, self.n_tokens, d_model) * 0.02)
+        if output == "tokens_and_keypoints":  # own names: checkpoints of the other two outputs load as before
+            self.n_tokens += 1
+            self.keypoint_pool = SpatialSoftmax(self.backbone.out_channels, n_keypoints)
+            self.keypoint_proj = nn.Linear(self.keypoint_pool.out_dim, d_model)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.obs_type == "rgb":
@@ -74,7 +80,10 @@ class ImageEncoder(nn.Module):
         feat = self.backbone(x)
         if self.output == "spatial_softmax":
             return self.proj(self.pool(feat))[:, None]
-        return self.proj(self.pool(feat).flatten(2).transpose(1, 2)) + self.cell_emb
+        grid = self.proj(self.pool(feat).flatten(2).transpose(1, 2)) + self.cell_emb
+        if self.output == "tokens":
+            return grid
+        return torch.cat([self.keypoint_proj(self.keypoint_pool(feat))[:, None], grid], dim=1)
 
 
 class ObsEncoder(nn.Module):

@@ -112,6 +112,14 @@ def test_image_token_output_counts_tokens():
     assert enc.tokens_per_step == 1 + 4 + 4
     assert tokens.shape == (4, 2, 9, 16)
     assert enc.n_tokens == 18
+    assert not any("keypoint" in name for name in enc.state_dict())  # checkpoints of "tokens" keep their keys
+    both = ObsEncoder(meta, n_obs_steps=2, d_model=16, backbone_kwargs={"channels": 8, "n_layers": 2},
+                      image_output="tokens_and_keypoints", token_grid=2, crop_ratio=1.0)
+    tokens = both(obs)
+    assert both.tokens_per_step == 1 + 5 + 5 and tokens.shape == (4, 2, 11, 16)
+    tokens[:, :, 1].sum().backward()  # the camera's first token is its spatial-softmax keypoints
+    assert both.images["cam_image"].keypoint_proj.weight.grad.abs().sum() > 0
+    assert not both.images["cam_image"].proj.weight.grad.any()  # the grid's projection played no part in it
     with pytest.raises(ValueError, match="image_output"):
         ObsEncoder(meta, n_obs_steps=1, image_output="patches")
 
