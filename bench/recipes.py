@@ -132,9 +132,18 @@ def _robomimic_image_gpu(task: str) -> list[str]:
     return lines
 
 
-def _carp(task: str, store: str, train: str, name: str, seed: int) -> tuple[str, str]:
-    """CARP on a robomimic task: its tokenizer on `store`, then the policy (`train`: the task, store and schedule) on
-    that tokenizer; runs named `task`-carp_tokenizer`name`-seedS and `task`-carp`name`-seedS."""
+def option(command: str, key: str) -> str | None:
+    """The value of `key=` in a recipe command (None when absent)."""
+    for word in shlex.split(command, comments=True):
+        if word.startswith(f"{key}="):
+            return word.split("=", 1)[1]
+    return None
+
+
+def _carp(train: str, name: str, seed: int) -> tuple[str, str]:
+    """CARP on a robomimic task: its tokenizer on the store of `train` (the task, store and schedule), then the policy
+    on that tokenizer; runs named <task>-carp_tokenizer`name`-seedS and <task>-carp`name`-seedS."""
+    task, store = option(train, "task"), option(train, "store")
     tokenizer = f"runs/{task}-carp_tokenizer{name}-seed{seed}"
     return (f"vmp-train task={task} policy=carp_tokenizer store={store} training.steps=3000 training.lr=1e-3 "
             f"training.warmup_steps=200 run_dir={tokenizer} seed={seed}",
@@ -310,7 +319,7 @@ RECIPES = [
                      f"3-step euler, {_AFTER10_SETTING}", seed, k, "of 8000 (stopped at 5000)", workers=2)
           for seed in (0, 1, 2) for k in (3000, 4000, 5000)),
         *(line for seed in (0, 1, 2)
-          for line in _carp("can", "stores/can_dart_after10_obs.zarr", _CAN_AFTER10, "-after10obs", seed)),
+          for line in _carp(_CAN_AFTER10, "-after10obs", seed)),
         *(_step_eval(f"can-carp-after10obs-seed{seed}", f"success_can_lowdim_carp_after10obs_seed{seed}",
                      f"{_CARP}, {_AFTER10_SETTING}", seed, k, "of 8000 (stopped at 5000)", workers=2)
           for seed in (0, 1, 2) for k in (3000, 4000, 5000)),
@@ -327,7 +336,7 @@ RECIPES = [
         "stores/can_dart_after10.zarr": "vmp-collect task=can n_episodes=200 out=stores/can_dart_after10.zarr "
                                         "action_noise=0.1 steps_after_success=10"}, [
         *(f"vmp-train {_CAN} policy=beso run_dir=runs/can-beso-seed{seed} seed={seed}" for seed in (0, 1, 2)),
-        *(line for seed in (0, 1, 2) for line in _carp("can", "stores/can_dart.zarr", _CAN, "", seed)),
+        *(line for seed in (0, 1, 2) for line in _carp(_CAN, "", seed)),
         *(_can_eval("beso", 0, k, "3-step euler") for k in (2000, 3000, 4000, 5000)),
         *(_can_eval("beso", seed, k, "3-step euler") for seed in (1, 2) for k in (3000, 4000, 5000)),
         *(_can_eval("carp", 0, k, _CARP) for k in (2000, 3000, 4000, 5000)),
@@ -377,7 +386,7 @@ RECIPES = [
         # CARP on the same store and schedule (its tokenizer first, as on Can), three training seeds; seed 0 also at
         # steps 10000 and 8000, for its curve
         *(line for seed in (0, 1, 2)
-          for line in _carp("square", _SQUARE_AFTER10_STORE, _SQUARE_16K, "-after10obs-16k", seed)),
+          for line in _carp(_SQUARE_16K, "-after10obs-16k", seed)),
         *(_step_eval(f"square-carp-after10obs-16k-seed{seed}", f"success_square_lowdim_carp_after10obs_16k_seed{seed}",
                      f"{_CARP}, {_AFTER10_SETTING}", seed, k, "of 16000", workers=2)
           for seed, k in [(seed, k) for seed in (0, 1, 2) for k in (12000, 14000, 16000)] + [(0, 10000), (0, 8000)]),
@@ -415,14 +424,6 @@ RECIPES = [
     ]),
 ]
 BY_NAME = {r.name: r for r in RECIPES}
-
-
-def option(command: str, key: str) -> str | None:
-    """The value of `key=` in a recipe command (None when absent)."""
-    for word in shlex.split(command, comments=True):
-        if word.startswith(f"{key}="):
-            return word.split("=", 1)[1]
-    return None
 
 
 def run_of(command: str) -> str | None:
