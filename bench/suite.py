@@ -1,6 +1,6 @@
 """`vmp-bench suite=quick` (or `vmp-bench suite quick`): every CPU benchmark in one command, then the results page's
 tables and plots (docs/results.md) regenerated from results/. `suite=full` adds the slower rows: deployment under
-load, scale-out, chunk seams of the image-Lift and Diffusion-VLA checkpoints of record (where they and their store
+load, scale-out, chunk latency on Can's and Square's observations, chunk seams of the image-Lift and Diffusion-VLA checkpoints of record (where they and their store
 are on disk), the side-by-side comparisons with LeRobot on low-dim and image Lift and low-dim Can (when the LeRobot
 environment, .venv-lerobot, exists), the GPU rows (latency, the deployment engine) when a GPU is present, and then the
 results table itself: every recipe in `vmp.bench.recipes` (collect where the store is missing, train, evaluate), hours
@@ -38,7 +38,10 @@ QUICK = [["latency"], ["latency", "--batch", "32", "--repeats", "10"], ["sampler
 FULL = QUICK + [["deploy", "--seconds", "20", "--load", "--out", "results/bench_deploy_cpu_load.json"],
                 ["deploy", "--seconds", "20", "--load", "--servo-hz", "200", "--out",
                  "results/bench_deploy_cpu_load_servo200.json"],
-                ["scaleout"]]
+                ["scaleout"],
+                # chunk latency on the robomimic tasks' own observations (Can's and Square's state and two cameras)
+                *(["latency", "--task", task, "--obs", "lowdim", "image", "--heads", "beso", "carp", "ddpm", "--variants",
+                   "3-step euler", "greedy kv-cache", "100-step ddpm", "10-step ddim"] for task in ("can", "square"))]
 # the side-by-side comparisons of record: (store it needs, command)
 LEROBOT = [("stores/lift_dart.zarr", ["lerobot", "--store", "stores/lift_dart.zarr", "--task", "lift", "--minutes", "12"]),
            # time to 95% at equal batch, the figure the comparison's goal is read from
