@@ -8,9 +8,9 @@ calls `write_plots`).
 - curves.png: the same for runs evaluated at several checkpoints per training seed, one line per head and seed
   (`vmp.bench.curves` reads them);
 - lerobot_<task>_<obs>.png (one per task compared by `vmp-bench lerobot`): each contender's success against its
-  training minutes (the checkpoints' timeline) and its chunk latency, our heads beside LeRobot's; where the
-  comparison trained no head of ours, our heads' leading training curves on that task (from the recipes) are drawn
-  beside, labelled as separate runs.
+  training minutes (the checkpoints' timeline) and its chunk latency, our heads beside LeRobot's; each head of ours
+  that the comparison did not train is drawn beside from its leading training curve on that task (the recipes'
+  runs), labelled as a separate run.
 
 The PNGs carry no date or version, so the same records draw the same files.
 """
