@@ -78,6 +78,8 @@ _SQUARE = f"task=square store=stores/square_dart.zarr {_ROBOMIMIC_SCHEDULE}"
 _CAN_AFTER10 = f"task=can store=stores/can_dart_after10_obs.zarr {_ROBOMIMIC_SCHEDULE} training.stop_after=5000"
 _AFTER10_SETTING = "demos 10 steps past success, complete first observation"
 _SQUARE_AFTER10_STORE = "stores/square_dart_after10_obs.zarr"
+# the checkpoints each 16000-step Square training is evaluated at: the last three per seed, and seed 0's curve
+_SQUARE_16K_CHECKPOINTS = [(seed, k) for seed in (0, 1, 2) for k in (12000, 14000, 16000)] + [(0, 10000), (0, 8000)]
 _SQUARE_AFTER10_DATA = f"task=square store={_SQUARE_AFTER10_STORE}"
 _SQUARE_AFTER10 = f"{_SQUARE_AFTER10_DATA} {_ROBOMIMIC_SCHEDULE}"
 # twice the schedule (~56 epochs): the 8000-step run's validation loss was still falling at its end
@@ -382,14 +384,14 @@ RECIPES = [
           for seed in (0, 1, 2)),
         *(_step_eval(f"square-beso-after10obs-16k-seed{seed}", f"success_square_lowdim_beso_after10obs_16k_seed{seed}",
                      f"3-step euler, {_AFTER10_SETTING}", seed, k, "of 16000", workers=2)
-          for seed, k in [(seed, k) for seed in (0, 1, 2) for k in (12000, 14000, 16000)] + [(0, 10000), (0, 8000)]),
+          for seed, k in _SQUARE_16K_CHECKPOINTS),
         # CARP on the same store and schedule (its tokenizer first, as on Can), three training seeds; seed 0 also at
         # steps 10000 and 8000, for its curve
         *(line for seed in (0, 1, 2)
           for line in _carp(_SQUARE_16K, "-after10obs-16k", seed)),
         *(_step_eval(f"square-carp-after10obs-16k-seed{seed}", f"success_square_lowdim_carp_after10obs_16k_seed{seed}",
                      f"{_CARP}, {_AFTER10_SETTING}", seed, k, "of 16000", workers=2)
-          for seed, k in [(seed, k) for seed in (0, 1, 2) for k in (12000, 14000, 16000)] + [(0, 10000), (0, 8000)]),
+          for seed, k in _SQUARE_16K_CHECKPOINTS),
     ]),
     # the first Square store: episodes end at success, the first observation's nut-to-hand values zero (before
     # adc12ad); this code remakes it only approximately

@@ -1,11 +1,11 @@
 """`vmp-bench suite=quick` (or `vmp-bench suite quick`): every CPU benchmark in one command, then the results page's
 tables and plots (docs/results.md) regenerated from results/. `suite=full` adds the slower rows: deployment under
-load, scale-out, chunk latency on Can's and Square's observations, chunk seams of the image-Lift and Diffusion-VLA checkpoints of record (where they and their store
-are on disk), the side-by-side comparisons with LeRobot on low-dim and image Lift and low-dim Can (when the LeRobot
-environment, .venv-lerobot, exists), the GPU rows (latency, the deployment engine) when a GPU is present, and then the
-results table itself: every recipe in `vmp.bench.recipes` (collect where the store is missing, train, evaluate), hours
-on 2 CPU cores; then the comparisons whose store a recipe had to collect. A training that fails skips the evaluations
-of its run folder.
+load, scale-out, chunk latency on Can's and Square's observations, chunk seams of the image-Lift and Diffusion-VLA
+checkpoints of record (where they and their store are on disk), the side-by-side comparisons with LeRobot on
+low-dim and image Lift and low-dim Can (when the LeRobot environment, .venv-lerobot, exists), the GPU rows
+(latency, the deployment engine) when a GPU is present, and then the results table itself: every recipe in
+`vmp.bench.recipes` (collect where the store is missing, train, evaluate), hours on 2 CPU cores; then the comparisons
+whose store a recipe had to collect. A training that fails skips the evaluations of its run folder.
 
 Each benchmark runs in a process of its own (they set process-wide state: thread counts, the GIL switch interval)
 and writes its own results JSON; the suite records what ran and how long in results/bench_suite_<name>.json.
@@ -125,15 +125,15 @@ def lerobot_steps(collected: set[str]) -> tuple[list[Step], list[Step]]:
     before: list[Step] = []
     after: list[Step] = []
     for store, step in LEROBOT:
-        command, step_argv, _ = _bench_step(step)
+        bench = _bench_step(step)
         if not Path(".venv-lerobot/bin/python").is_file():
-            before.append((command, None, "no LeRobot environment (.venv-lerobot; make test-lerobot builds it)"))
+            before.append((bench[0], None, "no LeRobot environment (.venv-lerobot; make test-lerobot builds it)"))
         elif Path(store).is_dir():
-            before.append(_bench_step(step))
+            before.append(bench)
         elif store in collected:
-            after.append(_bench_step(step))
+            after.append(bench)
         else:
-            before.append((command, None, f"{store} is missing and no recipe of this run collects it"))
+            before.append((bench[0], None, f"{store} is missing and no recipe of this run collects it"))
     return before, after
 
 
