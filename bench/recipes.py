@@ -240,7 +240,8 @@ RECIPES = [
         f"vmp-train {_MT_DIVLA} run_dir=runs/metaworld_mt-divla",
         f"vmp-train {_MT_DIVLA} policy.inject_reasoning=false run_dir=runs/metaworld_mt-divla-noinject",
         # BESO's spatial-softmax token beside the grid: is the gap to BESO the image features the head reads?
-        f"vmp-train {_MT_DIVLA.replace('=tokens', '=tokens_and_keypoints')} run_dir=runs/metaworld_mt-divla-keypoints",
+        f"vmp-train {_MT_DIVLA.replace('=tokens', '=tokens_and_keypoints')} training.keep_every=2000 "
+        "run_dir=runs/metaworld_mt-divla-keypoints",
         _eval("metaworld_mt-pad", "success_metaworld_mt_image_pad", "10-step DDIM; VAE latents 8x8x4, DiT width 192 "
               "depth 6; co-trained on 200 action-free video episodes (weight 0.5)", episodes=200, videos=10),
         _eval("metaworld_mt-pad-novideo", "success_metaworld_mt_image_pad_novideo",
@@ -254,9 +255,11 @@ RECIPES = [
               f"reasoning injected by FiLM; {_MT_DIVLA_VARIANT}", episodes=200, videos=10),
         _eval("metaworld_mt-divla-noinject", "success_metaworld_mt_image_divla_noinject",
               f"ablation: no reasoning injection; {_MT_DIVLA_VARIANT}", episodes=200, videos=0),
-        _eval("metaworld_mt-divla-keypoints", "success_metaworld_mt_image_divla_keypoints",
-              "reasoning injected by FiLM; compact CNN spatial-softmax token beside the token grid of the 64 px image, "
-              "proprioception; 500 DART demos, 8000 x 64 steps (CPU)", episodes=200, videos=0),
+        # its curve: the last checkpoint first, then the earlier ones
+        *(_step_eval("metaworld_mt-divla-keypoints", "success_metaworld_mt_image_divla_keypoints",
+                     "reasoning injected by FiLM; compact CNN spatial-softmax token beside the token grid of the 64 px "
+                     "image, proprioception; 500 DART demos, batch 64 (CPU)", 0, step, "of 8000", episodes=200,
+                     workers=2) for step in (8000, 6000, 4000)),
     ]),
     Recipe("metaworld_mt_lowdim", {"stores/metaworld_mt_lowdim.zarr": "vmp-collect task=metaworld_mt_lowdim "
                                                                       "n_episodes=500 action_noise=0.1"}, [
