@@ -11,7 +11,7 @@
 #                                     # image store and action-free video collected there, then PAD's autoencoder
 #   bash bench/gpu_session.sh train   # PAD and its two ablations side by side, 8000 steps each (cosine schedule
 #                                     # annealed to its end), four data workers each; each evaluated there on 200
-#                                     # episodes; then their acting checkpoints
+#                                     # episodes and probed (vmp-bench pad-probe); then their acting checkpoints
 #
 # Each phase stops its trainings (SIGTERM: a checkpoint is saved) in time to finish inside DEADLINE_S seconds, and
 # leaves in $OUT what comes back: records.tar.gz (results records, metrics.csv, evaluation metrics, logs) and the
@@ -60,13 +60,13 @@ install() {
 if [ "$SMOKE" = 1 ]; then  # everything under runs/gpu_smoke: no store, run or record of the real session touched
     ROOT=runs/gpu_smoke/; OUT=${ROOT}out; mkdir -p "$OUT"
     DEV=cpu; N_MT=4; N_VIDEO=2; W_MT=2; W_VIDEO=1; VAE_STEPS=4; PAD_STEPS=4; BATCH=8; WORKERS=0; REPEATS=2
-    N_EVAL=2; W_EVAL=1; EVAL_S=120
+    N_EVAL=2; W_EVAL=1; EVAL_S=120; PROBE_WINDOWS=8
     EXTRA="training.val_every=2 training.log_every=1"; PAD_EXTRA="policy.width=32 policy.depth=1"; COMPILE=""
     N_IMG=3; W_IMG=1; IMG_STEPS=6; KEEP=2; TOK_STEPS=4; TOK_S=200; IMG_EVAL=2; IMG_EVAL_S=120; IMG_W_EVAL=1
 else
     ROOT=""
     DEV=cuda; N_MT=500; N_VIDEO=200; W_MT=11; W_VIDEO=4; VAE_STEPS=6000; PAD_STEPS=8000; BATCH=128; WORKERS=4; REPEATS=50
-    N_EVAL=200; W_EVAL=5; EVAL_S=150
+    N_EVAL=200; W_EVAL=5; EVAL_S=150; PROBE_WINDOWS=512
     EXTRA=""; PAD_EXTRA=""; COMPILE="--compile"
     N_IMG=200; W_IMG=14; IMG_STEPS=10000; KEEP=1000; TOK_STEPS=3000; TOK_S=150; IMG_EVAL=50; IMG_EVAL_S=170
     IMG_W_EVAL=14
@@ -184,7 +184,7 @@ data)
 train)
     [ -f $RUNS/metaworld_mt-pad_vae/checkpoints/latest.pt ] || { echo "no autoencoder: run the data phase first"; exit 2; }
     PAD="$MT policy=pad policy.vae=$RUNS/metaworld_mt-pad_vae training.steps=$PAD_STEPS training.num_workers=$WORKERS resume=true $EXTRA $PAD_EXTRA"
-    limit=$(( $(left) - EVAL_S - 60 ))  # then the evaluations, the acting checkpoints and the bundle
+    limit=$(( $(left) - EVAL_S - 90 ))  # then the evaluations, the probes, the acting checkpoints and the bundle
     say "three PAD runs, ${limit}s at most"
     train $limit $LOGS/gpu_pad.log $PAD run_dir=$RUNS/metaworld_mt-pad \
         "mix=[{store: $STORES/metaworld_video.zarr, weight: 0.5}]" &
@@ -201,6 +201,15 @@ train)
             results_json=$REC/success_metaworld_mt_image_${run//-/_}_cuda.json > $LOGS/gpu_eval_$run.log 2>&1 &
     done
     wait; say "evaluated: $(grep -ho 'success [0-9.]*' $LOGS/gpu_eval_*.log | tr '\n' ' ')"
+    # whether the actions use the predicted future (vmp-bench pad-probe, held-out windows): a few seconds each here
+    probe_s=$(( $(left) - 40 ))
+    for run in pad pad-novideo pad-nofuture; do
+        [ -f $RUNS/metaworld_mt-$run/checkpoints/latest.pt ] && (( probe_s > 0 )) || continue
+        timeout $probe_s "$PY" -m vmp.bench.cli pad-probe --checkpoint $RUNS/metaworld_mt-$run \
+            --store $STORES/metaworld_mt.zarr --windows $PROBE_WINDOWS --device $DEV --out-dir $REC \
+            > $LOGS/gpu_probe_$run.log 2>&1 &
+    done
+    wait; say "probed: $(grep -ho 'action MSE own [0-9.]*, real_future [0-9.]*' $LOGS/gpu_probe_*.log | tr '\n' ' ')"
     for run in pad pad-novideo pad-nofuture; do
         [ -f $RUNS/metaworld_mt-$run/checkpoints/latest.pt ] && \
             "$PY" -m vmp.policies.checkpoint $RUNS/metaworld_mt-$run "$RUNS/$run-acting.pt"

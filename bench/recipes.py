@@ -426,7 +426,9 @@ RECIPES = [
         *(_step_eval(f"mt-pad_cpu{suffix}-seed{seed}", f"success_metaworld_mt_image_pad_cpu{suffix}_seed{seed}",
                      setting, seed, k, "of 8000", episodes=200)
           for seed in (0, 1) for suffix, _, setting in _PAD_CPU_ROWS for k in (4000, 6000, 8000)),
-    ]),
+    ], notes=["then, whether each run's actions use the future it predicts (held-out windows, minutes on the CPU): "
+              "vmp-bench pad-probe --checkpoint runs/mt-pad_cpu-seed0/checkpoints/step_0008000.pt, and so for "
+              "-novideo-, -nofuture- and seed1"]),
 ]
 BY_NAME = {r.name: r for r in RECIPES}
 

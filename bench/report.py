@@ -199,6 +199,33 @@ def _seams_table(records: list[dict]) -> list[str]:
     return out
 
 
+def _probe_table(records: list[dict]) -> list[str]:
+    """PAD's future against its actions (vmp-bench pad-probe), over all probed windows."""
+    probes = sorted((r for r in records if r["kind"] == "pad_probe"), key=lambda r: (r["task"], r["variant"]))
+    if not probes:
+        return []
+    out = ["### Does PAD use the future it predicts? (vmp-bench pad-probe)", "",
+           "Held-out demonstration windows, each sampled from one starting noise with the head's own future, the real "
+           "future frames inpainted, and another episode's real future. Action error: MSE against the demonstrated "
+           "chunk in normalized units, with the paired differences' 95% intervals. Future error: predicted latents "
+           "against the real ones, over copying the current frame (1: no better). Attention: the action token's share "
+           "on the future-frame tokens, per layer.", "",
+           "| task | run | windows | action error: own / real future / wrong future | real − own | wrong − own | "
+           "future error over copying, per offset | attention on the future, per layer | device | command |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in probes:
+        m = r["metrics"]["overall"]
+        mse, diff = m["action_mse"], m.get("action_mse_difference") or {}
+        errors = " / ".join(_fmt(mse.get(k), 3) for k in ("own", "real_future", "wrong_future"))
+        spans = [f"{_fmt(d['mean'], 3)} [{_fmt(d['ci95_low'], 3)}, {_fmt(d['ci95_high'], 3)}]" if d else "-"
+                 for d in (diff.get("real_minus_own"), diff.get("wrong_minus_own"))]
+        ratio = ", ".join(_fmt(x) for x in (m.get("future_mse") or {}).get("predicted_over_copy", [])) or "-"
+        shares = ", ".join(_fmt(x) for x in m["action_attention"]["future"]) or "-"
+        out.append(f"| {r['task']} | {r['variant']} | {m['windows']} | {errors} | {spans[0]} | {spans[1]} | {ratio} | "
+                   f"{shares} | {r['device']} | `{r['command']}` |")
+    return out + [""]
+
+
 def _other_table(records: list[dict]) -> list[str]:
     """Throughput and timing records."""
     out: list[str] = []
@@ -215,7 +242,7 @@ def _other_table(records: list[dict]) -> list[str]:
 
 def tables(records: list[dict]) -> str:
     out = [line for section in (_success_tables, _expert_table, _latency_table, _comparison_table, _seams_table,
-                                _other_table) for line in section(records)]
+                                _probe_table, _other_table) for line in section(records)]
     return "\n".join(out) if out else "_No measurements recorded yet._\n"
 
 

@@ -94,9 +94,14 @@ class SequenceDataset(Dataset):
         item = self._convert(self.sampler[i])
         return self.transform(item) if self.transform is not None else item
 
+    def batch(self, indices: list[int] | np.ndarray) -> dict[str, Any]:
+        """Windows ``indices`` as one batch of tensors (leading B axis; the instruction a list of B strings), each
+        image key read once. No ``transform``: it runs per item."""
+        return self._convert(self.sampler.sample_batch(indices))
+
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         """DataLoader's batched fetch: one read per image key, then split into items for collation."""
-        batch = self._convert(self.sampler.sample_batch(indices))
+        batch = self.batch(indices)
         items = [_index(batch, j) for j in range(len(indices))]
         if self.transform is not None:
             items = [self.transform(it) for it in items]

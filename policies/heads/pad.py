@@ -405,20 +405,33 @@ class PADPolicy(Policy):
 
     # ---- sampling ----
     def _sample(self, obs: dict[str, Any], generator: torch.Generator | None, prefix: torch.Tensor | None = None,
-                prefix_weights: torch.Tensor | None = None) -> torch.Tensor:
+                prefix_weights: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                future: torch.Tensor | None = None) -> torch.Tensor:
         """Joint sample [B, future latents + actions]. prefix [B, L, A] / prefix_weights [L]: real-time chunking's
-        prefix, inpainted into the action part at every step (the future images are left free)."""
+        prefix, inpainted into the action part at every step (the future images are left free). future [B, F, C, h,
+        w] (normalized latents): inpainted into the image part instead of predicted (`sample_joint`)."""
         context, cond = self._context(obs)
         b = context.shape[0]
         n_img = self.n_future * int(np.prod(self.latent_shape))
+        n_act = self.horizon * self.action_dim
         known = weights = None
-        if prefix is not None:
-            y, w = self.prefix_target(prefix, prefix_weights, b)
-            known = torch.cat([torch.zeros(b, n_img, device=y.device), y.reshape(b, -1)], dim=1)
-            weights = torch.cat([torch.zeros(1, n_img, device=y.device), w.expand(1, -1, self.action_dim).reshape(1, -1)], dim=1)
-        return self.diffusion.sample(lambda x, t: self._denoise(x, t, context, cond), (b, n_img + self.horizon * self.action_dim),
+        if prefix is not None or future is not None:
+            device = context.device
+            known = torch.zeros(b, n_img + n_act, device=device)
+            weights = torch.zeros(1, n_img + n_act, device=device)
+            if prefix is not None:
+                y, w = self.prefix_target(prefix, prefix_weights, b)
+                known[:, n_img:] = y.reshape(b, -1)
+                weights[:, n_img:] = w.expand(1, -1, self.action_dim).reshape(1, -1)
+            if future is not None:
+                if not self.n_future or tuple(future.shape) != (b, self.n_future, *self.latent_shape):
+                    raise ValueError(f"future must be latents [{b}, {self.n_future}, {', '.join(map(str, self.latent_shape))}]"
+                                     f" of a head that predicts frames, got {tuple(future.shape)}")
+                known[:, :n_img] = future.reshape(b, -1)
+                weights[:, :n_img] = 1.0
+        return self.diffusion.sample(lambda x, t: self._denoise(x, t, context, cond), (b, n_img + n_act),
                                      self.config.n_steps, self.config.sampler, generator=generator, device=context.device,
-                                     known=known, known_weights=weights)
+                                     noise=noise, known=known, known_weights=weights)
 
     def _actions(self, x: torch.Tensor) -> torch.Tensor:
         n_img = self.n_future * int(np.prod(self.latent_shape))
@@ -430,6 +443,17 @@ class PADPolicy(Policy):
                              prefix: torch.Tensor | None = None, prefix_weights: torch.Tensor | None = None) -> torch.Tensor:
         """obs {key: [B, n_obs_steps, ...]} + obs["language"] -> actions [B, horizon, action_dim] (unnormalized)."""
         return self._actions(self._sample(obs, generator, prefix, prefix_weights))
+
+    @torch.no_grad()
+    def sample_joint(self, obs: dict[str, Any], noise: torch.Tensor, future: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(future latents [B, F, C, h, w] or None, actions [B, horizon, A]), both normalized, from the starting
+        ``noise`` [B, F * C * h * w + horizon * A]. ``future``: real latents put in place of the predicted ones, so
+        a caller can ask what the actions would be had the head foreseen the future exactly (`vmp-bench pad-probe`)."""
+        x = self._sample(obs, None, noise=noise, future=future)
+        n_img = self.n_future * int(np.prod(self.latent_shape))
+        frames = x[:, :n_img].reshape(x.shape[0], self.n_future, *self.latent_shape) if self.n_future else None
+        return frames, x[:, n_img:].reshape(x.shape[0], self.horizon, self.action_dim)
 
     @torch.no_grad()
     def predict(self, obs, goal=None, generator: torch.Generator | None = None, **kwargs: Any) -> Prediction:
