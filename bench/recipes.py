@@ -242,6 +242,9 @@ RECIPES = [
         # BESO's spatial-softmax token beside the grid: is the gap to BESO the image features the head reads?
         f"vmp-train {_MT_DIVLA.replace('=tokens', '=tokens_and_keypoints')} training.keep_every=2000 "
         "run_dir=runs/metaworld_mt-divla-keypoints",
+        # BESO's network under DDPM's objective: is the gap from Diffusion-VLA to BESO the denoising objective?
+        "vmp-train task=metaworld_mt policy=ddpm encoder=compact_cnn training.batch_size=64 training.steps=8000 "
+        "training.num_workers=1 training.keep_every=2000 run_dir=runs/metaworld_mt-ddpm",
         _eval("metaworld_mt-pad", "success_metaworld_mt_image_pad", "10-step DDIM; VAE latents 8x8x4, DiT width 192 "
               "depth 6; co-trained on 200 action-free video episodes (weight 0.5)", episodes=200, videos=10),
         _eval("metaworld_mt-pad-novideo", "success_metaworld_mt_image_pad_novideo",
@@ -260,6 +263,10 @@ RECIPES = [
                      "reasoning injected by FiLM; compact CNN spatial-softmax token beside the token grid of the 64 px "
                      "image, proprioception; 500 DART demos, batch 64 (CPU)", 0, step, "of 8000", episodes=200,
                      workers=2) for step in (8000, 6000, 4000)),
+        # sampled as Diffusion-VLA samples (10-step DDIM): against BESO it differs in objective and sampler only
+        _step_eval("metaworld_mt-ddpm", "success_metaworld_mt_image_ddpm", "10-step DDIM; compact CNN on the 64 px "
+                   "image, proprioception, learned instruction token; 500 DART demos, batch 64 (CPU)", 0, 8000,
+                   "of 8000", episodes=200, workers=2, overrides="sampler=ddim n_steps=10", tag="_ddim10"),
     ]),
     Recipe("metaworld_mt_lowdim", {"stores/metaworld_mt_lowdim.zarr": "vmp-collect task=metaworld_mt_lowdim "
                                                                       "n_episodes=500 action_noise=0.1"}, [

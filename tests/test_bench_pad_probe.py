@@ -7,16 +7,13 @@ import numpy as np
 import pytest
 import torch
 from einops import rearrange
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
 from vmp.bench import pad_probe
 from vmp.bench.report import tables
 from vmp.data import EpisodeStore, KeySpec
 from vmp.policies.train import train
 
-SHAPE_META = {"obs": {"cam_image": {"shape": [16, 16, 3], "type": "rgb"}, "eef_pos": {"shape": [3], "type": "low_dim"}},
-              "action": {"shape": [2]}}
+from test_policies_pad import train_cfg  # PAD's test configuration: a 16 px camera and a 3-d state
 
 
 def future_store(path, n_episodes: int = 16, length: int = 16):
@@ -34,15 +31,6 @@ def future_store(path, n_episodes: int = 16, length: int = 16):
                                   "eef_pos": rng.normal(size=(length, 3)).astype(np.float32),
                                   "action": np.stack([0.8 * sign, 0.8 * sign], -1)}, text={"language": "follow"})
     return path
-
-
-def train_cfg(store, run_dir, policy: str, *overrides: str):
-    with initialize_config_module(config_module="vmp.configs", version_base=None):
-        cfg = compose("train", overrides=[
-            "task=metaworld_mt", f"policy={policy}", f"store={store}", f"run_dir={run_dir}", "device=cpu",
-            "training.warmup_steps=5", "training.val_ratio=0", "training.log_every=50", *overrides])
-    cfg.task.shape_meta = OmegaConf.create(SHAPE_META)
-    return cfg
 
 
 @pytest.fixture(scope="module")
