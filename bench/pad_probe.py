@@ -112,14 +112,15 @@ def _summary(rows: dict[str, np.ndarray], sel: np.ndarray, n_future: int) -> dic
 def probe(checkpoint: str | Path, store: str | None = None, n_windows: int = 512, batch_size: int = 32,
           seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """The measurements above for one PAD checkpoint -> {"overall": {...}, "per_task": {instruction: {...}}, ...}."""
+    from omegaconf import OmegaConf
+
     from vmp.data import SequenceDataset, SequenceSampler
     from vmp.data.schema import LANGUAGE_KEY
     from vmp.data.store import EpisodeStore
-    from omegaconf import OmegaConf
-
-    from vmp.policies.checkpoint import load_policy, read_checkpoint
+    from vmp.policies.checkpoint import load_policy, read_checkpoint, resolve_checkpoint
     from vmp.policies.train import task_image_sizes
 
+    checkpoint = resolve_checkpoint(checkpoint)  # a run folder -> its latest checkpoint
     head = OmegaConf.create(read_checkpoint(checkpoint)["cfg"]).policy.name
     if head != "pad":
         raise ValueError(f"{checkpoint} holds a {head!r} model; vmp-bench pad-probe reads PAD checkpoints")

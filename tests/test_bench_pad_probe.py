@@ -99,6 +99,6 @@ def test_cli_writes_a_record_and_refuses_another_head(trained, tmp_path):
     mse = record["metrics"]["overall"]["action_mse"]
     assert f"{mse['own']:.3f} / {mse['real_future']:.3f} / {mse['wrong_future']:.3f}" in row
     with pytest.raises(ValueError, match="pad-probe reads PAD checkpoints"):
-        pad_probe.probe(tmp / "vae" / "checkpoints" / "latest.pt", str(store))
+        pad_probe.probe(tmp / "vae", str(store))  # a run folder: its latest checkpoint
     with pytest.raises(SystemExit):
         pad_probe.main(["--checkpoint", str(ckpt), "--windows", "1"])
