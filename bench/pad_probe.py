@@ -121,7 +121,8 @@ def probe(checkpoint: str | Path, store: str | None = None, n_windows: int = 512
     from vmp.policies.train import task_image_sizes
 
     checkpoint = resolve_checkpoint(checkpoint)  # a run folder -> its latest checkpoint
-    head = OmegaConf.create(read_checkpoint(checkpoint)["cfg"]).policy.name
+    payload = read_checkpoint(checkpoint)
+    head = OmegaConf.create(payload["cfg"]).policy.name
     if head != "pad":
         raise ValueError(f"{checkpoint} holds a {head!r} model; vmp-bench pad-probe reads PAD checkpoints")
     policy, cfg = load_policy(checkpoint, device)
@@ -185,7 +186,8 @@ def probe(checkpoint: str | Path, store: str | None = None, n_windows: int = 512
     return {"overall": _summary(data, everything, n_future),
             "per_task": {task: _summary(data, data["task"] == task, n_future) for task in sorted(set(data["task"]))},
             "split": split, "episodes": int(len(set(data["episode"].tolist()))), "future_offsets": policy.future_offsets,
-            "layers": len(policy.dit.blocks), "sampler": f"{policy.config.n_steps}-step {policy.config.sampler}"}
+            "layers": len(policy.dit.blocks), "sampler": f"{policy.config.n_steps}-step {policy.config.sampler}",
+            "task": str(cfg.task.name), "train_steps": int(payload.get("step") or 0)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -200,19 +202,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(given_args(argv))
     if args.windows < 2 or args.batch_size < 2:
         parser.error("--windows and --batch-size must be at least 2 (a wrong future comes from another window)")
-    from omegaconf import OmegaConf
-
-    from vmp.policies.checkpoint import read_checkpoint, resolve_checkpoint
+    from vmp.policies.checkpoint import resolve_checkpoint
 
     path = resolve_checkpoint(args.checkpoint)
     metrics = probe(path, args.store, args.windows, args.batch_size, args.seed, args.device)
-    payload = read_checkpoint(path)
-    step, cfg = int(payload.get("step") or 0), OmegaConf.create(payload["cfg"])
+    task, step = metrics.pop("task"), metrics.pop("train_steps")
     run = Path(args.checkpoint).name if Path(args.checkpoint).is_dir() else path.parent.parent.name
-    predicts = cfg.policy.get("predict_future", True)
-    variant = f"{'future frames predicted' if predicts else 'no future prediction'}; {run}, step {step}"
-    out = write_result(f"pad_probe_{run}_step{step}", "pad_probe", cfg.task.name, "image", "pad", variant,
-                       metrics, device_name(args.device), " ".join(["vmp-bench pad-probe", *given_args(argv)]),
+    variant = f"{'future frames predicted' if metrics['future_offsets'] else 'no future prediction'}; {run}, step {step}"
+    out = write_result(f"pad_probe_{run}_step{step}", "pad_probe", task, "image", "pad", variant, metrics,
+                       device_name(args.device), " ".join(["vmp-bench pad-probe", *given_args(argv)]),
                        budget={"train_steps": step}, out_dir=args.out_dir)
     overall = metrics["overall"]
     log.info("action MSE own %.4f%s -> %s", overall["action_mse"]["own"],

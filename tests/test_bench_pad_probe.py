@@ -49,7 +49,7 @@ def trained(tmp_path_factory):
     mp.undo()
 
 
-def test_actions_follow_the_real_future_and_ignore_nothing(trained):
+def test_actions_follow_the_real_future_when_given_it(trained):
     store, ckpt, _ = trained
     result = pad_probe.probe(ckpt, str(store), n_windows=96, batch_size=32)
     overall = result["overall"]
