@@ -245,6 +245,9 @@ RECIPES = [
         # a tenth of the reasoning loss: does the reasoning objective take the shared encoder from the actions?
         f"vmp-train {_MT_DIVLA} policy.reasoning_weight=0.1 training.keep_every=2000 "
         "run_dir=runs/metaworld_mt-divla-rw01",
+        # the denoiser attends to the encoder's tokens, not the reasoning model's hidden states: is that path the gap?
+        f"vmp-train {_MT_DIVLA} policy.action_context=encoder training.keep_every=2000 "
+        "run_dir=runs/metaworld_mt-divla-encoder-context",
         # BESO's network under DDPM's objective: is the gap from Diffusion-VLA to BESO the denoising objective?
         "vmp-train task=metaworld_mt policy=ddpm encoder=compact_cnn training.batch_size=64 training.steps=8000 "
         "training.num_workers=1 training.keep_every=2000 run_dir=runs/metaworld_mt-ddpm",
@@ -269,6 +272,10 @@ RECIPES = [
         _step_eval("metaworld_mt-divla-rw01", "success_metaworld_mt_image_divla_rw01", "reasoning injected by FiLM, "
                    "reasoning loss weight 0.1; compact CNN tokens of the 64 px image, proprioception; 500 DART demos, "
                    "batch 64 (CPU)", 0, 8000, "of 8000", episodes=200, workers=2),
+        _step_eval("metaworld_mt-divla-encoder-context", "success_metaworld_mt_image_divla_encoder_context",
+                   "reasoning injected by FiLM, action head attending to the encoder tokens (not the reasoning "
+                   "model hidden states); compact CNN tokens of the 64 px image, proprioception; 500 DART demos, batch 64 (CPU)",
+                   0, 8000, "of 8000", episodes=200, workers=2),
         # sampled as Diffusion-VLA samples (10-step DDIM): against BESO it differs in objective and sampler only
         _step_eval("metaworld_mt-ddpm", "success_metaworld_mt_image_ddpm", "10-step DDIM; compact CNN on the 64 px "
                    "image, proprioception, learned instruction token; 500 DART demos, batch 64 (CPU)", 0, 8000,

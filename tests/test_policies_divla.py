@@ -54,6 +54,33 @@ def test_film_injection_changes_actions_only_through_the_reasoning():
     assert torch.equal(chunk("grasp the object", ablated), chunk("move toward the goal", ablated))
 
 
+def test_action_context_encoder_reads_the_observation_without_the_reasoning_model():
+    """action_context=encoder: given the reasoning, the actions do not depend on the reasoning model's weights (they
+    do with the default, where the denoiser attends to its hidden states); a training step still trains both."""
+    obs = {"state": torch.randn(1, 1, 4)}
+    text = "grasp the object"
+
+    def chunk(p: DiVLAPolicy) -> torch.Tensor:
+        p._reasoning, p._context_step = (p.tokenizer.encode([text])[:, 1:], [text]), 0
+        return p.predict(obs, generator=torch.Generator().manual_seed(3)).actions
+
+    for context, follows_backbone in (("backbone", True), ("encoder", False)):
+        policy = make_policy(action_context=context)
+        before = chunk(policy)
+        with torch.no_grad():
+            for param in policy.backbone.parameters():
+                param.add_(torch.randn_like(param) * 0.5)
+        assert torch.allclose(before, chunk(policy), atol=1e-6) != follows_backbone, context
+
+    policy = make_policy(action_context="encoder").train()
+    batch = {"obs": {"state": torch.randn(3, 1, 4)}, "action": torch.rand(3, 4, 2) * 2 - 1,
+             "action_is_pad": torch.zeros(3, 4, dtype=torch.bool), "text": {"phase": PHASES}}
+    policy.compute_loss(batch)["loss"].backward()
+    assert policy.backbone.lm_head.weight.grad.abs().sum() > 0 and policy.denoiser.action_out.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="action_context must be backbone or encoder"):
+        DiVLAConfig(action_context="hidden")
+
+
 def test_real_time_chunking_prefix_is_kept_where_its_weight_is_one():
     policy = make_policy()
     window = {"state": np.zeros((1, 4), np.float32)}

@@ -5,7 +5,8 @@ The shared observation encoder turns the images, proprioception and instruction 
 (a small prefix-LM transformer trained from scratch) maps it to hidden states and writes the reasoning, here the
 expert's phase annotation at the newest observation ("grasp the object"), with a subword tokenizer trained on the
 store's annotations. The reasoning is embedded and injected into every layer of the action head's transformer
-denoiser through FiLM; the denoiser also attends to the backbone's hidden states. One loss trains both:
+denoiser through FiLM; the denoiser also attends to the backbone's hidden states (``action_context=encoder``: to the
+encoder's tokens instead, so the observation reaches the actions without the reasoning model). One loss trains both:
 ``reasoning_weight`` x next-token cross-entropy + ``action_weight`` x the DDPM loss on the chunk.
 
 At run time the reasoning is regenerated every ``reasoning_every`` control steps and cached in between (the policy's
@@ -37,6 +38,9 @@ class DiVLAConfig(DiffusionHeadConfig):
     backbone_layers: int = 4        # scratch
     backbone_heads: int = 4
     inject_reasoning: bool = True   # false: the ablation without FiLM injection
+    # what the denoiser attends to: the reasoning model's hidden states of the observation (the paper's design), or
+    # the shared encoder's tokens directly (the reasoning then reaches the actions only through FiLM)
+    action_context: str = "backbone"  # backbone | encoder
     reasoning_weight: float = 1.0
     action_weight: float = 1.0
     max_reasoning_tokens: int = 12  # reasoning text is cut to this many subword tokens
@@ -61,6 +65,8 @@ class DiVLAConfig(DiffusionHeadConfig):
             raise ValueError(f"policy.n_steps must be in [1, {self.num_train_timesteps}], got {self.n_steps}")
         if self.reasoning_every < 0:
             raise ValueError(f"policy.reasoning_every must be >= 0, got {self.reasoning_every}")
+        if self.action_context not in ("backbone", "encoder"):
+            raise ValueError(f"policy.action_context must be backbone or encoder, got {self.action_context!r}")
         if self.backbone not in ("scratch", "hf"):
             raise ValueError(f"policy.backbone must be scratch or hf, got {self.backbone!r}")
         if self.max_reasoning_tokens < 1:
@@ -161,12 +167,13 @@ class DiVLAPolicy(SharedEncoderPolicy):
         hidden, logits = self.backbone(cond, ids[:, :-1])
         reasoning_loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), ignore_index=self.tokenizer.pad_id)
         film = self._film(ids[:, 1:])  # the annotation (teacher forcing) is what training injects
+        context = hidden if self.config.action_context == "backbone" else cond
         is_pad = batch.get("action_is_pad")
         has_action = batch.get("has_action")
         mask = None if is_pad is None else ~is_pad
         if has_action is not None:
             mask = (torch.ones_like(actions[..., 0], dtype=torch.bool) if mask is None else mask) & has_action[:, None]
-        action_loss = self.diffusion.loss(lambda x, t: self.denoiser(x, t, hidden, film), actions, mask)
+        action_loss = self.diffusion.loss(lambda x, t: self.denoiser(x, t, context, film), actions, mask)
         loss = self.config.reasoning_weight * reasoning_loss + self.config.action_weight * action_loss
         return {"loss": loss, "reasoning_loss": reasoning_loss.detach(), "action_loss": action_loss.detach()}
 
@@ -197,9 +204,10 @@ class DiVLAPolicy(SharedEncoderPolicy):
                               or self._reasoning[0].shape[0] != b):
             self.refresh_context(obs, goal)
         ids, texts = given if given is not None else self._reasoning
-        hidden, film = self.backbone.encode(cond), self._film(ids)
+        context = self.backbone.encode(cond) if self.config.action_context == "backbone" else cond
+        film = self._film(ids)
         known, weights = self.prefix_target(prefix, prefix_weights, b) if prefix is not None else (None, None)
-        x = self.diffusion.sample(lambda x, t: self.denoiser(x, t, hidden, film), (b, self.horizon, self.action_dim),
+        x = self.diffusion.sample(lambda x, t: self.denoiser(x, t, context, film), (b, self.horizon, self.action_dim),
                                   self.config.n_steps, self.config.sampler, generator=generator, device=cond.device,
                                   known=known, known_weights=weights)
         return Prediction(self.normalizer.unnormalize("action", x.clamp(-1.0, 1.0)), {"reasoning": list(texts)})
