@@ -272,6 +272,11 @@ def _open_store(path: str, store_options: dict | None, prefetch: bool):
     return store
 
 
+def latest_checkpoint(cfg: DictConfig) -> Path:
+    """The checkpoint a run writes every training.ckpt_every steps, and resumes from."""
+    return Path(cfg.run_dir) / "checkpoints" / "latest.pt"
+
+
 def build_data(cfg: DictConfig, micro: int, rank: int, world: int, device: Any) -> TrainingData:
     """The stores, samplers and datasets of a run. A head may first learn settings from the store (a tokenizer's
     ranges, ...): they are written into ``cfg.policy``, so the checkpoint's config holds them."""
@@ -287,6 +292,13 @@ def build_data(cfg: DictConfig, micro: int, rank: int, world: int, device: Any) 
     store = _open_store(cfg.store, store_options, prefetch)
     head_cls = HEADS[cfg.policy.name]
     learned = head_cls.prepare_settings(head_settings, cfg.task, store)
+    if learned and cfg.resume and latest_checkpoint(cfg).exists():
+        # a resumed run keeps what the head learned when it started: relearning need not give the same (the subword
+        # tokenizer's ids differ from one training to the next), and the weights were trained against the first
+        from vmp.policies.checkpoint import read_checkpoint
+
+        saved = OmegaConf.create(read_checkpoint(latest_checkpoint(cfg))["cfg"]).policy
+        learned = {key: saved.get(key, value) for key, value in learned.items()}
     if learned:
         with open_dict(cfg):
             for key, value in learned.items():
@@ -513,7 +525,7 @@ def start_run(cfg: DictConfig, data: TrainingData, device: Any, steps: int) -> R
     optimizer, lr_schedule = configure_optimizers(policy, tcfg, steps)
     ema = EMAModel(policy.parameters(), decay=tcfg.ema_decay, use_ema_warmup=True, power=tcfg.ema_power)
     ema.to(device)
-    ckpt_path = Path(cfg.run_dir) / "checkpoints" / "latest.pt"
+    ckpt_path = latest_checkpoint(cfg)
     # best.pt: the checkpoint with the best periodic-evaluation success (when training.eval_every > 0), else the
     # lowest validation loss; kept beside latest.pt (and step_N.pt every training.keep_every steps)
     best = {"metric": "success_rate" if tcfg.eval_every > 0 else "val_loss", "value": None, "step": None}

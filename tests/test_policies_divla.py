@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from vmp.data import EpisodeStore, KeySpec, Normalizer
 from vmp.policies.encoders import ObsEncoder
@@ -109,10 +110,8 @@ def test_greedy_generation_reproduces_memorised_annotations():
     assert policy.reason({"state": states}) == PHASES
 
 
-def test_train_builds_the_tokenizer_from_the_store_and_the_checkpoint_stands_alone(tmp_path):
-    from vmp.policies.checkpoint import load_policy
-    from vmp.policies.train import train
-
+def phased_store(tmp_path) -> EpisodeStore:
+    """A six-episode store with phase annotations, and a task config that reads it (see `phased_cfg`)."""
     store = EpisodeStore.create(tmp_path / "s.zarr", {"state": KeySpec((4,), "float32"), "action": KeySpec((2,), "float32"),
                                                       "phase": KeySpec((), "int16")},
                                 {"task": "t", "control_hz": 10, "phase_names": PHASES})
@@ -125,20 +124,50 @@ def test_train_builds_the_tokenizer_from_the_store_and_the_checkpoint_stands_alo
     (tmp_path / "cfg" / "task" / "phased.yaml").write_text(yaml.safe_dump(
         {"name": "phased", "store": str(tmp_path / "s.zarr"), "obs_type": "lowdim", "control_hz": 10,
          "goal_keys": [], "shape_meta": SHAPE_META}))
-    run = tmp_path / "run"
+    return store
+
+
+def phased_cfg(tmp_path, *overrides: str):
+    """A tiny vmp-train config of the divla head on `phased_store`'s store, run in tmp_path / run."""
     with initialize_config_module(config_module="vmp.configs", version_base=None):
         cfg = compose("train", [f"hydra.searchpath=[file://{tmp_path / 'cfg'}]", "task=phased", "policy=divla",
                                 "encoder=lowdim", "policy.d_model=32", "policy.n_layers=1", "policy.backbone_layers=1",
                                 "policy.n_heads=2", "policy.backbone_heads=2", "policy.horizon=4", "policy.n_obs_steps=1",
                                 "policy.n_action_steps=2", "policy.vocab_size=64", "training.steps=4",
-                                "training.batch_size=8", f"run_dir={run}"])
-    train(cfg)
+                                "training.batch_size=8", f"run_dir={tmp_path / 'run'}", *overrides])
+    return cfg
+
+
+def test_train_builds_the_tokenizer_from_the_store_and_the_checkpoint_stands_alone(tmp_path):
+    from vmp.policies.checkpoint import load_policy
+    from vmp.policies.train import train
+
+    store = phased_store(tmp_path)
+    train(phased_cfg(tmp_path))
     store.close()
     (tmp_path / "s.zarr").rename(tmp_path / "gone.zarr")  # the checkpoint needs neither the store nor its texts
-    policy, loaded = load_policy(run)
+    policy, loaded = load_policy(tmp_path / "run")
     assert '"goal":' in loaded.policy.tokenizer and policy.context_every == 8  # the subwords of its annotations
     pred = policy.predict_window({"state": np.zeros((1, 4), np.float32)}, step=0)
     assert pred.actions.shape == (4, 2) and isinstance(pred.extras["reasoning"], str)
+
+
+def test_resume_keeps_the_tokenizer_the_run_started_with(tmp_path, monkeypatch):
+    """Training a WordPiece tokenizer twice on the same annotations need not give the same ids, so a resumed run must
+    not relearn it: its reasoning model's weights were trained against the first one's ids."""
+    from vmp.policies.checkpoint import read_checkpoint
+    from vmp.policies.heads import divla
+    from vmp.policies.train import train
+
+    store = phased_store(tmp_path)
+    first = read_checkpoint(train(phased_cfg(tmp_path, "training.stop_after=2", "training.ckpt_every=2")))
+    tokenizer = OmegaConf.create(first["cfg"]).policy.tokenizer
+    assert first["step"] == 2
+    # what a second training may give: the same subwords under other ids
+    monkeypatch.setattr(divla, "train_tokenizer", lambda texts, vocab_size: train_tokenizer(texts[::-1], vocab_size))
+    assert divla.train_tokenizer(divla.annotation_corpus(store), 64) != tokenizer
+    resumed = read_checkpoint(train(phased_cfg(tmp_path, "resume=true")))
+    assert resumed["step"] == 4 and OmegaConf.create(resumed["cfg"]).policy.tokenizer == tokenizer
 
 
 def test_store_without_phases_is_refused_by_name(tmp_path):
