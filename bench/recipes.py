@@ -250,9 +250,8 @@ RECIPES = [
         "run_dir=runs/metaworld_mt-divla-encoder-context",
         # and one spatial-softmax token per camera, as BESO and DDPM read, instead of the grid: the DDPM baseline plus
         # the reasoning model and FiLM. Is the gap what the action head attends to from the image?
-        "vmp-train task=metaworld_mt policy=divla encoder=compact_cnn training.batch_size=64 training.steps=8000 "
-        "training.num_workers=1 policy.action_context=encoder training.keep_every=2000 "
-        "run_dir=runs/metaworld_mt-divla-softmax-encoder-context",
+        f"vmp-train {_MT_DIVLA.replace(' encoder.image_output=tokens', '')} policy.action_context=encoder "
+        "training.keep_every=2000 run_dir=runs/metaworld_mt-divla-softmax-encoder-context",
         # BESO's network under DDPM's objective: is the gap from Diffusion-VLA to BESO the denoising objective?
         "vmp-train task=metaworld_mt policy=ddpm encoder=compact_cnn training.batch_size=64 training.steps=8000 "
         "training.num_workers=1 training.keep_every=2000 run_dir=runs/metaworld_mt-ddpm",
@@ -279,8 +278,8 @@ RECIPES = [
                    "batch 64 (CPU)", 0, 8000, "of 8000", episodes=200, workers=2),
         _step_eval("metaworld_mt-divla-encoder-context", "success_metaworld_mt_image_divla_encoder_context",
                    "reasoning injected by FiLM, action head attending to the encoder tokens (not the reasoning "
-                   "model hidden states); compact CNN tokens of the 64 px image, proprioception; 500 DART demos, batch 64 (CPU)",
-                   0, 8000, "of 8000", episodes=200, workers=2),
+                   "model hidden states); compact CNN tokens of the 64 px image, proprioception; 500 DART demos, "
+                   "batch 64 (CPU)", 0, 8000, "of 8000", episodes=200, workers=2),
         _step_eval("metaworld_mt-divla-softmax-encoder-context",
                    "success_metaworld_mt_image_divla_softmax_encoder_context", "reasoning injected by FiLM, action head "
                    "attending to the encoder tokens; compact CNN spatial softmax on the 64 px image (one token per "
