@@ -252,6 +252,10 @@ RECIPES = [
         # the reasoning model and FiLM. Is the gap what the action head attends to from the image?
         f"vmp-train {_MT_DIVLA.replace(' encoder.image_output=tokens', '')} policy.action_context=encoder "
         "training.keep_every=2000 run_dir=runs/metaworld_mt-divla-softmax-encoder-context",
+        # and without FiLM: the DDPM baseline plus the reasoning model trained beside it on the shared encoder
+        f"vmp-train {_MT_DIVLA.replace(' encoder.image_output=tokens', '')} policy.action_context=encoder "
+        "policy.inject_reasoning=false training.keep_every=2000 "
+        "run_dir=runs/metaworld_mt-divla-softmax-encoder-context-noinject",
         # BESO's network under DDPM's objective: is the gap from Diffusion-VLA to BESO the denoising objective?
         "vmp-train task=metaworld_mt policy=ddpm encoder=compact_cnn training.batch_size=64 training.steps=8000 "
         "training.num_workers=1 training.keep_every=2000 run_dir=runs/metaworld_mt-ddpm",
@@ -285,6 +289,11 @@ RECIPES = [
                    "attending to the encoder tokens; compact CNN spatial softmax on the 64 px image (one token per "
                    "camera), proprioception; 500 DART demos, batch 64 (CPU)", 0, 8000, "of 8000", episodes=200,
                    workers=2),
+        _step_eval("metaworld_mt-divla-softmax-encoder-context-noinject",
+                   "success_metaworld_mt_image_divla_softmax_encoder_context_noinject", "ablation: no reasoning "
+                   "injection, action head attending to the encoder tokens; compact CNN spatial softmax on the 64 px "
+                   "image (one token per camera), proprioception; 500 DART demos, batch 64 (CPU)", 0, 8000, "of 8000",
+                   episodes=200, workers=2),
         # sampled as Diffusion-VLA samples (10-step DDIM): against BESO it differs in objective and sampler only
         _step_eval("metaworld_mt-ddpm", "success_metaworld_mt_image_ddpm", "10-step DDIM; compact CNN on the 64 px "
                    "image, proprioception, learned instruction token; 500 DART demos, batch 64 (CPU)", 0, 8000,
