@@ -13,7 +13,8 @@ Reported per task (the instruction) and over all windows:
 - the predicted future latents' error against the real ones, beside copying the current frame's latent (what a head
   that foresaw nothing would say): a ratio near 1 means the prediction says little of where the scene goes;
 - the share of the action token's attention on each group of tokens (current frame, proprioception, future frames,
-  itself), per layer, averaged over heads, denoising steps and windows.
+  itself), per layer, averaged over heads, denoising steps and windows, beside each group's share of the tokens
+  (what attention spread evenly would give).
 A head trained without future prediction (`policy.predict_future=false`) gets the action error and attention only.
 
     vmp-bench pad-probe --checkpoint runs/metaworld_mt-pad [--windows 512] [--batch-size 32] [--device cpu]
@@ -187,6 +188,7 @@ def probe(checkpoint: str | Path, store: str | None = None, n_windows: int = 512
             "per_task": {task: _summary(data, data["task"] == task, n_future) for task in sorted(set(data["task"]))},
             "split": split, "episodes": int(len(set(data["episode"].tolist()))), "future_offsets": policy.future_offsets,
             "layers": len(policy.dit.blocks), "sampler": f"{policy.config.n_steps}-step {policy.config.sampler}",
+            "token_share": {g: (policy.layout[g][1] - policy.layout[g][0]) / policy.layout["length"] for g in GROUPS},
             "task": str(cfg.task.name), "train_steps": int(payload.get("step") or 0)}
 
 

@@ -209,7 +209,8 @@ def _probe_table(records: list[dict]) -> list[str]:
            "future frames inpainted, and another episode's real future. Action error: MSE against the demonstrated "
            "chunk in normalized units, with the paired differences' 95% intervals. Future error: predicted latents "
            "against the real ones, over copying the current frame (1: no better). Attention: the action token's share "
-           "on the future-frame tokens, per layer.", "",
+           "on the future-frame tokens, per layer, and (even) the future tokens' share of the sequence, what "
+           "attention spread evenly would give.", "",
            "| task | run | windows | action error: own / real future / wrong future | real − own | wrong − own | "
            "future error over copying, per offset | attention on the future, per layer | device | command |",
            "|---|---|---|---|---|---|---|---|---|---|"]
@@ -221,6 +222,8 @@ def _probe_table(records: list[dict]) -> list[str]:
                  for d in (diff.get("real_minus_own"), diff.get("wrong_minus_own"))]
         ratio = ", ".join(_fmt(x) for x in (m.get("future_mse") or {}).get("predicted_over_copy", [])) or "-"
         shares = ", ".join(_fmt(x) for x in m["action_attention"]["future"]) or "-"
+        even = (r["metrics"].get("token_share") or {}).get("future")
+        shares += f" (even {_fmt(even)})" if even is not None else ""
         out.append(f"| {r['task']} | {r['variant']} | {m['windows']} | {errors} | {spans[0]} | {spans[1]} | {ratio} | "
                    f"{shares} | {r['device']} | `{r['command']}` |")
     return out + [""]

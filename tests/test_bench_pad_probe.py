@@ -63,6 +63,10 @@ def test_actions_follow_the_real_future_when_given_it(trained):
     assert all(r > 0.5 for r in overall["future_mse"]["predicted_over_copy"]), overall["future_mse"]
     shares = np.array([overall["action_attention"][g] for g in pad_probe.GROUPS])  # [groups, layers]
     np.testing.assert_allclose(shares.sum(0), 1.0, atol=1e-3)
+    # beside it, what even attention would give: each group's share of the sequence. 16 px frames -> 8x8 latents
+    # (one downsampling) -> 16 patches of 2x2 per frame: the current frame, eef_pos, one future frame, the action
+    assert result["token_share"] == pytest.approx({"current": 16 / 34, "proprio": 1 / 34, "future": 16 / 34,
+                                                   "action": 1 / 34})
     assert result["split"] == "all" and list(result["per_task"]) == ["follow"]
 
 
@@ -98,6 +102,7 @@ def test_cli_writes_a_record_and_refuses_another_head(trained, tmp_path):
     (row,) = [line for line in tables([record]).splitlines() if line.startswith("| metaworld_mt | future frames")]
     mse = record["metrics"]["overall"]["action_mse"]
     assert f"{mse['own']:.3f} / {mse['real_future']:.3f} / {mse['wrong_future']:.3f}" in row
+    assert f"(even {16 / 34:.2f})" in row  # the future tokens' share of the sequence beside the attention on them
     with pytest.raises(ValueError, match="pad-probe reads PAD checkpoints"):
         pad_probe.probe(tmp / "vae", str(store))  # a run folder: its latest checkpoint
     with pytest.raises(SystemExit):
