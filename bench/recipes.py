@@ -289,6 +289,12 @@ RECIPES = [
                    "attending to the encoder tokens; compact CNN spatial softmax on the 64 px image (one token per "
                    "camera), proprioception; 500 DART demos, batch 64 (CPU)", 0, 8000, "of 8000", episodes=200,
                    workers=2),
+        # the same checkpoint told the expert's phase for every state: does the wrong reasoning it generates cost?
+        _step_eval("metaworld_mt-divla-softmax-encoder-context",
+                   "success_metaworld_mt_image_divla_softmax_encoder_context", "reasoning injected by FiLM, told the "
+                   "expert phase (oracle), action head attending to the encoder tokens; compact CNN spatial softmax on "
+                   "the 64 px image (one token per camera), proprioception; 500 DART demos, batch 64 (CPU)", 0, 8000,
+                   "of 8000", episodes=200, workers=2, overrides="reasoning_source=expert", tag="_told_expert"),
         _step_eval("metaworld_mt-divla-softmax-encoder-context-noinject",
                    "success_metaworld_mt_image_divla_softmax_encoder_context_noinject", "ablation: no reasoning "
                    "injection, action head attending to the encoder tokens; compact CNN spatial softmax on the 64 px "
