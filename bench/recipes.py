@@ -256,6 +256,10 @@ RECIPES = [
         f"vmp-train {_MT_DIVLA.replace(' encoder.image_output=tokens', '')} policy.action_context=encoder "
         "policy.inject_reasoning=false training.keep_every=2000 "
         "run_dir=runs/metaworld_mt-divla-softmax-encoder-context-noinject",
+        # a second training seed of both: is injection's cost there (7.5 points at seed 0) larger than the spread?
+        *(f"vmp-train {_MT_DIVLA.replace(' encoder.image_output=tokens', '')} policy.action_context=encoder {extra}"
+          f"training.keep_every=2000 seed=1 run_dir=runs/metaworld_mt-divla-softmax-encoder-context{suffix}-seed1"
+          for suffix, extra in (("", ""), ("-noinject", "policy.inject_reasoning=false "))),
         # BESO's network under DDPM's objective: is the gap from Diffusion-VLA to BESO the denoising objective?
         "vmp-train task=metaworld_mt policy=ddpm encoder=compact_cnn training.batch_size=64 training.steps=8000 "
         "training.num_workers=1 training.keep_every=2000 run_dir=runs/metaworld_mt-ddpm",
@@ -300,6 +304,12 @@ RECIPES = [
                    "injection, action head attending to the encoder tokens; compact CNN spatial softmax on the 64 px "
                    "image (one token per camera), proprioception; 500 DART demos, batch 64 (CPU)", 0, 8000, "of 8000",
                    episodes=200, workers=2),
+        *(_step_eval(f"metaworld_mt-divla-softmax-encoder-context{suffix}-seed1",
+                     f"success_metaworld_mt_image_divla_softmax_encoder_context{suffix.replace('-', '_')}_seed1",
+                     f"{what}, action head attending to the encoder tokens; compact CNN spatial softmax on the 64 px "
+                     "image (one token per camera), proprioception; 500 DART demos, batch 64 (CPU)", 1, 8000,
+                     "of 8000", episodes=200, workers=2)
+          for suffix, what in (("", "reasoning injected by FiLM"), ("-noinject", "ablation: no reasoning injection"))),
         # sampled as Diffusion-VLA samples (10-step DDIM): against BESO it differs in objective and sampler only
         _step_eval("metaworld_mt-ddpm", "success_metaworld_mt_image_ddpm", "10-step DDIM; compact CNN on the 64 px "
                    "image, proprioception, learned instruction token; 500 DART demos, batch 64 (CPU)", 0, 8000,
