@@ -122,7 +122,8 @@ class Trainable(nn.Module, abc.ABC):
     @classmethod
     def prepare_settings(cls, config: Any, task: Any, store: Any) -> dict[str, Any]:
         """Head settings learned from the training store before the head is built (e.g. Diffusion-VLA's subword
-        tokenizer, trained on the store's annotations): merged into ``policy.*`` and kept in the checkpoint."""
+        tokenizer, trained on the store's annotations): merged into ``policy.*`` and kept in the checkpoint, which a
+        resumed run takes them from rather than learning them again."""
         return {}
 
     @classmethod
