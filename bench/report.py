@@ -217,13 +217,14 @@ def _probe_table(records: list[dict]) -> list[str]:
     for r in probes:
         m = r["metrics"]["overall"]
         mse, diff = m["action_mse"], m.get("action_mse_difference") or {}
-        errors = " / ".join(_fmt(mse.get(k), 3) for k in ("own", "real_future", "wrong_future"))
+        errors = " / ".join(_fmt(mse[k], 3) if k in mse else "-" for k in ("own", "real_future", "wrong_future"))
         spans = [f"{_fmt(d['mean'], 3)} [{_fmt(d['ci95_low'], 3)}, {_fmt(d['ci95_high'], 3)}]" if d else "-"
                  for d in (diff.get("real_minus_own"), diff.get("wrong_minus_own"))]
         ratio = ", ".join(_fmt(x) for x in (m.get("future_mse") or {}).get("predicted_over_copy", [])) or "-"
-        shares = ", ".join(_fmt(x) for x in m["action_attention"]["future"]) or "-"
         even = (r["metrics"].get("token_share") or {}).get("future")
-        shares += f" (even {_fmt(even)})" if even is not None else ""
+        # a head trained without future prediction has no future tokens to attend to
+        shares = "-" if even == 0 else ", ".join(_fmt(x) for x in m["action_attention"]["future"]) or "-"
+        shares += f" (even {_fmt(even)})" if even else ""
         out.append(f"| {r['task']} | {r['variant']} | {m['windows']} | {errors} | {spans[0]} | {spans[1]} | {ratio} | "
                    f"{shares} | {r['device']} | `{r['command']}` |")
     return out + [""]

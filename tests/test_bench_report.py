@@ -167,3 +167,12 @@ def test_a_comparison_that_trained_none_of_our_heads_draws_their_leading_curves_
     assert chosen["beso"][0] == "three seeds" and sorted(chosen["beso"][1]) == [0, 1, 2]
     assert chosen["carp"][0] == "high"
     assert list(headline_curves(records, "can", "lowdim", skip={"beso"})) == ["carp"]
+
+
+def test_a_probe_of_a_head_without_future_prediction_shows_dashes_where_it_has_no_future():
+    overall = {"windows": 8, "action_mse": {"own": 0.0834},
+               "action_attention": {"current": [0.9], "proprio": [0.05], "future": [0.0], "action": [0.05]}}
+    shares = {"current": 16 / 18, "proprio": 1 / 18, "future": 0.0, "action": 1 / 18}
+    text = tables([record("pad_probe", overall=overall, per_task={}, token_share=shares)])
+    (row,) = [line for line in text.splitlines() if line.startswith("| metaworld_mt | v |")]
+    assert "| 8 | 0.083 / - / - | - | - | - | - |" in row and "None" not in row
