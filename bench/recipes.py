@@ -56,6 +56,10 @@ _PAD = "task=metaworld_mt policy=pad device=cuda training.batch_size=128 trainin
 _MT_DIVLA = ("task=metaworld_mt policy=divla encoder=compact_cnn encoder.image_output=tokens training.batch_size=64 "
              "training.steps=8000 training.num_workers=1")
 _MT_DIVLA_VARIANT = "compact CNN tokens of the 64 px image, proprioception; 500 DART demos, 8000 x 64 steps (CPU)"
+# the same, reading one spatial-softmax token per camera (as BESO and DDPM do) with the action head on the encoder
+_MT_DIVLA_SOFTMAX = _MT_DIVLA.replace(" encoder.image_output=tokens", "") + " policy.action_context=encoder"
+_MT_DIVLA_SOFTMAX_SETTING = ("action head attending to the encoder tokens; compact CNN spatial softmax on the 64 px "
+                             "image (one token per camera), proprioception; 500 DART demos, batch 64 (CPU)")
 _MT_LOWDIM = ("task=metaworld_mt_lowdim encoder=lowdim training.steps=2500 training.batch_size=64 "
               "training.warmup_steps=100 training.val_every=500")
 _MT_LOWDIM_VARIANT = "500 DART demos, 2500 x 64 steps (CPU)"
@@ -250,15 +254,13 @@ RECIPES = [
         "run_dir=runs/metaworld_mt-divla-encoder-context",
         # and one spatial-softmax token per camera, as BESO and DDPM read, instead of the grid: the DDPM baseline plus
         # the reasoning model and FiLM. Is the gap what the action head attends to from the image?
-        f"vmp-train {_MT_DIVLA.replace(' encoder.image_output=tokens', '')} policy.action_context=encoder "
-        "training.keep_every=2000 run_dir=runs/metaworld_mt-divla-softmax-encoder-context",
+        f"vmp-train {_MT_DIVLA_SOFTMAX} training.keep_every=2000 "
+        "run_dir=runs/metaworld_mt-divla-softmax-encoder-context",
         # and without FiLM: the DDPM baseline plus the reasoning model trained beside it on the shared encoder
-        f"vmp-train {_MT_DIVLA.replace(' encoder.image_output=tokens', '')} policy.action_context=encoder "
-        "policy.inject_reasoning=false training.keep_every=2000 "
+        f"vmp-train {_MT_DIVLA_SOFTMAX} policy.inject_reasoning=false training.keep_every=2000 "
         "run_dir=runs/metaworld_mt-divla-softmax-encoder-context-noinject",
         # a second training seed of both: is injection's cost there (7.5 points at seed 0) larger than the spread?
-        *(f"vmp-train {_MT_DIVLA.replace(' encoder.image_output=tokens', '')} policy.action_context=encoder {extra}"
-          f"training.keep_every=2000 seed=1 run_dir=runs/metaworld_mt-divla-softmax-encoder-context{suffix}-seed1"
+        *(f"vmp-train {_MT_DIVLA_SOFTMAX} {extra}training.keep_every=2000 seed=1 run_dir=runs/metaworld_mt-divla-softmax-encoder-context{suffix}-seed1"
           for suffix, extra in (("", ""), ("-noinject", "policy.inject_reasoning=false "))),
         # BESO's network under DDPM's objective: is the gap from Diffusion-VLA to BESO the denoising objective?
         "vmp-train task=metaworld_mt policy=ddpm encoder=compact_cnn training.batch_size=64 training.steps=8000 "
@@ -289,26 +291,21 @@ RECIPES = [
                    "model hidden states); compact CNN tokens of the 64 px image, proprioception; 500 DART demos, "
                    "batch 64 (CPU)", 0, 8000, "of 8000", episodes=200, workers=2),
         _step_eval("metaworld_mt-divla-softmax-encoder-context",
-                   "success_metaworld_mt_image_divla_softmax_encoder_context", "reasoning injected by FiLM, action head "
-                   "attending to the encoder tokens; compact CNN spatial softmax on the 64 px image (one token per "
-                   "camera), proprioception; 500 DART demos, batch 64 (CPU)", 0, 8000, "of 8000", episodes=200,
+                   "success_metaworld_mt_image_divla_softmax_encoder_context",
+                   f"reasoning injected by FiLM, {_MT_DIVLA_SOFTMAX_SETTING}", 0, 8000, "of 8000", episodes=200,
                    workers=2),
         # the same checkpoint told the expert's phase for every state: does the wrong reasoning it generates cost?
         _step_eval("metaworld_mt-divla-softmax-encoder-context",
-                   "success_metaworld_mt_image_divla_softmax_encoder_context", "reasoning injected by FiLM, told the "
-                   "expert phase (oracle), action head attending to the encoder tokens; compact CNN spatial softmax on "
-                   "the 64 px image (one token per camera), proprioception; 500 DART demos, batch 64 (CPU)", 0, 8000,
+                   "success_metaworld_mt_image_divla_softmax_encoder_context",
+                   f"reasoning injected by FiLM, told the expert phase (oracle), {_MT_DIVLA_SOFTMAX_SETTING}", 0, 8000,
                    "of 8000", episodes=200, workers=2, overrides="reasoning_source=expert", tag="_told_expert"),
         _step_eval("metaworld_mt-divla-softmax-encoder-context-noinject",
-                   "success_metaworld_mt_image_divla_softmax_encoder_context_noinject", "ablation: no reasoning "
-                   "injection, action head attending to the encoder tokens; compact CNN spatial softmax on the 64 px "
-                   "image (one token per camera), proprioception; 500 DART demos, batch 64 (CPU)", 0, 8000, "of 8000",
-                   episodes=200, workers=2),
+                   "success_metaworld_mt_image_divla_softmax_encoder_context_noinject",
+                   f"ablation: no reasoning injection, {_MT_DIVLA_SOFTMAX_SETTING}", 0, 8000, "of 8000", episodes=200,
+                   workers=2),
         *(_step_eval(f"metaworld_mt-divla-softmax-encoder-context{suffix}-seed1",
                      f"success_metaworld_mt_image_divla_softmax_encoder_context{suffix.replace('-', '_')}_seed1",
-                     f"{what}, action head attending to the encoder tokens; compact CNN spatial softmax on the 64 px "
-                     "image (one token per camera), proprioception; 500 DART demos, batch 64 (CPU)", 1, 8000,
-                     "of 8000", episodes=200, workers=2)
+                     f"{what}, {_MT_DIVLA_SOFTMAX_SETTING}", 1, 8000, "of 8000", episodes=200, workers=2)
           for suffix, what in (("", "reasoning injected by FiLM"), ("-noinject", "ablation: no reasoning injection"))),
         # sampled as Diffusion-VLA samples (10-step DDIM): against BESO it differs in objective and sampler only
         _step_eval("metaworld_mt-ddpm", "success_metaworld_mt_image_ddpm", "10-step DDIM; compact CNN on the 64 px "
