@@ -4,7 +4,7 @@
 evaluation rewrites its results JSON), `vmp-bench report` writes them into docs/results.md between their markers,
 and tests compose every command against the configs, so a renamed option fails a test rather than a rerun hours in.
 
-    vmp-bench suite full --recipes lift_lowdim lift_image      # only these groups
+    vmp-bench suite full --recipes lift_lowdim lift_image      # only these groups, without the benchmarks
 """
 
 from __future__ import annotations

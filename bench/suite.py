@@ -5,15 +5,16 @@ checkpoints of record (where they and their store are on disk), the side-by-side
 low-dim and image Lift and low-dim Can (when the LeRobot environment, .venv-lerobot, exists), the GPU rows
 (latency, the deployment engine) when a GPU is present, and then the results table itself: every recipe in
 `vmp.bench.recipes` (collect where the store is missing, train, evaluate), hours on 2 CPU cores; then the comparisons
-whose store a recipe had to collect. A training that fails skips the evaluations of its run folder.
+whose store a recipe had to collect. A training that fails skips the evaluations of its run folder. Naming groups
+(`--recipes GROUP ...`) remakes only those rows, without the benchmarks.
 
 Each benchmark runs in a process of its own (they set process-wide state: thread counts, the GIL switch interval)
 and writes its own results JSON; the suite records what ran and how long in results/bench_suite_<name>.json.
 
     vmp-bench suite=quick       # about 10 minutes on 2 CPU cores
     vmp-bench suite=full        # many hours: every results-table training
-    vmp-bench suite full --recipes lift_lowdim     # the benchmarks, then one group of the results table
-    vmp-bench suite full --recipes                 # the benchmarks only
+    vmp-bench suite full --recipes lift_lowdim     # one group of the results table, nothing else
+    vmp-bench suite full --recipes                 # the benchmarks only, no training
 """
 
 from __future__ import annotations
@@ -144,22 +145,27 @@ def main(argv: list[str]) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=["quick", "full"])
     parser.add_argument("--recipes", nargs="*", default=None, metavar="GROUP",
-                        help="suite=full: the results-table groups to retrain and evaluate (default: all of "
-                             f"{', '.join(r.name for r in RECIPES)}; none: --recipes with no name)")
+                        help="suite=full: retrain and evaluate only these results-table groups, without the "
+                             f"benchmarks (of {', '.join(r.name for r in RECIPES)}); with no name: the benchmarks "
+                             "only (default: the benchmarks, then every group)")
     args = parser.parse_args(argv)
     if args.name == "quick" and args.recipes:
         parser.error("--recipes belongs to suite=full (suite=quick trains nothing of record)")
     import torch
 
     gpu = torch.cuda.is_available()
-    bench = list(QUICK if args.name == "quick" else FULL)
-    if args.name == "full":
-        bench += [command for checkpoint, store, command in SEAMS if Path(checkpoint).is_dir() and Path(store).is_dir()]
-    steps: list[Step] = [("vmp-bench train-rate", None, "") if step == ["train-rate"] else _bench_step(step)
-                         for step in bench]
-    if args.name == "full":
-        names = [r.name for r in RECIPES] if args.recipes is None else args.recipes
-        recipes = recipe_steps(names, gpu)  # refuses an unknown name
+    steps: list[Step]
+    if args.recipes:  # named groups: remake those rows and nothing else
+        steps = recipe_steps(args.recipes, gpu)  # refuses an unknown name
+    else:
+        bench = list(QUICK if args.name == "quick" else FULL)
+        if args.name == "full":
+            bench += [command for checkpoint, store, command in SEAMS
+                      if Path(checkpoint).is_dir() and Path(store).is_dir()]
+        steps = [("vmp-bench train-rate", None, "") if step == ["train-rate"] else _bench_step(step) for step in bench]
+    if args.name == "full" and args.recipes is None:
+        names = [r.name for r in RECIPES]
+        recipes = recipe_steps(names, gpu)
         before, after = lerobot_steps({store for name in names for store in BY_NAME[name].stores})
         steps += before + [_bench_step(step) for step in (GPU if gpu else [])] + recipes + after
     ran: list[dict[str, Any]] = []

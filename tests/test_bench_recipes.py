@@ -96,7 +96,8 @@ def test_full_suite_skips_gpu_trainings_and_their_evaluations_without_a_gpu(tmp_
 
 def test_full_suite_skips_the_evaluation_of_a_failed_training_and_fails(tmp_path, monkeypatch):
     """The suite's loop with the programs replaced: image BESO's training fails, so its evaluation never runs (it
-    would score a stale or missing checkpoint), CARP's rows go on, and the suite exits non-zero naming the failure."""
+    would score a stale or missing checkpoint), CARP's rows go on, and the suite exits non-zero naming the failure.
+    Naming a group remakes its rows only: no benchmark runs before them."""
     import subprocess
     import sys
     import types
@@ -104,8 +105,8 @@ def test_full_suite_skips_the_evaluation_of_a_failed_training_and_fails(tmp_path
     from vmp.bench import suite
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(suite, "FULL", [])
-    monkeypatch.setattr(suite, "LEROBOT", [])
+    monkeypatch.setattr(suite, "FULL", [["latency"]])
+    monkeypatch.setattr(suite, "LEROBOT", [("stores/lift_image_dart.zarr", ["lerobot"])])
     calls, real_run = [], subprocess.run
 
     def fake_run(argv, **kwargs):
@@ -121,6 +122,7 @@ def test_full_suite_skips_the_evaluation_of_a_failed_training_and_fails(tmp_path
     assert not any("vmp.sim.evaluate checkpoint=runs/lift_image-beso-dart" in c for c in calls)
     assert any("vmp.sim.evaluate checkpoint=runs/lift_image-carp-sc50" in c for c in calls)
     assert any(c.endswith("vmp.bench.cli report") for c in calls)  # the results page still regenerated
+    assert not any("vmp.bench.cli latency" in c or "vmp.bench.cli lerobot" in c for c in calls)
     record = json.loads((tmp_path / "results" / "bench_suite_full.json").read_text())
     steps = record["metrics"]["steps"]
     assert record["metrics"]["failed"] == 1 and record["command"] == "vmp-bench suite=full --recipes lift_image"
@@ -155,7 +157,8 @@ def test_full_suite_runs_a_comparison_after_the_recipe_that_collects_its_store(t
         return types.SimpleNamespace(returncode=0)
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    suite.main(["full", "--recipes", "lift_image"])
+    monkeypatch.setattr(recipes, "RECIPES", [recipes.BY_NAME["lift_image"]])  # the whole suite, of one group
+    suite.main(["full"])
     compared = [i for i, c in enumerate(calls) if "vmp.bench.cli lerobot" in c]
     recipe = [i for i, c in enumerate(calls) if "vmp.sim." in c or "vmp.policies.train" in c]
     assert len(compared) == 2 and "stores/here.zarr" in calls[compared[0]] and compared[0] < min(recipe)
