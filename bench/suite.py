@@ -163,11 +163,11 @@ def main(argv: list[str]) -> None:
             bench += [command for checkpoint, store, command in SEAMS
                       if Path(checkpoint).is_dir() and Path(store).is_dir()]
         steps = [("vmp-bench train-rate", None, "") if step == ["train-rate"] else _bench_step(step) for step in bench]
-    if args.name == "full" and args.recipes is None:
-        names = [r.name for r in RECIPES]
-        recipes = recipe_steps(names, gpu)
-        before, after = lerobot_steps({store for name in names for store in BY_NAME[name].stores})
-        steps += before + [_bench_step(step) for step in (GPU if gpu else [])] + recipes + after
+        if args.name == "full":  # every group, or none with `--recipes` alone
+            names = [r.name for r in RECIPES] if args.recipes is None else []
+            recipes = recipe_steps(names, gpu)
+            before, after = lerobot_steps({store for name in names for store in BY_NAME[name].stores})
+            steps += before + [_bench_step(step) for step in (GPU if gpu else [])] + recipes + after
     ran: list[dict[str, Any]] = []
     failed_runs: set[str] = set()
     start = time.perf_counter()

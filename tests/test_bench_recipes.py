@@ -166,3 +166,7 @@ def test_full_suite_runs_a_comparison_after_the_recipe_that_collects_its_store(t
     record = json.loads((tmp_path / "results" / "bench_suite_full.json").read_text())
     assert [s["skipped"] for s in record["metrics"]["steps"] if s.get("skipped")] == \
         ["stores/nowhere.zarr is missing and no recipe of this run collects it"]
+    calls.clear()
+    suite.main(["full", "--recipes"])  # the benchmarks only: the comparisons whose store is here, no training
+    assert [c for c in calls if "vmp.bench.cli lerobot" in c] == [calls[compared[0]]]
+    assert not any("vmp.sim." in c or "vmp.policies.train" in c for c in calls)
