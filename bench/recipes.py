@@ -260,8 +260,10 @@ RECIPES = [
         f"vmp-train {_MT_DIVLA_SOFTMAX} policy.inject_reasoning=false training.keep_every=2000 "
         "run_dir=runs/metaworld_mt-divla-softmax-encoder-context-noinject",
         # a second training seed of both: is injection's cost there (7.5 points at seed 0) larger than the spread?
-        *(f"vmp-train {_MT_DIVLA_SOFTMAX} {extra}training.keep_every=2000 seed=1 run_dir=runs/metaworld_mt-divla-softmax-encoder-context{suffix}-seed1"
-          for suffix, extra in (("", ""), ("-noinject", "policy.inject_reasoning=false "))),
+        f"vmp-train {_MT_DIVLA_SOFTMAX} training.keep_every=2000 seed=1 "
+        "run_dir=runs/metaworld_mt-divla-softmax-encoder-context-seed1",
+        f"vmp-train {_MT_DIVLA_SOFTMAX} policy.inject_reasoning=false training.keep_every=2000 seed=1 "
+        "run_dir=runs/metaworld_mt-divla-softmax-encoder-context-noinject-seed1",
         # BESO's network under DDPM's objective: is the gap from Diffusion-VLA to BESO the denoising objective?
         "vmp-train task=metaworld_mt policy=ddpm encoder=compact_cnn training.batch_size=64 training.steps=8000 "
         "training.num_workers=1 training.keep_every=2000 run_dir=runs/metaworld_mt-ddpm",

@@ -154,20 +154,19 @@ def main(argv: list[str]) -> None:
     import torch
 
     gpu = torch.cuda.is_available()
-    steps: list[Step]
+    bench = [("vmp-bench train-rate", None, "") if step == ["train-rate"] else _bench_step(step)
+             for step in (QUICK if args.name == "quick" else FULL)]
     if args.recipes:  # named groups: remake those rows and nothing else
         steps = recipe_steps(args.recipes, gpu)  # refuses an unknown name
-    else:
-        bench = list(QUICK if args.name == "quick" else FULL)
-        if args.name == "full":
-            bench += [command for checkpoint, store, command in SEAMS
-                      if Path(checkpoint).is_dir() and Path(store).is_dir()]
-        steps = [("vmp-bench train-rate", None, "") if step == ["train-rate"] else _bench_step(step) for step in bench]
-        if args.name == "full":  # every group, or none with `--recipes` alone
-            names = [r.name for r in RECIPES] if args.recipes is None else []
-            recipes = recipe_steps(names, gpu)
-            before, after = lerobot_steps({store for name in names for store in BY_NAME[name].stores})
-            steps += before + [_bench_step(step) for step in (GPU if gpu else [])] + recipes + after
+    elif args.name == "quick":
+        steps = bench
+    else:  # the benchmarks, then every group (none with `--recipes` alone)
+        names = [r.name for r in RECIPES] if args.recipes is None else []
+        seams = [_bench_step(command) for checkpoint, store, command in SEAMS
+                 if Path(checkpoint).is_dir() and Path(store).is_dir()]
+        before, after = lerobot_steps({store for name in names for store in BY_NAME[name].stores})
+        steps = (bench + seams + before + [_bench_step(step) for step in (GPU if gpu else [])]
+                 + recipe_steps(names, gpu) + after)
     ran: list[dict[str, Any]] = []
     failed_runs: set[str] = set()
     start = time.perf_counter()
