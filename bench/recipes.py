@@ -88,6 +88,8 @@ _SQUARE_AFTER10_DATA = f"task=square store={_SQUARE_AFTER10_STORE}"
 _SQUARE_AFTER10 = f"{_SQUARE_AFTER10_DATA} {_ROBOMIMIC_SCHEDULE}"
 # twice the schedule (~56 epochs): the 8000-step run's validation loss was still falling at its end
 _SQUARE_16K = f"{_SQUARE_AFTER10_DATA} training.batch_size=128 training.steps=16000 training.keep_every=2000"
+_SQUARE_500_STORE = "stores/square_dart500_after10_obs.zarr"  # 500 demonstrations: the 200 and 300 more seeds
+_SQUARE_500_16K = _SQUARE_16K.replace(_SQUARE_AFTER10_STORE, _SQUARE_500_STORE)
 
 
 def _step_eval(run: str, result: str, setting: str, seed: int, step: int, schedule: str, episodes: int = 50,
@@ -422,9 +424,9 @@ RECIPES = [
               "expert that rose 1 cm a step while it opened (5718c09, reverted: it did not change success), kept for "
               "the comparison; this code cannot remake them"]),
     # Square as the Can rows of record: demonstrations 10 steps past success, the first observation complete
-    Recipe("square_lowdim", {"stores/square_dart_after10_obs.zarr": "vmp-collect task=square n_episodes=200 "
-                                                                    "out=stores/square_dart_after10_obs.zarr "
-                                                                    "action_noise=0.1 steps_after_success=10"}, [
+    Recipe("square_lowdim", {
+        store: f"vmp-collect task=square n_episodes={n} out={store} action_noise=0.1 steps_after_success=10"
+        for store, n in ((_SQUARE_AFTER10_STORE, 200), (_SQUARE_500_STORE, 500))}, [
         f"vmp-train {_SQUARE_AFTER10} policy=beso run_dir=runs/square-beso-after10obs-seed0 seed=0",
         *(_step_eval("square-beso-after10obs-seed0", "success_square_lowdim_beso_after10obs_seed0",
                      f"3-step euler, {_AFTER10_SETTING}", 0, k, "of 8000", workers=2) for k in (6000, 7000, 8000)),
@@ -448,6 +450,11 @@ RECIPES = [
         *(_step_eval(f"square-carp-after10obs-16k-seed{seed}", f"success_square_lowdim_carp_after10obs_16k_seed{seed}",
                      f"{_CARP}, {_AFTER10_SETTING}", seed, k, "of 16000", workers=2)
           for seed, k in _SQUARE_16K_CHECKPOINTS),
+        # CARP on 500 demonstrations (the same expert, seeds 0-499), the same schedule: does data lift the carry?
+        *(line for seed in (0, 1, 2) for line in _carp(_SQUARE_500_16K, "-dart500-16k", seed)),
+        *(_step_eval(f"square-carp-dart500-16k-seed{seed}", f"success_square_lowdim_carp_dart500_16k_seed{seed}",
+                     f"{_CARP}, 500 {_AFTER10_SETTING}", seed, k, "of 16000", workers=2)
+          for seed in (0, 1, 2) for k in (12000, 14000, 16000)),
     ]),
     # the first Square store: episodes end at success, the first observation's nut-to-hand values zero (before
     # adc12ad); this code remakes it only approximately
