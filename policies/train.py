@@ -551,6 +551,7 @@ def train(cfg: DictConfig) -> Path:
 
     tcfg = cfg.training
     check_training_types(tcfg)
+    refuse_used_run_dir(cfg)
     device, rank, world = setup_processes(cfg)
     micro, accumulate = accumulation_steps(int(tcfg.batch_size), tcfg.micro_batch_size, world)
     if tcfg.precision not in ("fp32", "bf16"):
@@ -629,11 +630,23 @@ def configure_optimizers(policy: Any, tcfg: DictConfig, steps: int) -> tuple[Any
     return optimizer, get_cosine_schedule_with_warmup(optimizer, tcfg.warmup_steps, steps)
 
 
+def refuse_used_run_dir(cfg: DictConfig) -> None:
+    """A run_dir that holds a checkpoint is continued (resume=true) or replaced (overwrite=true), never silently
+    trained over; refused before any data is read, so a re-run recipe line fails in seconds."""
+    from vmp.policies.checkpoint import read_checkpoint
+
+    ckpt_path = latest_checkpoint(cfg)
+    if not cfg.resume and not cfg.get("overwrite", False) and ckpt_path.exists():
+        step = read_checkpoint(ckpt_path)["step"]
+        raise FileExistsError(f"run_dir {cfg.run_dir} already holds a checkpoint (step {step}): resume=true to "
+                              "continue it, overwrite=true to start afresh there, or another run_dir")
+
+
 def resume_or_start(cfg: DictConfig, ckpt_path: Path, state: dict[str, Any], device: Any, is_main: bool
                     ) -> dict[str, Any] | None:
     """With ``resume=true`` and a checkpoint: load it into ``state`` (policy, optimizer, lr_schedule, ema) and return
-    it. Otherwise start afresh: refuse a run_dir that holds a checkpoint unless ``overwrite=true``, which clears what
-    of the old run could pass for this one's (best.pt, step_N.pt, TensorBoard). -> None."""
+    it. Otherwise start afresh (``refuse_used_run_dir`` has run): ``overwrite=true`` clears what of the old run could
+    pass for this one's (best.pt, step_N.pt, TensorBoard). -> None."""
     from vmp.policies.checkpoint import check_same_io, model_io, read_checkpoint
 
     run_dir = Path(cfg.run_dir)
@@ -647,9 +660,6 @@ def resume_or_start(cfg: DictConfig, ckpt_path: Path, state: dict[str, Any], dev
         return payload
     if cfg.resume and is_main:
         log.warning("resume=true but %s does not exist: starting from scratch", ckpt_path)
-    elif ckpt_path.exists() and not cfg.get("overwrite", False):
-        raise FileExistsError(f"run_dir {run_dir} already holds a checkpoint (step {read_checkpoint(ckpt_path)['step']}): "
-                              f"resume=true to continue it, overwrite=true to start afresh there, or another run_dir")
     elif cfg.get("overwrite", False) and is_main:  # afresh: nothing of the old run may pass for this one's
         import shutil
 

@@ -280,6 +280,9 @@ def test_rerunning_into_a_used_run_dir_is_refused(tmp_path):
     train(compose_cfg(store, tmp_path / "run", "training.steps=10", "training.log_every=5"))
     with pytest.raises(FileExistsError, match=r"already holds a checkpoint \(step 10\): resume=true .* overwrite=true"):
         train(compose_cfg(store, tmp_path / "run", "training.steps=4"))
+    # refused before the data is read: with a store that does not exist, the used run_dir is what it names
+    with pytest.raises(FileExistsError, match="already holds a checkpoint"):
+        train(compose_cfg(tmp_path / "absent.zarr", tmp_path / "run", "training.steps=4"))
     assert read_checkpoint(tmp_path / "run")["step"] == 10  # untouched
     train(compose_cfg(store, tmp_path / "run", "training.steps=4", "training.log_every=2", "overwrite=true"))
     assert read_checkpoint(tmp_path / "run")["step"] == 4
