@@ -286,7 +286,7 @@ def test_training_only_key_reaches_the_loss_and_never_the_policy(tmp_path, monke
     train(cfg)
     sources = np.array(ProbeHead.seen_sources)
     assert sources.size == 64 and 0.6 < (sources == 1).mean() < 0.9
-    cfg.mix = OmegaConf.create([{"store": str(video)}])
+    cfg.mix, cfg.run_dir = OmegaConf.create([{"store": str(video)}]), str(tmp_path / "bad_mix")
     with pytest.raises(ValueError, match=r"mix\[0\] must give `store` and `weight`"):
         train(cfg)
 
