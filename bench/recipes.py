@@ -450,6 +450,10 @@ RECIPES = [
         *(_step_eval(f"square-carp-after10obs-16k-seed{seed}", f"success_square_lowdim_carp_after10obs_16k_seed{seed}",
                      f"{_CARP}, {_AFTER10_SETTING}", seed, k, "of 16000", workers=2)
           for seed, k in _SQUARE_16K_CHECKPOINTS),
+        # the DDPM baseline on the same store and schedule, one seed (as on Can)
+        f"vmp-train {_SQUARE_16K} policy=ddpm run_dir=runs/square-ddpm-after10obs-16k-seed0 seed=0",
+        *(_step_eval("square-ddpm-after10obs-16k-seed0", "success_square_lowdim_ddpm_after10obs_16k_seed0",
+                     f"100-step ddpm, {_AFTER10_SETTING}", 0, k, "of 16000", workers=2) for k in (12000, 14000, 16000)),
         # CARP on 500 demonstrations (the same expert, seeds 0-499), the same schedule: does data lift the carry?
         *(line for seed in (0, 1, 2) for line in _carp(_SQUARE_500_16K, "-dart500-16k", seed)),
         *(_step_eval(f"square-carp-dart500-16k-seed{seed}", f"success_square_lowdim_carp_dart500_16k_seed{seed}",
