@@ -42,7 +42,9 @@ def _save(plt, fig, path: Path, tight: bool = True) -> None:
     if tight:
         fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", metadata={"Software": None})  # no version stamp: reruns give the same bytes
+    # bbox_inches="tight": the canvas grows to hold legends placed outside the axes; no version stamp: reruns give
+    # the same bytes
+    fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.1, metadata={"Software": None})
     plt.close(fig)
     tmp.replace(path)
 
@@ -168,10 +170,15 @@ def plot_comparison(rows: list[dict], runs: list[str], path: Path, ours: dict[st
 
 def plot_curves(records: list[dict], path: Path) -> bool:
     """Success against training minutes, one panel per (task, obs) with curves, one line per head and seed (colour:
-    head). -> False when no record has a curve (nothing drawn)."""
+    head); a seed evaluated at one checkpoint only (an inference setting tried at the end) is no curve and stays in
+    the table. -> False when no record has a curve (nothing drawn)."""
     from vmp.bench.curves import curves
 
-    found = curves(records)
+    found = {}
+    for key, seeds in curves(records).items():
+        drawn = {seed: points for seed, points in seeds.items() if sum(p.minutes is not None for p in points) > 1}
+        if drawn:
+            found[key] = drawn
     panels = sorted({(task, obs) for task, obs, *_ in found})
     if not panels:
         return False
@@ -193,7 +200,7 @@ def plot_curves(records: list[dict], path: Path) -> bool:
         ax.set_xlim(left=0)
         ax.legend(fontsize=5, loc="upper left", bbox_to_anchor=(0, -0.2))
     axes[0].set_ylabel("success rate")
-    _save(plt, fig, path)
+    _save(plt, fig, path, tight=False)  # the legends hang below the axes: the saved canvas grows to hold them
     return True
 
 

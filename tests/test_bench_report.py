@@ -130,6 +130,8 @@ def test_curves_over_seeds_give_each_seeds_max_and_last_k_mean_and_the_spread_ac
     assert "| 2 | 0.85 ± 0.07 | 0.68 ± 0.02 |" in row and "0: 0.90 / 0.70; 1: 0.80 / 0.67 | 0 of 2 |" in row
     assert plot_curves(records, tmp_path / "curves.png") and (tmp_path / "curves.png").stat().st_size > 1000
     assert not plot_curves(records[-1:], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+    one_checkpoint = [record(0, 4000, 0.5, variant="10-step euler"), record(1, 4000, 0.6, variant="10-step euler")]
+    assert not plot_curves(one_checkpoint, tmp_path / "points.png")  # a setting tried at one checkpoint: no curve
     other_task = [{**r, "task": "square"} for r in records[:4]]  # two panels side by side
     assert plot_curves(records + other_task, tmp_path / "two.png")
 
