@@ -443,14 +443,16 @@ RECIPES = [
         *(_step_eval(f"square-beso-after10obs-16k-seed{seed}", f"success_square_lowdim_beso_after10obs_16k_seed{seed}",
                      f"3-step euler, {_AFTER10_SETTING}", seed, k, "of 16000", workers=2)
           for seed, k in _SQUARE_16K_CHECKPOINTS),
-        # inference-time settings at the plateau (seeds 1 and 2, step 16000): more denoising steps, a shorter open-loop
-        # stretch, a stochastic sampler; does any close the gap to CARP?
+        # inference-time settings at the plateau (seeds 1 and 2, step 16000): more or fewer denoising steps, a shorter
+        # open-loop stretch, a stochastic sampler, Karras sigmas; does any close the gap to CARP?
         *(_step_eval(f"square-beso-after10obs-16k-seed{seed}", f"success_square_lowdim_beso_after10obs_16k_seed{seed}",
                      f"{setting}, {_AFTER10_SETTING}", seed, 16000, "of 16000", workers=2, overrides=overrides, tag=tag)
           for seed in (1, 2) for setting, overrides, tag in (
               ("10-step euler", "n_steps=10", "_euler10"),
               ("3-step euler, 4 actions per chunk", "n_action_steps=4", "_act4"),
-              ("3-step euler ancestral", "sampler=euler_ancestral", "_ancestral"))),
+              ("3-step euler ancestral", "sampler=euler_ancestral", "_ancestral"),
+              ("2-step euler", "n_steps=2", "_euler2"),
+              ("3-step euler, karras sigmas", "sigma_schedule=karras", "_karras"))),
         # CARP on the same store and schedule (its tokenizer first, as on Can), three training seeds; seed 0 also at
         # steps 10000 and 8000, for its curve
         *(line for seed in (0, 1, 2)
