@@ -3,7 +3,8 @@ calls `write_plots`).
 
 - latency.png: chunk latency p50 per head and setting at batch 1 (log scale), CPU and GPU side by side, on each
   head's default task (`vmp-bench latency` without --task);
-- success.png: success per task and head with 95% intervals (Wilson);
+- success.png: one bar per task and head, its best setting (`best_success`): a training curve's mean over seeds
+  with the seeds' range, or a single evaluation with its 95% (Wilson) interval;
 - success_vs_minutes.png: success against the training minutes each checkpoint's budget records;
 - curves.png: the same for runs evaluated at several checkpoints per training seed, one line per head and seed
   (`vmp.bench.curves` reads them);
@@ -71,19 +72,46 @@ def plot_latency(records: list[dict], path: Path) -> None:
     _save(plt, fig, path)
 
 
+def best_success(records: list[dict]) -> list[dict]:
+    """Per (task, obs, head), the one row a user choosing a head reads: the training curve the results page leads
+    with (`headline_curves`), as the mean over its seeds of their last-K means, with the lowest and highest seed;
+    a head with no curve on that task: its best single evaluation, with its 95% interval. Ablations (variants that
+    say "ablation" or "ablated") are not the head and draw no bar."""
+    from vmp.bench.curves import seed_summary
+
+    records = [r for r in records if "ablat" not in (r.get("variant") or "")]
+    rows = []
+    for task, obs in sorted({(r["task"], r["obs"]) for r in records if r["kind"] == "success"}):
+        led = headline_curves(records, task, obs, set())
+        for head in sorted({r["policy"] for r in records if r["kind"] == "success" and (r["task"], r["obs"]) == (task, obs)}):
+            if head in led:
+                setting, seeds = led[head]
+                last = [seed_summary(points)["last_k"] for points in seeds.values()]
+                mean = sum(last) / len(last)
+                rows.append({"task": task, "obs": obs, "head": head, "success": mean, "low": min(last),
+                             "high": max(last), "label": f"{setting[:50]} ({len(seeds)} seed{'s' * (len(seeds) > 1)}, last-checkpoints mean)"})
+                continue
+            best = max((r for r in records if r["kind"] == "success" and (r["task"], r["obs"], r["policy"]) ==
+                        (task, obs, head)), key=lambda r: (r["metrics"]["success_rate"], r["metrics"].get("n_episodes") or 0))
+            m = best["metrics"]
+            rows.append({"task": task, "obs": obs, "head": head, "success": m["success_rate"],
+                         "low": m.get("ci95_low", m["success_rate"]), "high": m.get("ci95_high", m["success_rate"]),
+                         "label": f"{best['variant'][:50]} (best single evaluation)"})
+    return rows
+
+
 def plot_success(records: list[dict], path: Path) -> None:
-    rows = sorted((r for r in records if r["kind"] == "success"), key=lambda r: (r["task"], r["policy"], r["variant"]))
-    labels = [f"{r['task']} ({r['obs']}) {r['policy']}: {r['variant'][:60]}" for r in rows]
-    plt, (fig, ax) = _figure(10, 0.25 * len(labels) + 1.5)
-    rates = [r["metrics"]["success_rate"] for r in rows]
-    low = [rate - r["metrics"].get("ci95_low", rate) for rate, r in zip(rates, rows)]
-    high = [r["metrics"].get("ci95_high", rate) - rate for rate, r in zip(rates, rows)]
-    heads = sorted({r["policy"] for r in rows})
-    colours = {h: f"C{i}" for i, h in enumerate(heads)}
-    ax.barh(range(len(rows)), rates, xerr=[low, high], color=[colours[r["policy"]] for r in rows], capsize=2)
-    ax.set_yticks(range(len(rows)), labels, fontsize=6)
+    """One bar per task and head (`best_success`): the seeds' range for training curves, the 95% interval for
+    single evaluations; every evaluation is in the tables below the plots."""
+    rows = best_success(records)
+    heads = sorted({r["head"] for r in rows})
+    plt, (fig, ax) = _figure(10, 0.25 * len(rows) + 1.5)
+    ax.barh(range(len(rows)), [r["success"] for r in rows],
+            xerr=[[r["success"] - r["low"] for r in rows], [r["high"] - r["success"] for r in rows]],
+            color=[f"C{heads.index(r['head']) % 10}" for r in rows], capsize=2)
+    ax.set_yticks(range(len(rows)), [f"{r['task']} ({r['obs']}) {r['head']}: {r['label']}" for r in rows], fontsize=6)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("success rate (95% interval)")
+    ax.set_xlabel("success rate, best setting per task and head (seeds' range or 95% interval)")
     ax.invert_yaxis()
     _save(plt, fig, path)
 

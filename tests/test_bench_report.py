@@ -171,6 +171,32 @@ def test_a_comparison_that_trained_none_of_our_heads_draws_their_leading_curves_
     assert list(headline_curves(records, "can", "lowdim", skip={"beso"})) == ["carp"]
 
 
+def test_the_success_plot_has_one_bar_per_task_and_head_its_leading_curve_else_its_best_evaluation():
+    """success.png reads as a choice of head: per task and head one bar, the leading training curve's mean over seeds
+    (with the seeds' range) where the head has curves, else its best single evaluation (with its interval); an
+    ablation is not the head."""
+    from vmp.bench.plots import best_success
+
+    def record(policy, variant, success, task="square", low=None, high=None):
+        return {"kind": "success", "task": task, "obs": "lowdim", "policy": policy, "variant": variant,
+                "metrics": {"success_rate": success, "n_episodes": 50, "ci95_low": low or success,
+                            "ci95_high": high or success}, "budget": {"train_minutes": 1.0}}
+
+    records = [record("carp", f"greedy; seed {seed}, step {step} of 16000", success)
+               for seed, last in ((0, 0.9), (1, 0.7)) for step, success in ((8000, 0.2), (16000, last))]
+    records += [record("carp", "an untimed sweep", 1.0),  # carp has curves: the single evaluation is not its bar
+                record("ddpm", "100-step", 0.4, low=0.3, high=0.5), record("ddpm", "10-step", 0.6, low=0.45, high=0.7),
+                record("ddpm", "ablation: no x", 0.9), record("ddpm", "random pick (critic ablated)", 0.9),
+                record("beso", "x", 0.9, task="can"), {**record("beso", "y", 0.1), "kind": "expert"}]
+    rows = {(r["task"], r["head"]): r for r in best_success(records)}
+    assert list(rows) == [("can", "beso"), ("square", "carp"), ("square", "ddpm")]  # the expert record is no head
+    carp = rows[("square", "carp")]
+    # each seed's last-3 mean: (0.2 + 0.9) / 2 and (0.2 + 0.7) / 2 (two checkpoints); the bar spans the two seeds
+    assert [round(carp[k], 3) for k in ("success", "low", "high")] == [0.5, 0.45, 0.55] and "2 seeds" in carp["label"]
+    ddpm = rows[("square", "ddpm")]
+    assert (ddpm["success"], ddpm["low"], ddpm["high"]) == (0.6, 0.45, 0.7) and ddpm["label"].startswith("10-step")
+
+
 def test_a_probe_of_a_head_without_future_prediction_shows_dashes_where_it_has_no_future():
     overall = {"windows": 8, "action_mse": {"own": 0.0834},
                "action_attention": {"current": [0.9], "proprio": [0.05], "future": [0.0], "action": [0.05]}}
