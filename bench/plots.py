@@ -80,23 +80,25 @@ def best_success(records: list[dict]) -> list[dict]:
     from vmp.bench.curves import seed_summary
 
     records = [r for r in records if "ablat" not in (r.get("variant") or "")]
+    evaluations: dict[tuple[str, str, str], list[dict]] = {}
+    for r in records:
+        if r["kind"] == "success":
+            evaluations.setdefault((r["task"], r["obs"], r["policy"]), []).append(r)
     rows = []
-    for task, obs in sorted({(r["task"], r["obs"]) for r in records if r["kind"] == "success"}):
+    for (task, obs, head), own in sorted(evaluations.items()):
         led = headline_curves(records, task, obs, set())
-        for head in sorted({r["policy"] for r in records if r["kind"] == "success" and (r["task"], r["obs"]) == (task, obs)}):
-            if head in led:
-                setting, seeds = led[head]
-                last = [seed_summary(points)["last_k"] for points in seeds.values()]
-                mean = sum(last) / len(last)
-                rows.append({"task": task, "obs": obs, "head": head, "success": mean, "low": min(last),
-                             "high": max(last), "label": f"{setting[:50]} ({len(seeds)} seed{'s' * (len(seeds) > 1)}, last-checkpoints mean)"})
-                continue
-            best = max((r for r in records if r["kind"] == "success" and (r["task"], r["obs"], r["policy"]) ==
-                        (task, obs, head)), key=lambda r: (r["metrics"]["success_rate"], r["metrics"].get("n_episodes") or 0))
-            m = best["metrics"]
-            rows.append({"task": task, "obs": obs, "head": head, "success": m["success_rate"],
-                         "low": m.get("ci95_low", m["success_rate"]), "high": m.get("ci95_high", m["success_rate"]),
-                         "label": f"{best['variant'][:50]} (best single evaluation)"})
+        if head in led:
+            setting, seeds = led[head]
+            last = [seed_summary(points)["last_k"] for points in seeds.values()]
+            label = f"{setting[:50]} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}, last-checkpoints mean)"
+            rows.append({"task": task, "obs": obs, "head": head, "success": sum(last) / len(last), "low": min(last),
+                         "high": max(last), "label": label})
+            continue
+        best = max(own, key=lambda r: (r["metrics"]["success_rate"], r["metrics"].get("n_episodes") or 0))
+        m = best["metrics"]
+        rows.append({"task": task, "obs": obs, "head": head, "success": m["success_rate"],
+                     "low": m.get("ci95_low", m["success_rate"]), "high": m.get("ci95_high", m["success_rate"]),
+                     "label": f"{best['variant'][:50]} (best single evaluation)"})
     return rows
 
 
