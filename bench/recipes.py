@@ -464,11 +464,19 @@ RECIPES = [
         f"vmp-train {_SQUARE_16K} policy=ddpm run_dir=runs/square-ddpm-after10obs-16k-seed0 seed=0",
         *(_step_eval("square-ddpm-after10obs-16k-seed0", "success_square_lowdim_ddpm_after10obs_16k_seed0",
                      f"100-step ddpm, {_AFTER10_SETTING}", 0, k, "of 16000", workers=2) for k in (12000, 14000, 16000)),
+        # its 10-step DDIM sampling at the end (a tenth of the denoising time): does Square need the 100 steps?
+        _step_eval("square-ddpm-after10obs-16k-seed0", "success_square_lowdim_ddpm_after10obs_16k_seed0",
+                   f"10-step ddim, {_AFTER10_SETTING}", 0, 16000, "of 16000", workers=2,
+                   overrides="sampler=ddim n_steps=10", tag="_ddim10"),
         # CARP on 500 demonstrations (the same expert, seeds 0-499), the same schedule: does data lift the carry?
         *(line for seed in (0, 1, 2) for line in _carp(_SQUARE_500_16K, "-dart500-16k", seed)),
         *(_step_eval(f"square-carp-dart500-16k-seed{seed}", f"success_square_lowdim_carp_dart500_16k_seed{seed}",
                      f"{_CARP}, 500 {_AFTER10_SETTING}", seed, k, "of 16000", workers=2)
           for seed in (0, 1, 2) for k in (12000, 14000, 16000)),
+        # 4 actions per chunk over seed 2's last checkpoints: does a shorter open-loop stretch save the carry?
+        *(_step_eval("square-carp-dart500-16k-seed2", "success_square_lowdim_carp_dart500_16k_seed2",
+                     f"{_CARP}, 4 actions per chunk, 500 {_AFTER10_SETTING}", 2, k, "of 16000", workers=2,
+                     overrides="n_action_steps=4", tag="_act4") for k in (16000, 12000, 14000)),
     ]),
     # the first Square store: episodes end at success, the first observation's nut-to-hand values zero (before
     # adc12ad); this code remakes it only approximately
