@@ -84,11 +84,12 @@ def best_success(records: list[dict]) -> list[dict]:
     for r in records:
         if r["kind"] == "success":
             evaluations.setdefault((r["task"], r["obs"], r["policy"]), []).append(r)
-    rows = []
+    rows, led = [], {}
     for (task, obs, head), own in sorted(evaluations.items()):
-        led = headline_curves(records, task, obs, set())
-        if head in led:
-            setting, seeds = led[head]
+        if (task, obs) not in led:  # once per task and input: it reads every record
+            led[task, obs] = headline_curves(records, task, obs, set())
+        if head in led[task, obs]:
+            setting, seeds = led[task, obs][head]
             last = [seed_summary(points)["last_k"] for points in seeds.values()]
             label = f"{setting[:50]} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}, last-checkpoints mean)"
             rows.append({"task": task, "obs": obs, "head": head, "success": sum(last) / len(last), "low": min(last),
