@@ -109,6 +109,8 @@ class Trainable(nn.Module, abc.ABC):
     """What `vmp-train` trains: a head (`Policy`) or a model a head is built on (`StageOneModel`). The hooks say
     what it trains on; their defaults ask for nothing beyond observations and actions."""
 
+    learned_settings: ClassVar[tuple[str, ...]] = ()  # the ``policy.*`` keys `prepare_settings` fills in
+
     @abc.abstractmethod
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Training loss; the dict holds ``loss`` (the scalar to minimise) and any scalars worth logging."""
@@ -122,8 +124,8 @@ class Trainable(nn.Module, abc.ABC):
     @classmethod
     def prepare_settings(cls, config: Any, task: Any, store: Any) -> dict[str, Any]:
         """Head settings learned from the training store before the head is built (e.g. Diffusion-VLA's subword
-        tokenizer, trained on the store's annotations): merged into ``policy.*`` and kept in the checkpoint, which a
-        resumed run takes them from rather than learning them again."""
+        tokenizer, trained on the store's annotations): merged into ``policy.*`` and kept in the checkpoint. A resumed
+        run sets its ``learned_settings`` from the checkpoint first, so this learns only the settings still unset."""
         return {}
 
     @classmethod

@@ -291,14 +291,17 @@ def build_data(cfg: DictConfig, micro: int, rank: int, world: int, device: Any) 
     prefetch = bool(cfg.get("store_prefetch", True))
     store = _open_store(cfg.store, store_options, prefetch)
     head_cls = HEADS[cfg.policy.name]
-    learned = head_cls.prepare_settings(head_settings, cfg.task, store)
-    if learned and cfg.resume and latest_checkpoint(cfg).exists():
+    if head_cls.learned_settings and cfg.resume and latest_checkpoint(cfg).exists():
         # a resumed run keeps what the head learned when it started: relearning need not give the same (the subword
         # tokenizer's ids differ from one training to the next), and the weights were trained against the first
         from vmp.policies.checkpoint import read_checkpoint
 
         saved = OmegaConf.create(read_checkpoint(latest_checkpoint(cfg))["cfg"]).policy
-        learned = {key: saved.get(key, value) for key, value in learned.items()}
+        with open_dict(cfg):
+            for key in head_cls.learned_settings:
+                cfg.policy[key] = saved.get(key)
+        head_settings = head_config(cfg)
+    learned = head_cls.prepare_settings(head_settings, cfg.task, store)
     if learned:
         with open_dict(cfg):
             for key, value in learned.items():

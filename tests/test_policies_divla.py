@@ -164,8 +164,12 @@ def test_resume_keeps_the_tokenizer_the_run_started_with(tmp_path, monkeypatch):
     tokenizer = OmegaConf.create(first["cfg"]).policy.tokenizer
     assert first["step"] == 2
     # what a second training may give: the same subwords under other ids
-    monkeypatch.setattr(divla, "train_tokenizer", lambda texts, vocab_size: train_tokenizer(texts[::-1], vocab_size))
-    assert divla.train_tokenizer(divla.annotation_corpus(store), 64) != tokenizer
+    assert train_tokenizer(divla.annotation_corpus(store)[::-1], 64) != tokenizer
+
+    def relearn(texts, vocab_size):
+        raise AssertionError("a resumed run learned its tokenizer again")
+
+    monkeypatch.setattr(divla, "train_tokenizer", relearn)
     resumed = read_checkpoint(train(phased_cfg(tmp_path, "resume=true")))
     assert resumed["step"] == 4 and OmegaConf.create(resumed["cfg"]).policy.tokenizer == tokenizer
 

@@ -91,6 +91,7 @@ class DiVLAPolicy(SharedEncoderPolicy):
     name = "divla"
     config_class = DiVLAConfig
     capabilities = Capabilities(prefix=True, extras=("reasoning",), context=True)
+    learned_settings = ("tokenizer",)
 
     def __init__(self, config: DiVLAConfig, encoder, normalizer, action_dim: int):
         super().__init__(config, encoder, normalizer, action_dim)
