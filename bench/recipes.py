@@ -473,10 +473,12 @@ RECIPES = [
         *(_step_eval(f"square-carp-dart500-16k-seed{seed}", f"success_square_lowdim_carp_dart500_16k_seed{seed}",
                      f"{_CARP}, 500 {_AFTER10_SETTING}", seed, k, "of 16000", workers=2)
           for seed in (0, 1, 2) for k in (12000, 14000, 16000)),
-        # 4 and 2 actions per chunk over seed 2's last checkpoints: does a shorter open-loop stretch save the carry?
-        *(_step_eval("square-carp-dart500-16k-seed2", "success_square_lowdim_carp_dart500_16k_seed2",
-                     f"{_CARP}, {n} actions per chunk, 500 {_AFTER10_SETTING}", 2, k, "of 16000", workers=2,
-                     overrides=f"n_action_steps={n}", tag=f"_act{n}") for n in (4, 2) for k in (16000, 12000, 14000)),
+        # 4 and 2 actions per chunk over the three seeds' last checkpoints: does a shorter open-loop stretch save the
+        # carry?
+        *(_step_eval(f"square-carp-dart500-16k-seed{seed}", f"success_square_lowdim_carp_dart500_16k_seed{seed}",
+                     f"{_CARP}, {n} actions per chunk, 500 {_AFTER10_SETTING}", seed, k, "of 16000", workers=2,
+                     overrides=f"n_action_steps={n}", tag=f"_act{n}")
+          for seed in (0, 1, 2) for n in (4, 2) for k in (12000, 14000, 16000)),
     ]),
     # the first Square store: episodes end at success, the first observation's nut-to-hand values zero (before
     # adc12ad); this code remakes it only approximately
