@@ -141,14 +141,16 @@ def plot_success_vs_minutes(records: list[dict], path: Path) -> None:
 
 def headline_curves(records: list[dict], task: str, obs: str, skip: set[str]) -> dict[str, tuple[str, dict]]:
     """{head: (setting, {seed: points})}: per head not in ``skip``, its training curve on (task, obs) with the most
-    seeds, then the highest mean of the last checkpoints: the row the results page leads with."""
-    from vmp.bench.curves import curves, seed_summary
+    seeds, then the most checkpoints per seed up to the last K (one evaluated checkpoint of an inference setting is
+    not a curve's last-K mean), then the highest mean of the last checkpoints: the row the results page leads with."""
+    from vmp.bench.curves import LAST_K, curves, seed_summary
 
-    best: dict[str, tuple[tuple[int, float], str, dict]] = {}
+    best: dict[str, tuple[tuple[int, int, float], str, dict]] = {}
     for (t, o, head, setting, _), seeds in curves(records).items():
         if (t, o) != (task, obs) or head in skip:
             continue
-        rank = (len(seeds), sum(seed_summary(points)["last_k"] for points in seeds.values()) / len(seeds))
+        rank = (len(seeds), min(min(len(points), LAST_K) for points in seeds.values()),
+                sum(seed_summary(points)["last_k"] for points in seeds.values()) / len(seeds))
         if head not in best or rank > best[head][0]:
             best[head] = (rank, setting, seeds)
     return {head: (setting, seeds) for head, (_, setting, seeds) in sorted(best.items())}

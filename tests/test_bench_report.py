@@ -151,8 +151,8 @@ def test_a_seed_has_plateaued_when_its_last_evaluations_lie_inside_each_others_i
 
 def test_a_comparison_that_trained_none_of_our_heads_draws_their_leading_curves_beside():
     """The LeRobot plot of a task whose comparison trained only LeRobot's contenders shows, per head of ours, its
-    training curve with the most seeds (then the best last-checkpoints mean); a head the comparison trained is left
-    to its own timeline."""
+    training curve with the most seeds (then the most checkpoints up to the last K, then the best last-checkpoints
+    mean); a head the comparison trained is left to its own timeline."""
     from vmp.bench.plots import headline_curves
 
     def record(policy, setting, seed, step, success, task="can"):
@@ -164,11 +164,15 @@ def test_a_comparison_that_trained_none_of_our_heads_draws_their_leading_curves_
     records += [record("beso", "one better seed", 0, step, 1.0) for step in (4000, 8000)]
     records += [record("carp", "low", 0, 8000, 0.5), record("carp", "high", 0, 8000, 0.7),
                 record("ddpm", "other task", 0, 8000, 0.9, task="square")]
+    # one checkpoint of an inference setting scores above the curve it was taken from: not the leading curve
+    records += [record("ddpm", "curve", 0, step, 0.8) for step in (4000, 6000, 8000)]
+    records += [record("ddpm", "one checkpoint re-planned", 0, 8000, 0.9)]
     chosen = headline_curves(records, "can", "lowdim", skip=set())
-    assert list(chosen) == ["beso", "carp"]  # ddpm has no curve on can
+    assert list(chosen) == ["beso", "carp", "ddpm"]
     assert chosen["beso"][0] == "three seeds" and sorted(chosen["beso"][1]) == [0, 1, 2]
     assert chosen["carp"][0] == "high"
-    assert list(headline_curves(records, "can", "lowdim", skip={"beso"})) == ["carp"]
+    assert chosen["ddpm"][0] == "curve"
+    assert list(headline_curves(records, "can", "lowdim", skip={"beso"})) == ["carp", "ddpm"]
 
 
 def test_the_success_plot_has_one_bar_per_task_and_head_its_leading_curve_else_its_best_evaluation():
