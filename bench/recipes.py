@@ -113,6 +113,9 @@ def _full_eval(run: str, result: str, step: int) -> str:
 # 64, days for the state rows' number of samples at the image rows' cost)
 _ROBOMIMIC_IMAGE_GPU = ("encoder=compact_cnn device=cuda training.batch_size=128 training.steps=10000 "
                         "training.keep_every=1000 training.num_workers=4")
+_CAN_IMAGE_CPU = ("task=can_image store=stores/can_image_dart.zarr encoder=compact_cnn training.batch_size=128 "
+                  "training.steps=10000 training.keep_every=2000")
+_CAN_IMAGE_CPU_SETTING = "3-step euler; compact CNN, 2 x 84 px cameras, one observation step (CPU)"
 # each head's inference setting as the image records name it (bench/gpu_session.sh reads it for its device evaluations)
 IMAGE_SETTINGS = {"beso": "3-step euler", "carp": _CARP, "ddpm": "100-step ddpm"}
 # The kept checkpoints evaluated (on the CPU, once back from the GPU) and how far each run got: a lent GPU session
@@ -493,6 +496,19 @@ RECIPES = [
         f"stores/{task}_image_dart.zarr": f"vmp-collect task={task}_image n_episodes=200 "
                                           f"out=stores/{task}_image_dart.zarr action_noise=0.1 steps_after_success=10"
         for task in ("can", "square")}, [*_robomimic_image_gpu("can"), *_robomimic_image_gpu("square")]),
+    # Can from the two cameras on two CPU cores: BESO with one observation step (half the images of two: 0.41 s a
+    # step at batch 128 against 0.77 s), 10000 x 128 steps (68 minutes), every kept checkpoint evaluated
+    Recipe("can_image_cpu", {"stores/can_image_dart.zarr": "vmp-collect task=can_image n_episodes=200 "
+                                                           "out=stores/can_image_dart.zarr action_noise=0.1 "
+                                                           "steps_after_success=10"}, [
+        f"vmp-train {_CAN_IMAGE_CPU} policy=beso policy.n_obs_steps=1 run_dir=runs/can_image-beso-cpu-seed0 seed=0",
+        *(_step_eval("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0", _CAN_IMAGE_CPU_SETTING, 0, k,
+                     "of 10000", workers=2) for k in (10000, 8000, 6000, 4000, 2000)),
+        # re-planning twice as often (an inference setting): the failures at 8 actions a chunk are missed grasps
+        _step_eval("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0",
+                   _CAN_IMAGE_CPU_SETTING.replace("euler", "euler, 4 actions per chunk"), 0, 10000, "of 10000",
+                   workers=2, overrides="n_action_steps=4", tag="_act4"),
+    ]),
     # ten-task Meta-World from the state, trained to a plateau: checkpoints every 2000 steps, 200 episodes each
     Recipe("metaworld_mt_lowdim_curves", {"stores/metaworld_mt_lowdim.zarr": "vmp-collect task=metaworld_mt_lowdim "
                                                                              "n_episodes=500 action_noise=0.1"}, [
