@@ -508,6 +508,10 @@ RECIPES = [
         _step_eval("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0",
                    _CAN_IMAGE_CPU_SETTING.replace("euler", "euler, 4 actions per chunk"), 0, 10000, "of 10000",
                    workers=2, overrides="n_action_steps=4", tag="_act4"),
+        # more denoising steps (an inference setting): is the grasp limited by a coarse sample?
+        _step_eval("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0",
+                   _CAN_IMAGE_CPU_SETTING.replace("3-step euler", "10-step euler"), 0, 10000, "of 10000",
+                   workers=2, overrides="n_steps=10", tag="_euler10"),
     ]),
     # ten-task Meta-World from the state, trained to a plateau: checkpoints every 2000 steps, 200 episodes each
     Recipe("metaworld_mt_lowdim_curves", {"stores/metaworld_mt_lowdim.zarr": "vmp-collect task=metaworld_mt_lowdim "
