@@ -149,7 +149,7 @@ def headline_curves(records: list[dict], task: str, obs: str, skip: set[str]) ->
     for (t, o, head, setting, _), seeds in curves(records).items():
         if (t, o) != (task, obs) or head in skip:
             continue
-        rank = (len(seeds), min(min(len(points), LAST_K) for points in seeds.values()),
+        rank = (len(seeds), min(LAST_K, *(len(points) for points in seeds.values())),
                 sum(seed_summary(points)["last_k"] for points in seeds.values()) / len(seeds))
         if head not in best or rank > best[head][0]:
             best[head] = (rank, setting, seeds)

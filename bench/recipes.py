@@ -125,6 +125,12 @@ _IMAGE_EVALS = {"can": {"beso": ((3000, 4000, 5000), "of 10000 (the GPU session 
                 "square": {head: ((6000, 8000, 10000), "of 10000") for head in IMAGE_SETTINGS}}
 
 
+def _robomimic_image_store(task: str) -> dict[str, str]:
+    """`task`_image's DART store (200 demonstrations going on past success) and the command that collects it."""
+    store = f"stores/{task}_image_dart.zarr"
+    return {store: f"vmp-collect task={task}_image n_episodes=200 out={store} action_noise=0.1 steps_after_success=10"}
+
+
 def _robomimic_image_gpu(task: str) -> list[str]:
     """BESO, CARP (tokenizer, then policy) and DDPM on `task`_image from its DART store, then the kept checkpoints
     that `_IMAGE_EVALS` names evaluated (on the CPU once the checkpoints are back)."""
@@ -492,26 +498,21 @@ RECIPES = [
           for k in (8000, 6000, 7000, 5000, 4000)),
     ]),
     # the image rows of Can and Square: skipped without a GPU
-    Recipe("robomimic_image_gpu", {
-        f"stores/{task}_image_dart.zarr": f"vmp-collect task={task}_image n_episodes=200 "
-                                          f"out=stores/{task}_image_dart.zarr action_noise=0.1 steps_after_success=10"
-        for task in ("can", "square")}, [*_robomimic_image_gpu("can"), *_robomimic_image_gpu("square")]),
+    Recipe("robomimic_image_gpu", {**_robomimic_image_store("can"), **_robomimic_image_store("square")},
+           [*_robomimic_image_gpu("can"), *_robomimic_image_gpu("square")]),
     # Can from the two cameras on two CPU cores: BESO with one observation step (half the images of two: 0.41 s a
     # step at batch 128 against 0.77 s), 10000 x 128 steps (68 minutes), every kept checkpoint evaluated
-    Recipe("can_image_cpu", {"stores/can_image_dart.zarr": "vmp-collect task=can_image n_episodes=200 "
-                                                           "out=stores/can_image_dart.zarr action_noise=0.1 "
-                                                           "steps_after_success=10"}, [
+    Recipe("can_image_cpu", _robomimic_image_store("can"), [
         f"vmp-train {_CAN_IMAGE_CPU} policy=beso policy.n_obs_steps=1 run_dir=runs/can_image-beso-cpu-seed0 seed=0",
         *(_step_eval("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0", _CAN_IMAGE_CPU_SETTING, 0, k,
                      "of 10000", workers=2) for k in (10000, 8000, 6000, 4000, 2000)),
-        # re-planning twice as often (an inference setting): the failures at 8 actions a chunk are missed grasps
-        _step_eval("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0",
-                   _CAN_IMAGE_CPU_SETTING.replace("euler", "euler, 4 actions per chunk"), 0, 10000, "of 10000",
-                   workers=2, overrides="n_action_steps=4", tag="_act4"),
-        # more denoising steps (an inference setting): is the grasp limited by a coarse sample?
-        _step_eval("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0",
-                   _CAN_IMAGE_CPU_SETTING.replace("3-step euler", "10-step euler"), 0, 10000, "of 10000",
-                   workers=2, overrides="n_steps=10", tag="_euler10"),
+        # inference settings at the end (the failures at the default are missed grasps): re-planning twice as often;
+        # more denoising steps
+        *(_step_eval("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0",
+                     _CAN_IMAGE_CPU_SETTING.replace("3-step euler", setting), 0, 10000, "of 10000", workers=2,
+                     overrides=overrides, tag=tag)
+          for setting, overrides, tag in (("3-step euler, 4 actions per chunk", "n_action_steps=4", "_act4"),
+                                          ("10-step euler", "n_steps=10", "_euler10"))),
     ]),
     # ten-task Meta-World from the state, trained to a plateau: checkpoints every 2000 steps, 200 episodes each
     Recipe("metaworld_mt_lowdim_curves", {"stores/metaworld_mt_lowdim.zarr": "vmp-collect task=metaworld_mt_lowdim "

@@ -172,6 +172,8 @@ def test_a_comparison_that_trained_none_of_our_heads_draws_their_leading_curves_
     assert chosen["beso"][0] == "three seeds" and sorted(chosen["beso"][1]) == [0, 1, 2]
     assert chosen["carp"][0] == "high"
     assert chosen["ddpm"][0] == "curve"
+    assert {head: setting for head, (setting, _) in headline_curves(records, "square", "lowdim", set()).items()} == {
+        "ddpm": "other task"}  # another task's curves stay on that task
     assert list(headline_curves(records, "can", "lowdim", skip={"beso"})) == ["carp", "ddpm"]
 
 
