@@ -501,7 +501,8 @@ RECIPES = [
     Recipe("robomimic_image_gpu", {**_robomimic_image_store("can"), **_robomimic_image_store("square")},
            [*_robomimic_image_gpu("can"), *_robomimic_image_gpu("square")]),
     # Can from the two cameras on two CPU cores: BESO with one observation step (half the images of two: 0.41 s a
-    # step at batch 128 against 0.77 s), 10000 x 128 steps (68 minutes), every kept checkpoint evaluated
+    # step at batch 128 against 0.77 s), 10000 x 128 steps (68 minutes), every kept checkpoint evaluated; then the
+    # same on a 16000-step schedule (110 minutes), its last three kept checkpoints: the plateau
     Recipe("can_image_cpu", _robomimic_image_store("can"), [
         f"vmp-train {_CAN_IMAGE_CPU} training.steps=10000 run_dir=runs/can_image-beso-cpu-seed0 seed=0",
         *(_step_eval("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0", _CAN_IMAGE_CPU_SETTING, 0, k,
@@ -513,8 +514,6 @@ RECIPES = [
                      overrides=overrides, tag=tag)
           for setting, overrides, tag in (("3-step euler, 4 actions per chunk", "n_action_steps=4", "_act4"),
                                           ("10-step euler", "n_steps=10", "_euler10"))),
-        # the curve still climbed at step 10000: the same run with a 16000-step schedule (110 minutes), its last
-        # three kept checkpoints evaluated
         f"vmp-train {_CAN_IMAGE_CPU} training.steps=16000 run_dir=runs/can_image-beso-cpu16k-seed0 seed=0",
         *(_step_eval("can_image-beso-cpu16k-seed0", "success_can_image_beso_cpu16k_seed0", _CAN_IMAGE_CPU_SETTING, 0,
                      k, "of 16000", workers=2) for k in (16000, 14000, 12000)),
