@@ -11,6 +11,8 @@
     vmp-bench suite=quick | suite=full    all of the above in one command (quick: ~10 min on 2 CPU cores), then report
     vmp-bench soak [--minutes 60]         vmp-deploy under faults (not in the suite): stops, recording, memory, threads
     vmp-bench pad-probe --checkpoint R    whether a PAD run's actions use the future frames it predicts (not in the suite)
+    vmp-bench encoder-probe --checkpoint R  whether an image run's camera features carry the object's pose (not in
+                                          the suite)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 
 COMMANDS = {"latency": "vmp.bench.latency", "sampler": "vmp.bench.sampler", "render": "vmp.bench.render",
             "deploy": "vmp.bench.deploy", "scaleout": "vmp.bench.scaleout", "report": "vmp.bench.report", "lerobot": "vmp.bench.lerobot",
-            "pad-probe": "vmp.bench.pad_probe",
+            "pad-probe": "vmp.bench.pad_probe", "encoder-probe": "vmp.bench.encoder_probe",
             "suite": "vmp.bench.suite", "soak": "vmp.bench.soak"}
 
 

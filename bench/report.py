@@ -230,6 +230,28 @@ def _probe_table(records: list[dict]) -> list[str]:
     return out + [""]
 
 
+def _encoder_probe_table(records: list[dict]) -> list[str]:
+    """What an image run's camera features say of the object's pose (vmp-bench encoder-probe), both cameras."""
+    probes = sorted((r for r in records if r["kind"] == "encoder_probe"), key=lambda r: (r["task"], r["variant"]))
+    if not probes:
+        return []
+    out = ["### Do the camera features carry the object's pose? (vmp-bench encoder-probe)", "",
+           "Start states of held-out episode seeds, each camera's pooled features (eval mode) read out linearly (ridge "
+           "regression, half the seeds to fit, half to score): R² of the object's x, y position and of its yaw's cos and "
+           "sin, and the median error of the yaw read out, for the run's encoder and for the same encoder with random "
+           "weights; all cameras together.", "",
+           "| task | run | episodes | encoder | x | y | cos yaw | sin yaw | yaw error (deg) | device | command |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in probes:
+        m = r["metrics"]
+        for name, label in (("trained", "trained"), ("random_weights", "random weights")):
+            both = m[name].get("all_cameras") or next(iter(m[name].values()))
+            scores = " | ".join(_fmt(both[k]) for k in ("x", "y", "cos_yaw", "sin_yaw"))
+            out.append(f"| {r['task']} | {r['variant']} | {m['episodes']} | {label} | {scores} | "
+                       f"{_fmt(both['yaw_error_deg'], 1)} | {r['device']} | `{r['command']}` |")
+    return out + [""]
+
+
 def _other_table(records: list[dict]) -> list[str]:
     """Throughput and timing records."""
     out: list[str] = []
@@ -246,7 +268,7 @@ def _other_table(records: list[dict]) -> list[str]:
 
 def tables(records: list[dict]) -> str:
     out = [line for section in (_success_tables, _expert_table, _latency_table, _comparison_table, _seams_table,
-                                _probe_table, _other_table) for line in section(records)]
+                                _probe_table, _encoder_probe_table, _other_table) for line in section(records)]
     return "\n".join(out) if out else "_No measurements recorded yet._\n"
 
 
