@@ -113,9 +113,7 @@ def _full_eval(run: str, result: str, step: int) -> str:
 # 64, days for the state rows' number of samples at the image rows' cost)
 _ROBOMIMIC_IMAGE_GPU = ("encoder=compact_cnn device=cuda training.batch_size=128 training.steps=10000 "
                         "training.keep_every=1000 training.num_workers=4")
-_CAN_IMAGE_CPU = ("task=can_image store=stores/can_image_dart.zarr encoder=compact_cnn training.batch_size=128 "
-                  "training.keep_every=2000 policy=beso policy.n_obs_steps=1")
-_CAN_IMAGE_CPU_SETTING = "3-step euler; compact CNN, 2 x 84 px cameras, one observation step (CPU)"
+_IMAGE_CPU_SETTING = "3-step euler; compact CNN, 2 x 84 px cameras, one observation step (CPU)"
 # each head's inference setting as the image records name it (bench/gpu_session.sh reads it for its device evaluations)
 IMAGE_SETTINGS = {"beso": "3-step euler", "carp": _CARP, "ddpm": "100-step ddpm"}
 # The kept checkpoints evaluated (on the CPU, once back from the GPU) and how far each run got: a lent GPU session
@@ -129,6 +127,13 @@ def _robomimic_image_store(task: str) -> dict[str, str]:
     """`task`_image's DART store (200 demonstrations going on past success) and the command that collects it."""
     store = f"stores/{task}_image_dart.zarr"
     return {store: f"vmp-collect task={task}_image n_episodes=200 out={store} action_noise=0.1 steps_after_success=10"}
+
+
+def _robomimic_image_cpu(task: str) -> str:
+    """BESO on `task`_image from its DART store on two CPU cores: one observation step (half the images of two: 0.41 s
+    a step at batch 128 against 0.77 s on Can), a checkpoint kept every 2000 steps."""
+    return (f"task={task}_image store=stores/{task}_image_dart.zarr encoder=compact_cnn training.batch_size=128 "
+            "training.keep_every=2000 policy=beso policy.n_obs_steps=1")
 
 
 def _robomimic_image_gpu(task: str) -> list[str]:
@@ -504,20 +509,30 @@ RECIPES = [
     # step at batch 128 against 0.77 s), 10000 x 128 steps (68 minutes), every kept checkpoint evaluated; then the
     # same on a 16000-step schedule (110 minutes), its last three kept checkpoints: the plateau
     Recipe("can_image_cpu", _robomimic_image_store("can"), [
-        f"vmp-train {_CAN_IMAGE_CPU} training.steps=10000 run_dir=runs/can_image-beso-cpu-seed0 seed=0",
-        *(_step_eval("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0", _CAN_IMAGE_CPU_SETTING, 0, k,
+        f"vmp-train {_robomimic_image_cpu('can')} training.steps=10000 run_dir=runs/can_image-beso-cpu-seed0 seed=0",
+        *(_step_eval("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0", _IMAGE_CPU_SETTING, 0, k,
                      "of 10000", workers=2) for k in (10000, 8000, 6000, 4000, 2000)),
         # inference settings at the end (the failures at the default are missed grasps): re-planning twice as often;
         # more denoising steps
         *(_step_eval("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0",
-                     _CAN_IMAGE_CPU_SETTING.replace("3-step euler", setting), 0, 10000, "of 10000", workers=2,
+                     _IMAGE_CPU_SETTING.replace("3-step euler", setting), 0, 10000, "of 10000", workers=2,
                      overrides=overrides, tag=tag)
           for setting, overrides, tag in (("3-step euler, 4 actions per chunk", "n_action_steps=4", "_act4"),
                                           ("10-step euler", "n_steps=10", "_euler10"))),
-        f"vmp-train {_CAN_IMAGE_CPU} training.steps=16000 run_dir=runs/can_image-beso-cpu16k-seed0 seed=0",
-        *(_step_eval("can_image-beso-cpu16k-seed0", "success_can_image_beso_cpu16k_seed0", _CAN_IMAGE_CPU_SETTING, 0,
+        f"vmp-train {_robomimic_image_cpu('can')} training.steps=16000 run_dir=runs/can_image-beso-cpu16k-seed0 seed=0",
+        *(_step_eval("can_image-beso-cpu16k-seed0", "success_can_image_beso_cpu16k_seed0", _IMAGE_CPU_SETTING, 0,
                      k, "of 16000", workers=2) for k in (16000, 14000, 12000)),
     ]),
+    # Square from the two cameras on two CPU cores: the Can line's settings (0.45 s a step: 75 minutes), every kept
+    # checkpoint evaluated
+    Recipe("square_image_cpu", _robomimic_image_store("square"), [
+        f"vmp-train {_robomimic_image_cpu('square')} training.steps=10000 run_dir=runs/square_image-beso-cpu-seed0 "
+        "seed=0",
+        *(_step_eval("square_image-beso-cpu-seed0", "success_square_image_beso_cpu_seed0", _IMAGE_CPU_SETTING, 0, k,
+                     "of 10000", workers=2) for k in (10000, 8000, 6000, 4000, 2000)),
+    ], notes=["then, what the camera features say of the object's pose (minutes on the CPU): vmp-bench encoder-probe "
+              "--checkpoint runs/square_image-beso-cpu-seed0/checkpoints/step_0010000.pt, and so for step_0002000.pt "
+              "and Can's runs/can_image-beso-cpu-seed0/checkpoints/step_0010000.pt"]),
     # ten-task Meta-World from the state, trained to a plateau: checkpoints every 2000 steps, 200 episodes each
     Recipe("metaworld_mt_lowdim_curves", {"stores/metaworld_mt_lowdim.zarr": "vmp-collect task=metaworld_mt_lowdim "
                                                                              "n_episodes=500 action_noise=0.1"}, [
