@@ -530,9 +530,15 @@ RECIPES = [
         "seed=0",
         *(_step_eval("square_image-beso-cpu-seed0", "success_square_image_beso_cpu_seed0", _IMAGE_CPU_SETTING, 0, k,
                      "of 10000", workers=2) for k in (10000, 8000, 6000, 4000, 2000)),
-    ], notes=["then, what the camera features say of the object's pose (minutes on the CPU): vmp-bench encoder-probe "
-              "--checkpoint runs/square_image-beso-cpu-seed0/checkpoints/step_0010000.pt, and so for step_0002000.pt "
-              "and Can's runs/can_image-beso-cpu-seed0/checkpoints/step_0010000.pt"]),
+        # inference settings at the end, as on Can
+        *(_step_eval("square_image-beso-cpu-seed0", "success_square_image_beso_cpu_seed0",
+                     _IMAGE_CPU_SETTING.replace("3-step euler", setting), 0, 10000, "of 10000", workers=2,
+                     overrides=overrides, tag=tag)
+          for setting, overrides, tag in (("3-step euler, 4 actions per chunk", "n_action_steps=4", "_act4"),
+                                          ("10-step euler", "n_steps=10", "_euler10"))),
+    ], notes=["then, what the camera features say of the object's pose (a minute each on the CPU): vmp-bench "
+              "encoder-probe --checkpoint runs/square_image-beso-cpu-seed0/checkpoints/step_0010000.pt, and so for "
+              "every kept checkpoint and Can's runs/can_image-beso-cpu-seed0/checkpoints/step_0010000.pt"]),
     # ten-task Meta-World from the state, trained to a plateau: checkpoints every 2000 steps, 200 episodes each
     Recipe("metaworld_mt_lowdim_curves", {"stores/metaworld_mt_lowdim.zarr": "vmp-collect task=metaworld_mt_lowdim "
                                                                              "n_episodes=500 action_noise=0.1"}, [
