@@ -36,13 +36,7 @@ RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 def object_pose(env: Any) -> np.ndarray:
     """The moved object's (x, y, cos yaw, sin yaw) in the world frame, from the simulator (privileged)."""
-    from vmp.sim.robosuite_env import _STAGES
-
-    inner = env.unwrapped
-    rs_env = inner.rs_env
-    body = _STAGES[type(rs_env).__name__][0](rs_env)
-    x, y, _ = rs_env.sim.data.body_xpos[body]
-    w, qx, qy, qz = rs_env.sim.data.body_xquat[body]
+    (x, y, _), (w, qx, qy, qz) = env.unwrapped.moved_object_pose()
     yaw = np.arctan2(2.0 * (w * qz + qx * qy), 1.0 - 2.0 * (qy * qy + qz * qz))
     return np.array([x, y, np.cos(yaw), np.sin(yaw)], dtype=np.float64)
 
@@ -101,7 +95,7 @@ def probe(checkpoint: Path, episodes: int, first_seed: int) -> dict[str, Any]:
         keys = getattr(encoder, "obs_keys", None)
         raise ValueError(f"{checkpoint} was trained without cameras (obs keys {keys}): nothing to probe")
     env = make(cfg.task)
-    if not hasattr(env.unwrapped, "rs_env"):
+    if not hasattr(env.unwrapped, "moved_object_pose"):
         raise ValueError(f"task {cfg.task.name!r} is not a robosuite task: vmp-bench encoder-probe reads robosuite "
                          "object poses")
     frames: dict[str, list[np.ndarray]] = {key: [] for key in encoder.images}
