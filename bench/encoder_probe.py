@@ -36,8 +36,10 @@ RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 def object_pose(env: Any) -> np.ndarray:
     """The moved object's (x, y, cos yaw, sin yaw) in the world frame, from the simulator (privileged)."""
-    (x, y, _), (w, qx, qy, qz) = env.unwrapped.moved_object_pose()
-    yaw = np.arctan2(2.0 * (w * qz + qx * qy), 1.0 - 2.0 * (qy * qy + qz * qz))
+    from vmp.sim.experts.robosuite_experts import yaw_of
+
+    (x, y, _), quat = env.unwrapped.moved_object_pose()
+    yaw = yaw_of(quat)
     return np.array([x, y, np.cos(yaw), np.sin(yaw)], dtype=np.float64)
 
 
@@ -75,12 +77,8 @@ def yaw_error_deg(pred: np.ndarray, true: np.ndarray) -> float:
 
 def camera_features(net: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     """One camera's frames [N, H, W, C] uint8 -> its encoder's pooled features [N, F], before the projection."""
-    from vmp.policies.encoders import _crop
-
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
     with torch.no_grad():
-        feat = net.backbone(_crop(x, net.crop_size, random=False))
-        pooled = net.pool(feat)
+        pooled = net.pool(net.backbone_features(torch.from_numpy(images).permute(0, 3, 1, 2)))
     return pooled.reshape(len(images), -1).numpy()
 
 

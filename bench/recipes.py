@@ -136,6 +136,15 @@ def _robomimic_image_cpu(task: str) -> str:
             "training.keep_every=2000 policy=beso policy.n_obs_steps=1")
 
 
+def _image_cpu_inference_evals(run: str, result: str) -> list[str]:
+    """The last checkpoint of a 10000-step CPU image run at two other inference settings: re-planning twice as often
+    (4 actions a chunk) and 10 denoising steps instead of 3."""
+    return [_step_eval(run, result, _IMAGE_CPU_SETTING.replace("3-step euler", setting), 0, 10000, "of 10000",
+                       workers=2, overrides=overrides, tag=tag)
+            for setting, overrides, tag in (("3-step euler, 4 actions per chunk", "n_action_steps=4", "_act4"),
+                                            ("10-step euler", "n_steps=10", "_euler10"))]
+
+
 def _robomimic_image_gpu(task: str) -> list[str]:
     """BESO, CARP (tokenizer, then policy) and DDPM on `task`_image from its DART store, then the kept checkpoints
     that `_IMAGE_EVALS` names evaluated (on the CPU once the checkpoints are back)."""
@@ -512,13 +521,8 @@ RECIPES = [
         f"vmp-train {_robomimic_image_cpu('can')} training.steps=10000 run_dir=runs/can_image-beso-cpu-seed0 seed=0",
         *(_step_eval("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0", _IMAGE_CPU_SETTING, 0, k,
                      "of 10000", workers=2) for k in (10000, 8000, 6000, 4000, 2000)),
-        # inference settings at the end (the failures at the default are missed grasps): re-planning twice as often;
-        # more denoising steps
-        *(_step_eval("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0",
-                     _IMAGE_CPU_SETTING.replace("3-step euler", setting), 0, 10000, "of 10000", workers=2,
-                     overrides=overrides, tag=tag)
-          for setting, overrides, tag in (("3-step euler, 4 actions per chunk", "n_action_steps=4", "_act4"),
-                                          ("10-step euler", "n_steps=10", "_euler10"))),
+        # inference settings at the end (the failures at the default are missed grasps)
+        *_image_cpu_inference_evals("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0"),
         f"vmp-train {_robomimic_image_cpu('can')} training.steps=16000 run_dir=runs/can_image-beso-cpu16k-seed0 seed=0",
         *(_step_eval("can_image-beso-cpu16k-seed0", "success_can_image_beso_cpu16k_seed0", _IMAGE_CPU_SETTING, 0,
                      k, "of 16000", workers=2) for k in (16000, 14000, 12000)),
@@ -530,12 +534,7 @@ RECIPES = [
         "seed=0",
         *(_step_eval("square_image-beso-cpu-seed0", "success_square_image_beso_cpu_seed0", _IMAGE_CPU_SETTING, 0, k,
                      "of 10000", workers=2) for k in (10000, 8000, 6000, 4000, 2000)),
-        # inference settings at the end, as on Can
-        *(_step_eval("square_image-beso-cpu-seed0", "success_square_image_beso_cpu_seed0",
-                     _IMAGE_CPU_SETTING.replace("3-step euler", setting), 0, 10000, "of 10000", workers=2,
-                     overrides=overrides, tag=tag)
-          for setting, overrides, tag in (("3-step euler, 4 actions per chunk", "n_action_steps=4", "_act4"),
-                                          ("10-step euler", "n_steps=10", "_euler10"))),
+        *_image_cpu_inference_evals("square_image-beso-cpu-seed0", "success_square_image_beso_cpu_seed0"),
     ], notes=["then, what the camera features say of the object's pose (a minute each on the CPU): vmp-bench "
               "encoder-probe --checkpoint runs/square_image-beso-cpu-seed0/checkpoints/step_0010000.pt, and so for "
               "every kept checkpoint and Can's runs/can_image-beso-cpu-seed0/checkpoints/step_0010000.pt"]),

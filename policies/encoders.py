@@ -69,15 +69,18 @@ class ImageEncoder(nn.Module):
             self.keypoint_pool = SpatialSoftmax(self.backbone.out_channels, n_keypoints)
             self.keypoint_proj = nn.Linear(self.keypoint_pool.out_dim, d_model)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Images -> the backbone's feature maps [N, C', h, w], cropped as the mode says (random in training)."""
         if self.obs_type == "rgb":
             x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         else:
             x = images.float()
             if x.ndim == 3:  # [N, H, W] depth
                 x = x[:, None]
-        x = _crop(x, self.crop_size, random=self.training)
-        feat = self.backbone(x)
+        return self.backbone(_crop(x, self.crop_size, random=self.training))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feat = self.backbone_features(images)
         if self.output == "spatial_softmax":
             return self.proj(self.pool(feat))[:, None]
         grid = self.proj(self.pool(feat).flatten(2).transpose(1, 2)) + self.cell_emb

@@ -244,10 +244,11 @@ class RobosuiteEnv(gym.Env):
         return self._convert(raw), float(reward), bool(info["success"]), False, info
 
     def moved_object_pose(self) -> tuple[np.ndarray, np.ndarray]:
-        """The position and quaternion (w, x, y, z) of the object the task moves, from the simulator (privileged)."""
+        """The position and quaternion (x, y, z, w, as robosuite's observations give it) of the object the task
+        moves, from the simulator (privileged)."""
         body = _STAGES[self.task][0](self.rs_env)
         data = self.rs_env.sim.data
-        return np.array(data.body_xpos[body]), np.array(data.body_xquat[body])
+        return np.array(data.body_xpos[body]), np.roll(data.body_xquat[body], -1)  # MuJoCo's (w, x, y, z)
 
     def privileged(self) -> dict[str, np.ndarray]:
         """Full robosuite state observation of the last step (object poses): for the scripted experts."""
