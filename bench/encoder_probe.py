@@ -3,8 +3,8 @@ how it is turned, measured in simulation on start states it was not tuned on.
 
 Each episode seed's first observation (the object untouched, as the policy sees it before its grasp) goes through
 the checkpoint's image encoders in eval mode (centre crop); the features are each camera's spatial-softmax keypoints
-(or pooled grid features), before the projection into the head. A ridge regression fitted on half of the seeds
-predicts the moved object's pose from them on the other half; R² per target:
+and/or pooled grid features (as its `image_output` makes them), before the projection into the head. A ridge
+regression fitted on half of the seeds predicts the moved object's pose from them on the other half; R² per target:
 - x, y: the object's position on the table (metres, world frame);
 - cos yaw, sin yaw: its rotation about the vertical (what a square nut's grasp needs beyond its position), and the
   median angle between the yaw the two read-outs give and the true one (degrees; 90 is what guessing gives).
@@ -76,10 +76,12 @@ def yaw_error_deg(pred: np.ndarray, true: np.ndarray) -> float:
 
 
 def camera_features(net: torch.nn.Module, images: np.ndarray) -> np.ndarray:
-    """One camera's frames [N, H, W, C] uint8 -> its encoder's pooled features [N, F], before the projection."""
+    """One camera's frames [N, H, W, C] uint8 -> its encoder's pooled features [N, F], before the projection (with
+    `tokens_and_keypoints`, the keypoints beside the grid)."""
     with torch.no_grad():
-        pooled = net.pool(net.backbone_features(torch.from_numpy(images).permute(0, 3, 1, 2)))
-    return pooled.reshape(len(images), -1).numpy()
+        feat = net.backbone_features(torch.from_numpy(images).permute(0, 3, 1, 2))
+        pools = [net.pool, *([net.keypoint_pool] if hasattr(net, "keypoint_pool") else [])]
+        return np.hstack([pool(feat).reshape(len(images), -1).numpy() for pool in pools])
 
 
 def probe(checkpoint: Path, episodes: int, first_seed: int) -> dict[str, Any]:

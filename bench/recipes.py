@@ -114,6 +114,8 @@ def _full_eval(run: str, result: str, step: int) -> str:
 _ROBOMIMIC_IMAGE_GPU = ("encoder=compact_cnn device=cuda training.batch_size=128 training.steps=10000 "
                         "training.keep_every=1000 training.num_workers=4")
 _IMAGE_CPU_SETTING = "3-step euler; compact CNN, 2 x 84 px cameras, one observation step (CPU)"
+_IMAGE_GRID = "encoder.image_output=tokens_and_keypoints encoder.token_grid=2"
+_IMAGE_GRID_SETTING = _IMAGE_CPU_SETTING.replace("compact CNN", "compact CNN, keypoints + 2 x 2 grid")
 # each head's inference setting as the image records name it (bench/gpu_session.sh reads it for its device evaluations)
 IMAGE_SETTINGS = {"beso": "3-step euler", "carp": _CARP, "ddpm": "100-step ddpm"}
 # The kept checkpoints evaluated (on the CPU, once back from the GPU) and how far each run got: a lent GPU session
@@ -526,6 +528,11 @@ RECIPES = [
         f"vmp-train {_robomimic_image_cpu('can')} training.steps=16000 run_dir=runs/can_image-beso-cpu16k-seed0 seed=0",
         *(_step_eval("can_image-beso-cpu16k-seed0", "success_can_image_beso_cpu16k_seed0", _IMAGE_CPU_SETTING, 0,
                      k, "of 16000", workers=2) for k in (16000, 14000, 12000)),
+        # the encoder: each camera's spatial-softmax token beside a 2 x 2 grid of its feature map (0.51 s a step)
+        f"vmp-train {_robomimic_image_cpu('can')} {_IMAGE_GRID} training.steps=10000 "
+        "run_dir=runs/can_image-beso-cpugrid-seed0 seed=0",
+        *(_step_eval("can_image-beso-cpugrid-seed0", "success_can_image_beso_cpugrid_seed0", _IMAGE_GRID_SETTING, 0,
+                     k, "of 10000", workers=2) for k in (10000, 8000, 6000)),
     ]),
     # Square from the two cameras on two CPU cores: the Can line's settings (0.45 s a step: 75 minutes), every kept
     # checkpoint evaluated

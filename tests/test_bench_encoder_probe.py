@@ -35,6 +35,18 @@ def test_yaw_error_is_the_angle_between_predicted_and_true_yaw():
     assert encoder_probe.yaw_error_deg(turned, true) == pytest.approx(30.0)
 
 
+def test_camera_features_hold_the_keypoints_beside_the_grid_when_the_encoder_makes_both():
+    from vmp.policies.encoders import ImageEncoder
+
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    sizes = {}
+    for output in ("spatial_softmax", "tokens", "tokens_and_keypoints"):
+        net = ImageEncoder((16, 16, 3), "rgb", 8, "compact_cnn", {"channels": 6}, n_keypoints=5, crop_ratio=1.0,
+                           output=output, token_grid=2).eval()
+        sizes[output] = encoder_probe.camera_features(net, images).shape
+    assert sizes == {"spatial_softmax": (3, 10), "tokens": (3, 24), "tokens_and_keypoints": (3, 34)}
+
+
 def _random_checkpoint(path, task: str):
     """A BESO checkpoint of `task` with random weights and unit statistics (what the probe reads is its encoders)."""
     with initialize_config_module(config_module="vmp.configs", version_base=None):
