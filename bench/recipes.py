@@ -114,8 +114,6 @@ def _full_eval(run: str, result: str, step: int) -> str:
 _ROBOMIMIC_IMAGE_GPU = ("encoder=compact_cnn device=cuda training.batch_size=128 training.steps=10000 "
                         "training.keep_every=1000 training.num_workers=4")
 _IMAGE_CPU_SETTING = "3-step euler; compact CNN, 2 x 84 px cameras, one observation step (CPU)"
-_IMAGE_GRID = "encoder.image_output=tokens_and_keypoints encoder.token_grid=2"
-_IMAGE_GRID_SETTING = _IMAGE_CPU_SETTING.replace("compact CNN", "compact CNN, keypoints + 2 x 2 grid")
 # each head's inference setting as the image records name it (bench/gpu_session.sh reads it for its device evaluations)
 IMAGE_SETTINGS = {"beso": "3-step euler", "carp": _CARP, "ddpm": "100-step ddpm"}
 # The kept checkpoints evaluated (on the CPU, once back from the GPU) and how far each run got: a lent GPU session
@@ -125,10 +123,12 @@ _IMAGE_EVALS = {"can": {"beso": ((3000, 4000, 5000), "of 10000 (the GPU session 
                 "square": {head: ((6000, 8000, 10000), "of 10000") for head in IMAGE_SETTINGS}}
 
 
-def _robomimic_image_store(task: str) -> dict[str, str]:
-    """`task`_image's DART store (200 demonstrations going on past success) and the command that collects it."""
-    store = f"stores/{task}_image_dart.zarr"
-    return {store: f"vmp-collect task={task}_image n_episodes=200 out={store} action_noise=0.1 steps_after_success=10"}
+def _robomimic_image_store(task: str, n_episodes: int = 200) -> dict[str, str]:
+    """`task`_image's DART store (`n_episodes` demonstrations going on past success; the first 200 are the default
+    store's) and the command that collects it."""
+    store = f"stores/{task}_image_dart{'' if n_episodes == 200 else n_episodes}.zarr"
+    return {store: f"vmp-collect task={task}_image n_episodes={n_episodes} out={store} action_noise=0.1 "
+                   "steps_after_success=10"}
 
 
 def _robomimic_image_cpu(task: str) -> str:
@@ -519,7 +519,7 @@ RECIPES = [
     # Can from the two cameras on two CPU cores: BESO with one observation step (half the images of two: 0.41 s a
     # step at batch 128 against 0.77 s), 10000 x 128 steps (68 minutes), every kept checkpoint evaluated; then the
     # same on a 16000-step schedule (110 minutes), its last three kept checkpoints: the plateau
-    Recipe("can_image_cpu", _robomimic_image_store("can"), [
+    Recipe("can_image_cpu", {**_robomimic_image_store("can"), **_robomimic_image_store("can", 400)}, [
         f"vmp-train {_robomimic_image_cpu('can')} training.steps=10000 run_dir=runs/can_image-beso-cpu-seed0 seed=0",
         *(_step_eval("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0", _IMAGE_CPU_SETTING, 0, k,
                      "of 10000", workers=2) for k in (10000, 8000, 6000, 4000, 2000)),
@@ -528,11 +528,12 @@ RECIPES = [
         f"vmp-train {_robomimic_image_cpu('can')} training.steps=16000 run_dir=runs/can_image-beso-cpu16k-seed0 seed=0",
         *(_step_eval("can_image-beso-cpu16k-seed0", "success_can_image_beso_cpu16k_seed0", _IMAGE_CPU_SETTING, 0,
                      k, "of 16000", workers=2) for k in (16000, 14000, 12000)),
-        # the encoder: each camera's spatial-softmax token beside a 2 x 2 grid of its feature map (0.51 s a step)
-        f"vmp-train {_robomimic_image_cpu('can')} {_IMAGE_GRID} training.steps=10000 "
-        "run_dir=runs/can_image-beso-cpugrid-seed0 seed=0",
-        *(_step_eval("can_image-beso-cpugrid-seed0", "success_can_image_beso_cpugrid_seed0", _IMAGE_GRID_SETTING, 0,
-                     k, "of 10000", workers=2) for k in (10000, 8000, 6000)),
+        # twice the demonstrations (the first 200 are the store above): the same steps, twice the start states
+        f"vmp-train {_robomimic_image_cpu('can').replace('dart.zarr', 'dart400.zarr')} training.steps=10000 "
+        "run_dir=runs/can_image-beso-cpu400-seed0 seed=0",
+        *(_step_eval("can_image-beso-cpu400-seed0", "success_can_image_beso_cpu400_seed0",
+                     _IMAGE_CPU_SETTING.replace(" (CPU)", ", 400 demos (CPU)"), 0, k, "of 10000", workers=2)
+          for k in (10000, 8000, 6000)),
     ]),
     # Square from the two cameras on two CPU cores: the Can line's settings (0.45 s a step: 75 minutes), every kept
     # checkpoint evaluated
