@@ -143,7 +143,8 @@ def _init_eval(task_cfg: dict, make_policy: Callable[[], Actor], render: bool, v
 
 def rollout_policy(env: Any, policy: Actor, seed: int, record_video: bool = False, annotator: Expert | None = None
                    ) -> dict[str, Any]:
-    """One episode of ``policy`` in ``env`` -> {success, length, return, latencies_ms, frames?, text?, future_frames?}.
+    """One episode of ``policy`` in ``env`` -> {success, length, return, latencies_ms, start?, frames?, text?,
+    future_frames?} (``start``: the env's reset info of that name, where the episode starts).
 
     Extras a head returns with a chunk (`Policy.last_extras`) are kept: text (reasoning) in ``text`` as
     [{step, name, text}] whenever it changes; in a video episode, a panel under each frame draws the latest extras
@@ -156,6 +157,7 @@ def rollout_policy(env: Any, policy: Actor, seed: int, record_video: bool = Fals
     `TakesReasoning` from the expert is told that phase every step instead.
     """
     obs, info = _start_episode(env, policy, seed, record_video, annotator)
+    start = info.get("start")  # where the episode starts, as the env reports it (robosuite: the object's pose)
     times = policy.inference_times_ms
     n_times = len(times)
     record = _EpisodeRecord(env, policy, obs, record_video, annotator)
@@ -182,6 +184,8 @@ def rollout_policy(env: Any, policy: Actor, seed: int, record_video: bool = Fals
         out["task_name"] = info["task_name"]
     if isinstance(info.get("metrics"), dict):  # episode metrics an env reports (e.g. SPL, collisions)
         out["metrics"] = {k: float(v) for k, v in info["metrics"].items()}
+    if isinstance(start, dict):
+        out["start"] = start
     return record.add_to(out)
 
 

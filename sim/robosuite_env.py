@@ -231,7 +231,18 @@ class RobosuiteEnv(gym.Env):
         # object (a policy closed on nothing); reading the same state again gives them
         raw = self.rs_env._get_observations(force_update=True)
         self._start_z, self._lifted = None, False
-        return self._convert(raw), self._info()
+        return self._convert(raw), {**self._info(), "start": self._start(raw)}
+
+    def _start(self, raw: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Where the episode starts (privileged; vmp-eval keeps it per episode, so that failures can be traced to
+        start states): the moved object's table position and yaw, and its horizontal distance from the hand."""
+        from vmp.sim.experts.robosuite_experts import yaw_of
+
+        pos, quat = self.moved_object_pose()
+        hand = np.asarray(raw["robot0_eef_pos"])
+        return {"object_xy": [round(float(v), 4) for v in pos[:2]],
+                "object_yaw_deg": round(float(np.degrees(yaw_of(quat))), 1),
+                "hand_to_object_m": round(float(np.linalg.norm(pos[:2] - hand[:2])), 4)}
 
     def step(self, action: np.ndarray):
         action = np.asarray(action, dtype=np.float64).reshape(-1)

@@ -68,6 +68,13 @@ def test_expert_eval_writes_metrics_and_videos(tmp_path):
                              seed=100, n_workers=0, out_dir=tmp_path, n_videos=1, progress=False)
     assert metrics["success_rate"] == 1.0 and metrics["n_episodes"] == 2
     assert [e["seed"] for e in metrics["per_episode"]] == [100, 101]
+    from vmp.sim import make
+
+    env = make(load_task_cfg("lift"))  # each episode's start is its seed's reset's
+    try:
+        assert [e["start"] for e in metrics["per_episode"]] == [env.reset(seed=s)[1]["start"] for s in (100, 101)]
+    finally:
+        env.close()
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["ci95_low"] == pytest.approx(metrics["ci95_low"])
     video = tmp_path / "videos" / "episode000_seed100.mp4"

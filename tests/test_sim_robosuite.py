@@ -32,6 +32,26 @@ def test_expert_solves_fixed_seed(name, seed, obj_dim):
         env.close()
 
 
+def test_reset_reports_where_the_episode_starts():
+    """reset's info["start"]: the moved object's xy and yaw from the simulator and its horizontal distance from the
+    hand, different per seed (vmp-eval keeps it per episode)."""
+    env = make(load_task_cfg("can"))
+    try:
+        starts = []
+        for seed in (2, 3):
+            obs, info = env.reset(seed=seed)
+            start = info["start"]
+            pos, _ = env.unwrapped.moved_object_pose()
+            np.testing.assert_allclose(start["object_xy"], pos[:2], atol=1e-4)
+            assert start["hand_to_object_m"] == pytest.approx(np.linalg.norm(pos[:2] - obs["eef_pos"][:2]), abs=1e-4)
+            assert -180.0 <= start["object_yaw_deg"] <= 180.0
+            starts.append(start)
+        assert starts[0]["object_xy"] != starts[1]["object_xy"]
+        assert "start" not in env.step(np.zeros(7))[4]  # reset's alone
+    finally:
+        env.close()
+
+
 @pytest.mark.parametrize("name", ["can", "square"])
 def test_first_observation_has_the_object_relative_to_the_hand(name):
     """The object-to-gripper part of `object` (position in the gripper's frame, then a unit quaternion) is filled from
