@@ -93,11 +93,14 @@ _SQUARE_500_16K = _SQUARE_16K.replace(_SQUARE_AFTER10_STORE, _SQUARE_500_STORE)
 
 
 def _step_eval(run: str, result: str, setting: str, seed: int, step: int, schedule: str, episodes: int = 50,
-               workers: int = 1, overrides: str = "", tag: str = "") -> str:
+               workers: int = 1, overrides: str = "", tag: str = "", first_episode_seed: int | None = None) -> str:
     """One kept checkpoint of a training seed on vmp-eval's seeds (one worker: a training may use the other core),
     its variant read by the curves over seeds ("<setting>; seed S, step N <schedule>"). `overrides`: inference-time
-    policy settings ("n_steps=10"), `tag` names them in the out_dir and the record ("_euler10")."""
+    policy settings ("n_steps=10"), `tag` names them in the out_dir and the record ("_euler10");
+    `first_episode_seed`: other episode seeds than vmp-eval's (the setting and tag should say so)."""
     extra = "".join(f" +overrides.{item}" for item in overrides.split())
+    if first_episode_seed is not None:
+        extra += f" seed={first_episode_seed}"
     return (f"vmp-eval checkpoint=runs/{run}/checkpoints/step_{step:07d}.pt n_episodes={episodes} n_workers={workers} "
             f"n_videos={0 if episodes > 50 else 1}{extra} out_dir=runs/{run}/eval_step{step}{tag} "
             f"'variant=\"{setting}; seed {seed}, step {step} {schedule}\"' "
@@ -534,6 +537,13 @@ RECIPES = [
         *(_step_eval("can_image-beso-cpu400-seed0", "success_can_image_beso_cpu400_seed0",
                      _IMAGE_CPU_SETTING.replace(" (CPU)", ", 400 demos (CPU)"), 0, k, "of 10000", workers=2)
           for k in (10000, 8000, 6000)),
+        # both stores' last checkpoints on 150 other start states (where the failures start: per_episode[i].start)
+        *(_step_eval(run, result, f"{setting}, episode seeds 200000-200149", 0, 10000, "of 10000", episodes=150,
+                     workers=2, tag="_other150", first_episode_seed=200000)
+          for run, result, setting in (
+              ("can_image-beso-cpu400-seed0", "success_can_image_beso_cpu400_seed0",
+               _IMAGE_CPU_SETTING.replace(" (CPU)", ", 400 demos (CPU)")),
+              ("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0", _IMAGE_CPU_SETTING))),
     ]),
     # Square from the two cameras on two CPU cores: the Can line's settings (0.45 s a step: 75 minutes), every kept
     # checkpoint evaluated
