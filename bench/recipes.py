@@ -544,7 +544,9 @@ RECIPES = [
               ("can_image-beso-cpu400-seed0", "success_can_image_beso_cpu400_seed0",
                _IMAGE_CPU_SETTING.replace(" (CPU)", ", 400 demos (CPU)")),
               ("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0", _IMAGE_CPU_SETTING))),
-    ]),
+    ], notes=["then, what each store's camera features say of the can's position (a minute each on the CPU): "
+              "vmp-bench encoder-probe --checkpoint runs/can_image-beso-cpu400-seed0/checkpoints/step_0010000.pt, "
+              "and so for runs/can_image-beso-cpu-seed0"]),
     # Square from the two cameras on two CPU cores: the Can line's settings (0.45 s a step: 75 minutes), every kept
     # checkpoint evaluated
     Recipe("square_image_cpu", _robomimic_image_store("square"), [
