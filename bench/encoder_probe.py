@@ -34,12 +34,10 @@ TARGETS = ("x", "y", "cos_yaw", "sin_yaw")
 RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
-def object_pose(env: Any) -> np.ndarray:
-    """The moved object's (x, y, cos yaw, sin yaw) in the world frame, from the simulator (privileged)."""
-    from vmp.sim.experts.robosuite_experts import yaw_of
-
-    (x, y, _), quat = env.unwrapped.moved_object_pose()
-    yaw = yaw_of(quat)
+def object_pose(start: dict[str, Any]) -> np.ndarray:
+    """The moved object's (x, y, cos yaw, sin yaw) in the world frame where an episode starts, from a robosuite
+    reset's ``info["start"]`` (the simulator's, privileged)."""
+    (x, y), yaw = start["object_xy"], np.radians(start["object_yaw_deg"])
     return np.array([x, y, np.cos(yaw), np.sin(yaw)], dtype=np.float64)
 
 
@@ -102,10 +100,10 @@ def probe(checkpoint: Path, episodes: int, first_seed: int) -> dict[str, Any]:
     poses = []
     try:
         for seed in range(first_seed, first_seed + episodes):
-            obs, _ = env.reset(seed=seed)
+            obs, info = env.reset(seed=seed)
             for key in frames:
                 frames[key].append(obs[key])
-            poses.append(object_pose(env))
+            poses.append(object_pose(info["start"]))
     finally:
         env.close()
     targets = np.stack(poses)

@@ -240,9 +240,8 @@ class RobosuiteEnv(gym.Env):
 
         pos, quat = self.moved_object_pose()
         hand = np.asarray(raw["robot0_eef_pos"])
-        return {"object_xy": [round(float(v), 4) for v in pos[:2]],
-                "object_yaw_deg": round(float(np.degrees(yaw_of(quat))), 1),
-                "hand_to_object_m": round(float(np.linalg.norm(pos[:2] - hand[:2])), 4)}
+        return {"object_xy": [float(v) for v in pos[:2]], "object_yaw_deg": float(np.degrees(yaw_of(quat))),
+                "hand_to_object_m": float(np.linalg.norm(pos[:2] - hand[:2]))}
 
     def step(self, action: np.ndarray):
         action = np.asarray(action, dtype=np.float64).reshape(-1)

@@ -91,8 +91,8 @@ def test_object_pose_is_the_simulators_cube_pose():
     try:
         poses = []
         for seed in (0, 1):
-            env.reset(seed=seed)
-            pose = encoder_probe.object_pose(env)
+            _, info = env.reset(seed=seed)
+            pose = encoder_probe.object_pose(info["start"])
             cube = env.unwrapped.privileged()["cube_pos"]
             assert pose[:2] == pytest.approx(cube[:2], abs=1e-6)
             assert np.hypot(pose[2], pose[3]) == pytest.approx(1.0)
