@@ -117,6 +117,7 @@ def _full_eval(run: str, result: str, step: int) -> str:
 _ROBOMIMIC_IMAGE_GPU = ("encoder=compact_cnn device=cuda training.batch_size=128 training.steps=10000 "
                         "training.keep_every=1000 training.num_workers=4")
 _IMAGE_CPU_SETTING = "3-step euler; compact CNN, 2 x 84 px cameras, one observation step (CPU)"
+_IMAGE_CPU_400_SETTING = _IMAGE_CPU_SETTING.replace(" (CPU)", ", 400 demos (CPU)")
 # each head's inference setting as the image records name it (bench/gpu_session.sh reads it for its device evaluations)
 IMAGE_SETTINGS = {"beso": "3-step euler", "carp": _CARP, "ddpm": "100-step ddpm"}
 # The kept checkpoints evaluated (on the CPU, once back from the GPU) and how far each run got: a lent GPU session
@@ -126,19 +127,24 @@ _IMAGE_EVALS = {"can": {"beso": ((3000, 4000, 5000), "of 10000 (the GPU session 
                 "square": {head: ((6000, 8000, 10000), "of 10000") for head in IMAGE_SETTINGS}}
 
 
+def _robomimic_image_store_path(task: str, n_episodes: int = 200) -> str:
+    """Where `_robomimic_image_store` collects (the 200-demonstration store keeps its first name)."""
+    return f"stores/{task}_image_dart{'' if n_episodes == 200 else n_episodes}.zarr"
+
+
 def _robomimic_image_store(task: str, n_episodes: int = 200) -> dict[str, str]:
     """`task`_image's DART store (`n_episodes` demonstrations going on past success; the first 200 are the default
     store's) and the command that collects it."""
-    store = f"stores/{task}_image_dart{'' if n_episodes == 200 else n_episodes}.zarr"
+    store = _robomimic_image_store_path(task, n_episodes)
     return {store: f"vmp-collect task={task}_image n_episodes={n_episodes} out={store} action_noise=0.1 "
                    "steps_after_success=10"}
 
 
-def _robomimic_image_cpu(task: str) -> str:
-    """BESO on `task`_image from its DART store on two CPU cores: one observation step (half the images of two: 0.41 s
-    a step at batch 128 against 0.77 s on Can), a checkpoint kept every 2000 steps."""
-    return (f"task={task}_image store=stores/{task}_image_dart.zarr encoder=compact_cnn training.batch_size=128 "
-            "training.keep_every=2000 policy=beso policy.n_obs_steps=1")
+def _robomimic_image_cpu(task: str, n_episodes: int = 200) -> str:
+    """BESO on `task`_image from its DART store of `n_episodes` on two CPU cores: one observation step (half the images
+    of two: 0.41 s a step at batch 128 against 0.77 s on Can), a checkpoint kept every 2000 steps."""
+    return (f"task={task}_image store={_robomimic_image_store_path(task, n_episodes)} encoder=compact_cnn "
+            "training.batch_size=128 training.keep_every=2000 policy=beso policy.n_obs_steps=1")
 
 
 def _image_cpu_inference_evals(run: str, result: str) -> list[str]:
@@ -532,17 +538,16 @@ RECIPES = [
         *(_step_eval("can_image-beso-cpu16k-seed0", "success_can_image_beso_cpu16k_seed0", _IMAGE_CPU_SETTING, 0,
                      k, "of 16000", workers=2) for k in (16000, 14000, 12000)),
         # twice the demonstrations (the first 200 are the store above): the same steps, twice the start states
-        f"vmp-train {_robomimic_image_cpu('can').replace('dart.zarr', 'dart400.zarr')} training.steps=10000 "
+        f"vmp-train {_robomimic_image_cpu('can', 400)} training.steps=10000 "
         "run_dir=runs/can_image-beso-cpu400-seed0 seed=0",
         *(_step_eval("can_image-beso-cpu400-seed0", "success_can_image_beso_cpu400_seed0",
-                     _IMAGE_CPU_SETTING.replace(" (CPU)", ", 400 demos (CPU)"), 0, k, "of 10000", workers=2)
+                     _IMAGE_CPU_400_SETTING, 0, k, "of 10000", workers=2)
           for k in (10000, 8000, 6000)),
         # both stores' last checkpoints on 150 other start states (where the failures start: per_episode[i].start)
         *(_step_eval(run, result, f"{setting}, episode seeds 200000-200149", 0, 10000, "of 10000", episodes=150,
                      workers=2, tag="_other150", first_episode_seed=200000)
           for run, result, setting in (
-              ("can_image-beso-cpu400-seed0", "success_can_image_beso_cpu400_seed0",
-               _IMAGE_CPU_SETTING.replace(" (CPU)", ", 400 demos (CPU)")),
+              ("can_image-beso-cpu400-seed0", "success_can_image_beso_cpu400_seed0", _IMAGE_CPU_400_SETTING),
               ("can_image-beso-cpu-seed0", "success_can_image_beso_cpu_seed0", _IMAGE_CPU_SETTING))),
     ], notes=["then, what each store's camera features say of the can's position (a minute each on the CPU): "
               "vmp-bench encoder-probe --checkpoint runs/can_image-beso-cpu400-seed0/checkpoints/step_0010000.pt, "
