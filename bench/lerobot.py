@@ -144,12 +144,19 @@ def export(store: str, task_cfg, out: Path, python: str) -> Path:
     return out
 
 
+def _interruptible() -> None:
+    """In the child before exec: SIGINT back to its default. A command started in the background (`nohup ... &`)
+    inherits SIGINT ignored, and a trainer would then go on past its budget until the SIGKILL."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_for(cmd: list[str], minutes: float, log_path: Path) -> None:
     """Run ``cmd`` until it exits or ``minutes`` pass (then SIGINT, which both trainers end on with what they saved;
     SIGKILL 30 s later), its output appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_interruptible)
         try:
             proc.wait(timeout=max(minutes * 60, 1))
         except subprocess.TimeoutExpired:

@@ -2,10 +2,12 @@
 finished training only for the same budget and spec."""
 
 import json
+import signal
+import sys
 
 import pytest
 
-from vmp.bench.lerobot import batch_of, contender, kept_training, main, run_spec
+from vmp.bench.lerobot import batch_of, contender, kept_training, main, run_for, run_spec
 
 
 @pytest.mark.parametrize("args, message", [
@@ -64,3 +66,15 @@ def test_the_suites_comparison_commands_parse(tmp_path):
         with pytest.raises(SystemExit) as exit_info:  # past argument checks, stopped at the missing environment
             main([*command[1:], "--lerobot-python", str(tmp_path / "no-python")])
         assert "no LeRobot environment" in str(exit_info.value.code)
+
+
+def test_the_budget_stop_interrupts_a_trainer_started_in_the_background(tmp_path):
+    """A background shell (`nohup vmp-bench lerobot ... &`) hands its children SIGINT ignored; the stop at the end of
+    the budget must still reach the trainer as an interrupt (its own save), not 30 s later as a kill."""
+    child = ("import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('interrupted', flush=True)")
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        run_for([sys.executable, "-c", child], minutes=0.05, log_path=tmp_path / "train.log")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert (tmp_path / "train.log").read_text().strip() == "interrupted"
