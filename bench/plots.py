@@ -139,12 +139,19 @@ def plot_success_vs_minutes(records: list[dict], path: Path) -> None:
     _save(plt, fig, path)
 
 
-def headline_curves(records: list[dict], task: str, obs: str, skip: set[str]) -> dict[str, tuple[str, dict]]:
+def headline_curves(records: list[dict], task: str, obs: str, skip: set[str], like: list[dict] | None = None
+                    ) -> dict[str, tuple[str, dict]]:
     """{head: (setting, {seed: points})}: per head not in ``skip``, its training curve on (task, obs) with the most
     seeds, then the most checkpoints per seed up to the last K (one evaluated checkpoint of an inference setting is
-    not a curve's last-K mean), then the highest mean of the last checkpoints: the row the results page leads with."""
+    not a curve's last-K mean), then the highest mean of the last checkpoints: the row the results page leads with.
+    ``like`` (a comparison's records, trained on the CPU): only curves trained on the CPU from as many
+    demonstrations, so that their minutes and data are the comparison's."""
     from vmp.bench.curves import LAST_K, curves, seed_summary
 
+    if like is not None:
+        demos = {(r.get("budget") or {}).get("n_demos") for r in like} - {None}
+        records = [r for r in records if "cpu" in str((r.get("budget") or {}).get("device", "cpu")).lower()
+                   and (not demos or (r.get("budget") or {}).get("n_demos") in demos)]
     best: dict[str, tuple[tuple[int, int, float], str, dict]] = {}
     for (t, o, head, setting, _), seeds in curves(records).items():
         if (t, o) != (task, obs) or head in skip:
@@ -252,5 +259,5 @@ def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
     for (task, obs), rows in sorted(comparisons.items()):
         paths.append(out_dir / f"lerobot_{task}_{obs}.png")
         plot_comparison(rows, comparison_runs(records, task), paths[-1],
-                        headline_curves(records, task, obs, {r["policy"] for r in rows}))
+                        headline_curves(records, task, obs, {r["policy"] for r in rows}, like=rows))
     return paths

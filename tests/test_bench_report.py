@@ -175,6 +175,18 @@ def test_a_comparison_that_trained_none_of_our_heads_draws_their_leading_curves_
     assert {head: setting for head, (setting, _) in headline_curves(records, "square", "lowdim", set()).items()} == {
         "ddpm": "other task"}  # another task's curves stay on that task
     assert list(headline_curves(records, "can", "lowdim", skip={"beso"})) == ["carp", "ddpm"]
+    # beside a comparison (CPU, 200 demonstrations): a better curve trained on a GPU or on more data is not drawn
+    for r in records:
+        r["budget"].update(device="cpu (2 threads)", n_demos=200)
+    records += [{**record("carp", "on a GPU", 0, step, 1.0), "budget": {"train_minutes": 1.0, "device": "NVIDIA H200",
+                                                                        "n_demos": 200}} for step in (4000, 8000)]
+    records += [{**record("ddpm", "400 demos", 0, step, 1.0), "budget": {"train_minutes": 9.0,
+                                                                         "device": "cpu (2 threads)", "n_demos": 400}}
+                for step in (4000, 6000, 8000)]
+    assert headline_curves(records, "can", "lowdim", set())["carp"][0] == "on a GPU"  # the results page's lead
+    comparison = [{"kind": "comparison", "budget": {"n_demos": 200}}]
+    beside = headline_curves(records, "can", "lowdim", skip={"beso"}, like=comparison)
+    assert {head: setting for head, (setting, _) in beside.items()} == {"carp": "high", "ddpm": "curve"}
 
 
 def test_the_success_plot_has_one_bar_per_task_and_head_its_leading_curve_else_its_best_evaluation():
