@@ -149,9 +149,12 @@ def headline_curves(records: list[dict], task: str, obs: str, skip: set[str], li
     from vmp.bench.curves import LAST_K, curves, seed_summary
 
     if like is not None:
-        demos = {(r.get("budget") or {}).get("n_demos") for r in like} - {None}
-        records = [r for r in records if "cpu" in str((r.get("budget") or {}).get("device", "cpu")).lower()
-                   and (not demos or (r.get("budget") or {}).get("n_demos") in demos)]
+        def budget(record: dict) -> dict:
+            return record.get("budget") or {}
+
+        demos = {budget(r).get("n_demos") for r in like} - {None}
+        records = [r for r in records if "cpu" in str(budget(r).get("device", "cpu")).lower()
+                   and (not demos or budget(r).get("n_demos") in demos)]
     best: dict[str, tuple[tuple[int, int, float], str, dict]] = {}
     for (t, o, head, setting, _), seeds in curves(records).items():
         if (t, o) != (task, obs) or head in skip:

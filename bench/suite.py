@@ -62,9 +62,9 @@ LEROBOT = [("stores/lift_dart.zarr", ["lerobot", "--store", "stores/lift_dart.za
            # checkpoint (its whole 68-minute schedule would take both contenders and their evaluations 3 hours):
            # ACT stopped by the budget; Diffusion Policy on one schedule that fills it (3.2 s a step)
            *(("stores/can_image_dart.zarr", ["lerobot", "--task", "can_image", "--store", "stores/can_image_dart.zarr",
-                                             "--minutes", "27.4", "--contenders", *contender, "--timeline-episodes", "0",
+                                             "--minutes", "27.4", "--contenders", *contender_args, "--timeline-episodes", "0",
                                              "--out", "runs/lerobot-can_image"])
-             for contender in (["lerobot_act"], ["lerobot_diffusion", "--steps", "480"]))]
+             for contender_args in (["lerobot_act"], ["lerobot_diffusion", "--steps", "480"]))]
 # seams of the checkpoints of record (image Lift, Diffusion-VLA on MT10) on their store, where both are on disk:
 # (checkpoint, store, command)
 SEAMS = [(run, store, ["deploy", "--seams", "--checkpoint", run, "--store", store, "--out",
