@@ -300,6 +300,11 @@ RECIPES = [
         "run_dir=runs/metaworld_mt-divla-softmax-encoder-context-seed1",
         f"vmp-train {_MT_DIVLA_SOFTMAX} policy.inject_reasoning=false training.keep_every=2000 seed=1 "
         "run_dir=runs/metaworld_mt-divla-softmax-encoder-context-noinject-seed1",
+        # BESO at two training seeds, kept every 2000 steps: is its 45.5% (the row above: one seed, one checkpoint)
+        # above Diffusion-VLA's two seeds by more than the spread between trainings, and is its curve flat by 8000?
+        *(f"vmp-train task=metaworld_mt policy=beso encoder=compact_cnn training.batch_size=64 training.steps=8000 "
+          f"training.num_workers=1 training.keep_every=2000 seed={seed} run_dir=runs/metaworld_mt-beso-seed{seed}"
+          for seed in (0, 1)),
         # BESO's network under DDPM's objective: is the gap from Diffusion-VLA to BESO the denoising objective?
         "vmp-train task=metaworld_mt policy=ddpm encoder=compact_cnn training.batch_size=64 training.steps=8000 "
         "training.num_workers=1 training.keep_every=2000 run_dir=runs/metaworld_mt-ddpm",
@@ -345,6 +350,11 @@ RECIPES = [
                      f"success_metaworld_mt_image_divla_softmax_encoder_context{suffix.replace('-', '_')}_seed1",
                      f"{what}, {_MT_DIVLA_SOFTMAX_SETTING}", 1, 8000, "of 8000", episodes=200, workers=2)
           for suffix, what in (("", "reasoning injected by FiLM"), ("-noinject", "ablation: no reasoning injection"))),
+        # BESO's two seeds, each curve from its last checkpoint back
+        *(_step_eval(f"metaworld_mt-beso-seed{seed}", f"success_metaworld_mt_image_beso_seed{seed}", "3-step euler; "
+                     "compact CNN on the 64 px image, proprioception, learned instruction token; 500 DART demos, batch "
+                     "64 (CPU)", seed, step, "of 8000", episodes=200, workers=2)
+          for seed in (0, 1) for step in (8000, 6000, 4000)),
         # sampled as Diffusion-VLA samples (10-step DDIM): against BESO it differs in objective and sampler only
         _step_eval("metaworld_mt-ddpm", "success_metaworld_mt_image_ddpm", "10-step DDIM; compact CNN on the 64 px "
                    "image, proprioception, learned instruction token; 500 DART demos, batch 64 (CPU)", 0, 8000,
